@@ -1,0 +1,335 @@
+//! What each `jrq` subcommand does.
+
+use std::io::{BufRead, Read};
+use std::path::Path;
+
+use tokio_postgres::Client;
+
+use super::render;
+use super::{
+    CancelArgs, Cli, Command, EnqueueArgs, PruneArgs, RetryArgs, RunsCommand, ShowArgs, StatusArgs,
+    TasksArgs, WorkersArgs,
+};
+use crate::db::{self, events, migrate, runs, tasks, workers};
+use crate::error::{Error, Result};
+use crate::task::{default_created_by, NewTask, RunAfter};
+
+/// The actor recorded in events written by the CLI.
+const ACTOR: &str = "jrq";
+
+/// Runs one `jrq` command. Input is validated before the database is touched; every
+/// change a command makes commits in one transaction, or not at all.
+pub async fn run(cli: Cli) -> Result<()> {
+    let cfg = db::config_from(cli.database_url.as_deref(), "jrq")?;
+    // Read and check the input first: a bad batch never needs a database to be refused.
+    let new_tasks = match &cli.command {
+        Command::Enqueue(args) => Some(read_enqueue_input(args)?),
+        _ => None,
+    };
+    let mut client = db::connect(&cfg).await?;
+    if let Command::Migrate = cli.command {
+        let report = migrate::migrate(&mut client).await?;
+        render::migrate(&report);
+        return Ok(());
+    }
+    db::check_schema(&client).await?;
+    match cli.command {
+        Command::Migrate => unreachable!("handled above"),
+        Command::Enqueue(args) => enqueue(&mut client, &args, new_tasks.expect("read above")).await,
+        Command::Status(args) => status(&client, &args).await,
+        Command::Tasks(args) => list_tasks(&client, &args).await,
+        Command::Show(args) => show(&client, &args).await,
+        Command::Retry(args) => retry(&mut client, &args).await,
+        Command::Cancel(args) => cancel(&mut client, &args).await,
+        Command::Runs(cmd) => runs_cmd(&mut client, cmd).await,
+        Command::Workers(args) => list_workers(&client, &args).await,
+        Command::Prune(args) => prune(&client, &args).await,
+    }
+}
+
+/// The tasks an `enqueue` asks for, or the lines it must refuse.
+struct EnqueueInput {
+    tasks: Vec<NewTask>,
+    /// Input line number (1-based) of each task, for batch reports.
+    lines: Vec<usize>,
+    /// Lines refused before touching the database: (line, reason).
+    rejected: Vec<(usize, String)>,
+}
+
+fn read_enqueue_input(args: &EnqueueArgs) -> Result<EnqueueInput> {
+    if let Some(path) = &args.batch {
+        return read_batch(path);
+    }
+    let mut t = NewTask::new(args.title.clone().unwrap_or_default());
+    t.description = args.description.clone();
+    if let Some(p) = &args.payload {
+        t.payload = p.clone();
+    }
+    if let Some(path) = &args.payload_file {
+        let text = read_input(path)?;
+        t.payload = serde_json::from_str(&text).map_err(|e| {
+            Error::usage(format!(
+                "payload in {} is not valid JSON ({e})",
+                display_path(path)
+            ))
+        })?;
+    }
+    t.priority = args.priority;
+    t.urgent = args.urgent;
+    t.provider = args.provider.clone();
+    t.target = args.target.clone();
+    t.run_id = args.run;
+    t.max_attempts = args.max_attempts;
+    t.timeout = args.timeout;
+    t.run_after = match (args.delay, args.run_at) {
+        (Some(d), _) => RunAfter::Delay(d),
+        (None, Some(at)) => RunAfter::At(at),
+        (None, None) => RunAfter::Now,
+    };
+    t.unique_key = args.unique_key.clone();
+    t.source = args.source.clone();
+    t.created_by = args.created_by.clone().unwrap_or_else(default_created_by);
+    t.validate().map_err(Error::usage)?;
+    Ok(EnqueueInput {
+        tasks: vec![t],
+        lines: vec![0],
+        rejected: vec![],
+    })
+}
+
+fn display_path(path: &Path) -> String {
+    if path == Path::new("-") {
+        "standard input".into()
+    } else {
+        path.display().to_string()
+    }
+}
+
+fn read_input(path: &Path) -> Result<String> {
+    let mut text = String::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Error::io("cannot read standard input", e))?;
+    } else {
+        text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    }
+    Ok(text)
+}
+
+fn read_batch(path: &Path) -> Result<EnqueueInput> {
+    let reader: Box<dyn BufRead> = if path == Path::new("-") {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(path)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut input = EnqueueInput {
+        tasks: vec![],
+        lines: vec![],
+        rejected: vec![],
+    };
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| Error::io(format!("cannot read {}", display_path(path)), e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match NewTask::from_json_line(&line) {
+            Ok(t) => {
+                input.tasks.push(t);
+                input.lines.push(i + 1);
+            }
+            Err(why) => input.rejected.push((i + 1, why)),
+        }
+    }
+    Ok(input)
+}
+
+async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInput) -> Result<()> {
+    let batch = args.batch.is_some();
+    let txn = client.transaction().await?;
+    // Runs named by the tasks must exist: refuse those lines with a clear reason.
+    let mut run_ids: Vec<uuid::Uuid> = input.tasks.iter().filter_map(|t| t.run_id).collect();
+    run_ids.sort();
+    run_ids.dedup();
+    if !run_ids.is_empty() {
+        let known: std::collections::HashSet<uuid::Uuid> = txn
+            .query("SELECT id FROM jr_runs WHERE id = ANY($1)", &[&run_ids])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut keep_tasks = vec![];
+        let mut keep_lines = vec![];
+        for (t, line) in input.tasks.into_iter().zip(input.lines) {
+            match t.run_id {
+                Some(r) if !known.contains(&r) => {
+                    if !batch {
+                        return Err(Error::NotFound(format!(
+                            "there is no run {r}: create it with `jrq runs create` or check \
+                             the id with `jrq runs list`"
+                        )));
+                    }
+                    input.rejected.push((line, format!("there is no run {r}")));
+                }
+                _ => {
+                    keep_tasks.push(t);
+                    keep_lines.push(line);
+                }
+            }
+        }
+        input.tasks = keep_tasks;
+        input.lines = keep_lines;
+    }
+    if batch && !input.rejected.is_empty() && !args.skip_invalid {
+        input.rejected.sort();
+        render::rejected_lines(&input.rejected);
+        return Err(Error::Rejected(format!(
+            "{} of {} lines rejected, nothing added: fix them, or add --skip-invalid to add \
+             the valid lines only",
+            input.rejected.len(),
+            input.rejected.len() + input.tasks.len()
+        )));
+    }
+
+    let outcomes = tasks::tasks_insert(&txn, &input.tasks).await?;
+    let mut added = vec![];
+    for (o, line) in outcomes.iter().zip(&input.lines) {
+        match o {
+            tasks::InsertOutcome::Inserted(id) => added.push(*id),
+            tasks::InsertOutcome::Duplicate { key, existing } => {
+                let why = match existing {
+                    Some(id) => format!(
+                        "duplicate unique key '{key}': task {id} with that key is not finished yet"
+                    ),
+                    None => format!("duplicate unique key '{key}' (repeated in this batch)"),
+                };
+                if !batch {
+                    return Err(Error::Conflict(format!(
+                        "{why}; nothing added (see `jrq show {}`)",
+                        existing.unwrap_or_default()
+                    )));
+                }
+                input.rejected.push((*line, why));
+            }
+        }
+    }
+    if batch && !input.rejected.is_empty() && !args.skip_invalid {
+        input.rejected.sort();
+        render::rejected_lines(&input.rejected);
+        return Err(Error::Rejected(format!(
+            "{} of {} lines rejected, nothing added: fix them, or add --skip-invalid to add \
+             the valid lines only",
+            input.rejected.len(),
+            input.rejected.len() + added.len()
+        )));
+    }
+    txn.commit().await?;
+    if batch {
+        input.rejected.sort();
+        render::rejected_lines(&input.rejected);
+        render::batch_added(added.len(), input.rejected.len());
+    } else {
+        println!("{}", added[0]);
+    }
+    Ok(())
+}
+
+async fn status(client: &Client, args: &StatusArgs) -> Result<()> {
+    let t = tasks::tasks_summary(client, args.window).await?;
+    let w = workers::workers_summary(client, args.online_threshold).await?;
+    render::status(&t, &w, args.json)
+}
+
+async fn list_tasks(client: &Client, args: &TasksArgs) -> Result<()> {
+    let filter = tasks::TaskFilter {
+        status: args.status,
+        worker: args.worker.clone(),
+        run_id: args.run,
+        provider: args.provider.clone(),
+        limit: args.limit,
+    };
+    let rows = tasks::tasks_list(client, &filter).await?;
+    render::tasks(&rows, args.json)
+}
+
+async fn show(client: &Client, args: &ShowArgs) -> Result<()> {
+    let task = tasks::tasks_get_existing(client, args.id).await?;
+    let events = events::events_for_task(client, args.id).await?;
+    render::show(&task, &events, args.json)
+}
+
+async fn retry(client: &mut Client, args: &RetryArgs) -> Result<()> {
+    let txn = client.transaction().await?;
+    if args.all_failed {
+        let report = tasks::tasks_retry_all_failed(&txn, ACTOR).await?;
+        txn.commit().await?;
+        render::retry_all(&report);
+        return Ok(());
+    }
+    let id = args.id.expect("clap requires an id or --all-failed");
+    let task = tasks::tasks_retry(&txn, id, ACTOR).await?;
+    txn.commit().await?;
+    println!(
+        "task {} is pending again ({} attempts available)",
+        task.id, task.max_attempts
+    );
+    Ok(())
+}
+
+async fn cancel(client: &mut Client, args: &CancelArgs) -> Result<()> {
+    let txn = client.transaction().await?;
+    let outcome = tasks::tasks_cancel(&txn, args.id, ACTOR).await?;
+    txn.commit().await?;
+    match outcome {
+        tasks::CancelOutcome::Cancelled => println!("task {} cancelled", args.id),
+        tasks::CancelOutcome::Requested => println!(
+            "task {} is running: its worker was asked to end it (follow with `jrq show {}`)",
+            args.id, args.id
+        ),
+        tasks::CancelOutcome::AlreadyRequested => println!(
+            "task {} is running and a cancel was already requested: its worker will end it",
+            args.id
+        ),
+    }
+    Ok(())
+}
+
+async fn runs_cmd(client: &mut Client, cmd: RunsCommand) -> Result<()> {
+    match cmd {
+        RunsCommand::Create {
+            name,
+            auto_complete,
+        } => {
+            let id = runs::runs_create(client, &name, auto_complete).await?;
+            println!("{id}");
+        }
+        RunsCommand::List {
+            status,
+            limit,
+            json,
+        } => {
+            let rows = runs::runs_list(client, status, limit).await?;
+            render::runs(&rows, json)?;
+        }
+        RunsCommand::Set { id, status } => {
+            let txn = client.transaction().await?;
+            runs::runs_set_status(&txn, id, status).await?;
+            txn.commit().await?;
+            println!("run {id} is {status}");
+        }
+    }
+    Ok(())
+}
+
+async fn list_workers(client: &Client, args: &WorkersArgs) -> Result<()> {
+    let rows = workers::workers_list(client, args.online_threshold).await?;
+    render::workers(&rows, args.json)
+}
+
+async fn prune(client: &Client, args: &PruneArgs) -> Result<()> {
+    let report = tasks::tasks_prune(client, args.older_than).await?;
+    render::prune(&report, args.json)
+}

@@ -1,0 +1,270 @@
+//! The `jrq` admin CLI: options (clap), commands, and their output.
+//!
+//! Every option can also come from a `JRQ_*` environment variable; the database address
+//! comes from `--database-url` / `DATABASE_URL` or the libpq `PG*` variables.
+
+mod commands;
+mod render;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::task::{RunStatus, TaskStatus};
+use crate::validate;
+
+pub use commands::run;
+
+/// jrq — a Postgres-native task queue and worker fleet, supervised by systemd.
+#[derive(Debug, Parser)]
+#[command(name = "jrq", version, about, propagate_version = true)]
+pub struct Cli {
+    /// PostgreSQL address: a postgres:// URL or a libpq "key=value" string. Without it the
+    /// libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE apply.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the schema (safe to run from several processes at once).
+    Migrate,
+    /// Add a task (or, with --batch, many) to the queue; prints the new id.
+    Enqueue(Box<EnqueueArgs>),
+    /// The queue at a glance: tasks by status, workers, oldest pending, failure rate.
+    Status(StatusArgs),
+    /// List tasks, newest first.
+    Tasks(TasksArgs),
+    /// One task and its timeline of events.
+    Show(ShowArgs),
+    /// Put a failed or cancelled task back to pending with a fresh attempt budget.
+    Retry(RetryArgs),
+    /// Cancel a task: at once when pending or assigned; a running task is ended by its worker.
+    Cancel(CancelArgs),
+    /// Create, list and finish runs (groups of tasks and the workers serving them).
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// The worker registry: who is online, their load and circuit state.
+    Workers(WorkersArgs),
+    /// Delete finished tasks (completed, failed, cancelled) and their events.
+    Prune(PruneArgs),
+}
+
+/// Options of `jrq enqueue`.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Title of the task.
+    #[arg(long, env = "JRQ_TITLE", required_unless_present = "batch")]
+    pub title: Option<String>,
+    /// Longer description.
+    #[arg(long, env = "JRQ_DESCRIPTION", default_value = "")]
+    pub description: String,
+    /// Payload, a JSON document given to the executor on stdin. Default: {}.
+    #[arg(long, env = "JRQ_PAYLOAD", value_parser = validate::parse_json, conflicts_with = "payload_file")]
+    pub payload: Option<serde_json::Value>,
+    /// Read the JSON payload from FILE ("-" for stdin).
+    #[arg(long, env = "JRQ_PAYLOAD_FILE", value_name = "FILE")]
+    pub payload_file: Option<PathBuf>,
+    /// Priority: a non-negative integer, lower is more urgent.
+    #[arg(long, env = "JRQ_PRIORITY", default_value = "5", value_parser = validate::parse_priority, allow_hyphen_values = true)]
+    pub priority: i32,
+    /// Jump the line (sets sacred_fire_priority): served before every non-urgent task.
+    #[arg(long, env = "JRQ_URGENT")]
+    pub urgent: bool,
+    /// Routing class (e.g. claude, codex, ollama); only workers serving it take the task.
+    /// Default: empty, any worker.
+    #[arg(long, env = "JRQ_PROVIDER", default_value = "")]
+    pub provider: String,
+    /// Pin the task to one worker by name.
+    #[arg(long, env = "JRQ_TARGET", value_parser = validate::parse_worker_name)]
+    pub target: Option<String>,
+    /// Run id (UUID) the task belongs to (see `jrq runs create`).
+    #[arg(long, env = "JRQ_RUN", value_parser = validate::parse_run_id)]
+    pub run: Option<Uuid>,
+    /// Attempts before the task fails for good.
+    #[arg(long, env = "JRQ_MAX_ATTEMPTS", default_value = "3", value_parser = validate::parse_at_least_one, allow_hyphen_values = true)]
+    pub max_attempts: i32,
+    /// How long one attempt may run (e.g. 90s, 30m, 2h).
+    #[arg(long, env = "JRQ_TIMEOUT", default_value = "30m", value_parser = validate::parse_positive_duration)]
+    pub timeout: Duration,
+    /// Do not start the task before this delay has passed (e.g. 10m). Default: at once.
+    #[arg(long, env = "JRQ_DELAY", value_parser = validate::parse_duration, conflicts_with = "run_at")]
+    pub delay: Option<Duration>,
+    /// Do not start the task before this time (RFC 3339, e.g. 2026-11-23T18:00:00Z).
+    #[arg(long, env = "JRQ_RUN_AT", value_parser = validate::parse_timestamp)]
+    pub run_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most one unfinished task may hold this key; a second one is refused as a duplicate.
+    #[arg(long, env = "JRQ_UNIQUE_KEY")]
+    pub unique_key: Option<String>,
+    /// Recorded as the task's source.
+    #[arg(long, env = "JRQ_SOURCE", default_value = "jrq")]
+    pub source: String,
+    /// Recorded as the task's creator. Default: $USER.
+    #[arg(long, env = "JRQ_CREATED_BY")]
+    pub created_by: Option<String>,
+    /// Read tasks as JSON lines from FILE ("-" for stdin), one object per line with fields
+    /// named like these options (title, description, payload, priority, urgent, provider,
+    /// target, run, max_attempts, timeout, delay, run_at, unique_key, source, created_by).
+    #[arg(long, env = "JRQ_BATCH", value_name = "FILE", conflicts_with_all = ["title", "payload", "payload_file", "unique_key"])]
+    pub batch: Option<PathBuf>,
+    /// With --batch: insert the valid lines even when some are rejected. Default: a batch
+    /// with any bad line inserts nothing.
+    #[arg(long, env = "JRQ_SKIP_INVALID", requires = "batch")]
+    pub skip_invalid: bool,
+}
+
+/// Options of `jrq status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Window for the failure count and failure rate.
+    #[arg(long, env = "JRQ_WINDOW", default_value = "24h", value_parser = validate::parse_positive_duration)]
+    pub window: Duration,
+    /// A worker silent for longer than this counts as offline.
+    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "30s", value_parser = validate::parse_positive_duration)]
+    pub online_threshold: Duration,
+    /// Print JSON instead of text.
+    #[arg(long, env = "JRQ_JSON")]
+    pub json: bool,
+}
+
+/// Options of `jrq tasks`.
+#[derive(Debug, Args)]
+pub struct TasksArgs {
+    /// Only tasks in this status (pending, assigned, in_progress, completed, failed, cancelled).
+    #[arg(long, env = "JRQ_STATUS", value_parser = parse_task_status)]
+    pub status: Option<TaskStatus>,
+    /// Only tasks assigned to this worker.
+    #[arg(long, env = "JRQ_WORKER")]
+    pub worker: Option<String>,
+    /// Only tasks of this run.
+    #[arg(long, env = "JRQ_RUN", value_parser = validate::parse_run_id)]
+    pub run: Option<Uuid>,
+    /// Only tasks for this provider.
+    #[arg(long, env = "JRQ_PROVIDER")]
+    pub provider: Option<String>,
+    /// At most this many tasks.
+    #[arg(long, env = "JRQ_LIMIT", default_value = "50", value_parser = parse_limit)]
+    pub limit: i64,
+    /// Print JSON instead of text.
+    #[arg(long, env = "JRQ_JSON")]
+    pub json: bool,
+}
+
+/// Options of `jrq show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Task id.
+    #[arg(value_parser = parse_task_id)]
+    pub id: i64,
+    /// Print JSON instead of text.
+    #[arg(long, env = "JRQ_JSON")]
+    pub json: bool,
+}
+
+/// Options of `jrq retry`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all_failed"])))]
+pub struct RetryArgs {
+    /// Task id.
+    #[arg(value_parser = parse_task_id)]
+    pub id: Option<i64>,
+    /// Retry every failed task.
+    #[arg(long, env = "JRQ_ALL_FAILED")]
+    pub all_failed: bool,
+}
+
+/// Options of `jrq cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Task id.
+    #[arg(value_parser = parse_task_id)]
+    pub id: i64,
+}
+
+/// `jrq runs ...`
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Create an active run; prints its id.
+    Create {
+        /// A name for people.
+        #[arg(long, env = "JRQ_RUN_NAME", default_value = "")]
+        name: String,
+        /// Let the health monitor mark the run completed (or error) once all of its tasks
+        /// are finished.
+        #[arg(long, env = "JRQ_AUTO_COMPLETE")]
+        auto_complete: bool,
+    },
+    /// List runs, newest first, with their tasks counted.
+    List {
+        /// Only runs in this status (active, completed, error, archived).
+        #[arg(long, env = "JRQ_RUN_STATUS", value_parser = parse_run_status)]
+        status: Option<RunStatus>,
+        /// At most this many runs.
+        #[arg(long, env = "JRQ_LIMIT", default_value = "50", value_parser = parse_limit)]
+        limit: i64,
+        /// Print JSON instead of text.
+        #[arg(long, env = "JRQ_JSON")]
+        json: bool,
+    },
+    /// Set a run's status; completed, error and archived end the workers serving it.
+    Set {
+        /// Run id.
+        #[arg(value_parser = validate::parse_run_id)]
+        id: Uuid,
+        /// New status: active, completed, error or archived.
+        #[arg(value_parser = parse_run_status)]
+        status: RunStatus,
+    },
+}
+
+/// Options of `jrq workers`.
+#[derive(Debug, Args)]
+pub struct WorkersArgs {
+    /// A worker silent for longer than this counts as offline.
+    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "30s", value_parser = validate::parse_positive_duration)]
+    pub online_threshold: Duration,
+    /// Print JSON instead of text.
+    #[arg(long, env = "JRQ_JSON")]
+    pub json: bool,
+}
+
+/// Options of `jrq prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Delete tasks that finished longer ago than this (e.g. 7d, 12h).
+    #[arg(long, env = "JRQ_OLDER_THAN", value_parser = validate::parse_duration)]
+    pub older_than: Duration,
+    /// Print JSON instead of text.
+    #[arg(long, env = "JRQ_JSON")]
+    pub json: bool,
+}
+
+fn parse_task_id(s: &str) -> Result<i64, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a task id: task ids are positive integers (see `jrq tasks`)"
+        )),
+    }
+}
+
+fn parse_limit(s: &str) -> Result<i64, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{s}' is not a limit: use a positive integer")),
+    }
+}
+
+fn parse_task_status(s: &str) -> Result<TaskStatus, String> {
+    s.parse()
+}
+
+fn parse_run_status(s: &str) -> Result<RunStatus, String> {
+    s.parse()
+}

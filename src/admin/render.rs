@@ -1,0 +1,445 @@
+//! Output of the `jrq` commands: aligned tables for people, JSON for scripts.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
+use serde::Serialize;
+
+use crate::db::events::EventRow;
+use crate::db::migrate::MigrateReport;
+use crate::db::runs::RunRow;
+use crate::db::tasks::{PruneReport, RetryAllReport, TaskRow, TaskSummary};
+use crate::db::workers::{WorkerRow, WorkerSummary};
+use crate::error::{Error, Result};
+use crate::validate::format_duration;
+
+fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)
+        .map_err(|e| Error::io("cannot write JSON", std::io::Error::other(e)))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn table(headers: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(headers.iter().map(|h| Cell::new(h.to_uppercase())));
+    for c in t.column_iter_mut() {
+        c.set_padding((0, 2));
+    }
+    t
+}
+
+fn right(t: &mut Table, cols: &[usize]) {
+    for &i in cols {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+}
+
+fn print_table(t: &Table) {
+    for line in t.to_string().lines() {
+        println!("{}", line.trim_end());
+    }
+}
+
+fn ts(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn age(t: Option<DateTime<Utc>>) -> String {
+    match t {
+        Some(t) => {
+            let d = (Utc::now() - t).to_std().unwrap_or_default();
+            format!("{} ago", format_duration(d))
+        }
+        None => "-".into(),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let s = s.replace(['\n', '\r', '\t'], " ");
+    if s.chars().count() <= max {
+        s
+    } else {
+        let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+        out.push('…');
+        out
+    }
+}
+
+pub fn migrate(r: &MigrateReport) {
+    if r.applied.is_empty() {
+        println!("schema is up to date (version {})", r.version);
+    } else {
+        let v: Vec<String> = r.applied.iter().map(|v| format!("V{v}")).collect();
+        println!(
+            "applied {} migration(s) ({}); schema is at version {}",
+            r.applied.len(),
+            v.join(", "),
+            r.version
+        );
+    }
+}
+
+pub fn rejected_lines(rejected: &[(usize, String)]) {
+    for (line, why) in rejected {
+        eprintln!("line {line}: {why}");
+    }
+}
+
+pub fn batch_added(added: usize, rejected: usize) {
+    if rejected > 0 {
+        println!("added {added} task(s); skipped {rejected} rejected line(s)");
+    } else {
+        println!("added {added} task(s)");
+    }
+}
+
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    tasks: std::collections::BTreeMap<&'a str, i64>,
+    total: i64,
+    pending_delayed: i64,
+    oldest_pending_age_s: Option<f64>,
+    window_s: f64,
+    completed_in_window: i64,
+    failed_in_window: i64,
+    failure_rate: Option<f64>,
+    workers: WorkersJson,
+}
+
+#[derive(Serialize)]
+struct WorkersJson {
+    online: i64,
+    busy: i64,
+    idle: i64,
+    offline: i64,
+    circuit_open: i64,
+    capacity: i64,
+    load: i64,
+    assigners: i64,
+}
+
+pub fn status(t: &TaskSummary, w: &WorkerSummary, json: bool) -> Result<()> {
+    let total: i64 = t.by_status.iter().map(|(_, n)| n).sum();
+    if json {
+        return print_json(&StatusJson {
+            tasks: t.by_status.iter().map(|(s, n)| (s.as_str(), *n)).collect(),
+            total,
+            pending_delayed: t.pending_delayed,
+            oldest_pending_age_s: t.oldest_pending_age_s,
+            window_s: t.window_s,
+            completed_in_window: t.completed_window,
+            failed_in_window: t.failed_window,
+            failure_rate: t.failure_rate,
+            workers: WorkersJson {
+                online: w.online(),
+                busy: w.busy,
+                idle: w.idle,
+                offline: w.offline,
+                circuit_open: w.circuit_open,
+                capacity: w.capacity,
+                load: w.load,
+                assigners: w.assigners,
+            },
+        });
+    }
+    let pct = |n: i64| {
+        if total > 0 {
+            format!("{:.0}%", n as f64 * 100.0 / total as f64)
+        } else {
+            "-".into()
+        }
+    };
+    let mut tb = table(&["tasks", "count", "share"]);
+    for (s, n) in &t.by_status {
+        let label = if s == "pending" && t.pending_delayed > 0 {
+            format!("pending ({} delayed)", t.pending_delayed)
+        } else {
+            s.clone()
+        };
+        tb.add_row(vec![label, n.to_string(), pct(*n)]);
+    }
+    tb.add_row(vec!["total".to_string(), total.to_string(), String::new()]);
+    right(&mut tb, &[1, 2]);
+    print_table(&tb);
+    println!();
+    let oldest = t
+        .oldest_pending_age_s
+        .map(|s| format_duration(Duration::from_secs_f64(s.max(0.0))))
+        .unwrap_or_else(|| "none waiting".into());
+    println!("oldest pending:  {oldest}");
+    let window = format_duration(Duration::from_secs_f64(t.window_s));
+    let rate = t
+        .failure_rate
+        .map(|r| format!("{:.1}%", r * 100.0))
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "last {window}:  {} completed, {} failed, failure rate {rate}",
+        t.completed_window, t.failed_window
+    );
+    println!(
+        "workers:         {} online ({} busy, {} idle), {} offline, {} circuit open; load {}/{}",
+        w.online(),
+        w.busy,
+        w.idle,
+        w.offline,
+        w.circuit_open,
+        w.load,
+        w.capacity
+    );
+    println!("assigners:       {} alive", w.assigners);
+    Ok(())
+}
+
+pub fn tasks(rows: &[TaskRow], json: bool) -> Result<()> {
+    if json {
+        return print_json(rows);
+    }
+    if rows.is_empty() {
+        println!("no tasks");
+        return Ok(());
+    }
+    let mut t = table(&[
+        "id", "status", "pri", "title", "provider", "worker", "attempt", "created",
+    ]);
+    for r in rows {
+        let pri = if r.sacred_fire_priority {
+            format!("!{}", r.priority)
+        } else {
+            r.priority.to_string()
+        };
+        t.add_row(vec![
+            r.id.to_string(),
+            r.status.clone(),
+            pri,
+            truncate(&r.title, 40),
+            if r.provider.is_empty() {
+                "-".into()
+            } else {
+                r.provider.clone()
+            },
+            r.assigned_jr.clone().unwrap_or_else(|| "-".into()),
+            format!("{}/{}", r.attempts, r.max_attempts),
+            age(Some(r.created_at)),
+        ]);
+    }
+    right(&mut t, &[0, 2]);
+    print_table(&t);
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ShowJson<'a> {
+    task: &'a TaskRow,
+    events: &'a [EventRow],
+}
+
+pub fn show(task: &TaskRow, events: &[EventRow], json: bool) -> Result<()> {
+    if json {
+        return print_json(&ShowJson { task, events });
+    }
+    let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+    println!("task {}: {}", task.id, task.title);
+    if !task.description.is_empty() {
+        println!("  description:  {}", task.description);
+    }
+    println!(
+        "  status:       {} ({}%)",
+        task.status, task.progress_percent
+    );
+    println!(
+        "  priority:     {}{}",
+        task.priority,
+        if task.sacred_fire_priority {
+            " (urgent)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  provider:     {}",
+        if task.provider.is_empty() {
+            "any"
+        } else {
+            &task.provider
+        }
+    );
+    println!("  target:       {}", opt(&task.target_jr));
+    println!("  worker:       {}", opt(&task.assigned_jr));
+    println!(
+        "  run:          {}",
+        task.run_id
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    println!("  attempts:     {} of {}", task.attempts, task.max_attempts);
+    println!(
+        "  timeout:      {}",
+        format_duration(Duration::from_millis(task.timeout_ms.max(0) as u64))
+    );
+    println!("  unique key:   {}", opt(&task.unique_key));
+    println!(
+        "  created:      {} by {} via {}",
+        ts(Some(task.created_at)),
+        task.created_by,
+        task.source
+    );
+    println!("  run after:    {}", ts(Some(task.run_after)));
+    println!("  assigned:     {}", ts(task.assigned_at));
+    println!("  started:      {}", ts(task.started_at));
+    println!("  finished:     {}", ts(task.completed_at));
+    if task.cancel_requested_at.is_some() {
+        println!("  cancel asked: {}", ts(task.cancel_requested_at));
+    }
+    println!(
+        "  payload:      {}",
+        truncate(&task.payload.to_string(), 200)
+    );
+    if let Some(r) = &task.result {
+        println!("  result:       {}", truncate(r, 500));
+    }
+    if let Some(e) = &task.error {
+        println!("  error:        {}", truncate(e, 500));
+    }
+    println!();
+    println!("timeline:");
+    let mut t = table(&["at", "actor", "action", "status", "attempt", "details"]);
+    t.add_row(vec![
+        ts(Some(task.created_at)),
+        task.created_by.clone(),
+        "created".into(),
+        "pending".into(),
+        "-".into(),
+        format!("via {}", task.source),
+    ]);
+    for e in events {
+        let status = match (&e.from_status, &e.to_status) {
+            (Some(f), Some(to)) if f != to => format!("{f} -> {to}"),
+            (_, Some(to)) => to.clone(),
+            (Some(f), None) => f.clone(),
+            (None, None) => "-".into(),
+        };
+        t.add_row(vec![
+            e.at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+            e.actor.clone(),
+            e.action.clone(),
+            status,
+            e.attempt
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into()),
+            truncate(&e.details, 80),
+        ]);
+    }
+    print_table(&t);
+    Ok(())
+}
+
+pub fn retry_all(r: &RetryAllReport) {
+    if r.skipped_unique_key > 0 {
+        println!(
+            "{} failed task(s) pending again; {} left failed because an unfinished task \
+             holds their unique key",
+            r.retried, r.skipped_unique_key
+        );
+    } else {
+        println!("{} failed task(s) pending again", r.retried);
+    }
+}
+
+pub fn runs(rows: &[RunRow], json: bool) -> Result<()> {
+    if json {
+        return print_json(rows);
+    }
+    if rows.is_empty() {
+        println!("no runs");
+        return Ok(());
+    }
+    let mut t = table(&[
+        "id", "name", "status", "tasks", "open", "done", "failed", "created",
+    ]);
+    for r in rows {
+        t.add_row(vec![
+            r.id.to_string(),
+            truncate(&r.name, 30),
+            r.status.clone(),
+            r.tasks_total.to_string(),
+            r.tasks_unfinished.to_string(),
+            r.tasks_completed.to_string(),
+            r.tasks_failed.to_string(),
+            age(Some(r.created_at)),
+        ]);
+    }
+    right(&mut t, &[3, 4, 5, 6]);
+    print_table(&t);
+    Ok(())
+}
+
+pub fn workers(rows: &[WorkerRow], json: bool) -> Result<()> {
+    if json {
+        return print_json(rows);
+    }
+    if rows.is_empty() {
+        println!("no workers registered");
+        return Ok(());
+    }
+    let mut t = table(&[
+        "name",
+        "kind",
+        "state",
+        "load",
+        "providers",
+        "host",
+        "pid",
+        "last seen",
+        "circuit",
+    ]);
+    for r in rows {
+        let state = if r.alive {
+            r.status.clone()
+        } else {
+            "offline".into()
+        };
+        let circuit = match (&r.circuit_open_until, &r.circuit_reason) {
+            (Some(until), reason) => format!(
+                "open until {} ({})",
+                until.format("%H:%M:%S"),
+                reason.clone().unwrap_or_default()
+            ),
+            (None, _) if r.consecutive_failures > 0 => {
+                format!("closed ({} failures in a row)", r.consecutive_failures)
+            }
+            (None, _) => "closed".into(),
+        };
+        t.add_row(vec![
+            r.jr_name.clone(),
+            r.kind.clone(),
+            state,
+            format!("{}/{}", r.current_load, r.capacity),
+            if r.providers.is_empty() {
+                "-".into()
+            } else {
+                r.providers.join(",")
+            },
+            r.host.clone(),
+            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            age(r.last_seen),
+            circuit,
+        ]);
+    }
+    print_table(&t);
+    Ok(())
+}
+
+pub fn prune(r: &PruneReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(r);
+    }
+    println!("pruned {} task(s) and {} event(s)", r.tasks, r.events);
+    Ok(())
+}

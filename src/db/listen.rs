@@ -1,0 +1,50 @@
+//! LISTEN on a connection whose driver hands notifications to the caller.
+//!
+//! A pooled connection drops notifications, so listeners open their own connection and
+//! drive it here. The channel names pass through [`quote_ident`](super::quote_ident).
+//! When the connection dies the receiver ends: reconnect, LISTEN again, and poll at once,
+//! because notifications sent meanwhile are gone.
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Notification};
+
+use super::{connect_error, quote_ident};
+use crate::error::{describe_chain, Result};
+
+/// Opens a connection, LISTENs on `channels`, and returns the client (usable for queries
+/// too) and the stream of notifications. The stream ends when the connection closes.
+pub async fn listen(
+    cfg: &Config,
+    channels: &[&str],
+) -> Result<(Client, mpsc::UnboundedReceiver<Notification>)> {
+    let (client, mut connection) = cfg
+        .connect(NoTls)
+        .await
+        .map_err(|e| connect_error(cfg, &e))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    // Drive the connection before issuing LISTEN: nothing moves otherwise.
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(msg) = messages.next().await {
+            match msg {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %describe_chain(&e), "listening connection closed");
+                    break;
+                }
+            }
+        }
+    });
+    let mut sql = String::new();
+    for ch in channels {
+        sql.push_str(&format!("LISTEN {};", quote_ident(ch)?));
+    }
+    client.batch_execute(&sql).await?;
+    Ok((client, rx))
+}

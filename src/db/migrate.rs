@@ -1,0 +1,103 @@
+//! Schema migrations: refinery, embedded in every binary, under an advisory lock so that
+//! several processes can migrate one database at once.
+
+use tokio_postgres::Client;
+
+use crate::error::{describe_chain, Error, Result};
+
+refinery::embed_migrations!("migrations");
+
+/// The table refinery records applied migrations in.
+pub const HISTORY_TABLE: &str = "jrq_schema_history";
+
+/// The advisory lock held while migrating ("jrq_migr" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x6a72_715f_6d69_6772;
+
+/// The newest schema version this binary carries.
+pub fn latest_version() -> i32 {
+    migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The newest applied version, or `None` when the database has no jrq schema.
+pub async fn current_version(client: &Client) -> Result<Option<i32>> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("public.{HISTORY_TABLE}")],
+        )
+        .await?;
+    if !row.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    // The table name is our own constant; it cannot be a parameter.
+    let row = client
+        .query_one(
+            &format!("SELECT max(version)::int4 FROM {HISTORY_TABLE}"),
+            &[],
+        )
+        .await?;
+    Ok(row.get::<_, Option<i32>>(0))
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateReport {
+    /// Versions applied by this call, oldest first.
+    pub applied: Vec<i32>,
+    /// The version the database is at now.
+    pub version: i32,
+}
+
+/// Applies every migration the database lacks. Safe to run from several processes at once:
+/// they queue on an advisory lock, and the later ones find nothing to do.
+pub async fn migrate(client: &mut Client) -> Result<MigrateReport> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    let result = migrate_locked(client).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    let report = result?;
+    unlocked?;
+    Ok(report)
+}
+
+async fn migrate_locked(client: &mut Client) -> Result<MigrateReport> {
+    let known = latest_version();
+    if let Some(found) = current_version(client).await? {
+        if found > known {
+            return Err(Error::SchemaTooNew { found, known });
+        }
+    }
+    let report = migrations::runner()
+        .set_migration_table_name(HISTORY_TABLE)
+        .run_async(client)
+        .await
+        .map_err(|e| Error::Migration(describe_refinery_error(&e)))?;
+    let applied = report
+        .applied_migrations()
+        .iter()
+        .map(|m| m.version())
+        .collect();
+    let version = current_version(client).await?.unwrap_or(0);
+    Ok(MigrateReport { applied, version })
+}
+
+fn describe_refinery_error(e: &refinery::Error) -> String {
+    // refinery wraps the driver error; show the server's own message.
+    match e.kind() {
+        refinery::error::Kind::Connection(what, source) => {
+            match source.downcast_ref::<tokio_postgres::Error>() {
+                Some(pg) => format!("{what}: {}", crate::error::describe_pg_error(pg)),
+                None => format!("{what}: {}", describe_chain(source.as_ref())),
+            }
+        }
+        other => other.to_string(),
+    }
+}

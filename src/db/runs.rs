@@ -1,0 +1,128 @@
+//! SQL on `jr_runs`: runs group tasks and the workers started for them.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::db::CHANNEL_RUNS;
+use crate::error::{Error, Result};
+use crate::task::RunStatus;
+
+/// One run, with its tasks counted by status.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    pub id: Uuid,
+    pub name: String,
+    pub status: String,
+    pub auto_complete: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub tasks_total: i64,
+    pub tasks_unfinished: i64,
+    pub tasks_completed: i64,
+    pub tasks_failed: i64,
+    pub tasks_cancelled: i64,
+}
+
+const RUN_SELECT: &str = "SELECT r.id, r.name, r.status, r.auto_complete, r.created_at, \
+        r.updated_at, r.finished_at, \
+        count(t.id), \
+        count(t.id) FILTER (WHERE t.status IN ('pending', 'assigned', 'in_progress')), \
+        count(t.id) FILTER (WHERE t.status = 'completed'), \
+        count(t.id) FILTER (WHERE t.status = 'failed'), \
+        count(t.id) FILTER (WHERE t.status = 'cancelled') \
+    FROM jr_runs r LEFT JOIN jr_work_queue t ON t.run_id = r.id";
+
+fn run_from_row(r: &tokio_postgres::Row) -> RunRow {
+    RunRow {
+        id: r.get(0),
+        name: r.get(1),
+        status: r.get(2),
+        auto_complete: r.get(3),
+        created_at: r.get(4),
+        updated_at: r.get(5),
+        finished_at: r.get(6),
+        tasks_total: r.get(7),
+        tasks_unfinished: r.get(8),
+        tasks_completed: r.get(9),
+        tasks_failed: r.get(10),
+        tasks_cancelled: r.get(11),
+    }
+}
+
+/// Creates an active run and returns its id.
+pub async fn runs_create(
+    client: &impl GenericClient,
+    name: &str,
+    auto_complete: bool,
+) -> Result<Uuid> {
+    let row = client
+        .query_one(
+            "INSERT INTO jr_runs (name, auto_complete) VALUES ($1, $2) RETURNING id",
+            &[&name, &auto_complete],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Lists runs, newest first; `status` filters.
+pub async fn runs_list(
+    client: &impl GenericClient,
+    status: Option<RunStatus>,
+    limit: i64,
+) -> Result<Vec<RunRow>> {
+    let sql = format!(
+        "{RUN_SELECT} WHERE ($1::text IS NULL OR r.status = $1) \
+         GROUP BY r.id ORDER BY r.created_at DESC, r.id LIMIT $2"
+    );
+    let status = status.map(|s| s.as_str());
+    let rows = client.query(&sql, &[&status, &limit]).await?;
+    Ok(rows.iter().map(run_from_row).collect())
+}
+
+/// One run, or a clear "no run" error.
+pub async fn runs_get(client: &impl GenericClient, id: Uuid) -> Result<RunRow> {
+    let sql = format!("{RUN_SELECT} WHERE r.id = $1 GROUP BY r.id");
+    client
+        .query_opt(&sql, &[&id])
+        .await?
+        .as_ref()
+        .map(run_from_row)
+        .ok_or_else(|| no_such_run(id))
+}
+
+fn no_such_run(id: Uuid) -> Error {
+    Error::NotFound(format!(
+        "there is no run {id}: check the id with `jrq runs list`"
+    ))
+}
+
+/// Sets a run's status; a terminal status records `finished_at` and wakes the workers
+/// serving the run so they exit at once.
+pub async fn runs_set_status(
+    client: &impl GenericClient,
+    id: Uuid,
+    status: RunStatus,
+) -> Result<()> {
+    let n = client
+        .execute(
+            "UPDATE jr_runs SET status = $2, updated_at = now(), \
+                 finished_at = CASE WHEN $2 = 'active' THEN NULL \
+                                    ELSE coalesce(finished_at, now()) END \
+             WHERE id = $1",
+            &[&id, &status.as_str()],
+        )
+        .await?;
+    if n == 0 {
+        return Err(no_such_run(id));
+    }
+    client
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL_RUNS, &id.to_string()],
+        )
+        .await?;
+    Ok(())
+}

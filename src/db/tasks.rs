@@ -1,0 +1,638 @@
+//! SQL on `jr_work_queue`, the task table.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::{GenericClient, Row};
+use uuid::Uuid;
+
+use crate::db::{events, CHANNEL_PENDING, CHANNEL_WORKER};
+use crate::error::{constraint, sqlstate, Error, Result};
+use crate::task::{NewTask, RunAfter, TaskStatus};
+
+/// Rows per INSERT statement in a bulk enqueue.
+const INSERT_CHUNK: usize = 5_000;
+
+/// The statuses that hold a unique key (see `jr_work_queue_unique_key_idx`).
+const UNFINISHED: &str = "('pending', 'assigned', 'in_progress')";
+
+/// Columns read into a [`TaskRow`].
+const TASK_COLUMNS: &str = "id, title, description, source, created_by, priority, \
+    sacred_fire_priority, status, assigned_jr, created_at, assigned_at, started_at, \
+    completed_at, progress_percent, payload, provider, target_jr, run_id, attempts, \
+    max_attempts, (extract(epoch FROM timeout) * 1000)::int8 AS timeout_ms, run_after, \
+    result, error, unique_key, cancel_requested_at, updated_at";
+
+/// One task as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRow {
+    pub id: i64,
+    pub title: String,
+    pub description: String,
+    pub source: String,
+    pub created_by: String,
+    pub priority: i32,
+    pub sacred_fire_priority: bool,
+    pub status: String,
+    pub assigned_jr: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub assigned_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub progress_percent: i16,
+    pub payload: serde_json::Value,
+    pub provider: String,
+    pub target_jr: Option<String>,
+    pub run_id: Option<Uuid>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub timeout_ms: i64,
+    pub run_after: DateTime<Utc>,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub unique_key: Option<String>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TaskRow {
+    fn from_row(r: &Row) -> Self {
+        TaskRow {
+            id: r.get("id"),
+            title: r.get("title"),
+            description: r.get("description"),
+            source: r.get("source"),
+            created_by: r.get("created_by"),
+            priority: r.get("priority"),
+            sacred_fire_priority: r.get("sacred_fire_priority"),
+            status: r.get("status"),
+            assigned_jr: r.get("assigned_jr"),
+            created_at: r.get("created_at"),
+            assigned_at: r.get("assigned_at"),
+            started_at: r.get("started_at"),
+            completed_at: r.get("completed_at"),
+            progress_percent: r.get("progress_percent"),
+            payload: r.get("payload"),
+            provider: r.get("provider"),
+            target_jr: r.get("target_jr"),
+            run_id: r.get("run_id"),
+            attempts: r.get("attempts"),
+            max_attempts: r.get("max_attempts"),
+            timeout_ms: r.get("timeout_ms"),
+            run_after: r.get("run_after"),
+            result: r.get("result"),
+            error: r.get("error"),
+            unique_key: r.get("unique_key"),
+            cancel_requested_at: r.get("cancel_requested_at"),
+            updated_at: r.get("updated_at"),
+        }
+    }
+}
+
+/// What happened to one task of an insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Inserted with this id.
+    Inserted(i64),
+    /// Not inserted: an unfinished task already holds the unique key.
+    Duplicate { key: String, existing: Option<i64> },
+}
+
+/// Inserts tasks in bulk (one statement per few thousand rows, one notification per
+/// statement). The outcomes come back in input order. A task whose unique key an
+/// unfinished task already holds — in the table or earlier in `tasks` — is not inserted
+/// and reported as a duplicate. Run inside a transaction to make the whole batch atomic.
+pub async fn tasks_insert(
+    client: &impl GenericClient,
+    tasks: &[NewTask],
+) -> Result<Vec<InsertOutcome>> {
+    let mut outcomes: Vec<Option<InsertOutcome>> = vec![None; tasks.len()];
+
+    // Keys held by unfinished tasks already in the table.
+    let keys: Vec<&str> = tasks
+        .iter()
+        .filter_map(|t| t.unique_key.as_deref())
+        .collect();
+    let mut held: HashMap<String, i64> = HashMap::new();
+    if !keys.is_empty() {
+        let sql = format!(
+            "SELECT unique_key, id FROM jr_work_queue \
+             WHERE unique_key = ANY($1) AND status IN {UNFINISHED}"
+        );
+        for r in client.query(&sql, &[&keys]).await? {
+            held.insert(r.get(0), r.get(1));
+        }
+    }
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut to_insert: Vec<usize> = Vec::with_capacity(tasks.len());
+    for (i, t) in tasks.iter().enumerate() {
+        if let Some(k) = t.unique_key.as_deref() {
+            if let Some(id) = held.get(k) {
+                outcomes[i] = Some(InsertOutcome::Duplicate {
+                    key: k.to_string(),
+                    existing: Some(*id),
+                });
+                continue;
+            }
+            if !seen.insert(k) {
+                outcomes[i] = Some(InsertOutcome::Duplicate {
+                    key: k.to_string(),
+                    existing: None,
+                });
+                continue;
+            }
+        }
+        to_insert.push(i);
+    }
+
+    for chunk in to_insert.chunks(INSERT_CHUNK) {
+        let rows = insert_chunk(client, tasks, chunk).await?;
+        // Rows come back in insertion order; a key that lost a race with a concurrent
+        // insert is skipped by ON CONFLICT and reported as a duplicate.
+        let mut returned = rows.into_iter().peekable();
+        for &i in chunk {
+            let t = &tasks[i];
+            match returned.peek() {
+                Some((_, ord)) if *ord == i as i64 => {
+                    let (id, _) = returned.next().expect("peeked");
+                    outcomes[i] = Some(InsertOutcome::Inserted(id));
+                }
+                _ => {
+                    outcomes[i] = Some(InsertOutcome::Duplicate {
+                        key: t.unique_key.clone().unwrap_or_default(),
+                        existing: None,
+                    })
+                }
+            }
+        }
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.expect("every task has an outcome"))
+        .collect())
+}
+
+/// Inserts the tasks at `idx` with one statement; returns (id, input index) in order.
+async fn insert_chunk(
+    client: &impl GenericClient,
+    tasks: &[NewTask],
+    idx: &[usize],
+) -> Result<Vec<(i64, i64)>> {
+    let n = idx.len();
+    let mut ord = Vec::with_capacity(n);
+    let mut title = Vec::with_capacity(n);
+    let mut description = Vec::with_capacity(n);
+    let mut source = Vec::with_capacity(n);
+    let mut created_by = Vec::with_capacity(n);
+    let mut priority = Vec::with_capacity(n);
+    let mut urgent = Vec::with_capacity(n);
+    let mut payload = Vec::with_capacity(n);
+    let mut provider = Vec::with_capacity(n);
+    let mut target = Vec::with_capacity(n);
+    let mut run_id = Vec::with_capacity(n);
+    let mut max_attempts = Vec::with_capacity(n);
+    let mut timeout_ms = Vec::with_capacity(n);
+    let mut delay_ms: Vec<i64> = Vec::with_capacity(n);
+    let mut run_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut unique_key = Vec::with_capacity(n);
+    for &i in idx {
+        let t = &tasks[i];
+        ord.push(i as i64);
+        title.push(t.title.as_str());
+        description.push(t.description.as_str());
+        source.push(t.source.as_str());
+        created_by.push(t.created_by.as_str());
+        priority.push(t.priority);
+        urgent.push(t.urgent);
+        payload.push(&t.payload);
+        provider.push(t.provider.as_str());
+        target.push(t.target.as_deref());
+        run_id.push(t.run_id);
+        max_attempts.push(t.max_attempts);
+        timeout_ms.push(duration_ms(t.timeout));
+        match t.run_after {
+            RunAfter::Now => {
+                delay_ms.push(0);
+                run_at.push(None);
+            }
+            RunAfter::Delay(d) => {
+                delay_ms.push(duration_ms(d));
+                run_at.push(None);
+            }
+            RunAfter::At(at) => {
+                delay_ms.push(0);
+                run_at.push(Some(at));
+            }
+        }
+        unique_key.push(t.unique_key.as_deref());
+    }
+    // `ord` orders the insert so that RETURNING maps rows back to their input lines.
+    let sql = format!(
+        "INSERT INTO jr_work_queue (title, description, source, created_by, priority, \
+             sacred_fire_priority, payload, provider, target_jr, run_id, max_attempts, \
+             timeout, run_after, unique_key) \
+         SELECT title, description, source, created_by, priority, urgent, payload, provider, \
+             target, run_id, max_attempts, timeout_ms * interval '1 millisecond', \
+             COALESCE(run_at, now() + delay_ms * interval '1 millisecond'), unique_key \
+         FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
+             $7::bool[], $8::jsonb[], $9::text[], $10::text[], $11::uuid[], $12::int4[], \
+             $13::int8[], $14::int8[], $15::timestamptz[], $16::text[]) \
+             AS u(ord, title, description, source, created_by, priority, urgent, payload, \
+                  provider, target, run_id, max_attempts, timeout_ms, delay_ms, run_at, unique_key) \
+         ORDER BY ord \
+         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN {UNFINISHED} \
+         DO NOTHING \
+         RETURNING id, unique_key"
+    );
+    let rows = client
+        .query(
+            &sql,
+            &[
+                &ord,
+                &title,
+                &description,
+                &source,
+                &created_by,
+                &priority,
+                &urgent,
+                &payload,
+                &provider,
+                &target,
+                &run_id,
+                &max_attempts,
+                &timeout_ms,
+                &delay_ms,
+                &run_at,
+                &unique_key,
+            ],
+        )
+        .await
+        .map_err(|e| insert_error(&e))?;
+    // Identity values grow in insertion order; the skipped rows are the ones whose key is
+    // missing from RETURNING.
+    let returned_keys: HashSet<Option<String>> = rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(1).map(Some))
+        .collect();
+    let mut ids = rows.iter().map(|r| r.get::<_, i64>(0));
+    let mut out = Vec::with_capacity(rows.len());
+    for &i in idx {
+        let skipped = match tasks[i].unique_key.as_deref() {
+            Some(k) => !returned_keys.contains(&Some(k.to_string())),
+            None => false,
+        };
+        if !skipped {
+            if let Some(id) = ids.next() {
+                out.push((id, i as i64));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn insert_error(e: &tokio_postgres::Error) -> Error {
+    match (sqlstate(e), constraint(e)) {
+        (Some("23503"), _) => Error::NotFound(
+            "a task names a run that does not exist: create it with `jrq runs create` \
+             or check the id with `jrq runs list`"
+                .into(),
+        ),
+        _ => Error::from_pg(e),
+    }
+}
+
+/// Whole milliseconds, saturating.
+pub fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Filters for [`tasks_list`]; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub status: Option<TaskStatus>,
+    pub worker: Option<String>,
+    pub run_id: Option<Uuid>,
+    pub provider: Option<String>,
+    pub limit: i64,
+}
+
+/// Lists tasks, newest first.
+pub async fn tasks_list(client: &impl GenericClient, f: &TaskFilter) -> Result<Vec<TaskRow>> {
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM jr_work_queue \
+         WHERE ($1::text IS NULL OR status = $1) \
+           AND ($2::text IS NULL OR assigned_jr = $2) \
+           AND ($3::uuid IS NULL OR run_id = $3) \
+           AND ($4::text IS NULL OR provider = $4) \
+         ORDER BY id DESC LIMIT $5"
+    );
+    let status = f.status.map(|s| s.as_str());
+    let rows = client
+        .query(
+            &sql,
+            &[&status, &f.worker, &f.run_id, &f.provider, &f.limit],
+        )
+        .await?;
+    Ok(rows.iter().map(TaskRow::from_row).collect())
+}
+
+/// One task, or `None`.
+pub async fn tasks_get(client: &impl GenericClient, id: i64) -> Result<Option<TaskRow>> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM jr_work_queue WHERE id = $1");
+    Ok(client
+        .query_opt(&sql, &[&id])
+        .await?
+        .as_ref()
+        .map(TaskRow::from_row))
+}
+
+/// One task, or a clear "no task N" error.
+pub async fn tasks_get_existing(client: &impl GenericClient, id: i64) -> Result<TaskRow> {
+    tasks_get(client, id).await?.ok_or_else(|| no_such_task(id))
+}
+
+fn no_such_task(id: i64) -> Error {
+    Error::NotFound(format!(
+        "there is no task {id}: check the id with `jrq tasks`"
+    ))
+}
+
+/// Puts one failed or cancelled task back to pending with a fresh attempt budget. Run in
+/// a transaction: the change, its event and the assigners' wake-up commit together.
+pub async fn tasks_retry(client: &impl GenericClient, id: i64, actor: &str) -> Result<TaskRow> {
+    let sql = format!(
+        "WITH old AS ( \
+             SELECT id, status FROM jr_work_queue \
+             WHERE id = $1 AND status IN ('failed', 'cancelled') FOR UPDATE), \
+         upd AS ( \
+             UPDATE jr_work_queue q SET {RESET_TO_PENDING} \
+             FROM old WHERE q.id = old.id RETURNING q.id, old.status AS from_status) \
+         INSERT INTO jr_task_events (task_id, actor, action, from_status, to_status, details) \
+         SELECT id, $2, 'retried', from_status, 'pending', 'retried by hand' FROM upd \
+         RETURNING task_id"
+    );
+    let rows = client
+        .query(&sql, &[&id, &actor])
+        .await
+        .map_err(|e| retry_error(&e, id))?;
+    if rows.is_empty() {
+        let t = tasks_get_existing(client, id).await?;
+        return Err(Error::Conflict(format!(
+            "task {id} is {}: only failed or cancelled tasks can be retried",
+            t.status
+        )));
+    }
+    notify_pending(client, "retry").await?;
+    tasks_get_existing(client, id).await
+}
+
+/// The SET list that puts a task back to pending with a fresh attempt budget.
+const RESET_TO_PENDING: &str = "status = 'pending', attempts = 0, run_after = now(), \
+    assigned_jr = NULL, assigned_at = NULL, started_at = NULL, completed_at = NULL, \
+    progress_percent = 0, result = NULL, error = NULL, cancel_requested_at = NULL, \
+    lease_instance = NULL, updated_at = now()";
+
+fn retry_error(e: &tokio_postgres::Error, id: i64) -> Error {
+    if sqlstate(e) == Some("23505") {
+        return Error::Conflict(format!(
+            "task {id} cannot be retried: another unfinished task holds its unique key \
+             (see `jrq show {id}`)"
+        ));
+    }
+    Error::from_pg(e)
+}
+
+/// What `tasks_retry_all_failed` did.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct RetryAllReport {
+    /// Tasks put back to pending.
+    pub retried: u64,
+    /// Failed tasks left alone because an unfinished task (or a newer failed one) holds
+    /// their unique key.
+    pub skipped_unique_key: u64,
+}
+
+/// Puts every failed task back to pending (one statement, one event each).
+pub async fn tasks_retry_all_failed(
+    client: &impl GenericClient,
+    actor: &str,
+) -> Result<RetryAllReport> {
+    let sql = format!(
+        "WITH old AS ( \
+             SELECT id, status FROM jr_work_queue q \
+             WHERE status = 'failed' \
+               AND (unique_key IS NULL OR ( \
+                    NOT EXISTS (SELECT 1 FROM jr_work_queue o \
+                                WHERE o.unique_key = q.unique_key AND o.status IN {UNFINISHED}) \
+                    AND id = (SELECT max(f.id) FROM jr_work_queue f \
+                              WHERE f.unique_key = q.unique_key AND f.status = 'failed'))) \
+             FOR UPDATE SKIP LOCKED), \
+         upd AS ( \
+             UPDATE jr_work_queue q SET {RESET_TO_PENDING} \
+             FROM old WHERE q.id = old.id RETURNING q.id, old.status AS from_status), \
+         ev AS ( \
+             INSERT INTO jr_task_events (task_id, actor, action, from_status, to_status, details) \
+             SELECT id, $1, 'retried', from_status, 'pending', 'retried by hand (all failed)' \
+             FROM upd) \
+         SELECT (SELECT count(*) FROM upd), \
+                (SELECT count(*) FROM jr_work_queue WHERE status = 'failed' \
+                   AND id NOT IN (SELECT id FROM upd))"
+    );
+    let row = client.query_one(&sql, &[&actor]).await?;
+    let retried = row.get::<_, i64>(0) as u64;
+    if retried > 0 {
+        notify_pending(client, "retry").await?;
+    }
+    Ok(RetryAllReport {
+        retried,
+        skipped_unique_key: row.get::<_, i64>(1) as u64,
+    })
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// The task was pending or assigned and is cancelled now.
+    Cancelled,
+    /// The task is running: its worker was asked to end it.
+    Requested,
+    /// A cancel was already requested and the worker has not acted yet.
+    AlreadyRequested,
+}
+
+/// Cancels a task: at once when it is pending or assigned; a running task gets a cancel
+/// request its worker acts on. Run in a transaction.
+pub async fn tasks_cancel(
+    client: &impl GenericClient,
+    id: i64,
+    actor: &str,
+) -> Result<CancelOutcome> {
+    let row = client
+        .query_opt(
+            "SELECT status, assigned_jr, cancel_requested_at IS NOT NULL \
+             FROM jr_work_queue WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| no_such_task(id))?;
+    let status: String = row.get(0);
+    let worker: Option<String> = row.get(1);
+    let already: bool = row.get(2);
+    match status.as_str() {
+        "pending" | "assigned" => {
+            client
+                .execute(
+                    "UPDATE jr_work_queue SET status = 'cancelled', completed_at = now(), \
+                         cancel_requested_at = now(), error = 'cancelled', updated_at = now() \
+                     WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+            events::events_insert(
+                client,
+                &events::NewEvent {
+                    task_id: id,
+                    actor,
+                    action: "cancelled",
+                    from_status: Some(&status),
+                    to_status: Some("cancelled"),
+                    worker: worker.as_deref(),
+                    attempt: None,
+                    details: "cancelled by hand",
+                },
+            )
+            .await?;
+            Ok(CancelOutcome::Cancelled)
+        }
+        "in_progress" if already => Ok(CancelOutcome::AlreadyRequested),
+        "in_progress" => {
+            client
+                .execute(
+                    "UPDATE jr_work_queue SET cancel_requested_at = now(), updated_at = now() \
+                     WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+            events::events_insert(
+                client,
+                &events::NewEvent {
+                    task_id: id,
+                    actor,
+                    action: "cancel_requested",
+                    from_status: Some("in_progress"),
+                    to_status: Some("in_progress"),
+                    worker: worker.as_deref(),
+                    attempt: None,
+                    details: "the worker will end the running attempt",
+                },
+            )
+            .await?;
+            if let Some(w) = &worker {
+                client
+                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_WORKER, w])
+                    .await?;
+            }
+            Ok(CancelOutcome::Requested)
+        }
+        other => Err(Error::Conflict(format!(
+            "task {id} is already {other}: there is nothing to cancel"
+        ))),
+    }
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct PruneReport {
+    pub tasks: u64,
+    pub events: u64,
+}
+
+/// Deletes finished tasks (completed, failed, cancelled) that finished before
+/// `now() - older_than`, and their events.
+pub async fn tasks_prune(client: &impl GenericClient, older_than: Duration) -> Result<PruneReport> {
+    let row = client
+        .query_one(
+            "WITH t AS ( \
+                 DELETE FROM jr_work_queue \
+                 WHERE status IN ('completed', 'failed', 'cancelled') \
+                   AND completed_at < now() - $1::int8 * interval '1 millisecond' \
+                 RETURNING id), \
+             e AS ( \
+                 DELETE FROM jr_task_events WHERE task_id IN (SELECT id FROM t) RETURNING 1) \
+             SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM e)",
+            &[&duration_ms(older_than)],
+        )
+        .await?;
+    Ok(PruneReport {
+        tasks: row.get::<_, i64>(0) as u64,
+        events: row.get::<_, i64>(1) as u64,
+    })
+}
+
+/// Counts and ages for `jrq status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskSummary {
+    /// Tasks per status (every status present, zero included).
+    pub by_status: Vec<(String, i64)>,
+    /// Pending tasks whose `run_after` has not come yet (delayed or backing off).
+    pub pending_delayed: i64,
+    /// Seconds the longest-waiting ready pending task has waited.
+    pub oldest_pending_age_s: Option<f64>,
+    /// Tasks that finished completed / failed in the window.
+    pub completed_window: i64,
+    pub failed_window: i64,
+    /// failed / (completed + failed) in the window, or `None` when nothing finished.
+    pub failure_rate: Option<f64>,
+    /// The window, in seconds.
+    pub window_s: f64,
+}
+
+/// Summarises the queue: tasks by status, oldest pending age, failures in `window`.
+pub async fn tasks_summary(client: &impl GenericClient, window: Duration) -> Result<TaskSummary> {
+    let counts = client
+        .query(
+            "SELECT status, count(*) FROM jr_work_queue GROUP BY status",
+            &[],
+        )
+        .await?;
+    let mut map: HashMap<String, i64> = counts.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let by_status = TaskStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), map.remove(s.as_str()).unwrap_or(0)))
+        .collect();
+    let row = client
+        .query_one(
+            "SELECT \
+               (SELECT count(*) FROM jr_work_queue WHERE status = 'pending' AND run_after > now()), \
+               (SELECT extract(epoch FROM now() - min(greatest(created_at, run_after)))::float8 \
+                  FROM jr_work_queue WHERE status = 'pending' AND run_after <= now()), \
+               (SELECT count(*) FROM jr_work_queue WHERE status = 'completed' \
+                  AND completed_at > now() - $1::int8 * interval '1 millisecond'), \
+               (SELECT count(*) FROM jr_work_queue WHERE status = 'failed' \
+                  AND completed_at > now() - $1::int8 * interval '1 millisecond')",
+            &[&duration_ms(window)],
+        )
+        .await?;
+    let completed: i64 = row.get(2);
+    let failed: i64 = row.get(3);
+    Ok(TaskSummary {
+        by_status,
+        pending_delayed: row.get(0),
+        oldest_pending_age_s: row.get(1),
+        completed_window: completed,
+        failed_window: failed,
+        failure_rate: (completed + failed > 0).then(|| failed as f64 / (completed + failed) as f64),
+        window_s: window.as_secs_f64(),
+    })
+}
+
+/// Wakes the assigners (e.g. after tasks went back to pending).
+pub async fn notify_pending(client: &impl GenericClient, why: &str) -> Result<()> {
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_PENDING, &why])
+        .await?;
+    Ok(())
+}

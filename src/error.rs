@@ -1,0 +1,139 @@
+//! Errors that reach a person as one clear line: what is wrong and what to do.
+
+use std::fmt::Write as _;
+
+/// Every error the library reports. The variants decide the exit status: usage errors
+/// (bad arguments or input) exit 2, everything else 1.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad arguments or input, detected before anything was changed.
+    #[error("{0}")]
+    Usage(String),
+
+    /// The database could not be reached. `target` names host and port, never the password.
+    #[error(
+        "cannot connect to PostgreSQL at {target}: {reason} \
+         (check DATABASE_URL or PGHOST/PGPORT, and that the server is running)"
+    )]
+    Connect { target: String, reason: String },
+
+    /// The database has no jrq tables yet.
+    #[error("database '{database}' has no jrq schema: run `jrq migrate` first")]
+    SchemaMissing { database: String },
+
+    /// The database was migrated by a newer jrq.
+    #[error(
+        "database schema is at version {found}, newer than this jrq knows ({known}): \
+         upgrade jrq on this machine"
+    )]
+    SchemaTooNew { found: i32, known: i32 },
+
+    /// The database needs migrations this binary carries.
+    #[error("database schema is at version {found}, this jrq needs {known}: run `jrq migrate`")]
+    SchemaTooOld { found: i32, known: i32 },
+
+    /// An id that names nothing.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// The request conflicts with the current state (duplicate unique key, wrong status).
+    #[error("{0}")]
+    Conflict(String),
+
+    /// Input lines refused (a batch with bad lines and no --skip-invalid).
+    #[error("{0}")]
+    Rejected(String),
+
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+
+    /// Any other database error, with the server's message, detail and hint.
+    #[error("database error: {0}")]
+    Db(String),
+
+    /// Reading input or writing output failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The process exit status for this error: 2 for usage, 1 for the rest.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// A usage error.
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
+    }
+
+    /// A database error with the server's message, detail and hint.
+    pub fn from_pg(e: &tokio_postgres::Error) -> Self {
+        Error::Db(describe_pg_error(e))
+    }
+
+    /// An I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Error::Db(describe_pg_error(&e))
+    }
+}
+
+/// The server's message, detail and hint for a database error, or the chain of causes for
+/// a client-side one. tokio-postgres alone displays just "db error".
+pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = db.message().to_string();
+        if let Some(detail) = db.detail() {
+            let _ = write!(s, " ({detail})");
+        }
+        if let Some(hint) = db.hint() {
+            let _ = write!(s, "; hint: {hint}");
+        }
+        return s;
+    }
+    describe_chain(e)
+}
+
+/// `error: cause: cause` for any error with sources, skipping repeated texts.
+pub fn describe_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = c.source();
+    }
+    parts.join(": ")
+}
+
+/// The SQLSTATE of a database error, if it is one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}
+
+/// The constraint a database error names, if any.
+pub fn constraint(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().and_then(|d| d.constraint())
+}

@@ -1,0 +1,18 @@
+//! jrq — a Postgres-native task queue and worker fleet supervised by systemd.
+//!
+//! The programs (`jrq`, and the daemons that arrive with their own issues) are thin
+//! binaries in `bins/`; every behaviour lives in this library:
+//!
+//! - [`db`]: all SQL, one module per table, functions named table-then-verb.
+//! - [`task`]: the task state machine and validated input for new tasks.
+//! - [`admin`]: the `jrq` admin CLI (options, commands, output).
+//! - [`error`]: the typed errors every program reports as one clear line.
+
+pub mod admin;
+pub mod db;
+pub mod error;
+pub mod task;
+pub mod telemetry;
+pub mod validate;
+
+pub use error::{Error, Result};

@@ -1,0 +1,425 @@
+//! The task state machine and validated input for new tasks.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::validate;
+
+/// Default priority of a new task (lower is more urgent). Same as the column default.
+pub const DEFAULT_PRIORITY: i32 = 5;
+/// Default attempts before a task fails for good. Same as the column default.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+/// Default time one attempt may run. Same as the column default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Where a task is in its life. Enforced by a CHECK constraint on `jr_work_queue.status`.
+///
+/// ```text
+/// pending -> assigned -> in_progress -> completed | failed | pending (retry)
+/// pending | assigned -> cancelled;  in_progress -> cancelled (via the worker)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Pending,
+    Assigned,
+    InProgress,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// Every status, in the order of a task's life.
+    pub const ALL: [TaskStatus; 6] = [
+        TaskStatus::Pending,
+        TaskStatus::Assigned,
+        TaskStatus::InProgress,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
+
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Assigned => "assigned",
+            TaskStatus::InProgress => "in_progress",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Completed, failed and cancelled tasks never change again (but `jrq retry`).
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = TaskStatus::ALL.iter().map(|s| s.as_str()).collect();
+                format!(
+                    "'{s}' is not a task status: use one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// The status of a run. Terminal runs end the workers started for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Active,
+    Completed,
+    Error,
+    Archived,
+}
+
+impl RunStatus {
+    /// Every status.
+    pub const ALL: [RunStatus; 4] = [
+        RunStatus::Active,
+        RunStatus::Completed,
+        RunStatus::Error,
+        RunStatus::Archived,
+    ];
+
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Active => "active",
+            RunStatus::Completed => "completed",
+            RunStatus::Error => "error",
+            RunStatus::Archived => "archived",
+        }
+    }
+
+    /// Completed, error and archived runs are over: their workers exit.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RunStatus::Active)
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!("'{s}' is not a run status: use one of active, completed, error, archived")
+            })
+    }
+}
+
+/// When a new task becomes eligible for assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunAfter {
+    /// At once.
+    #[default]
+    Now,
+    /// After a delay from the moment of insertion (database clock).
+    Delay(Duration),
+    /// At a given time.
+    At(DateTime<Utc>),
+}
+
+/// A validated new task. Build one with [`NewTask::new`] or [`NewTask::from_json_line`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub title: String,
+    pub description: String,
+    pub payload: serde_json::Value,
+    pub priority: i32,
+    pub urgent: bool,
+    pub provider: String,
+    pub target: Option<String>,
+    pub run_id: Option<Uuid>,
+    pub max_attempts: i32,
+    pub timeout: Duration,
+    pub run_after: RunAfter,
+    pub unique_key: Option<String>,
+    pub source: String,
+    pub created_by: String,
+}
+
+impl NewTask {
+    /// A task with the given title and every other field at its default.
+    pub fn new(title: impl Into<String>) -> Self {
+        NewTask {
+            title: title.into(),
+            description: String::new(),
+            payload: serde_json::json!({}),
+            priority: DEFAULT_PRIORITY,
+            urgent: false,
+            provider: String::new(),
+            target: None,
+            run_id: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            timeout: DEFAULT_TIMEOUT,
+            run_after: RunAfter::Now,
+            unique_key: None,
+            source: "jrq".into(),
+            created_by: default_created_by(),
+        }
+    }
+
+    /// Checks the rules the database would otherwise enforce, with a clearer message.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.title.trim().is_empty() {
+            return Err("title is empty: every task needs a title".into());
+        }
+        if self.priority < 0 {
+            return Err(format!(
+                "priority {} is negative: use 0 or more",
+                self.priority
+            ));
+        }
+        if self.max_attempts < 1 {
+            return Err(format!(
+                "max_attempts {} is less than 1: a task needs at least one attempt",
+                self.max_attempts
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err("timeout is zero: give a duration longer than 0, e.g. 30s".into());
+        }
+        if let Some(t) = &self.target {
+            validate::check_worker_name(t)?;
+        }
+        if let Some(k) = &self.unique_key {
+            if k.is_empty() {
+                return Err("unique_key is empty: leave it out or give a non-empty key".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses one line of `jrq enqueue --batch`: a JSON object whose fields are named like
+    /// the `enqueue` options. Unknown fields are refused, so a typo does not pass silently.
+    pub fn from_json_line(line: &str) -> Result<NewTask, String> {
+        let spec: TaskSpec = serde_json::from_str(line).map_err(|e| {
+            let msg = e.to_string();
+            if e.is_syntax() || e.is_eof() {
+                format!("not valid JSON ({msg})")
+            } else {
+                msg
+            }
+        })?;
+        spec.into_task()
+    }
+}
+
+/// The user name recorded as `created_by` when none is given.
+pub fn default_created_by() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "jrq".into())
+}
+
+/// A number or a string holding a number (JSON lines written by shell scripts often quote).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum NumOrText {
+    Num(i64),
+    Text(String),
+}
+
+/// A duration as a string (`30s`) or a number of seconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DurationSpec {
+    Seconds(f64),
+    Text(String),
+}
+
+impl DurationSpec {
+    fn parse(&self, field: &str) -> Result<Duration, String> {
+        match self {
+            DurationSpec::Seconds(s) if s.is_finite() && *s >= 0.0 => {
+                Ok(Duration::from_secs_f64(*s))
+            }
+            DurationSpec::Seconds(s) => Err(format!("{field} {s} is not a duration")),
+            DurationSpec::Text(t) => {
+                validate::parse_duration(t).map_err(|e| format!("{field}: {e}"))
+            }
+        }
+    }
+}
+
+/// One line of a batch, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskSpec {
+    title: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    payload: Option<serde_json::Value>,
+    #[serde(default)]
+    priority: Option<NumOrText>,
+    #[serde(default)]
+    urgent: Option<bool>,
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    run: Option<String>,
+    #[serde(default)]
+    max_attempts: Option<NumOrText>,
+    #[serde(default)]
+    timeout: Option<DurationSpec>,
+    #[serde(default)]
+    delay: Option<DurationSpec>,
+    #[serde(default)]
+    run_at: Option<String>,
+    #[serde(default)]
+    unique_key: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    created_by: Option<String>,
+}
+
+impl TaskSpec {
+    fn into_task(self) -> Result<NewTask, String> {
+        let title = self
+            .title
+            .ok_or_else(|| "missing \"title\": every task needs a title".to_string())?;
+        let mut t = NewTask::new(title);
+        if let Some(d) = self.description {
+            t.description = d;
+        }
+        if let Some(p) = self.payload {
+            t.payload = p;
+        }
+        if let Some(p) = self.priority {
+            t.priority = match p {
+                NumOrText::Num(n) => validate::parse_priority(&n.to_string())?,
+                NumOrText::Text(s) => validate::parse_priority(&s)?,
+            };
+        }
+        t.urgent = self.urgent.unwrap_or(false);
+        if let Some(p) = self.provider {
+            t.provider = p;
+        }
+        t.target = self.target;
+        if let Some(r) = self.run {
+            t.run_id = Some(validate::parse_run_id(&r)?);
+        }
+        if let Some(m) = self.max_attempts {
+            let s = match m {
+                NumOrText::Num(n) => n.to_string(),
+                NumOrText::Text(s) => s,
+            };
+            t.max_attempts =
+                validate::parse_at_least_one(&s).map_err(|e| format!("max_attempts: {e}"))?;
+        }
+        if let Some(d) = self.timeout {
+            t.timeout = d.parse("timeout")?;
+        }
+        match (self.delay, self.run_at) {
+            (Some(_), Some(_)) => {
+                return Err("give either \"delay\" or \"run_at\", not both".into())
+            }
+            (Some(d), None) => t.run_after = RunAfter::Delay(d.parse("delay")?),
+            (None, Some(at)) => t.run_after = RunAfter::At(validate::parse_timestamp(&at)?),
+            (None, None) => {}
+        }
+        t.unique_key = self.unique_key;
+        if let Some(s) = self.source {
+            t.source = s;
+        }
+        if let Some(c) = self.created_by {
+            t.created_by = c;
+        }
+        t.validate()?;
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trip() {
+        for s in TaskStatus::ALL {
+            assert_eq!(s.as_str().parse::<TaskStatus>().unwrap(), s);
+        }
+        let err = "done".parse::<TaskStatus>().unwrap_err();
+        assert!(err.contains("pending, assigned, in_progress"), "{err}");
+        assert!(TaskStatus::Cancelled.is_finished());
+        assert!(!TaskStatus::InProgress.is_finished());
+    }
+
+    #[test]
+    fn json_line_minimal() {
+        let t = NewTask::from_json_line(r#"{"title":"x"}"#).unwrap();
+        assert_eq!(t.title, "x");
+        assert_eq!(t.priority, DEFAULT_PRIORITY);
+        assert_eq!(t.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(t.timeout, DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn json_line_full() {
+        let t = NewTask::from_json_line(
+            r#"{"title":"x","priority":"2","urgent":true,"payload":{"a":1},"provider":"claude",
+                "target":"jr1","max_attempts":5,"timeout":"10s","delay":2.5,"unique_key":"k"}"#,
+        )
+        .unwrap();
+        assert_eq!(t.priority, 2);
+        assert!(t.urgent);
+        assert_eq!(t.payload["a"], 1);
+        assert_eq!(t.target.as_deref(), Some("jr1"));
+        assert_eq!(t.timeout, Duration::from_secs(10));
+        assert_eq!(t.run_after, RunAfter::Delay(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn json_line_errors() {
+        let e = |s: &str| NewTask::from_json_line(s).unwrap_err();
+        assert!(e("{").contains("not valid JSON"));
+        assert!(e(r#"{"priority":1}"#).contains("missing \"title\""));
+        assert!(e(r#"{"title":"x","priority":-1}"#).contains("negative"));
+        assert!(e(r#"{"title":"x","priority":"hi"}"#).contains("not a number"));
+        assert!(e(r#"{"title":"x","timeout":"soon"}"#).contains("not a duration"));
+        assert!(e(r#"{"title":"x","titel":"y"}"#).contains("unknown field"));
+        assert!(e(r#"{"title":"x","run":"nope"}"#).contains("not a run id"));
+        assert!(e(r#"{"title":"x","target":"a b"}"#).contains("worker name"));
+        assert!(e(r#"{"title":""}"#).contains("title is empty"));
+    }
+}

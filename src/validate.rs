@@ -1,0 +1,152 @@
+//! Parsing and validation of values that come from people: durations, names, priorities.
+//! Each returns a message that says what is wrong and what would be right.
+
+use std::time::Duration;
+
+/// Longest worker name; names become systemd instance names and LISTEN payloads.
+pub const WORKER_NAME_MAX: usize = 64;
+
+/// Parses a duration such as `30s`, `5m`, `1h30m`, `250ms`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    humantime::parse_duration(t).map_err(|_| {
+        format!(
+            "'{s}' is not a duration: write a number and a unit, e.g. 250ms, 30s, 5m, 1h30m, 7d"
+        )
+    })
+}
+
+/// Parses a duration that must be longer than zero.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "'{s}' is zero: give a duration longer than 0, e.g. 30s"
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses a priority: a non-negative integer, lower is more urgent.
+pub fn parse_priority(s: &str) -> Result<i32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n < 0 => Err(format!(
+            "priority {n} is negative: use 0 or more (lower is more urgent, default 5)"
+        )),
+        Ok(n) if n > i64::from(i32::MAX) => Err(format!("priority {n} is too large")),
+        Ok(n) => Ok(n as i32),
+        Err(_) => Err(format!(
+            "priority '{s}' is not a number: use a non-negative integer (lower is more urgent, default 5)"
+        )),
+    }
+}
+
+/// Parses a count that must be at least 1 (max attempts, capacity).
+pub fn parse_at_least_one(s: &str) -> Result<i32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if (1..=i64::from(i32::MAX)).contains(&n) => Ok(n as i32),
+        _ => Err(format!("'{s}' is not a whole number of at least 1")),
+    }
+}
+
+/// Checks a worker name: letters, digits, `_`, `.`, `-`, 1 to 64 characters. The same rule
+/// is a CHECK constraint on `jr_status.jr_name`.
+pub fn check_worker_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("worker name is empty: use letters, digits, '_', '.', '-'".into());
+    }
+    if name.len() > WORKER_NAME_MAX {
+        return Err(format!(
+            "worker name '{name}' is {} characters long: at most {WORKER_NAME_MAX} are allowed",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!(
+            "worker name '{name}' contains {c:?}: use only letters, digits, '_', '.', '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a worker name (for clap).
+pub fn parse_worker_name(s: &str) -> Result<String, String> {
+    check_worker_name(s)?;
+    Ok(s.to_string())
+}
+
+/// Parses a JSON document (a task payload).
+pub fn parse_json(s: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("payload is not valid JSON ({e})"))
+}
+
+/// Parses a run id (a UUID).
+pub fn parse_run_id(s: &str) -> Result<uuid::Uuid, String> {
+    uuid::Uuid::parse_str(s.trim())
+        .map_err(|_| format!("'{s}' is not a run id: run ids are UUIDs (see `jrq runs list`)"))
+}
+
+/// Parses an RFC 3339 timestamp such as `2026-11-23T18:00:00Z`.
+pub fn parse_timestamp(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| format!("'{s}' is not a timestamp: use RFC 3339, e.g. 2026-11-23T18:00:00Z"))
+}
+
+/// A duration as a person reads it: whole seconds above a minute, milliseconds below one
+/// second.
+pub fn format_duration(d: Duration) -> String {
+    let d = if d >= Duration::from_secs(60) {
+        Duration::from_secs(d.as_secs())
+    } else if d >= Duration::from_secs(1) {
+        Duration::from_millis(d.as_millis() as u64 / 100 * 100)
+    } else {
+        Duration::from_millis(d.as_millis() as u64)
+    };
+    humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("30").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn priorities() {
+        assert_eq!(parse_priority("0").unwrap(), 0);
+        assert_eq!(parse_priority("7").unwrap(), 7);
+        assert!(parse_priority("-1").unwrap_err().contains("negative"));
+        assert!(parse_priority("high").unwrap_err().contains("not a number"));
+    }
+
+    #[test]
+    fn worker_names() {
+        assert!(check_worker_name("it_triad_jr").is_ok());
+        assert!(check_worker_name("a.b-c_9").is_ok());
+        assert!(check_worker_name(&"x".repeat(64)).is_ok());
+        assert!(check_worker_name(&"x".repeat(65)).is_err());
+        assert!(check_worker_name("").is_err());
+        assert!(check_worker_name("bad name").unwrap_err().contains("' '"));
+        assert!(check_worker_name("a;drop").is_err());
+        assert!(check_worker_name("é").is_err());
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(format_duration(Duration::from_millis(1234)), "1s 200ms");
+        assert_eq!(format_duration(Duration::from_millis(61_500)), "1m 1s");
+        assert_eq!(format_duration(Duration::from_millis(12)), "12ms");
+    }
+}
