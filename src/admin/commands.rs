@@ -183,17 +183,7 @@ async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInpu
         input.tasks = keep_tasks;
         input.lines = keep_lines;
     }
-    if batch && !input.rejected.is_empty() && !args.skip_invalid {
-        input.rejected.sort();
-        render::rejected_lines(&input.rejected);
-        return Err(Error::Rejected(format!(
-            "{} of {} lines rejected, nothing added: fix them, or add --skip-invalid to add \
-             the valid lines only",
-            input.rejected.len(),
-            input.rejected.len() + input.tasks.len()
-        )));
-    }
-
+    // Duplicates are found by the insert itself; a refused batch rolls back below.
     let outcomes = tasks::tasks_insert(&txn, &input.tasks).await?;
     let mut added = vec![];
     for (o, line) in outcomes.iter().zip(&input.lines) {
@@ -217,6 +207,7 @@ async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInpu
         }
     }
     if batch && !input.rejected.is_empty() && !args.skip_invalid {
+        txn.rollback().await?;
         input.rejected.sort();
         render::rejected_lines(&input.rejected);
         return Err(Error::Rejected(format!(

@@ -149,7 +149,7 @@ pub struct TasksArgs {
     #[arg(long, env = "JRQ_PROVIDER")]
     pub provider: Option<String>,
     /// At most this many tasks.
-    #[arg(long, env = "JRQ_LIMIT", default_value = "50", value_parser = parse_limit)]
+    #[arg(long, env = "JRQ_LIMIT", default_value = "50", value_parser = parse_limit, allow_hyphen_values = true)]
     pub limit: i64,
     /// Print JSON instead of text.
     #[arg(long, env = "JRQ_JSON")]
@@ -206,7 +206,7 @@ pub enum RunsCommand {
         #[arg(long, env = "JRQ_RUN_STATUS", value_parser = parse_run_status)]
         status: Option<RunStatus>,
         /// At most this many runs.
-        #[arg(long, env = "JRQ_LIMIT", default_value = "50", value_parser = parse_limit)]
+        #[arg(long, env = "JRQ_LIMIT", default_value = "50", value_parser = parse_limit, allow_hyphen_values = true)]
         limit: i64,
         /// Print JSON instead of text.
         #[arg(long, env = "JRQ_JSON")]
