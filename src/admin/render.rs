@@ -46,6 +46,9 @@ fn print_table(t: &Table) {
     }
 }
 
+/// Timeline timestamps: milliseconds matter when a task moves fast.
+const EVENT_TIME: &str = "%Y-%m-%d %H:%M:%S%.3f";
+
 fn ts(t: Option<DateTime<Utc>>) -> String {
     t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".into())
@@ -174,14 +177,20 @@ pub fn status(t: &TaskSummary, w: &WorkerSummary, json: bool) -> Result<()> {
         .map(|s| format_duration(Duration::from_secs_f64(s.max(0.0))))
         .unwrap_or_else(|| "none waiting".into());
     println!("oldest pending:  {oldest}");
-    let window = format_duration(Duration::from_secs_f64(t.window_s));
+    let window = if t.window_s >= 3600.0 && t.window_s % 3600.0 == 0.0 {
+        format!("{}h", t.window_s as u64 / 3600)
+    } else {
+        format_duration(Duration::from_secs_f64(t.window_s))
+    };
     let rate = t
         .failure_rate
         .map(|r| format!("{:.1}%", r * 100.0))
         .unwrap_or_else(|| "-".into());
     println!(
-        "last {window}:  {} completed, {} failed, failure rate {rate}",
-        t.completed_window, t.failed_window
+        "{:<17}{} completed, {} failed, failure rate {rate}",
+        format!("last {window}:"),
+        t.completed_window,
+        t.failed_window
     );
     println!(
         "workers:         {} online ({} busy, {} idle), {} offline, {} circuit open; load {}/{}",
@@ -311,7 +320,7 @@ pub fn show(task: &TaskRow, events: &[EventRow], json: bool) -> Result<()> {
     println!("timeline:");
     let mut t = table(&["at", "actor", "action", "status", "attempt", "details"]);
     t.add_row(vec![
-        ts(Some(task.created_at)),
+        task.created_at.format(EVENT_TIME).to_string(),
         task.created_by.clone(),
         "created".into(),
         "pending".into(),
@@ -326,7 +335,7 @@ pub fn show(task: &TaskRow, events: &[EventRow], json: bool) -> Result<()> {
             (None, None) => "-".into(),
         };
         t.add_row(vec![
-            e.at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+            e.at.format(EVENT_TIME).to_string(),
             e.actor.clone(),
             e.action.clone(),
             status,
