@@ -126,3 +126,11 @@ pub async fn runs_set_status(
         .await?;
     Ok(())
 }
+
+/// The status of a run, or `None` if there is no such run.
+pub async fn runs_status(client: &impl GenericClient, run: Uuid) -> Result<Option<String>> {
+    Ok(client
+        .query_opt("SELECT status FROM jr_runs WHERE id = $1", &[&run])
+        .await?
+        .map(|r| r.get(0)))
+}

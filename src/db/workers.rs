@@ -146,3 +146,162 @@ pub async fn workers_summary(
         assigners: row.get(6),
     })
 }
+
+/// Who holds a worker name in the registry now.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub kind: String,
+    pub host: String,
+    pub pid: Option<i32>,
+    pub instance_id: Option<Uuid>,
+    pub boot_id: Option<String>,
+    pub is_online: bool,
+    /// Seconds since the holder's last heartbeat (`None`: never).
+    pub last_seen_age_s: Option<f64>,
+}
+
+/// Locks a name's registry row for the rest of the transaction and returns its holder.
+pub async fn workers_lock(client: &impl GenericClient, name: &str) -> Result<Option<Holder>> {
+    let row = client
+        .query_opt(
+            "SELECT kind, host, pid, instance_id, boot_id, is_online, \
+                    extract(epoch FROM now() - last_seen)::float8 \
+             FROM jr_status WHERE jr_name = $1 FOR UPDATE",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|r| Holder {
+        kind: r.get(0),
+        host: r.get(1),
+        pid: r.get(2),
+        instance_id: r.get(3),
+        boot_id: r.get(4),
+        is_online: r.get(5),
+        last_seen_age_s: r.get(6),
+    }))
+}
+
+/// A worker process announcing itself.
+#[derive(Debug, Clone)]
+pub struct Registration<'a> {
+    pub name: &'a str,
+    pub host: &'a str,
+    pub pid: i32,
+    pub instance: Uuid,
+    pub invocation_id: Option<&'a str>,
+    pub boot_id: &'a str,
+    pub providers: &'a [String],
+    pub capacity: i32,
+    pub run_id: Option<Uuid>,
+}
+
+/// Writes the registry row for a worker process: online, starting, load 0. The circuit
+/// breaker's state survives a restart (a crash-looping worker stays suspect).
+pub async fn workers_register(client: &impl GenericClient, r: &Registration<'_>) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO jr_status (jr_name, kind, host, pid, instance_id, invocation_id, \
+                 boot_id, providers, capacity, current_load, is_online, status, run_id, \
+                 started_at, last_seen, status_text, updated_at) \
+             VALUES ($1, 'worker', $2, $3, $4, $5, $6, $7, $8, 0, true, 'starting', $9, \
+                 now(), now(), 'starting', now()) \
+             ON CONFLICT (jr_name) DO UPDATE SET kind = 'worker', host = $2, pid = $3, \
+                 instance_id = $4, invocation_id = $5, boot_id = $6, providers = $7, \
+                 capacity = $8, current_load = 0, is_online = true, status = 'starting', \
+                 run_id = $9, started_at = now(), last_seen = now(), \
+                 status_text = 'starting', updated_at = now()",
+            &[
+                &r.name,
+                &r.host,
+                &r.pid,
+                &r.instance,
+                &r.invocation_id,
+                &r.boot_id,
+                &r.providers,
+                &r.capacity,
+                &r.run_id,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A worker's periodic report.
+#[derive(Debug, Clone)]
+pub struct Heartbeat<'a> {
+    pub name: &'a str,
+    pub instance: Uuid,
+    pub load: i32,
+    /// `idle`, `busy` or `draining`.
+    pub status: &'a str,
+    pub status_text: &'a str,
+    pub run_id: Option<Uuid>,
+}
+
+/// What the database says back to a heartbeat.
+#[derive(Debug, Clone, Default)]
+pub struct HeartbeatReply {
+    /// The status of the run the worker serves (`None`: no run, or the run is gone).
+    pub run_status: Option<String>,
+    /// Tasks this instance holds a lease on.
+    pub held: Vec<i64>,
+    /// Held tasks with a cancel request.
+    pub cancel_requested: Vec<i64>,
+}
+
+/// Refreshes `last_seen` and the load, and reads back the run's status and the leases
+/// held. `None` means another instance has taken the name over.
+pub async fn workers_heartbeat(
+    client: &impl GenericClient,
+    hb: &Heartbeat<'_>,
+) -> Result<Option<HeartbeatReply>> {
+    let row = client
+        .query_one(
+            "WITH w AS ( \
+                 UPDATE jr_status SET last_seen = now(), current_load = $3, status = $4, \
+                     status_text = $5, is_online = true, updated_at = now() \
+                 WHERE jr_name = $1 AND instance_id = $2 RETURNING 1) \
+             SELECT (SELECT count(*) FROM w), \
+                 (SELECT status FROM jr_runs WHERE id = $6), \
+                 coalesce((SELECT array_agg(id) FROM jr_work_queue WHERE status = 'in_progress' \
+                     AND assigned_jr = $1 AND lease_instance = $2), '{}'), \
+                 coalesce((SELECT array_agg(id) FROM jr_work_queue WHERE status = 'in_progress' \
+                     AND assigned_jr = $1 AND lease_instance = $2 \
+                     AND cancel_requested_at IS NOT NULL), '{}')",
+            &[
+                &hb.name,
+                &hb.instance,
+                &hb.load,
+                &hb.status,
+                &hb.status_text,
+                &hb.run_id,
+            ],
+        )
+        .await?;
+    if row.get::<_, i64>(0) == 0 {
+        return Ok(None);
+    }
+    Ok(Some(HeartbeatReply {
+        run_status: row.get(1),
+        held: row.get(2),
+        cancel_requested: row.get(3),
+    }))
+}
+
+/// Marks this instance's registry row offline (a clean exit).
+pub async fn workers_set_offline(
+    client: &impl GenericClient,
+    name: &str,
+    instance: Uuid,
+    status_text: &str,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE jr_status SET is_online = false, status = 'offline', current_load = 0, \
+                 status_text = $3, updated_at = now() \
+             WHERE jr_name = $1 AND instance_id = $2",
+            &[&name, &instance, &status_text],
+        )
+        .await?;
+    Ok(())
+}

@@ -202,6 +202,7 @@ impl Drop for TestDb {
 pub fn bin(name: &str) -> Command {
     let path = match name {
         "jrq" => env!("CARGO_BIN_EXE_jrq"),
+        "jr-queue-worker" => env!("CARGO_BIN_EXE_jr-queue-worker"),
         other => panic!("unknown binary {other}"),
     };
     let mut c = Command::new(path);
@@ -307,4 +308,202 @@ pub fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
 /// `path` as &str.
 pub fn s(path: &Path) -> &str {
     path.to_str().unwrap()
+}
+
+/// The test executor program (`tests/fixtures/executor.py`), as an `--exec` value.
+pub fn test_executor() -> String {
+    format!(
+        "python3 {}",
+        project_root().join("tests/fixtures/executor.py").display()
+    )
+}
+
+/// A worker process started for a test; killed (and reaped) when dropped.
+pub struct WorkerProc {
+    pub child: std::process::Child,
+    pub name: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl WorkerProc {
+    /// Starts `jr-queue-worker --name NAME ARGS` against `url`, logging to a file.
+    pub fn start(url: &str, name: &str, args: &[&str], env: &[(&str, &str)]) -> WorkerProc {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("worker.log");
+        let mut cmd = bin("jr-queue-worker");
+        cmd.env("DATABASE_URL", url)
+            .env("RUST_LOG", "info")
+            .args(["--name", name, "--log-format", "text"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        WorkerProc {
+            child: cmd.spawn().expect("start jr-queue-worker"),
+            name: name.to_string(),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The worker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Waits for the process to exit; its exit code (`None`: killed by a signal).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {} did not exit in time; log:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Polls the log until it contains `needle`.
+    pub async fn wait_log(&self, timeout: Duration, needle: &str) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "worker {} never logged {needle:?}; log:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A stand-in for the assigner (which has its own issue): gives every ready pending
+/// task to `worker` and notifies it, until dropped. Reconnects when the server goes away.
+pub struct FakeAssigner {
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl FakeAssigner {
+    pub fn start(url: &str, worker: &str) -> FakeAssigner {
+        let url = url.to_string();
+        let worker = worker.to_string();
+        let handle = tokio::spawn(async move {
+            loop {
+                let Ok((client, conn)) = tokio_postgres::connect(&url, NoTls).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                loop {
+                    let r = client
+                        .query_one(
+                            "WITH a AS (UPDATE jr_work_queue SET status = 'assigned', \
+                                 assigned_jr = $1, assigned_at = now() \
+                             WHERE status = 'pending' AND run_after <= now() RETURNING 1) \
+                             SELECT count(*), pg_notify('jrq_worker', $1) FROM a",
+                            &[&worker],
+                        )
+                        .await;
+                    if r.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        FakeAssigner { handle }
+    }
+}
+
+impl Drop for FakeAssigner {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// A private PostgreSQL cluster of its own, for tests that stop and restart the server.
+pub struct PrivateCluster {
+    dir: PathBuf,
+    pub url: String,
+}
+
+impl PrivateCluster {
+    pub fn start() -> PrivateCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("jrq-test-pg.")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let out = Command::new(project_root().join("scripts/dev-postgres"))
+            .arg("start")
+            .arg(&dir)
+            .arg("--owner-pid")
+            .arg(std::process::id().to_string())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dev-postgres start failed");
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        PrivateCluster { dir, url }
+    }
+
+    fn script(&self, cmd: &str) {
+        let st = Command::new(project_root().join("scripts/dev-postgres"))
+            .arg(cmd)
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "dev-postgres {cmd} failed");
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended).
+    pub fn stop_server(&self) {
+        self.script("server-stop");
+    }
+
+    /// Starts the stopped server again.
+    pub fn start_server(&self) {
+        self.script("server-start");
+    }
+
+    /// A migrated database on this cluster (the cluster's own "postgres" database).
+    pub async fn migrated(&self) -> Client {
+        let mut c = connect_str(&self.url).await;
+        jrq::db::migrate::migrate(&mut c).await.unwrap();
+        c
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        self.script("stop");
+    }
 }

@@ -12,6 +12,9 @@ use crate::db::{events, CHANNEL_PENDING, CHANNEL_WORKER};
 use crate::error::{constraint, sqlstate, Error, Result};
 use crate::task::{NewTask, RunAfter, TaskStatus};
 
+mod lease;
+pub use lease::*;
+
 /// Rows per INSERT statement in a bulk enqueue.
 const INSERT_CHUNK: usize = 5_000;
 

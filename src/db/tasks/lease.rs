@@ -1,0 +1,353 @@
+//! The worker's side of `jr_work_queue`: claims, fenced outcome writes, progress, and
+//! putting back the tasks of a dead predecessor.
+//!
+//! Every write a worker makes to a task it runs is fenced: it names the task id, the
+//! worker, the attempt and the worker's process instance, and `status = 'in_progress'`.
+//! A write that matches no row means the lease was lost.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::duration_ms;
+use crate::db::CHANNEL_PENDING;
+use crate::error::Result;
+
+/// A task a worker has claimed and now runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClaimedTask {
+    pub id: i64,
+    pub title: String,
+    pub payload: serde_json::Value,
+    /// This attempt's number (1 for the first).
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub run_id: Option<Uuid>,
+    pub provider: String,
+    pub timeout: Duration,
+}
+
+/// Claims up to `limit` tasks assigned to `worker`, in the order of service, and starts
+/// them: one statement, `FOR UPDATE SKIP LOCKED`, one `started` event per task. With
+/// `run`, only that run's tasks are claimed.
+pub async fn tasks_claim(
+    client: &impl GenericClient,
+    worker: &str,
+    instance: Uuid,
+    limit: i64,
+    run: Option<Uuid>,
+) -> Result<Vec<ClaimedTask>> {
+    if limit <= 0 {
+        return Ok(vec![]);
+    }
+    let rows = client
+        .query(
+            "WITH c AS ( \
+                 SELECT id FROM jr_work_queue \
+                 WHERE status = 'assigned' AND assigned_jr = $1 \
+                   AND ($4::uuid IS NULL OR run_id = $4) \
+                 ORDER BY sacred_fire_priority DESC, priority, created_at, id \
+                 LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             upd AS ( \
+                 UPDATE jr_work_queue q SET status = 'in_progress', started_at = now(), \
+                     attempts = q.attempts + 1, lease_instance = $3, progress_percent = 0, \
+                     result = NULL, error = NULL, updated_at = now() \
+                 FROM c WHERE q.id = c.id \
+                 RETURNING q.id, q.title, q.payload, q.attempts, q.max_attempts, q.run_id, \
+                     q.provider, (extract(epoch FROM q.timeout) * 1000)::int8 AS timeout_ms, \
+                     q.sacred_fire_priority, q.priority, q.created_at), \
+             ev AS ( \
+                 INSERT INTO jr_task_events \
+                     (task_id, actor, action, from_status, to_status, worker, attempt, details) \
+                 SELECT id, $1, 'started', 'assigned', 'in_progress', $1, attempts, \
+                     'attempt ' || attempts || ' of ' || max_attempts FROM upd) \
+             SELECT id, title, payload, attempts, max_attempts, run_id, provider, timeout_ms \
+             FROM upd ORDER BY sacred_fire_priority DESC, priority, created_at, id",
+            &[&worker, &limit, &instance, &run],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ClaimedTask {
+            id: r.get(0),
+            title: r.get(1),
+            payload: r.get(2),
+            attempt: r.get(3),
+            max_attempts: r.get(4),
+            run_id: r.get(5),
+            provider: r.get(6),
+            timeout: Duration::from_millis(r.get::<_, i64>(7).max(1) as u64),
+        })
+        .collect())
+}
+
+/// How a running attempt ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// The task is done.
+    Completed { result: String },
+    /// The attempt failed and attempts remain: back to pending after `backoff`.
+    RetryLater { error: String, backoff: Duration },
+    /// The task failed for good (permanent failure, or its attempts are used up).
+    Failed { error: String },
+    /// Ended on a cancel request.
+    Cancelled { reason: String },
+    /// Given back unfinished (worker shutdown): back to pending at once, the attempt not
+    /// charged.
+    Released { reason: String },
+}
+
+impl Finish {
+    fn parts(&self) -> (&'static str, &'static str, Option<&str>, Option<&str>, i64) {
+        // (to_status, action, result, error, backoff_ms)
+        match self {
+            Finish::Completed { result } => ("completed", "completed", Some(result), None, 0),
+            Finish::RetryLater { error, backoff } => (
+                "pending",
+                "retry_scheduled",
+                None,
+                Some(error),
+                duration_ms(*backoff),
+            ),
+            Finish::Failed { error } => ("failed", "failed", None, Some(error), 0),
+            Finish::Cancelled { reason } => ("cancelled", "cancelled", None, Some(reason), 0),
+            Finish::Released { reason } => ("pending", "released", None, Some(reason), 0),
+        }
+    }
+
+    /// A one-word name for logs: completed, retry_scheduled, failed, cancelled, released.
+    pub fn kind(&self) -> &'static str {
+        self.parts().1
+    }
+
+    /// The error recorded, if any.
+    pub fn error(&self) -> Option<&str> {
+        self.parts().3
+    }
+
+    /// Whether this counts as a failed attempt for the worker's circuit breaker.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Finish::RetryLater { .. } | Finish::Failed { .. })
+    }
+}
+
+/// One outcome to write: which attempt of which task, and how it ended.
+#[derive(Debug, Clone)]
+pub struct FinishedAttempt {
+    pub task_id: i64,
+    pub attempt: i32,
+    pub finish: Finish,
+}
+
+/// Writes many outcomes in one statement, each fenced row by row, each with its event,
+/// and updates the worker's counters (completed, failed, consecutive failures). Returns
+/// the ids whose write matched; the others had lost their lease and were left untouched.
+pub async fn tasks_finish(
+    client: &impl GenericClient,
+    worker: &str,
+    instance: Uuid,
+    done: &[FinishedAttempt],
+) -> Result<Vec<i64>> {
+    if done.is_empty() {
+        return Ok(vec![]);
+    }
+    let n = done.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut to_status = Vec::with_capacity(n);
+    let mut actions = Vec::with_capacity(n);
+    let mut results: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut backoff_ms = Vec::with_capacity(n);
+    let mut failures = Vec::with_capacity(n);
+    for d in done {
+        let (status, action, result, error, backoff) = d.finish.parts();
+        ids.push(d.task_id);
+        attempts.push(d.attempt);
+        to_status.push(status);
+        actions.push(action);
+        results.push(result);
+        errors.push(error);
+        backoff_ms.push(backoff);
+        failures.push(d.finish.is_failure());
+    }
+    let row = client
+        .query_one(
+            "WITH f AS ( \
+                 SELECT * FROM unnest($3::int8[], $4::int4[], $5::text[], $6::text[], \
+                     $7::text[], $8::text[], $9::int8[], $10::bool[]) \
+                 AS f(id, attempt, to_status, action, result, error, backoff_ms, failure)), \
+             upd AS ( \
+                 UPDATE jr_work_queue q SET \
+                     status = f.to_status, \
+                     completed_at = CASE WHEN f.to_status = 'pending' THEN NULL ELSE now() END, \
+                     progress_percent = CASE f.to_status WHEN 'completed' THEN 100 \
+                         WHEN 'pending' THEN 0 ELSE q.progress_percent END, \
+                     result = f.result, \
+                     error = f.error, \
+                     run_after = CASE WHEN f.to_status = 'pending' \
+                         THEN now() + f.backoff_ms * interval '1 millisecond' \
+                         ELSE q.run_after END, \
+                     attempts = CASE WHEN f.action = 'released' THEN q.attempts - 1 \
+                         ELSE q.attempts END, \
+                     assigned_jr = CASE WHEN f.to_status = 'pending' THEN NULL \
+                         ELSE q.assigned_jr END, \
+                     assigned_at = CASE WHEN f.to_status = 'pending' THEN NULL \
+                         ELSE q.assigned_at END, \
+                     lease_instance = NULL, \
+                     updated_at = now() \
+                 FROM f \
+                 WHERE q.id = f.id AND q.assigned_jr = $1 AND q.attempts = f.attempt \
+                   AND q.lease_instance = $2 AND q.status = 'in_progress' \
+                 RETURNING q.id, f.attempt, f.to_status, f.action, f.failure, f.backoff_ms, \
+                     coalesce(f.error, '') AS details), \
+             ev AS ( \
+                 INSERT INTO jr_task_events \
+                     (task_id, actor, action, from_status, to_status, worker, attempt, details) \
+                 SELECT id, $1, action, 'in_progress', to_status, $1, attempt, \
+                     left(details, 500) || CASE WHEN action = 'retry_scheduled' \
+                         THEN ' (next attempt in ' || backoff_ms || ' ms)' ELSE '' END \
+                 FROM upd), \
+             w AS ( \
+                 UPDATE jr_status SET \
+                     tasks_completed = tasks_completed + \
+                         (SELECT count(*) FROM upd WHERE to_status = 'completed'), \
+                     tasks_failed = tasks_failed + (SELECT count(*) FROM upd WHERE failure), \
+                     consecutive_failures = CASE \
+                         WHEN EXISTS (SELECT 1 FROM upd WHERE to_status = 'completed') THEN 0 \
+                         ELSE consecutive_failures + (SELECT count(*) FROM upd WHERE failure) END, \
+                     updated_at = now() \
+                 WHERE jr_name = $1 AND instance_id = $2 \
+                   AND EXISTS (SELECT 1 FROM upd WHERE to_status = 'completed' OR failure)), \
+             n AS ( \
+                 SELECT pg_notify($11, 'requeue') FROM upd \
+                 WHERE to_status = 'pending' LIMIT 1) \
+             SELECT coalesce(array_agg(id), '{}'), (SELECT count(*) FROM n) FROM upd",
+            &[
+                &worker,
+                &instance,
+                &ids,
+                &attempts,
+                &to_status,
+                &actions,
+                &results,
+                &errors,
+                &backoff_ms,
+                &failures,
+                &CHANNEL_PENDING,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Records progress (0–100) of running attempts; fenced like every worker write.
+pub async fn tasks_progress(
+    client: &impl GenericClient,
+    worker: &str,
+    instance: Uuid,
+    progress: &[(i64, i32, i16)],
+) -> Result<()> {
+    if progress.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = progress.iter().map(|p| p.0).collect();
+    let attempts: Vec<i32> = progress.iter().map(|p| p.1).collect();
+    let pct: Vec<i16> = progress.iter().map(|p| p.2).collect();
+    client
+        .execute(
+            "UPDATE jr_work_queue q SET progress_percent = f.pct, updated_at = now() \
+             FROM unnest($3::int8[], $4::int4[], $5::int2[]) AS f(id, attempt, pct) \
+             WHERE q.id = f.id AND q.assigned_jr = $1 AND q.attempts = f.attempt \
+               AND q.lease_instance = $2 AND q.status = 'in_progress'",
+            &[&worker, &instance, &ids, &attempts, &pct],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A task put back because the process running it is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rescued {
+    pub id: i64,
+    /// `pending`, or `failed` when the attempt that died was the last one.
+    pub to_status: String,
+}
+
+/// Puts back the `in_progress` tasks of `worker` that are not held by `keep_instance`
+/// (a dead predecessor's): pending again with the attempt counted, or failed when its
+/// attempts are used up. One event each, by `actor`, saying `why`.
+pub async fn tasks_rescue_worker(
+    client: &impl GenericClient,
+    worker: &str,
+    keep_instance: Option<Uuid>,
+    actor: &str,
+    why: &str,
+) -> Result<Vec<Rescued>> {
+    let rows = client
+        .query(
+            "WITH old AS ( \
+                 SELECT id FROM jr_work_queue \
+                 WHERE status = 'in_progress' AND assigned_jr = $1 \
+                   AND lease_instance IS DISTINCT FROM $2 \
+                 FOR UPDATE), \
+             upd AS ( \
+                 UPDATE jr_work_queue q SET \
+                     status = CASE WHEN q.attempts >= q.max_attempts THEN 'failed' \
+                         ELSE 'pending' END, \
+                     completed_at = CASE WHEN q.attempts >= q.max_attempts THEN now() END, \
+                     error = $4 || CASE WHEN q.attempts >= q.max_attempts \
+                         THEN ' (attempts used up)' ELSE '' END, \
+                     assigned_jr = CASE WHEN q.attempts >= q.max_attempts \
+                         THEN q.assigned_jr END, \
+                     assigned_at = CASE WHEN q.attempts >= q.max_attempts \
+                         THEN q.assigned_at END, \
+                     run_after = now(), progress_percent = 0, lease_instance = NULL, \
+                     updated_at = now() \
+                 FROM old WHERE q.id = old.id \
+                 RETURNING q.id, q.status, q.attempts), \
+             ev AS ( \
+                 INSERT INTO jr_task_events \
+                     (task_id, actor, action, from_status, to_status, worker, attempt, details) \
+                 SELECT id, $3, 'rescued', 'in_progress', status, $1, attempts, $4 FROM upd), \
+             n AS (SELECT pg_notify($5, 'rescue') FROM upd WHERE status = 'pending' LIMIT 1) \
+             SELECT id, status, (SELECT count(*) FROM n) FROM upd ORDER BY id",
+            &[&worker, &keep_instance, &actor, &why, &CHANNEL_PENDING],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Rescued {
+            id: r.get(0),
+            to_status: r.get(1),
+        })
+        .collect())
+}
+
+/// Gives the tasks assigned to `worker` but not started back to pending (the worker is
+/// stopping), one event each. Returns how many.
+pub async fn tasks_unassign_worker(
+    client: &impl GenericClient,
+    worker: &str,
+    why: &str,
+) -> Result<u64> {
+    let row = client
+        .query_one(
+            "WITH upd AS ( \
+                 UPDATE jr_work_queue SET status = 'pending', assigned_jr = NULL, \
+                     assigned_at = NULL, updated_at = now() \
+                 WHERE status = 'assigned' AND assigned_jr = $1 \
+                 RETURNING id, attempts), \
+             ev AS ( \
+                 INSERT INTO jr_task_events \
+                     (task_id, actor, action, from_status, to_status, worker, attempt, details) \
+                 SELECT id, $1, 'unassigned', 'assigned', 'pending', $1, attempts, $2 FROM upd), \
+             n AS (SELECT pg_notify($3, 'unassign') FROM upd LIMIT 1) \
+             SELECT count(*), (SELECT count(*) FROM n) FROM upd",
+            &[&worker, &why, &CHANNEL_PENDING],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}

@@ -1,0 +1,157 @@
+//! Options of `jr-queue-worker`. Each also comes from a `JRQ_*` variable; `--run` also
+//! from `RUN_FILTER_ID` and `--max-loops` from `WORKER_MAX_LOOPS`, the names operators
+//! already use.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use uuid::Uuid;
+
+use super::executor::{ExecSpec, Handler, DEFAULT_OUTPUT_LIMIT};
+use super::WorkerConfig;
+use crate::error::{Error, Result};
+use crate::telemetry::LogFormat;
+use crate::validate;
+
+/// jr-queue-worker — runs the tasks assigned to one worker name.
+#[derive(Debug, Parser)]
+#[command(name = "jr-queue-worker", version, about)]
+pub struct WorkerArgs {
+    /// Worker name (the systemd instance name): letters, digits, '_', '.', '-', at most 64.
+    #[arg(long, env = "JRQ_NAME", value_parser = validate::parse_worker_name)]
+    pub name: String,
+
+    /// How tasks run: `noop`, `sleep:<duration>`, or a program and its arguments
+    /// (split into words like a shell would, but run without a shell).
+    #[arg(long, env = "JRQ_EXEC", value_parser = parse_exec)]
+    pub exec: ExecSpec,
+
+    /// Providers served (repeat or separate with commas). Default: none, which serves only
+    /// tasks without a provider.
+    #[arg(long = "provider", env = "JRQ_PROVIDERS", value_delimiter = ',')]
+    pub providers: Vec<String>,
+
+    /// Tasks run at once.
+    #[arg(long, env = "JRQ_CAPACITY", default_value = "1", value_parser = parse_capacity)]
+    pub capacity: u32,
+
+    /// Time between heartbeats (and systemd watchdog pings); lowered to half of
+    /// WatchdogSec when that is shorter.
+    #[arg(long, env = "JRQ_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = validate::parse_positive_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Time between claim polls when no notification arrives.
+    #[arg(long, env = "JRQ_POLL_INTERVAL", default_value = "5s", value_parser = validate::parse_positive_duration)]
+    pub poll_interval: Duration,
+
+    /// After SIGTERM, time running tasks get to finish before they are ended and given
+    /// back (keep it well under systemd's TimeoutStopSec).
+    #[arg(long, env = "JRQ_DRAIN_TIMEOUT", default_value = "20s", value_parser = validate::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Time between SIGTERM and SIGKILL when a task's process group must end.
+    #[arg(long, env = "JRQ_KILL_GRACE", default_value = "5s", value_parser = validate::parse_duration)]
+    pub kill_grace: Duration,
+
+    /// Another process holding this name is dead once its heartbeat is older than this.
+    #[arg(long, env = "JRQ_TAKEOVER_AFTER", default_value = "30s", value_parser = validate::parse_positive_duration)]
+    pub takeover_after: Duration,
+
+    /// While the database is unreachable, keep pinging the watchdog this long.
+    #[arg(long, env = "JRQ_DB_GRACE", default_value = "30s", value_parser = validate::parse_duration)]
+    pub db_grace: Duration,
+
+    /// Backoff before the second attempt of a failed task; it doubles per attempt (with
+    /// ±20 % jitter).
+    #[arg(long, env = "JRQ_RETRY_BASE", default_value = "5s", value_parser = validate::parse_duration)]
+    pub retry_base: Duration,
+
+    /// Longest retry backoff.
+    #[arg(long, env = "JRQ_RETRY_MAX", default_value = "10m", value_parser = validate::parse_duration)]
+    pub retry_max: Duration,
+
+    /// Bytes kept from the end of an executor's stdout (the result) and stderr (the error).
+    #[arg(long, env = "JRQ_OUTPUT_LIMIT", default_value_t = DEFAULT_OUTPUT_LIMIT)]
+    pub output_limit: usize,
+
+    /// Serve only this run (UUID) and exit 0 once it is completed, error or archived.
+    /// Also read from RUN_FILTER_ID.
+    #[arg(long, env = "JRQ_RUN", value_parser = validate::parse_run_id)]
+    pub run: Option<Uuid>,
+
+    /// Exit 0 after this many claim rounds (running tasks are finished first). Also read
+    /// from WORKER_MAX_LOOPS. Default: no limit.
+    #[arg(long, env = "JRQ_MAX_LOOPS")]
+    pub max_loops: Option<u64>,
+
+    /// Log format: auto (journald under systemd, else text), text, json, journald.
+    #[arg(long, env = "JRQ_LOG_FORMAT", value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+
+    /// PostgreSQL address (URL or libpq "key=value"); default: the libpq PG* variables.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+fn parse_exec(s: &str) -> Result<ExecSpec, String> {
+    s.parse()
+}
+
+fn parse_capacity(s: &str) -> Result<u32, String> {
+    validate::parse_at_least_one(s).map(|n| n as u32)
+}
+
+impl WorkerArgs {
+    /// The worker configuration, the database address and the handler these options
+    /// describe. Reads the operators' RUN_FILTER_ID and WORKER_MAX_LOOPS when the
+    /// options are absent.
+    pub fn into_parts(self) -> Result<(WorkerConfig, tokio_postgres::Config, Arc<dyn Handler>)> {
+        let run = match self.run {
+            Some(r) => Some(r),
+            None => match std::env::var("RUN_FILTER_ID") {
+                Ok(v) if !v.trim().is_empty() => Some(
+                    validate::parse_run_id(&v)
+                        .map_err(|e| Error::usage(format!("RUN_FILTER_ID: {e}")))?,
+                ),
+                _ => None,
+            },
+        };
+        let max_loops = match self.max_loops {
+            Some(n) => Some(n),
+            None => match std::env::var("WORKER_MAX_LOOPS") {
+                Ok(v) if !v.trim().is_empty() => Some(v.trim().parse::<u64>().map_err(|_| {
+                    Error::usage(format!("WORKER_MAX_LOOPS '{v}' is not a whole number"))
+                })?),
+                _ => None,
+            },
+        };
+        let mut providers: Vec<String> = self
+            .providers
+            .into_iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
+        providers.sort();
+        providers.dedup();
+        let cfg = WorkerConfig {
+            name: self.name,
+            providers,
+            capacity: self.capacity,
+            heartbeat_interval: self.heartbeat_interval,
+            poll_interval: self.poll_interval,
+            drain_timeout: self.drain_timeout,
+            kill_grace: self.kill_grace,
+            takeover_after: self.takeover_after,
+            db_grace: self.db_grace,
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+            run_id: run,
+            max_loops,
+        };
+        cfg.validate()?;
+        let db_cfg = crate::db::config_from(self.database_url.as_deref(), "jr-queue-worker")?;
+        let handler = self.exec.handler(self.kill_grace, self.output_limit.max(1));
+        Ok((cfg, db_cfg, handler))
+    }
+}

@@ -1,0 +1,570 @@
+//! How a task runs: a [`Handler`]. The worker ships three — `noop`, `sleep:<duration>`
+//! and [`Program`] (any executable and its arguments, started without a shell) — and a
+//! Rust program embedding the worker can give its own.
+//!
+//! ## The executor program contract
+//!
+//! - stdin: the task's JSON payload, then end of file.
+//! - environment: `JR_TASK_ID`, `JR_TASK_TITLE`, `JR_ATTEMPT` (1 for the first),
+//!   `JR_MAX_ATTEMPTS`, `JR_RUN_ID` (empty without a run), `JR_WORKER`, plus the worker's
+//!   own environment minus `DATABASE_URL`, `PGPASSWORD` and systemd's notify variables.
+//! - its own process group; when the task must stop (timeout, cancel, lost lease, end of
+//!   the drain) the whole group gets SIGTERM, then SIGKILL after the kill grace. When the
+//!   program exits, whatever it left running in its group is killed too: no orphans.
+//! - exit status:
+//!   - `0`: success — the task is completed; the tail of stdout is its result.
+//!   - `75` (EX_TEMPFAIL): retryable failure — the task goes back to pending after a
+//!     backoff while attempts remain, else it fails.
+//!   - any other status: permanent failure — the task fails at once; the tail of stderr
+//!     is its error.
+//!   - killed by a signal (a crash, the kernel's OOM killer, `MemoryMax`) or timed out:
+//!     the program could not say, so the attempt is treated as retryable.
+//! - progress: a stdout line `JRQ-PROGRESS: N` (N from 0 to 100, optionally with `%`)
+//!   sets the task's `progress_percent`; such lines are not part of the result.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::validate;
+
+/// Exit status with which an executor program asks for a retry (EX_TEMPFAIL).
+pub const EXIT_RETRY: i32 = 75;
+/// Prefix of a progress line on an executor's stdout.
+pub const PROGRESS_PREFIX: &str = "JRQ-PROGRESS:";
+/// Default bytes kept from the end of an executor's stdout (result) and stderr (error).
+pub const DEFAULT_OUTPUT_LIMIT: usize = 16 * 1024;
+
+/// Why the worker asks a running task to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The attempt ran past the task's timeout.
+    Timeout,
+    /// `jrq cancel` asked for it.
+    Cancelled,
+    /// The worker no longer holds the task's lease (it was rescued and may run elsewhere).
+    LeaseLost,
+    /// The worker is shutting down and the drain time is over.
+    Shutdown,
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StopReason::Timeout => "timed out",
+            StopReason::Cancelled => "cancelled",
+            StopReason::LeaseLost => "lease lost",
+            StopReason::Shutdown => "worker shutting down",
+        })
+    }
+}
+
+/// How a handler says its attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskOutcome {
+    /// Done; the text is stored as the task's result.
+    Completed(String),
+    /// Failed, worth another attempt (after a backoff, while attempts remain).
+    Retry(String),
+    /// Failed for good.
+    Failed(String),
+}
+
+/// A progress report from a running task.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub task_id: i64,
+    pub attempt: i32,
+    pub percent: i16,
+}
+
+/// What a handler knows about the attempt it runs.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    pub id: i64,
+    pub title: String,
+    pub payload: serde_json::Value,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub run_id: Option<Uuid>,
+    pub worker: String,
+    pub timeout: Duration,
+    stop: watch::Receiver<Option<StopReason>>,
+    progress: mpsc::UnboundedSender<Progress>,
+}
+
+impl TaskContext {
+    /// A context and the sender that stops it; for the worker and for tests of handlers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: i64,
+        title: String,
+        payload: serde_json::Value,
+        attempt: i32,
+        max_attempts: i32,
+        run_id: Option<Uuid>,
+        worker: String,
+        timeout: Duration,
+        progress: mpsc::UnboundedSender<Progress>,
+    ) -> (TaskContext, watch::Sender<Option<StopReason>>) {
+        let (tx, rx) = watch::channel(None);
+        (
+            TaskContext {
+                id,
+                title,
+                payload,
+                attempt,
+                max_attempts,
+                run_id,
+                worker,
+                timeout,
+                stop: rx,
+                progress,
+            },
+            tx,
+        )
+    }
+
+    /// Resolves once the worker asks this task to stop. A handler should then end its
+    /// work promptly; the worker stops waiting for it after the kill grace.
+    pub async fn stopped(&mut self) -> StopReason {
+        loop {
+            if let Some(r) = *self.stop.borrow_and_update() {
+                return r;
+            }
+            if self.stop.changed().await.is_err() {
+                // The worker dropped the task: treat as shutdown.
+                return StopReason::Shutdown;
+            }
+        }
+    }
+
+    /// Reports progress (0–100).
+    pub fn progress(&self, percent: u8) {
+        let _ = self.progress.send(Progress {
+            task_id: self.id,
+            attempt: self.attempt,
+            percent: i16::from(percent.min(100)),
+        });
+    }
+}
+
+/// Runs one attempt of a task.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs the attempt described by `ctx` to its end. Watch [`TaskContext::stopped`].
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, TaskOutcome>;
+}
+
+/// Completes every task at once (tests, benchmarks).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Noop;
+
+impl Handler for Noop {
+    fn run(&self, _ctx: TaskContext) -> BoxFuture<'static, TaskOutcome> {
+        Box::pin(async { TaskOutcome::Completed(String::new()) })
+    }
+}
+
+/// Completes every task after a fixed time (tests, benchmarks).
+#[derive(Debug, Clone, Copy)]
+pub struct Sleep(pub Duration);
+
+impl Handler for Sleep {
+    fn run(&self, mut ctx: TaskContext) -> BoxFuture<'static, TaskOutcome> {
+        let d = self.0;
+        Box::pin(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => TaskOutcome::Completed(String::new()),
+                r = ctx.stopped() => TaskOutcome::Retry(format!("stopped: {r}")),
+            }
+        })
+    }
+}
+
+/// What `--exec` names: a built-in or a program with its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecSpec {
+    Noop,
+    Sleep(Duration),
+    Program { program: String, args: Vec<String> },
+}
+
+impl FromStr for ExecSpec {
+    type Err = String;
+
+    /// `noop`, `sleep:<duration>`, or a program and its arguments split like a shell
+    /// would split words (quotes allowed) — but no shell runs it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s == "noop" {
+            return Ok(ExecSpec::Noop);
+        }
+        if let Some(d) = s.strip_prefix("sleep:") {
+            return validate::parse_duration(d).map(ExecSpec::Sleep);
+        }
+        let words = shell_words::split(s)
+            .map_err(|e| format!("cannot split executor '{s}' into words ({e})"))?;
+        let mut words = words.into_iter();
+        let program = words.next().ok_or_else(|| {
+            "no executor given: use noop, sleep:<duration>, or a program and its arguments"
+                .to_string()
+        })?;
+        Ok(ExecSpec::Program {
+            program,
+            args: words.collect(),
+        })
+    }
+}
+
+impl ExecSpec {
+    /// The handler for this spec.
+    pub fn handler(&self, kill_grace: Duration, output_limit: usize) -> Arc<dyn Handler> {
+        match self {
+            ExecSpec::Noop => Arc::new(Noop),
+            ExecSpec::Sleep(d) => Arc::new(Sleep(*d)),
+            ExecSpec::Program { program, args } => Arc::new(Program {
+                program: program.clone(),
+                args: args.clone(),
+                kill_grace,
+                output_limit,
+            }),
+        }
+    }
+}
+
+/// Runs each task as a program (see the module docs for the contract).
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub program: String,
+    pub args: Vec<String>,
+    /// Time between SIGTERM and SIGKILL when the task must stop.
+    pub kill_grace: Duration,
+    /// Bytes kept from the end of stdout and stderr.
+    pub output_limit: usize,
+}
+
+impl Handler for Program {
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, TaskOutcome> {
+        let me = self.clone();
+        Box::pin(async move { me.run_program(ctx).await })
+    }
+}
+
+/// Variables an executor must not inherit: the database password and systemd's socket.
+const SCRUBBED_VARS: [&str; 2] = ["DATABASE_URL", "PGPASSWORD"];
+
+impl Program {
+    async fn run_program(self, mut ctx: TaskContext) -> TaskOutcome {
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.args(&self.args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .env("JR_TASK_ID", ctx.id.to_string())
+            .env("JR_TASK_TITLE", &ctx.title)
+            .env("JR_ATTEMPT", ctx.attempt.to_string())
+            .env("JR_MAX_ATTEMPTS", ctx.max_attempts.to_string())
+            .env(
+                "JR_RUN_ID",
+                ctx.run_id.map(|r| r.to_string()).unwrap_or_default(),
+            )
+            .env("JR_WORKER", &ctx.worker);
+        for v in SCRUBBED_VARS
+            .iter()
+            .chain(crate::systemd::PROTOCOL_VARS.iter())
+        {
+            cmd.env_remove(v);
+        }
+        // If the worker itself dies (kill -9), the executor's leader dies with it.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                // Likely this worker's setup, not the task: another worker may succeed.
+                return TaskOutcome::Retry(format!(
+                    "cannot start executor '{}': {e}",
+                    self.program
+                ));
+            }
+        };
+        let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+
+        let payload = ctx.payload.to_string();
+        let mut stdin = child.stdin.take();
+        let writer = tokio::spawn(async move {
+            if let Some(mut s) = stdin.take() {
+                // A program that does not read its input is fine: ignore EPIPE.
+                let _ = s.write_all(payload.as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let progress = ctx.progress.clone();
+        let (id, attempt) = (ctx.id, ctx.attempt);
+        let limit = self.output_limit;
+        let out_reader = tokio::spawn(read_tail(stdout, limit, Some((progress, id, attempt))));
+        let err_reader = tokio::spawn(read_tail(stderr, limit, None));
+
+        let status = tokio::select! {
+            s = child.wait() => s,
+            reason = ctx.stopped() => {
+                tracing::info!(task_id = id, reason = %reason, "stopping executor process group");
+                signal_group(pgid, Signal::SIGTERM);
+                match tokio::time::timeout(self.kill_grace, child.wait()).await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        signal_group(pgid, Signal::SIGKILL);
+                        child.wait().await
+                    }
+                }
+            }
+        };
+        // Whatever the program left running in its group goes too.
+        signal_group(pgid, Signal::SIGKILL);
+        let _ = writer.await;
+        let grace = Duration::from_secs(2);
+        let stdout = match tokio::time::timeout(grace, out_reader).await {
+            Ok(Ok(t)) => t,
+            _ => String::new(),
+        };
+        let stderr = match tokio::time::timeout(grace, err_reader).await {
+            Ok(Ok(t)) => t,
+            _ => String::new(),
+        };
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => return TaskOutcome::Retry(format!("cannot wait for the executor: {e}")),
+        };
+        classify(status, stdout, stderr)
+    }
+}
+
+fn signal_group(pgid: Option<Pid>, sig: Signal) {
+    if let Some(p) = pgid {
+        // ESRCH: the group is already gone.
+        let _ = killpg(p, sig);
+    }
+}
+
+/// Maps an exit status to an outcome (the contract in the module docs).
+fn classify(status: std::process::ExitStatus, stdout: String, stderr: String) -> TaskOutcome {
+    use std::os::unix::process::ExitStatusExt;
+    let detail = |what: String| {
+        let e = stderr.trim_end();
+        if e.is_empty() {
+            what
+        } else {
+            format!("{what}: {e}")
+        }
+    };
+    match (status.code(), status.signal()) {
+        (Some(0), _) => TaskOutcome::Completed(stdout),
+        (Some(EXIT_RETRY), _) => TaskOutcome::Retry(detail(format!(
+            "executor asked for a retry (exit {EXIT_RETRY})"
+        ))),
+        (Some(code), _) => {
+            TaskOutcome::Failed(detail(format!("executor exited with status {code}")))
+        }
+        (None, Some(sig)) => {
+            let name = Signal::try_from(sig)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| format!("signal {sig}"));
+            let hint = if sig == Signal::SIGKILL as i32 {
+                " (out of memory, or killed from outside)"
+            } else {
+                ""
+            };
+            TaskOutcome::Retry(detail(format!("executor was killed by {name}{hint}")))
+        }
+        (None, None) => TaskOutcome::Retry(detail("executor ended without a status".into())),
+    }
+}
+
+/// Reads a stream to its end and returns its last `limit` bytes (as lossy UTF-8). With a
+/// progress sink, `JRQ-PROGRESS: N` lines are reported and left out of the text.
+async fn read_tail(
+    mut r: impl AsyncRead + Unpin,
+    limit: usize,
+    progress: Option<(mpsc::UnboundedSender<Progress>, i64, i32)>,
+) -> String {
+    let mut tail = Tail::new(limit);
+    let mut line: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for chunk in buf[..n].split_inclusive(|b| *b == b'\n') {
+            line.extend_from_slice(chunk);
+            if chunk.ends_with(b"\n") {
+                if !report_progress(&line, &progress) {
+                    tail.push(&line);
+                }
+                line.clear();
+            } else if line.len() > 4096 {
+                // Too long to be a progress line.
+                tail.push(&line);
+                line.clear();
+            }
+        }
+    }
+    if !line.is_empty() && !report_progress(&line, &progress) {
+        tail.push(&line);
+    }
+    tail.into_string()
+}
+
+fn report_progress(
+    line: &[u8],
+    progress: &Option<(mpsc::UnboundedSender<Progress>, i64, i32)>,
+) -> bool {
+    let Some((tx, id, attempt)) = progress else {
+        return false;
+    };
+    match parse_progress(line) {
+        Some(p) => {
+            let _ = tx.send(Progress {
+                task_id: *id,
+                attempt: *attempt,
+                percent: p,
+            });
+            true
+        }
+        None => false,
+    }
+}
+
+/// Parses a `JRQ-PROGRESS: N` line.
+pub fn parse_progress(line: &[u8]) -> Option<i16> {
+    let text = std::str::from_utf8(line).ok()?.trim();
+    let n = text
+        .strip_prefix(PROGRESS_PREFIX)?
+        .trim()
+        .trim_end_matches('%');
+    let v: i16 = n.trim().parse().ok()?;
+    (0..=100).contains(&v).then_some(v)
+}
+
+/// The last `limit` bytes of a stream.
+struct Tail {
+    buf: Vec<u8>,
+    limit: usize,
+    cut: bool,
+}
+
+impl Tail {
+    fn new(limit: usize) -> Self {
+        Tail {
+            buf: Vec::new(),
+            limit: limit.max(1),
+            cut: false,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() > 2 * self.limit {
+            let drop = self.buf.len() - self.limit;
+            self.buf.drain(..drop);
+            self.cut = true;
+        }
+    }
+
+    fn into_string(mut self) -> String {
+        if self.buf.len() > self.limit {
+            let drop = self.buf.len() - self.limit;
+            self.buf.drain(..drop);
+            self.cut = true;
+        }
+        let text = String::from_utf8_lossy(&self.buf).into_owned();
+        if self.cut {
+            format!("…{text}")
+        } else {
+            text
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_specs() {
+        assert_eq!("noop".parse::<ExecSpec>().unwrap(), ExecSpec::Noop);
+        assert_eq!(
+            "sleep:50ms".parse::<ExecSpec>().unwrap(),
+            ExecSpec::Sleep(Duration::from_millis(50))
+        );
+        assert!("sleep:soon".parse::<ExecSpec>().is_err());
+        assert_eq!(
+            "/usr/bin/python3 'my script.py' --fast"
+                .parse::<ExecSpec>()
+                .unwrap(),
+            ExecSpec::Program {
+                program: "/usr/bin/python3".into(),
+                args: vec!["my script.py".into(), "--fast".into()]
+            }
+        );
+        assert!("".parse::<ExecSpec>().is_err());
+        assert!("'unclosed".parse::<ExecSpec>().is_err());
+    }
+
+    #[test]
+    fn progress_lines() {
+        assert_eq!(parse_progress(b"JRQ-PROGRESS: 42\n"), Some(42));
+        assert_eq!(parse_progress(b"JRQ-PROGRESS:100%"), Some(100));
+        assert_eq!(parse_progress(b"JRQ-PROGRESS: 101"), None);
+        assert_eq!(parse_progress(b"progress 5"), None);
+    }
+
+    #[test]
+    fn tails_keep_the_end() {
+        let mut t = Tail::new(5);
+        t.push(b"hello ");
+        t.push(b"world");
+        assert_eq!(t.into_string(), "…world");
+        let mut t = Tail::new(50);
+        t.push(b"short");
+        assert_eq!(t.into_string(), "short");
+    }
+
+    #[test]
+    fn exit_statuses() {
+        use std::os::unix::process::ExitStatusExt;
+        let st = |raw| std::process::ExitStatus::from_raw(raw);
+        assert_eq!(
+            classify(st(0), "out".into(), String::new()),
+            TaskOutcome::Completed("out".into())
+        );
+        assert!(matches!(
+            classify(st(75 << 8), String::new(), String::new()),
+            TaskOutcome::Retry(_)
+        ));
+        match classify(st(3 << 8), String::new(), "bad input\n".into()) {
+            TaskOutcome::Failed(e) => assert_eq!(e, "executor exited with status 3: bad input"),
+            o => panic!("{o:?}"),
+        }
+        match classify(st(9), String::new(), String::new()) {
+            TaskOutcome::Retry(e) => assert!(e.contains("SIGKILL"), "{e}"),
+            o => panic!("{o:?}"),
+        }
+    }
+}
