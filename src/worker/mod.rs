@@ -290,6 +290,8 @@ struct Session {
     lost_name: Option<String>,
     /// READY=1 has been sent; watchdog pings only after it.
     ready: bool,
+    /// After a failed outcome write, the next try waits until this.
+    next_write: Instant,
 }
 
 impl Session {
@@ -318,6 +320,7 @@ impl Session {
                 last_status: String::new(),
                 lost_name: None,
                 ready: false,
+                next_write: now,
             },
             Channels {
                 done_rx,
@@ -444,18 +447,20 @@ impl Session {
         if self.conn.is_none() {
             t = t.min(self.next_reconnect);
         }
+        let now = Instant::now();
         if let Mode::Draining { deadline } = self.mode {
-            if !self.running.is_empty() {
-                t = t.min(deadline.max(Instant::now()));
+            // Once passed, the stopped tasks report back through the done channel.
+            if !self.running.is_empty() && deadline > now {
+                t = t.min(deadline);
             }
         }
         if !self.progress.is_empty() {
             t = t.min(self.last_progress_flush + PROGRESS_FLUSH);
         }
         if !self.unwritten.is_empty() && self.conn.is_some() {
-            t = Instant::now();
+            t = t.min(self.next_write);
         }
-        t
+        t.max(now)
     }
 
     fn on_notification(&mut self, n: &Notification) {
@@ -533,7 +538,7 @@ impl Session {
     }
 
     async fn write_outcomes(&mut self) {
-        if self.unwritten.is_empty() {
+        if self.unwritten.is_empty() || Instant::now() < self.next_write {
             return;
         }
         let Some(conn) = &self.conn else { return };
@@ -545,6 +550,7 @@ impl Session {
                     if applied.contains(&f.task_id) {
                         tracing::info!(
                             task_id = f.task_id,
+                            worker = %cfg.name,
                             attempt = f.attempt,
                             outcome = f.finish.kind(),
                             error = f.finish.error().unwrap_or(""),
@@ -560,7 +566,10 @@ impl Session {
                 }
                 self.last_db_ok = Instant::now();
             }
-            Err(e) => self.db_error("writing task outcomes", &e),
+            Err(e) => {
+                self.next_write = Instant::now() + Duration::from_secs(1);
+                self.db_error("writing task outcomes", &e);
+            }
         }
     }
 
@@ -581,7 +590,11 @@ impl Session {
                 self.progress.clear();
                 self.last_progress_flush = Instant::now();
             }
-            Err(e) => self.db_error("writing progress", &e),
+            Err(e) => {
+                // Try again after the usual flush interval, not at once.
+                self.last_progress_flush = Instant::now();
+                self.db_error("writing progress", &e);
+            }
         }
     }
 
@@ -886,6 +899,7 @@ impl Session {
             if self.conn.is_none() {
                 self.reconnect().await;
             }
+            self.next_write = Instant::now();
             self.write_outcomes().await;
             if self.unwritten.is_empty() || Instant::now() >= deadline {
                 break;
