@@ -30,9 +30,22 @@ pub fn exe_name(pid: i32) -> Option<String> {
     Some(name.trim_end_matches(" (deleted)").to_string())
 }
 
-/// Whether `pid` is a live process running the worker executable.
-pub fn is_live_worker(pid: i32) -> bool {
+/// The executable name of the assigner daemon.
+pub const ASSIGNER_EXE: &str = "jr-auto-assigner";
+
+/// Whether `pid` is a live process running the executable named `exe`.
+pub fn is_live_process_of(pid: i32, exe: &str) -> bool {
     pid > 0
         && Path::new(&format!("/proc/{pid}")).exists()
-        && exe_name(pid).is_some_and(|n| n == WORKER_EXE)
+        && exe_name(pid).is_some_and(|n| n == exe)
+}
+
+/// Whether `pid` is a live process running the worker executable.
+pub fn is_live_worker(pid: i32) -> bool {
+    is_live_process_of(pid, WORKER_EXE)
+}
+
+/// Whether `pid` is a live process running the assigner executable.
+pub fn is_live_assigner(pid: i32) -> bool {
+    is_live_process_of(pid, ASSIGNER_EXE)
 }

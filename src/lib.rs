@@ -6,13 +6,16 @@
 //! - [`db`]: all SQL, one module per table, functions named table-then-verb.
 //! - [`task`]: the task state machine and validated input for new tasks.
 //! - [`admin`]: the `jrq` admin CLI (options, commands, output).
+//! - [`assigner`]: the assigner daemon (`jr-auto-assigner`) and its routing rules.
 //! - [`worker`]: the worker daemon (`jr-queue-worker`) and its executors.
 //! - [`error`]: the typed errors every program reports as one clear line.
 
 pub mod admin;
+pub mod assigner;
 pub mod db;
 pub mod error;
 pub mod host;
+mod registry;
 pub mod shutdown;
 pub mod systemd;
 pub mod task;

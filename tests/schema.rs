@@ -12,7 +12,10 @@ use jrq::db::{self, migrate};
 async fn migrate_creates_the_schema_and_is_idempotent() {
     let db = TestDb::empty().await;
     let out = db.run(&["migrate"]);
-    assert!(out.ok().contains("applied 1 migration(s) (V1)"), "{out:#?}");
+    assert!(
+        out.ok().contains("applied 2 migration(s) (V1, V2)"),
+        "{out:#?}"
+    );
     let out = db.run(&["migrate"]);
     assert!(out.ok().contains("schema is up to date"), "{out:#?}");
     let client = db.client().await;

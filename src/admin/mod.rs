@@ -126,7 +126,7 @@ pub struct StatusArgs {
     #[arg(long, env = "JRQ_WINDOW", default_value = "24h", value_parser = validate::parse_positive_duration)]
     pub window: Duration,
     /// A worker silent for longer than this counts as offline.
-    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "30s", value_parser = validate::parse_positive_duration)]
+    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "15s", value_parser = validate::parse_positive_duration)]
     pub online_threshold: Duration,
     /// Print JSON instead of text.
     #[arg(long, env = "JRQ_JSON")]
@@ -227,7 +227,7 @@ pub enum RunsCommand {
 #[derive(Debug, Args)]
 pub struct WorkersArgs {
     /// A worker silent for longer than this counts as offline.
-    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "30s", value_parser = validate::parse_positive_duration)]
+    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "15s", value_parser = validate::parse_positive_duration)]
     pub online_threshold: Duration,
     /// Print JSON instead of text.
     #[arg(long, env = "JRQ_JSON")]

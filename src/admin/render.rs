@@ -425,11 +425,16 @@ pub fn workers(rows: &[WorkerRow], json: bool) -> Result<()> {
             }
             (None, _) => "closed".into(),
         };
+        let (load, circuit) = if r.kind == "worker" {
+            (format!("{}/{}", r.current_load, r.capacity), circuit)
+        } else {
+            ("-".into(), "-".into())
+        };
         t.add_row(vec![
             r.jr_name.clone(),
             r.kind.clone(),
             state,
-            format!("{}/{}", r.current_load, r.capacity),
+            load,
             if r.providers.is_empty() {
                 "-".into()
             } else {

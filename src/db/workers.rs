@@ -10,9 +10,9 @@ use uuid::Uuid;
 use crate::db::tasks::duration_ms;
 use crate::error::Result;
 
-/// A worker whose heartbeat is older than this is not counted as online. The worker's
-/// default heartbeat interval is well inside it.
-pub const DEFAULT_ONLINE_THRESHOLD: Duration = Duration::from_secs(30);
+/// A worker whose heartbeat is older than this is not counted as online: three missed
+/// heartbeats at the worker's default interval (5 s).
+pub const DEFAULT_ONLINE_THRESHOLD: Duration = Duration::from_secs(15);
 
 /// One registered worker.
 #[derive(Debug, Clone, Serialize)]
@@ -181,10 +181,12 @@ pub async fn workers_lock(client: &impl GenericClient, name: &str) -> Result<Opt
     }))
 }
 
-/// A worker process announcing itself.
+/// A worker (or assigner) process announcing itself.
 #[derive(Debug, Clone)]
 pub struct Registration<'a> {
     pub name: &'a str,
+    /// `worker` or `assigner`.
+    pub kind: &'a str,
     pub host: &'a str,
     pub pid: i32,
     pub instance: Uuid,
@@ -203,9 +205,9 @@ pub async fn workers_register(client: &impl GenericClient, r: &Registration<'_>)
             "INSERT INTO jr_status (jr_name, kind, host, pid, instance_id, invocation_id, \
                  boot_id, providers, capacity, current_load, is_online, status, run_id, \
                  started_at, last_seen, status_text, updated_at) \
-             VALUES ($1, 'worker', $2, $3, $4, $5, $6, $7, $8, 0, true, 'starting', $9, \
+             VALUES ($1, $10, $2, $3, $4, $5, $6, $7, $8, 0, true, 'starting', $9, \
                  now(), now(), 'starting', now()) \
-             ON CONFLICT (jr_name) DO UPDATE SET kind = 'worker', host = $2, pid = $3, \
+             ON CONFLICT (jr_name) DO UPDATE SET kind = $10, host = $2, pid = $3, \
                  instance_id = $4, invocation_id = $5, boot_id = $6, providers = $7, \
                  capacity = $8, current_load = 0, is_online = true, status = 'starting', \
                  run_id = $9, started_at = now(), last_seen = now(), \
@@ -220,6 +222,7 @@ pub async fn workers_register(client: &impl GenericClient, r: &Registration<'_>)
                 &r.providers,
                 &r.capacity,
                 &r.run_id,
+                &r.kind,
             ],
         )
         .await?;
@@ -304,4 +307,130 @@ pub async fn workers_set_offline(
         )
         .await?;
     Ok(())
+}
+
+/// The circuit breaker's settings (owned by the assigner).
+#[derive(Debug, Clone, Copy)]
+pub struct CircuitPolicy {
+    /// Consecutive failed attempts that open the circuit.
+    pub failures: i32,
+    /// Cool-down after the K-th failure; doubles with each further failure.
+    pub cooldown: Duration,
+    /// Longest cool-down.
+    pub max_cooldown: Duration,
+}
+
+/// SQL for "this worker's circuit is open now", with $K, $base_ms, $max_ms parameters.
+fn circuit_open_sql(k: &str, base: &str, max: &str) -> String {
+    format!(
+        "(consecutive_failures >= {k} AND last_failure_at IS NOT NULL AND \
+          last_failure_at + least({base}::float8 * power(2, least(consecutive_failures - {k}, 30)), \
+                                  {max}::float8) * interval '1 millisecond' > now())"
+    )
+}
+
+/// A worker that may take tasks now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub name: String,
+    pub providers: Vec<String>,
+    pub capacity: i32,
+    pub run_id: Option<Uuid>,
+}
+
+/// Locks, for the rest of the transaction, the workers that may take tasks: alive
+/// (online, heartbeat within `online_threshold`), not draining, circuit closed. Rows
+/// another assigner holds are skipped: two assigners never fill one worker at once.
+pub async fn workers_lock_candidates(
+    client: &impl GenericClient,
+    online_threshold: Duration,
+    circuit: &CircuitPolicy,
+) -> Result<Vec<Candidate>> {
+    let sql = format!(
+        "SELECT jr_name, providers, capacity, run_id FROM jr_status \
+         WHERE kind = 'worker' AND is_online AND status IN ('starting', 'idle', 'busy') \
+           AND last_seen > now() - $1::int8 * interval '1 millisecond' \
+           AND NOT {} \
+         ORDER BY jr_name FOR UPDATE SKIP LOCKED",
+        circuit_open_sql("$2", "$3", "$4")
+    );
+    let rows = client
+        .query(
+            &sql,
+            &[
+                &duration_ms(online_threshold),
+                &circuit.failures,
+                &(duration_ms(circuit.cooldown) as f64),
+                &(duration_ms(circuit.max_cooldown) as f64),
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Candidate {
+            name: r.get(0),
+            providers: r.get(1),
+            capacity: r.get(2),
+            run_id: r.get(3),
+        })
+        .collect())
+}
+
+/// Tasks assigned to or running on each named worker. Run it after locking the workers:
+/// its snapshot then sees every assignment committed by whoever held the locks before.
+pub async fn workers_loads(
+    client: &impl GenericClient,
+    names: &[String],
+) -> Result<std::collections::HashMap<String, i32>> {
+    let rows = client
+        .query(
+            "SELECT n, \
+                 (SELECT count(*) FROM jr_work_queue WHERE status = 'assigned' \
+                    AND assigned_jr = n)::int4 + \
+                 (SELECT count(*) FROM jr_work_queue WHERE status = 'in_progress' \
+                    AND assigned_jr = n)::int4 \
+             FROM unnest($1::text[]) AS n",
+            &[&names],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Records the circuit breaker's state for people (`jrq workers`): opens the circuit of
+/// workers with K or more consecutive failures (until when, and why) and clears it for
+/// the others. Returns (opened, closed) counts of rows changed.
+pub async fn workers_update_circuits(
+    client: &impl GenericClient,
+    circuit: &CircuitPolicy,
+) -> Result<(u64, u64)> {
+    let until =
+        "last_failure_at + least($2::float8 * power(2, least(consecutive_failures - $1, 30)), \
+                 $3::float8) * interval '1 millisecond'";
+    let sql = format!(
+        "WITH o AS ( \
+             UPDATE jr_status SET circuit_open_until = {until}, \
+                 circuit_reason = consecutive_failures || ' failed attempts in a row', \
+                 updated_at = now() \
+             WHERE kind = 'worker' AND consecutive_failures >= $1 AND last_failure_at IS NOT NULL \
+               AND circuit_open_until IS DISTINCT FROM {until} \
+             RETURNING 1), \
+         c AS ( \
+             UPDATE jr_status SET circuit_open_until = NULL, circuit_reason = NULL, \
+                 updated_at = now() \
+             WHERE kind = 'worker' AND consecutive_failures < $1 \
+               AND (circuit_open_until IS NOT NULL OR circuit_reason IS NOT NULL) \
+             RETURNING 1) \
+         SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM c)"
+    );
+    let row = client
+        .query_one(
+            &sql,
+            &[
+                &circuit.failures,
+                &(duration_ms(circuit.cooldown) as f64),
+                &(duration_ms(circuit.max_cooldown) as f64),
+            ],
+        )
+        .await?;
+    Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
 }

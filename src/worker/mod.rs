@@ -12,7 +12,6 @@
 
 pub mod cli;
 pub mod executor;
-mod registry;
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -28,6 +27,7 @@ use uuid::Uuid;
 use crate::db::tasks::{self, ClaimedTask, Finish, FinishedAttempt};
 use crate::db::{self, runs, workers};
 use crate::error::{Error, Result};
+use crate::registry;
 use crate::shutdown::Shutdown;
 use crate::systemd;
 use crate::validate::format_duration;
@@ -255,9 +255,57 @@ impl Worker {
             }
         }
         let mut conn = conn;
-        registry::register(&self, &mut conn.client).await?;
+        self.register(&mut conn.client).await?;
         let (session, channels) = Session::new(self, conn);
         session.run(channels, shutdown).await
+    }
+
+    /// Registers the name in one transaction: lock it, refuse a live holder, put back a
+    /// dead predecessor's running tasks, write the registry row. A refusal changes nothing.
+    async fn register(&self, client: &mut Client) -> Result<()> {
+        let cfg = &self.cfg;
+        let txn = client.transaction().await?;
+        let stop_hint = format!("systemctl --user stop jr-queue-worker@{}", cfg.name);
+        let me = registry::Me {
+            name: &cfg.name,
+            kind: "worker",
+            stop_hint: &stop_hint,
+            host: &self.host,
+            boot_id: &self.boot_id,
+            takeover_after: cfg.takeover_after,
+        };
+        let why = match registry::claim_name(&txn, &me, crate::host::is_live_worker).await? {
+            registry::Verdict::TakeOver(why) => {
+                tracing::info!(worker = %cfg.name, reason = %why, "taking over the worker name");
+                format!("worker restarted: {why} during this attempt")
+            }
+            _ => "worker restarted: the previous instance died during this attempt".into(),
+        };
+        let rescued =
+            tasks::tasks_rescue_worker(&txn, &cfg.name, Some(self.instance), &cfg.name, &why)
+                .await?;
+        for r in &rescued {
+            tracing::warn!(task_id = r.id, to = %r.to_status, "put back a task the previous instance was running");
+        }
+        let invocation = std::env::var("INVOCATION_ID").ok();
+        workers::workers_register(
+            &txn,
+            &workers::Registration {
+                name: &cfg.name,
+                kind: "worker",
+                host: &self.host,
+                pid: std::process::id() as i32,
+                instance: self.instance,
+                invocation_id: invocation.as_deref(),
+                boot_id: &self.boot_id,
+                providers: &cfg.providers,
+                capacity: cfg.capacity as i32,
+                run_id: cfg.run_id,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
     }
 
     async fn connect(&self) -> Result<Conn> {

@@ -203,6 +203,7 @@ pub fn bin(name: &str) -> Command {
     let path = match name {
         "jrq" => env!("CARGO_BIN_EXE_jrq"),
         "jr-queue-worker" => env!("CARGO_BIN_EXE_jr-queue-worker"),
+        "jr-auto-assigner" => env!("CARGO_BIN_EXE_jr-auto-assigner"),
         other => panic!("unknown binary {other}"),
     };
     let mut c = Command::new(path);
@@ -329,21 +330,43 @@ pub struct WorkerProc {
 impl WorkerProc {
     /// Starts `jr-queue-worker --name NAME ARGS` against `url`, logging to a file.
     pub fn start(url: &str, name: &str, args: &[&str], env: &[(&str, &str)]) -> WorkerProc {
+        let mut all = vec!["--name", name];
+        all.extend_from_slice(args);
+        WorkerProc::start_bin("jr-queue-worker", url, &all, env)
+    }
+
+    /// Starts `jr-auto-assigner --name NAME ARGS` against `url`, logging to a file.
+    pub fn assigner(url: &str, name: &str, args: &[&str]) -> WorkerProc {
+        let mut all = vec!["--name", name];
+        all.extend_from_slice(args);
+        WorkerProc::start_bin("jr-auto-assigner", url, &all, &[])
+    }
+
+    /// Starts one of the daemons with `ARGS` against `url`, logging to a file.
+    pub fn start_bin(binary: &str, url: &str, args: &[&str], env: &[(&str, &str)]) -> WorkerProc {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("worker.log");
-        let mut cmd = bin("jr-queue-worker");
+        let log = dir.path().join("daemon.log");
+        let mut cmd = bin(binary);
         cmd.env("DATABASE_URL", url)
             .env("RUST_LOG", "info")
-            .args(["--name", name, "--log-format", "text"])
+            .args(["--log-format", "text"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let name = args
+            .iter()
+            .position(|a| *a == "--name")
+            .and_then(|i| args.get(i + 1))
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| binary.to_string());
         WorkerProc {
-            child: cmd.spawn().expect("start jr-queue-worker"),
-            name: name.to_string(),
+            child: cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {binary}: {e}")),
+            name,
             log,
             _dir: dir,
         }

@@ -142,8 +142,10 @@ pub struct FinishedAttempt {
 }
 
 /// Writes many outcomes in one statement, each fenced row by row, each with its event,
-/// and updates the worker's counters (completed, failed, consecutive failures). Returns
-/// the ids whose write matched; the others had lost their lease and were left untouched.
+/// and updates the worker's counters (completed, failed, consecutive failures, last
+/// failure). One notification tells the assigners that capacity freed up (and that tasks
+/// may be pending again). Returns the ids whose write matched; the others had lost their
+/// lease and were left untouched.
 pub async fn tasks_finish(
     client: &impl GenericClient,
     worker: &str,
@@ -218,12 +220,13 @@ pub async fn tasks_finish(
                      consecutive_failures = CASE \
                          WHEN EXISTS (SELECT 1 FROM upd WHERE to_status = 'completed') THEN 0 \
                          ELSE consecutive_failures + (SELECT count(*) FROM upd WHERE failure) END, \
+                     last_failure_at = CASE WHEN EXISTS (SELECT 1 FROM upd WHERE failure) \
+                         THEN now() ELSE last_failure_at END, \
                      updated_at = now() \
                  WHERE jr_name = $1 AND instance_id = $2 \
                    AND EXISTS (SELECT 1 FROM upd WHERE to_status = 'completed' OR failure)), \
              n AS ( \
-                 SELECT pg_notify($11, 'requeue') FROM upd \
-                 WHERE to_status = 'pending' LIMIT 1) \
+                 SELECT pg_notify($11, 'capacity') FROM upd LIMIT 1) \
              SELECT coalesce(array_agg(id), '{}'), (SELECT count(*) FROM n) FROM upd",
             &[
                 &worker,

@@ -13,7 +13,9 @@ use crate::error::{constraint, sqlstate, Error, Result};
 use crate::task::{NewTask, RunAfter, TaskStatus};
 
 mod lease;
+mod route;
 pub use lease::*;
+pub use route::*;
 
 /// Rows per INSERT statement in a bulk enqueue.
 const INSERT_CHUNK: usize = 5_000;

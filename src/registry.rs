@@ -1,13 +1,11 @@
-//! Registration: one live process per worker name. A live holder is refused; a dead one
-//! (silent too long, gone from this host, or from an earlier boot) is taken over and its
-//! running tasks are put back at once.
+//! Registration in `jr_status`: one live process per name. A live holder is refused; a
+//! dead one (silent too long, gone from this host, or from an earlier boot) is taken over.
 
 use std::time::Duration;
 
-use tokio_postgres::Client;
+use tokio_postgres::Transaction;
 
-use super::Worker;
-use crate::db::{tasks, workers};
+use crate::db::workers;
 use crate::error::{Error, Result};
 
 /// What to do about the current holder of a name.
@@ -24,17 +22,21 @@ pub(crate) enum Verdict {
 /// Who we are, for the decision.
 pub(crate) struct Me<'a> {
     pub name: &'a str,
+    /// `worker` or `assigner`.
+    pub kind: &'a str,
+    /// How a person stops the holder, for the refusal message.
+    pub stop_hint: &'a str,
     pub host: &'a str,
     pub boot_id: &'a str,
     pub takeover_after: Duration,
 }
 
-/// Decides about a holder. `is_live_worker` tells whether a pid on this host is a running
-/// worker process.
+/// Decides about a holder. `is_live` tells whether a pid on this host is a running
+/// process of our kind.
 pub(crate) fn decide(
     me: &Me<'_>,
     holder: Option<&workers::Holder>,
-    is_live_worker: impl Fn(i32) -> bool,
+    is_live: impl Fn(i32) -> bool,
 ) -> Verdict {
     let Some(h) = holder else {
         return Verdict::Free;
@@ -44,9 +46,9 @@ pub(crate) fn decide(
         h.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
         h.host
     );
-    if h.kind != "worker" {
+    if h.kind != me.kind {
         return Verdict::Refuse(format!(
-            "the name '{}' is registered to an {} ({who}): choose another worker name",
+            "the name '{}' is registered to a {} ({who}): choose another name",
             me.name, h.kind
         ));
     }
@@ -65,61 +67,30 @@ pub(crate) fn decide(
             return Verdict::TakeOver(format!("previous instance ({who}) ran before a reboot"));
         }
         match h.pid {
-            Some(pid) if is_live_worker(pid) => {}
+            Some(pid) if is_live(pid) => {}
             _ => return Verdict::TakeOver(format!("previous instance ({who}) is gone")),
         }
     }
     Verdict::Refuse(format!(
-        "worker name '{}' is held by a live process: {who}, last seen {age:.0}s ago; \
-         stop it first (systemctl --user stop jr-queue-worker@{}) or choose another name",
-        me.name, me.name
+        "{} name '{}' is held by a live process: {who}, last seen {age:.0}s ago; \
+         stop it first ({}) or choose another name",
+        me.kind, me.name, me.stop_hint
     ))
 }
 
-/// Registers the worker in one transaction: lock the name, decide, put back a dead
-/// predecessor's running tasks, write the registry row. A refusal changes nothing.
-pub(crate) async fn register(w: &Worker, client: &mut Client) -> Result<()> {
-    let cfg = &w.cfg;
-    let txn = client.transaction().await?;
-    let holder = workers::workers_lock(&txn, &cfg.name).await?;
-    let me = Me {
-        name: &cfg.name,
-        host: &w.host,
-        boot_id: &w.boot_id,
-        takeover_after: cfg.takeover_after,
-    };
-    let verdict = decide(&me, holder.as_ref(), crate::host::is_live_worker);
-    let why = match verdict {
-        Verdict::Refuse(msg) => return Err(Error::Conflict(msg)),
-        Verdict::Free => "worker restarted: the previous instance died during this attempt".into(),
-        Verdict::TakeOver(why) => {
-            tracing::info!(worker = %cfg.name, reason = %why, "taking over the worker name");
-            format!("worker restarted: {why} during this attempt")
-        }
-    };
-    let rescued =
-        tasks::tasks_rescue_worker(&txn, &cfg.name, Some(w.instance), &cfg.name, &why).await?;
-    for r in &rescued {
-        tracing::warn!(task_id = r.id, to = %r.to_status, "put back a task the previous instance was running");
+/// Locks the name's row and decides; on a refusal nothing was written. The caller writes
+/// the registration (and, for a worker, puts back a dead predecessor's tasks) in the same
+/// transaction, then commits.
+pub(crate) async fn claim_name(
+    txn: &Transaction<'_>,
+    me: &Me<'_>,
+    is_live: impl Fn(i32) -> bool,
+) -> Result<Verdict> {
+    let holder = workers::workers_lock(txn, me.name).await?;
+    match decide(me, holder.as_ref(), is_live) {
+        Verdict::Refuse(msg) => Err(Error::Conflict(msg)),
+        v => Ok(v),
     }
-    let invocation = std::env::var("INVOCATION_ID").ok();
-    workers::workers_register(
-        &txn,
-        &workers::Registration {
-            name: &cfg.name,
-            host: &w.host,
-            pid: std::process::id() as i32,
-            instance: w.instance,
-            invocation_id: invocation.as_deref(),
-            boot_id: &w.boot_id,
-            providers: &cfg.providers,
-            capacity: cfg.capacity as i32,
-            run_id: cfg.run_id,
-        },
-    )
-    .await?;
-    txn.commit().await?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -142,6 +113,8 @@ mod tests {
     fn decisions() {
         let me = Me {
             name: "jr1",
+            kind: "worker",
+            stop_hint: "systemctl --user stop jr-queue-worker@jr1",
             host: "h1",
             boot_id: "boot1",
             takeover_after: Duration::from_secs(30),

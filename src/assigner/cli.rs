@@ -1,0 +1,97 @@
+//! Options of `jr-auto-assigner`; each also from a `JRQ_*` variable.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::AssignerConfig;
+use crate::db::workers::CircuitPolicy;
+use crate::error::Result;
+use crate::telemetry::LogFormat;
+use crate::validate;
+
+/// jr-auto-assigner — routes pending tasks to live workers with free capacity.
+#[derive(Debug, Parser)]
+#[command(name = "jr-auto-assigner", version, about)]
+pub struct AssignerArgs {
+    /// Registry name (letters, digits, '_', '.', '-'). Default: assigner.<host>. Give each
+    /// assigner on one host its own name.
+    #[arg(long, env = "JRQ_NAME")]
+    pub name: Option<String>,
+
+    /// Most tasks routed per round.
+    #[arg(long, env = "JRQ_BATCH_SIZE", default_value = "500", value_parser = validate::parse_at_least_one)]
+    pub batch_size: i32,
+
+    /// Time between rounds when no notification arrives.
+    #[arg(long, env = "JRQ_POLL_INTERVAL", default_value = "2s", value_parser = validate::parse_positive_duration)]
+    pub poll_interval: Duration,
+
+    /// Time between heartbeats and maintenance (and watchdog pings); lowered to half of
+    /// WatchdogSec when that is shorter.
+    #[arg(long, env = "JRQ_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = validate::parse_positive_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// A worker whose heartbeat is older than this is not online: it gets no tasks, and
+    /// the tasks assigned to it but not started go back to pending.
+    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "15s", value_parser = validate::parse_positive_duration)]
+    pub online_threshold: Duration,
+
+    /// A task pinned to a worker that is not online waits this long (from when it became
+    /// ready), then fails with "target worker 'NAME' is not online".
+    #[arg(long, env = "JRQ_PIN_GRACE", default_value = "60s", value_parser = validate::parse_duration)]
+    pub pin_grace: Duration,
+
+    /// Consecutive failed attempts that open a worker's circuit (it gets no new tasks).
+    #[arg(long, env = "JRQ_CIRCUIT_FAILURES", default_value = "3", value_parser = validate::parse_at_least_one)]
+    pub circuit_failures: i32,
+
+    /// Cool-down of an open circuit after the last failure; doubles with each further
+    /// failure, resets on a success.
+    #[arg(long, env = "JRQ_CIRCUIT_COOLDOWN", default_value = "30s", value_parser = validate::parse_duration)]
+    pub circuit_cooldown: Duration,
+
+    /// Longest circuit cool-down.
+    #[arg(long, env = "JRQ_CIRCUIT_MAX_COOLDOWN", default_value = "10m", value_parser = validate::parse_duration)]
+    pub circuit_max_cooldown: Duration,
+
+    /// While the database is unreachable, keep pinging the watchdog this long.
+    #[arg(long, env = "JRQ_DB_GRACE", default_value = "30s", value_parser = validate::parse_duration)]
+    pub db_grace: Duration,
+
+    /// Another process holding this name is dead once its heartbeat is older than this.
+    #[arg(long, env = "JRQ_TAKEOVER_AFTER", default_value = "30s", value_parser = validate::parse_positive_duration)]
+    pub takeover_after: Duration,
+
+    /// Log format: auto (journald under systemd, else text), text, json, journald.
+    #[arg(long, env = "JRQ_LOG_FORMAT", value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+
+    /// PostgreSQL address (URL or libpq "key=value"); default: the libpq PG* variables.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl AssignerArgs {
+    /// The configuration and database address these options describe.
+    pub fn into_parts(self) -> Result<(AssignerConfig, tokio_postgres::Config)> {
+        let cfg = AssignerConfig {
+            name: self.name.unwrap_or_else(super::default_name),
+            batch_size: i64::from(self.batch_size),
+            poll_interval: self.poll_interval,
+            heartbeat_interval: self.heartbeat_interval,
+            online_threshold: self.online_threshold,
+            pin_grace: self.pin_grace,
+            circuit: CircuitPolicy {
+                failures: self.circuit_failures,
+                cooldown: self.circuit_cooldown,
+                max_cooldown: self.circuit_max_cooldown,
+            },
+            db_grace: self.db_grace,
+            takeover_after: self.takeover_after,
+        };
+        cfg.validate()?;
+        let db = crate::db::config_from(self.database_url.as_deref(), "jr-auto-assigner")?;
+        Ok((cfg, db))
+    }
+}

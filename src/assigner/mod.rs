@@ -1,0 +1,529 @@
+//! The assigner daemon (`jr-auto-assigner`): routes ready pending tasks to live workers
+//! with free capacity. Several may run at once: each round locks the worker rows it fills
+//! and the task rows it takes with `SKIP LOCKED`, so no task is assigned twice and no
+//! worker gets more than its capacity.
+//!
+//! ```text
+//!   start -> connect, LISTEN jrq_pending -> register -> maintenance + first round -> READY=1
+//!   loop  -> round if woken (insert trigger, freed capacity, poll) -> again while it assigns
+//!         -> maintenance every heartbeat: give back tasks of vanished workers, fail pinned
+//!            tasks whose target stays offline, record circuit states, heartbeat,
+//!            WATCHDOG=1 (only after that database work succeeded), STATUS=queue depth
+//!   SIGTERM -> finish the round -> offline -> STOPPING=1 -> exit 0
+//! ```
+
+pub mod cli;
+pub mod plan;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_postgres::{Client, Notification};
+use uuid::Uuid;
+
+use crate::db::workers::CircuitPolicy;
+use crate::db::{self, tasks, workers};
+use crate::error::{Error, Result};
+use crate::registry;
+use crate::shutdown::Shutdown;
+use crate::systemd;
+use crate::validate::format_duration;
+
+/// Default most tasks routed per round.
+pub const DEFAULT_BATCH_SIZE: i64 = 500;
+/// Default time between rounds when no notification arrives.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// Default time between heartbeats and maintenance (and watchdog pings).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Default heartbeat age beyond which a worker is not online.
+pub const DEFAULT_ONLINE_THRESHOLD: Duration = workers::DEFAULT_ONLINE_THRESHOLD;
+/// Default time a pinned task waits for its offline target before it fails.
+pub const DEFAULT_PIN_GRACE: Duration = Duration::from_secs(60);
+/// Default consecutive failed attempts that open a worker's circuit.
+pub const DEFAULT_CIRCUIT_FAILURES: i32 = 3;
+/// Default first cool-down of an open circuit; doubles with each further failure.
+pub const DEFAULT_CIRCUIT_COOLDOWN: Duration = Duration::from_secs(30);
+/// Default longest cool-down.
+pub const DEFAULT_CIRCUIT_MAX_COOLDOWN: Duration = Duration::from_secs(600);
+/// Default time the watchdog is still pinged while the database is unreachable.
+pub const DEFAULT_DB_GRACE: Duration = Duration::from_secs(30);
+/// Default heartbeat age after which another process's claim on the name is dead.
+pub const DEFAULT_TAKEOVER_AFTER: Duration = Duration::from_secs(30);
+
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// The assigner's settings. Every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct AssignerConfig {
+    /// Registry name; defaults to `assigner.<host>`.
+    pub name: String,
+    /// Most tasks routed per round. Defaults to [`DEFAULT_BATCH_SIZE`].
+    pub batch_size: i64,
+    /// Time between rounds without a notification. Defaults to [`DEFAULT_POLL_INTERVAL`].
+    pub poll_interval: Duration,
+    /// Time between heartbeats and maintenance. Defaults to [`DEFAULT_HEARTBEAT_INTERVAL`];
+    /// lowered to half the systemd watchdog interval when that is shorter.
+    pub heartbeat_interval: Duration,
+    /// A worker silent longer is not online. Defaults to [`DEFAULT_ONLINE_THRESHOLD`].
+    pub online_threshold: Duration,
+    /// Pinned tasks wait this long for an offline target. Defaults to [`DEFAULT_PIN_GRACE`].
+    pub pin_grace: Duration,
+    /// The circuit breaker. Defaults to K = 3, 30 s doubling up to 10 min.
+    pub circuit: CircuitPolicy,
+    /// Watchdog pings continue this long without the database. Defaults to [`DEFAULT_DB_GRACE`].
+    pub db_grace: Duration,
+    /// A holder of this name silent longer is dead. Defaults to [`DEFAULT_TAKEOVER_AFTER`].
+    pub takeover_after: Duration,
+}
+
+/// The default registry name: `assigner.<host>`, reduced to the characters names allow.
+pub fn default_name() -> String {
+    let host: String = crate::host::hostname()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mut name = format!("assigner.{host}");
+    name.truncate(crate::validate::WORKER_NAME_MAX);
+    name
+}
+
+impl Default for AssignerConfig {
+    fn default() -> Self {
+        AssignerConfig {
+            name: default_name(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            online_threshold: DEFAULT_ONLINE_THRESHOLD,
+            pin_grace: DEFAULT_PIN_GRACE,
+            circuit: CircuitPolicy {
+                failures: DEFAULT_CIRCUIT_FAILURES,
+                cooldown: DEFAULT_CIRCUIT_COOLDOWN,
+                max_cooldown: DEFAULT_CIRCUIT_MAX_COOLDOWN,
+            },
+            db_grace: DEFAULT_DB_GRACE,
+            takeover_after: DEFAULT_TAKEOVER_AFTER,
+        }
+    }
+}
+
+impl AssignerConfig {
+    /// Checks the values; the message says which one is wrong.
+    pub fn validate(&self) -> Result<()> {
+        crate::validate::check_worker_name(&self.name)
+            .map_err(|e| Error::usage(e.replace("worker name", "assigner name")))?;
+        if self.batch_size < 1 {
+            return Err(Error::usage("batch size must be at least 1"));
+        }
+        if self.circuit.failures < 1 {
+            return Err(Error::usage("circuit failures must be at least 1"));
+        }
+        if self.takeover_after <= self.heartbeat_interval {
+            return Err(Error::usage(
+                "takeover threshold must be longer than the heartbeat interval",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What one routing round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RoundOutcome {
+    /// Tasks assigned.
+    pub assigned: u64,
+    /// Ready tasks looked at that no worker could take now (they stay pending).
+    pub unplaced: u64,
+    /// Workers that could take tasks this round.
+    pub workers: u64,
+    /// Free slots left after the round.
+    pub free_left: u64,
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Maintenance {
+    /// Tasks given back because their worker vanished before starting them.
+    pub unassigned: u64,
+    /// Pinned tasks failed because their target stayed offline.
+    pub pins_failed: u64,
+    pub circuits_opened: u64,
+    pub circuits_closed: u64,
+    /// Ready pending tasks, and how long the oldest has waited (seconds).
+    pub pending: i64,
+    pub oldest_pending_s: Option<f64>,
+}
+
+/// The assigner daemon.
+pub struct Assigner {
+    cfg: AssignerConfig,
+    db_cfg: tokio_postgres::Config,
+    instance: Uuid,
+    host: String,
+    boot_id: String,
+    rr: usize,
+}
+
+impl Assigner {
+    pub fn new(cfg: AssignerConfig, db_cfg: tokio_postgres::Config) -> Self {
+        Assigner {
+            cfg,
+            db_cfg,
+            instance: Uuid::new_v4(),
+            host: crate::host::hostname(),
+            boot_id: crate::host::boot_id(),
+            rr: 0,
+        }
+    }
+
+    fn actor(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// One routing round in one transaction: lock the candidate workers, read their
+    /// loads, take the pending tasks they can serve, plan, assign, notify, commit.
+    pub async fn run_once(&mut self, client: &mut Client) -> Result<RoundOutcome> {
+        let cfg = &self.cfg;
+        let txn = client.transaction().await?;
+        let cands =
+            workers::workers_lock_candidates(&txn, cfg.online_threshold, &cfg.circuit).await?;
+        let names: Vec<String> = cands.iter().map(|c| c.name.clone()).collect();
+        let loads = workers::workers_loads(&txn, &names).await?;
+        let mut slots: Vec<plan::Slot> = cands
+            .into_iter()
+            .map(|c| plan::Slot {
+                load: loads.get(&c.name).copied().unwrap_or(0),
+                name: c.name,
+                providers: c.providers,
+                capacity: c.capacity,
+                run_id: c.run_id,
+            })
+            .filter(|s| s.load < s.capacity)
+            .collect();
+        let free: i64 = slots.iter().map(|s| i64::from(s.capacity - s.load)).sum();
+        let mut out = RoundOutcome {
+            workers: slots.len() as u64,
+            ..Default::default()
+        };
+        if free == 0 {
+            txn.commit().await?;
+            return Ok(out);
+        }
+        let mut providers: Vec<String> = slots
+            .iter()
+            .flat_map(|s| s.providers.iter().cloned())
+            .collect();
+        providers.sort();
+        providers.dedup();
+        let free_names: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
+        let pending = tasks::tasks_pending_for_routing(
+            &txn,
+            &providers,
+            &free_names,
+            free.min(cfg.batch_size),
+        )
+        .await?;
+        let plan = plan::plan(&pending, &mut slots, &mut self.rr);
+        out.assigned = tasks::tasks_assign(&txn, &self.cfg.name, &plan).await?;
+        txn.commit().await?;
+        out.unplaced = (pending.len() - plan.len()) as u64;
+        out.free_left = (free as u64).saturating_sub(out.assigned);
+        Ok(out)
+    }
+
+    /// Maintenance: give back tasks of vanished workers, fail pinned tasks whose target
+    /// stayed offline past the grace, record circuit states, measure the queue.
+    pub async fn maintain(&mut self, client: &Client) -> Result<Maintenance> {
+        let cfg = &self.cfg;
+        let unassigned =
+            tasks::tasks_unassign_vanished(client, self.actor(), cfg.online_threshold).await?;
+        let pins_failed = tasks::tasks_fail_unreachable_pins(
+            client,
+            self.actor(),
+            cfg.online_threshold,
+            cfg.pin_grace,
+        )
+        .await?;
+        let (opened, closed) = workers::workers_update_circuits(client, &cfg.circuit).await?;
+        let (pending, oldest) = tasks::tasks_pending_depth(client).await?;
+        if unassigned > 0 {
+            tracing::info!(
+                tasks = unassigned,
+                "gave back tasks of workers that vanished"
+            );
+        }
+        if pins_failed > 0 {
+            tracing::warn!(
+                tasks = pins_failed,
+                "failed pinned tasks whose target is not online"
+            );
+        }
+        if opened > 0 || closed > 0 {
+            tracing::info!(opened, closed, "circuit breaker states changed");
+        }
+        Ok(Maintenance {
+            unassigned,
+            pins_failed,
+            circuits_opened: opened,
+            circuits_closed: closed,
+            pending,
+            oldest_pending_s: oldest,
+        })
+    }
+
+    async fn connect(&self) -> Result<(Client, mpsc::UnboundedReceiver<Notification>)> {
+        let (client, notes) = db::listen::listen(&self.db_cfg, &[db::CHANNEL_PENDING]).await?;
+        db::check_schema(&client).await?;
+        Ok((client, notes))
+    }
+
+    async fn register(&self, client: &mut Client) -> Result<()> {
+        let txn = client.transaction().await?;
+        let me = registry::Me {
+            name: &self.cfg.name,
+            kind: "assigner",
+            stop_hint: "systemctl --user stop jr-auto-assigner",
+            host: &self.host,
+            boot_id: &self.boot_id,
+            takeover_after: self.cfg.takeover_after,
+        };
+        registry::claim_name(&txn, &me, crate::host::is_live_assigner).await?;
+        let invocation = std::env::var("INVOCATION_ID").ok();
+        workers::workers_register(
+            &txn,
+            &workers::Registration {
+                name: &self.cfg.name,
+                kind: "assigner",
+                host: &self.host,
+                pid: std::process::id() as i32,
+                instance: self.instance,
+                invocation_id: invocation.as_deref(),
+                boot_id: &self.boot_id,
+                providers: &[],
+                capacity: 1,
+                run_id: None,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Runs until shutdown. Errors are startup failures or the loss of the name.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<Shutdown>) -> Result<()> {
+        self.cfg.validate()?;
+        if let Some(wd) = systemd::watchdog_interval() {
+            if self.cfg.heartbeat_interval > wd / 2 {
+                self.cfg.heartbeat_interval = (wd / 2).max(Duration::from_millis(100));
+            }
+        }
+        let (mut client, notes) = self.connect().await?;
+        self.register(&mut client).await?;
+        let mut conn = Some((client, notes));
+        let mut last_db_ok = Instant::now();
+        let mut next_heartbeat = Instant::now();
+        let mut next_round = Instant::now();
+        let mut next_reconnect = Instant::now();
+        let mut reconnect_delay = Duration::from_millis(100);
+        let mut wake = true;
+        let mut ready = false;
+        let mut last = Maintenance::default();
+        let mut last_round = RoundOutcome::default();
+        let mut last_status = String::new();
+
+        loop {
+            if *shutdown.borrow() != Shutdown::Running {
+                break;
+            }
+            if conn.is_none() && Instant::now() >= next_reconnect {
+                match self.connect().await {
+                    Ok(c) => {
+                        tracing::info!("database connection restored");
+                        conn = Some(c);
+                        reconnect_delay = Duration::from_millis(100);
+                        // Notifications sent meanwhile are gone: look at once.
+                        wake = true;
+                        next_heartbeat = Instant::now();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = %format_duration(reconnect_delay), "reconnect failed");
+                        next_reconnect = Instant::now() + reconnect_delay;
+                        reconnect_delay = (reconnect_delay * 2).min(RECONNECT_MAX);
+                    }
+                }
+            }
+            // Maintenance and heartbeat; the watchdog is pinged only after they succeed.
+            if Instant::now() >= next_heartbeat {
+                next_heartbeat = Instant::now() + self.cfg.heartbeat_interval;
+                let mut ok = false;
+                if let Some((client, _)) = &conn {
+                    match self.heartbeat(client, &last, &last_round).await {
+                        Ok(m) => {
+                            last = m;
+                            ok = true;
+                        }
+                        Err(HeartbeatError::LostName(msg)) => return Err(Error::Conflict(msg)),
+                        Err(HeartbeatError::Db(e)) => {
+                            tracing::warn!(error = %e, "maintenance failed");
+                            if client.is_closed() {
+                                conn = None;
+                                next_reconnect = Instant::now() + reconnect_delay;
+                            }
+                        }
+                    }
+                }
+                if ok {
+                    last_db_ok = Instant::now();
+                    if ready {
+                        systemd::watchdog();
+                    }
+                } else if ready && last_db_ok.elapsed() < self.cfg.db_grace {
+                    systemd::watchdog();
+                }
+            }
+            if (wake || Instant::now() >= next_round) && conn.is_some() {
+                wake = false;
+                next_round = Instant::now() + self.cfg.poll_interval;
+                let (client, _) = conn.as_mut().expect("checked");
+                match self.run_once(client).await {
+                    Ok(r) => {
+                        last_db_ok = Instant::now();
+                        if r.assigned > 0 {
+                            tracing::debug!(assigned = r.assigned, "round");
+                            // There may be more: go again at once.
+                            wake = true;
+                        }
+                        last_round = r;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "routing round failed");
+                        if client.is_closed() {
+                            conn = None;
+                            next_reconnect = Instant::now() + reconnect_delay;
+                        }
+                    }
+                }
+            }
+            if !ready {
+                let text = status_text(&last, &last_round, conn.is_none());
+                systemd::ready(&text);
+                ready = true;
+                last_status = text;
+                tracing::info!(name = %self.cfg.name, "assigner ready");
+            }
+            let text = status_text(&last, &last_round, conn.is_none());
+            if text != last_status {
+                systemd::status(&text);
+                last_status = text;
+            }
+            if wake {
+                continue;
+            }
+            let mut until = next_heartbeat.min(next_round);
+            if conn.is_none() {
+                until = until.min(next_reconnect);
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                note = next_note(&mut conn) => match note {
+                    Some(_) => wake = true,
+                    None => {
+                        tracing::warn!("database connection lost; reconnecting");
+                        conn = None;
+                        next_reconnect = Instant::now() + reconnect_delay;
+                    }
+                },
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+        if let Some((client, _)) = &conn {
+            if let Err(e) =
+                workers::workers_set_offline(client, &self.cfg.name, self.instance, "stopped").await
+            {
+                tracing::warn!(error = %e, "could not mark the assigner offline");
+            }
+        }
+        systemd::stopping("stopping");
+        tracing::info!("assigner stopped");
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &mut self,
+        client: &Client,
+        prev: &Maintenance,
+        round: &RoundOutcome,
+    ) -> Result<Maintenance, HeartbeatError> {
+        let m = self.maintain(client).await.map_err(HeartbeatError::Db)?;
+        if m.pending > 0 && round.free_left == 0 && prev.pending > 0 {
+            tracing::info!(
+                pending = m.pending,
+                oldest_s = m.oldest_pending_s.unwrap_or(0.0),
+                "back-pressure: tasks wait for free capacity"
+            );
+        }
+        let text = status_text(&m, round, false);
+        let hb = workers::Heartbeat {
+            name: &self.cfg.name,
+            instance: self.instance,
+            load: 0,
+            status: "idle",
+            status_text: &text,
+            run_id: None,
+        };
+        match workers::workers_heartbeat(client, &hb).await {
+            Ok(Some(_)) => Ok(m),
+            Ok(None) => Err(HeartbeatError::LostName(format!(
+                "assigner name '{}' was taken over by another process: this instance stops",
+                self.cfg.name
+            ))),
+            Err(e) => Err(HeartbeatError::Db(e)),
+        }
+    }
+}
+
+enum HeartbeatError {
+    Db(Error),
+    LostName(String),
+}
+
+async fn next_note(
+    conn: &mut Option<(Client, mpsc::UnboundedReceiver<Notification>)>,
+) -> Option<Notification> {
+    match conn {
+        Some((_, notes)) => notes.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The STATUS= line: queue depth, oldest pending age, what the last round did.
+fn status_text(m: &Maintenance, r: &RoundOutcome, db_down: bool) -> String {
+    let oldest = m
+        .oldest_pending_s
+        .map(|s| {
+            format!(
+                " (oldest {})",
+                format_duration(Duration::from_secs_f64(s.max(0.0)))
+            )
+        })
+        .unwrap_or_default();
+    let mut text = format!(
+        "{} pending{oldest}; last round assigned {} to {} workers with room, {} free slots left",
+        m.pending, r.assigned, r.workers, r.free_left
+    );
+    if m.pending > 0 && r.free_left == 0 {
+        text.push_str("; fleet full: tasks wait");
+    }
+    if db_down {
+        text.push_str("; database unreachable");
+    }
+    text
+}

@@ -1,0 +1,184 @@
+//! Routing decisions, as a pure function: which worker gets which task.
+//!
+//! Rules, for each task in the order of service:
+//! - **provider**: a task with a provider goes only to workers serving it; a task without
+//!   one goes to any worker.
+//! - **target**: a pinned task goes only to its target.
+//! - **run**: a task of run R goes to workers serving R or serving no particular run; a
+//!   task without a run goes only to workers serving no particular run.
+//! - **capacity**: only workers with `load < capacity` (load = assigned + running).
+//! - among those, the **least loaded** by `load / capacity`; ties go round-robin.
+
+use uuid::Uuid;
+
+use crate::db::tasks::{Assignment, PendingTask};
+
+/// A worker that may take tasks this round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub name: String,
+    pub providers: Vec<String>,
+    pub capacity: i32,
+    /// Tasks assigned to or running on it (grows as this round assigns).
+    pub load: i32,
+    pub run_id: Option<Uuid>,
+}
+
+impl Slot {
+    fn free(&self) -> bool {
+        self.load < self.capacity
+    }
+
+    fn serves(&self, t: &PendingTask) -> bool {
+        let provider = t.provider.is_empty() || self.providers.contains(&t.provider);
+        let run = match t.run_id {
+            Some(r) => self.run_id.is_none() || self.run_id == Some(r),
+            None => self.run_id.is_none(),
+        };
+        let target = t.target.as_ref().is_none_or(|n| *n == self.name);
+        provider && run && target
+    }
+
+    /// `self.load / self.capacity < other.load / other.capacity`, in integers.
+    fn less_loaded_than(&self, other: &Slot) -> bool {
+        i64::from(self.load) * i64::from(other.capacity)
+            < i64::from(other.load) * i64::from(self.capacity)
+    }
+}
+
+/// Assigns what can be assigned; the rest stays pending. `rr` is the round-robin cursor,
+/// kept by the caller across rounds.
+pub fn plan(tasks: &[PendingTask], slots: &mut [Slot], rr: &mut usize) -> Vec<Assignment> {
+    let n = slots.len();
+    let mut out = Vec::new();
+    if n == 0 {
+        return out;
+    }
+    for t in tasks {
+        let mut best: Option<usize> = None;
+        for k in 0..n {
+            let i = (*rr + k) % n;
+            let s = &slots[i];
+            if !s.free() || !s.serves(t) {
+                continue;
+            }
+            if best.is_none_or(|b| s.less_loaded_than(&slots[b])) {
+                best = Some(i);
+            }
+        }
+        let Some(i) = best else { continue };
+        let s = &mut slots[i];
+        let reason = match &t.target {
+            Some(_) => format!("pinned (load {}/{})", s.load, s.capacity),
+            None if !t.provider.is_empty() => format!(
+                "least loaded serving provider '{}' (load {}/{})",
+                t.provider, s.load, s.capacity
+            ),
+            None => format!("least loaded (load {}/{})", s.load, s.capacity),
+        };
+        s.load += 1;
+        *rr = (i + 1) % n;
+        out.push(Assignment {
+            task_id: t.id,
+            worker: s.name.clone(),
+            reason,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(name: &str, providers: &[&str], capacity: i32, load: i32) -> Slot {
+        Slot {
+            name: name.into(),
+            providers: providers.iter().map(|p| p.to_string()).collect(),
+            capacity,
+            load,
+            run_id: None,
+        }
+    }
+
+    fn task(id: i64, provider: &str, target: Option<&str>) -> PendingTask {
+        PendingTask {
+            id,
+            provider: provider.into(),
+            target: target.map(Into::into),
+            run_id: None,
+        }
+    }
+
+    fn by_worker(a: &[Assignment]) -> Vec<(i64, &str)> {
+        a.iter().map(|x| (x.task_id, x.worker.as_str())).collect()
+    }
+
+    #[test]
+    fn least_loaded_by_ratio_and_never_past_capacity() {
+        let mut slots = vec![slot("a", &[], 1, 0), slot("b", &[], 3, 0)];
+        let tasks: Vec<_> = (1..=6).map(|i| task(i, "", None)).collect();
+        let mut rr = 0;
+        let a = plan(&tasks, &mut slots, &mut rr);
+        assert_eq!(a.len(), 4, "capacity 1 + 3");
+        let to_a = a.iter().filter(|x| x.worker == "a").count();
+        assert_eq!(to_a, 1);
+        assert_eq!(slots[0].load, 1);
+        assert_eq!(slots[1].load, 3);
+        // b is at 1/3 when a is at 0/1 -> a is less loaded, etc.
+        assert_eq!(by_worker(&a)[0], (1, "a"));
+    }
+
+    #[test]
+    fn ties_go_round_robin() {
+        let mut slots = vec![
+            slot("a", &[], 10, 0),
+            slot("b", &[], 10, 0),
+            slot("c", &[], 10, 0),
+        ];
+        let tasks: Vec<_> = (1..=6).map(|i| task(i, "", None)).collect();
+        let mut rr = 0;
+        let a = plan(&tasks, &mut slots, &mut rr);
+        let names: Vec<&str> = a.iter().map(|x| x.worker.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn providers_targets_and_runs() {
+        let run = Uuid::new_v4();
+        let mut scoped = slot("scoped", &[], 5, 0);
+        scoped.run_id = Some(run);
+        let mut slots = vec![
+            slot("claude_w", &["claude"], 5, 0),
+            slot("plain", &[], 5, 0),
+            scoped,
+        ];
+        let mut in_run = task(5, "", None);
+        in_run.run_id = Some(run);
+        let tasks = vec![
+            task(1, "claude", None),
+            task(2, "codex", None),
+            task(3, "", Some("plain")),
+            task(4, "", Some("ghost")),
+            in_run,
+        ];
+        let mut rr = 0;
+        let a = plan(&tasks, &mut slots, &mut rr);
+        let got = by_worker(&a);
+        assert!(got.contains(&(1, "claude_w")));
+        assert!(got.contains(&(3, "plain")));
+        assert!(!got.iter().any(|(id, _)| *id == 2), "no codex worker");
+        assert!(!got.iter().any(|(id, _)| *id == 4), "target not here");
+        let five = got.iter().find(|(id, _)| *id == 5).unwrap().1;
+        assert_ne!(five, "claude_w", "least loaded among plain and scoped");
+        assert!(a
+            .iter()
+            .find(|x| x.task_id == 3)
+            .unwrap()
+            .reason
+            .starts_with("pinned"));
+        // A task without a run never goes to a run-scoped worker.
+        let mut only_scoped = vec![slots[2].clone()];
+        assert!(plan(&[task(9, "", None)], &mut only_scoped, &mut 0).is_empty());
+    }
+}

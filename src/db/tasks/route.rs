@@ -1,0 +1,193 @@
+//! The assigner's side of `jr_work_queue`: pending tasks to route, assignments, and giving
+//! back or failing what cannot be served.
+
+use std::time::Duration;
+
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::duration_ms;
+use crate::db::CHANNEL_WORKER;
+use crate::error::Result;
+
+/// A pending task as the router sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingTask {
+    pub id: i64,
+    pub provider: String,
+    pub target: Option<String>,
+    pub run_id: Option<Uuid>,
+}
+
+/// Takes up to `limit` ready pending tasks in the order of service that some worker with
+/// free capacity could serve (its provider is served or empty; its target, if any, has
+/// room), locking them `FOR UPDATE SKIP LOCKED` for the rest of the transaction.
+pub async fn tasks_pending_for_routing(
+    client: &impl GenericClient,
+    providers: &[String],
+    workers: &[String],
+    limit: i64,
+) -> Result<Vec<PendingTask>> {
+    let rows = client
+        .query(
+            "SELECT id, provider, target_jr, run_id FROM jr_work_queue \
+             WHERE status = 'pending' AND run_after <= now() \
+               AND (provider = '' OR provider = ANY($1)) \
+               AND (target_jr IS NULL OR target_jr = ANY($2)) \
+             ORDER BY sacred_fire_priority DESC, priority, created_at, id \
+             LIMIT $3 FOR UPDATE SKIP LOCKED",
+            &[&providers, &workers, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| PendingTask {
+            id: r.get(0),
+            provider: r.get(1),
+            target: r.get(2),
+            run_id: r.get(3),
+        })
+        .collect())
+}
+
+/// One routing decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub task_id: i64,
+    pub worker: String,
+    /// Why this worker (recorded in the event): "least loaded (1/4)", "pinned", ...
+    pub reason: String,
+}
+
+/// Writes assignments in one statement: pending → assigned, one `assigned` event each
+/// (by `actor`, with the reason), and one notification per worker (payload: its name),
+/// delivered when the transaction commits. Returns how many were written.
+pub async fn tasks_assign(
+    client: &impl GenericClient,
+    actor: &str,
+    assignments: &[Assignment],
+) -> Result<u64> {
+    if assignments.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = assignments.iter().map(|a| a.task_id).collect();
+    let workers: Vec<&str> = assignments.iter().map(|a| a.worker.as_str()).collect();
+    let reasons: Vec<&str> = assignments.iter().map(|a| a.reason.as_str()).collect();
+    let row = client
+        .query_one(
+            "WITH a AS ( \
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[]) \
+                 AS a(id, worker, reason)), \
+             upd AS ( \
+                 UPDATE jr_work_queue q SET status = 'assigned', assigned_jr = a.worker, \
+                     assigned_at = now(), updated_at = now() \
+                 FROM a WHERE q.id = a.id AND q.status = 'pending' \
+                 RETURNING q.id, a.worker, a.reason, q.attempts), \
+             ev AS ( \
+                 INSERT INTO jr_task_events \
+                     (task_id, actor, action, from_status, to_status, worker, attempt, details) \
+                 SELECT id, $4, 'assigned', 'pending', 'assigned', worker, attempts, reason \
+                 FROM upd), \
+             n AS ( \
+                 SELECT pg_notify($5, w) FROM (SELECT DISTINCT worker AS w FROM upd) d) \
+             SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n)",
+            &[&ids, &workers, &reasons, &actor, &CHANNEL_WORKER],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// Gives back to pending the tasks assigned (not started) to workers that are not alive:
+/// registered workers that are offline or silent longer than `online_threshold`, and
+/// names never registered once the assignment is older than the threshold. One event
+/// each, saying why. Returns how many.
+pub async fn tasks_unassign_vanished(
+    client: &impl GenericClient,
+    actor: &str,
+    online_threshold: Duration,
+) -> Result<u64> {
+    let row = client
+        .query_one(
+            "WITH gone AS ( \
+                 SELECT q.id, q.assigned_jr, \
+                     CASE WHEN w.jr_name IS NULL THEN 'is not registered' \
+                          WHEN NOT w.is_online THEN 'went offline' \
+                          ELSE 'has been silent for ' || \
+                               round(extract(epoch FROM now() - w.last_seen))::int8 || 's' \
+                     END AS why \
+                 FROM jr_work_queue q LEFT JOIN jr_status w ON w.jr_name = q.assigned_jr \
+                 WHERE q.status = 'assigned' AND ( \
+                     (w.jr_name IS NOT NULL AND NOT (w.is_online \
+                         AND w.last_seen > now() - $2::int8 * interval '1 millisecond')) \
+                     OR (w.jr_name IS NULL \
+                         AND q.assigned_at < now() - $2::int8 * interval '1 millisecond')) \
+                 FOR UPDATE OF q SKIP LOCKED), \
+             upd AS ( \
+                 UPDATE jr_work_queue q SET status = 'pending', assigned_jr = NULL, \
+                     assigned_at = NULL, updated_at = now() \
+                 FROM gone WHERE q.id = gone.id \
+                 RETURNING q.id, q.attempts, gone.assigned_jr, gone.why), \
+             ev AS ( \
+                 INSERT INTO jr_task_events \
+                     (task_id, actor, action, from_status, to_status, worker, attempt, details) \
+                 SELECT id, $1, 'unassigned', 'assigned', 'pending', assigned_jr, attempts, \
+                     'worker ''' || assigned_jr || ''' ' || why || ' before starting it' \
+                 FROM upd) \
+             SELECT count(*) FROM upd",
+            &[&actor, &duration_ms(online_threshold)],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// Fails pending tasks pinned to a worker that has not been alive for `grace` since the
+/// task became ready, with the error `target worker 'NAME' is not online`. Returns how
+/// many.
+pub async fn tasks_fail_unreachable_pins(
+    client: &impl GenericClient,
+    actor: &str,
+    online_threshold: Duration,
+    grace: Duration,
+) -> Result<u64> {
+    let row = client
+        .query_one(
+            "WITH dead AS ( \
+                 SELECT q.id FROM jr_work_queue q \
+                 WHERE q.status = 'pending' AND q.target_jr IS NOT NULL \
+                   AND greatest(q.created_at, q.run_after) \
+                       < now() - $3::int8 * interval '1 millisecond' \
+                   AND NOT EXISTS ( \
+                       SELECT 1 FROM jr_status w \
+                       WHERE w.jr_name = q.target_jr AND w.kind = 'worker' AND w.is_online \
+                         AND w.last_seen > now() - $2::int8 * interval '1 millisecond') \
+                 FOR UPDATE OF q SKIP LOCKED), \
+             upd AS ( \
+                 UPDATE jr_work_queue q SET status = 'failed', completed_at = now(), \
+                     error = 'target worker ''' || q.target_jr || ''' is not online', \
+                     updated_at = now() \
+                 FROM dead WHERE q.id = dead.id \
+                 RETURNING q.id, q.attempts, q.target_jr, q.error), \
+             ev AS ( \
+                 INSERT INTO jr_task_events \
+                     (task_id, actor, action, from_status, to_status, worker, attempt, details) \
+                 SELECT id, $1, 'failed', 'pending', 'failed', target_jr, attempts, error \
+                 FROM upd) \
+             SELECT count(*) FROM upd",
+            &[&actor, &duration_ms(online_threshold), &duration_ms(grace)],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// Ready pending tasks and the age of the oldest, for the assigner's status line.
+pub async fn tasks_pending_depth(client: &impl GenericClient) -> Result<(i64, Option<f64>)> {
+    let row = client
+        .query_one(
+            "SELECT count(*), \
+                 extract(epoch FROM now() - min(greatest(created_at, run_after)))::float8 \
+             FROM jr_work_queue WHERE status = 'pending' AND run_after <= now()",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
