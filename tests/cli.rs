@@ -307,7 +307,10 @@ async fn status_reports_tasks_workers_oldest_pending_and_failure_rate() {
     assert_eq!(w["offline"], 2);
     assert_eq!(w["circuit_open"], 1);
     assert_eq!(w["capacity"], 6);
-    assert_eq!(w["load"], 2);
+    assert_eq!(
+        w["load"], 1,
+        "counted from the tasks, not the last heartbeat"
+    );
     assert_eq!(w["assigners"], 1);
 
     let text = db.run(&["status"]);
@@ -316,7 +319,7 @@ async fn status_reports_tasks_workers_oldest_pending_and_failure_rate() {
         "pending (1 delayed)",
         "oldest pending:  5m",
         "3 completed, 1 failed, failure rate 25.0%",
-        "2 online (1 busy, 1 idle), 2 offline, 1 circuit open; load 2/6",
+        "2 online (1 busy, 1 idle), 2 offline, 1 circuit open; load 1/6",
         "1 alive",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
@@ -426,7 +429,7 @@ async fn workers_lists_the_registry() {
     let text = db.run(&["workers"]);
     let text = text.ok();
     assert!(
-        text.contains("w1") && text.contains("2/4") && text.contains("claude"),
+        text.contains("w1") && text.contains("1/4") && text.contains("claude"),
         "{text}"
     );
     assert!(text.contains("open until"), "{text}");

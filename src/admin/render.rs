@@ -420,7 +420,8 @@ pub fn workers(rows: &[WorkerRow], json: bool) -> Result<()> {
                 until.format("%H:%M:%S"),
                 reason.clone().unwrap_or_default()
             ),
-            (None, _) if r.consecutive_failures > 0 => {
+            (None, _) if r.consecutive_failures == 1 => "closed (1 failure)".into(),
+            (None, _) if r.consecutive_failures > 1 => {
                 format!("closed ({} failures in a row)", r.consecutive_failures)
             }
             (None, _) => "closed".into(),

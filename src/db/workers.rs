@@ -24,6 +24,7 @@ pub struct WorkerRow {
     pub instance_id: Option<Uuid>,
     pub providers: Vec<String>,
     pub capacity: i32,
+    /// Tasks running on it now (counted from the task table, not the last heartbeat).
     pub current_load: i32,
     pub is_online: bool,
     /// `is_online` and a heartbeat within the online threshold.
@@ -48,14 +49,16 @@ pub async fn workers_list(
 ) -> Result<Vec<WorkerRow>> {
     let rows = client
         .query(
-            "SELECT jr_name, kind, host, pid, instance_id, providers, capacity, current_load, \
+            "SELECT jr_name, kind, host, pid, instance_id, providers, capacity, \
+                    (SELECT count(*) FROM jr_work_queue q \
+                     WHERE q.status = 'in_progress' AND q.assigned_jr = w.jr_name)::int4, \
                     is_online, \
                     is_online AND last_seen > now() - $1::int8 * interval '1 millisecond', \
                     status, run_id, started_at, last_seen, \
                     extract(epoch FROM now() - last_seen)::float8, consecutive_failures, \
                     CASE WHEN circuit_open_until > now() THEN circuit_open_until END, \
                     circuit_reason, tasks_completed, tasks_failed, status_text \
-             FROM jr_status ORDER BY kind DESC, jr_name",
+             FROM jr_status w ORDER BY kind DESC, jr_name",
             &[&duration_ms(online_threshold)],
         )
         .await?;
@@ -120,10 +123,12 @@ pub async fn workers_summary(
     let row = client
         .query_one(
             "WITH w AS ( \
-                 SELECT kind, capacity, current_load, circuit_open_until, \
+                 SELECT kind, capacity, circuit_open_until, \
+                        (SELECT count(*) FROM jr_work_queue q WHERE q.status = 'in_progress' \
+                           AND q.assigned_jr = s.jr_name) AS current_load, \
                         is_online AND last_seen > now() - $1::int8 * interval '1 millisecond' \
                             AS alive \
-                 FROM jr_status) \
+                 FROM jr_status s) \
              SELECT \
                count(*) FILTER (WHERE kind = 'worker' AND alive AND current_load > 0), \
                count(*) FILTER (WHERE kind = 'worker' AND alive AND current_load <= 0), \
