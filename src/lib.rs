@@ -12,6 +12,8 @@
 
 pub mod admin;
 pub mod assigner;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod db;
 pub mod error;
 pub mod host;

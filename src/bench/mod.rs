@@ -1,0 +1,768 @@
+//! The benchmark (`scripts/bench`, binary `jrq-bench`): throughput, latency, backlog
+//! scale, fleet scale, footprint, and the machine's own ceiling measured with pgbench —
+//! on the real binaries and a real PostgreSQL. Every figure is the median of `--runs`
+//! runs with min and max. Writes a JSON file and regenerates `docs/benchmarks.md` and its
+//! plots.
+
+pub mod fleet;
+pub mod report;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde::Serialize;
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::db;
+use crate::error::{Error, Result};
+use fleet::Fleet;
+
+/// jrq-bench — measures the fleet on this machine and writes docs/benchmarks.md.
+#[derive(Debug, Parser)]
+#[command(name = "jrq-bench", version, about)]
+pub struct BenchArgs {
+    /// Server to benchmark on (the user must be allowed to CREATE DATABASE).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Runs per figure (the median is reported, with min and max).
+    #[arg(long, env = "JRQ_BENCH_RUNS", default_value = "3")]
+    pub runs: usize,
+    /// Scenarios to run: throughput, latency, backlog, fleet, footprint, ceiling.
+    #[arg(long, env = "JRQ_BENCH_SCENARIOS", value_delimiter = ',', default_value = "throughput,latency,backlog,fleet,footprint,ceiling")]
+    pub scenarios: Vec<String>,
+    /// Smaller sizes, for a quick look (the report says so).
+    #[arg(long, env = "JRQ_BENCH_QUICK")]
+    pub quick: bool,
+    /// Where the JSON results go.
+    #[arg(long, env = "JRQ_BENCH_JSON", default_value = "target/bench/results.json")]
+    pub json: PathBuf,
+    /// Directory of benchmarks.md and its plots.
+    #[arg(long, env = "JRQ_BENCH_DOCS", default_value = "docs")]
+    pub docs: PathBuf,
+    /// The command line recorded in the report.
+    #[arg(long, env = "JRQ_BENCH_COMMAND", default_value = "scripts/bench")]
+    pub command: String,
+}
+
+/// Median, min and max of a figure over the runs.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    pub fn of(values: &[f64]) -> Stat {
+        if values.is_empty() {
+            return Stat::default();
+        }
+        let mut v = values.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        Stat {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// The nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub cpu: String,
+    pub kernel: String,
+    pub postgres: String,
+    pub settings: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputRow {
+    pub label: String,
+    pub workers: u32,
+    pub capacity: u32,
+    pub exec: String,
+    pub tasks: usize,
+    pub enqueue_per_s: Stat,
+    pub tasks_per_s: Stat,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: Stat,
+    pub p95: Stat,
+    pub p99: Stat,
+    pub max: Stat,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LatencyResult {
+    pub tasks: usize,
+    pub gap_ms: u64,
+    /// Insert commit -> executor start, ms.
+    pub start_ms: Percentiles,
+    /// Insert commit -> completed, ms.
+    pub complete_ms: Percentiles,
+    /// All start latencies of the last run (for the plot), ms.
+    pub start_samples: Vec<f64>,
+    pub complete_samples: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BacklogRow {
+    pub label: String,
+    pub pending: i64,
+    pub finished_rows: i64,
+    pub measured_tasks: i64,
+    pub tasks_per_s: Stat,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetRow {
+    pub workers: usize,
+    pub connections: i64,
+    pub max_connections: i64,
+    pub assigner_round_ms: Stat,
+    pub db_cpu_pct: f64,
+    pub fleet_cpu_pct: f64,
+    pub idle_window_s: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Footprint {
+    pub worker_idle_kib: u64,
+    pub worker_busy_kib: u64,
+    pub assigner_idle_kib: u64,
+    pub assigner_busy_kib: u64,
+    pub binaries: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CeilingRow {
+    pub rows_per_txn: u32,
+    pub clients: u32,
+    pub rows_per_s: Stat,
+}
+
+/// Everything one benchmark run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Results {
+    pub date: String,
+    pub command: String,
+    pub quick: bool,
+    pub runs: usize,
+    pub machine: Option<Machine>,
+    pub throughput: Vec<ThroughputRow>,
+    pub latency: Option<LatencyResult>,
+    pub backlog: Vec<BacklogRow>,
+    pub fleet: Vec<FleetRow>,
+    pub footprint: Option<Footprint>,
+    pub ceiling: Vec<CeilingRow>,
+    pub seconds: f64,
+}
+
+/// Shared state of a benchmark run.
+pub struct Ctx {
+    admin: Config,
+    admin_url: String,
+    runs: usize,
+    quick: bool,
+    bin_dir: PathBuf,
+    next_db: usize,
+    footprint: Footprint,
+}
+
+fn kv(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+impl Ctx {
+    /// A libpq address for `dbname` on the benchmark server.
+    fn conninfo(&self, dbname: &str) -> String {
+        let mut parts = vec![];
+        if let Some(h) = self.admin.get_hosts().first() {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(s) => s.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            };
+            parts.push(format!("host={}", kv(&host)));
+        }
+        if let Some(p) = self.admin.get_ports().first() {
+            parts.push(format!("port={p}"));
+        }
+        if let Some(u) = self.admin.get_user() {
+            parts.push(format!("user={}", kv(u)));
+        }
+        if let Some(pw) = self.admin.get_password() {
+            parts.push(format!("password={}", kv(&String::from_utf8_lossy(pw))));
+        }
+        parts.push(format!("dbname={}", kv(dbname)));
+        parts.join(" ")
+    }
+
+    async fn connect(url: &str) -> Result<Client> {
+        let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// A fresh, migrated database: its address and a client.
+    async fn fresh_db(&mut self) -> Result<(String, Client)> {
+        self.next_db += 1;
+        let name = format!("jrq_bench_{}_{}", std::process::id(), self.next_db);
+        let admin = Ctx::connect(&self.admin_url).await?;
+        let q = db::quote_ident(&name)?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {q} WITH (FORCE)"))
+            .await?;
+        admin.batch_execute(&format!("CREATE DATABASE {q}")).await?;
+        let url = self.conninfo(&name);
+        let mut client = Ctx::connect(&url).await?;
+        db::migrate::migrate(&mut client).await?;
+        Ok((url, client))
+    }
+
+    async fn drop_db(&self, url: &str) -> Result<()> {
+        let cfg: Config = url.parse().map_err(|_| Error::usage("bad address"))?;
+        if let Some(name) = cfg.get_dbname() {
+            let admin = Ctx::connect(&self.admin_url).await?;
+            let q = db::quote_ident(name)?;
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {q} WITH (FORCE)"))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn count(client: &Client, sql: &str) -> Result<i64> {
+    Ok(client.query_one(sql, &[]).await?.get(0))
+}
+
+/// Polls until `sql` (a count) reaches `want`, sampling `on_sample` meanwhile.
+async fn wait_count(
+    client: &Client,
+    sql: &str,
+    want: i64,
+    timeout: Duration,
+    mut on_sample: impl FnMut(i64),
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = count(client, sql).await?;
+        on_sample(n);
+        if n >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Conflict(format!(
+                "benchmark stalled: {sql} reached {n} of {want}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs the benchmark.
+pub async fn run(args: BenchArgs) -> Result<Results> {
+    let started = Instant::now();
+    let admin: Config = db::config_from(Some(&args.database_url), "jrq-bench")?;
+    let mut ctx = Ctx {
+        admin,
+        admin_url: args.database_url.clone(),
+        runs: args.runs.max(1),
+        quick: args.quick,
+        bin_dir: fleet::bin_dir(),
+        next_db: 0,
+        footprint: Footprint::default(),
+    };
+    for b in ["jr-queue-worker", "jr-auto-assigner"] {
+        if !ctx.bin_dir.join(b).exists() {
+            return Err(Error::usage(format!(
+                "{} is missing beside jrq-bench: build with `cargo build --release --features bench --bins`",
+                b
+            )));
+        }
+    }
+    let mut res = Results {
+        date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        command: args.command.clone(),
+        quick: args.quick,
+        runs: ctx.runs,
+        ..Default::default()
+    };
+    res.machine = Some(machine(&ctx).await?);
+    let want = |s: &str| args.scenarios.iter().any(|x| x == s);
+    if want("throughput") {
+        res.throughput = throughput(&mut ctx).await?;
+    }
+    if want("latency") {
+        res.latency = Some(latency(&mut ctx).await?);
+    }
+    if want("backlog") {
+        res.backlog = backlog(&mut ctx).await?;
+    }
+    if want("fleet") || want("footprint") {
+        res.fleet = fleet_scale(&mut ctx, want("fleet")).await?;
+    }
+    if want("footprint") {
+        let mut f = ctx.footprint.clone();
+        for b in ["jrq", "jr-queue-worker", "jr-auto-assigner"] {
+            let size = std::fs::metadata(ctx.bin_dir.join(b)).map(|m| m.len()).unwrap_or(0);
+            f.binaries.push((b.to_string(), size));
+        }
+        res.footprint = Some(f);
+    }
+    if want("ceiling") {
+        res.ceiling = ceiling(&mut ctx).await?;
+    }
+    res.seconds = started.elapsed().as_secs_f64();
+    Ok(res)
+}
+
+async fn machine(ctx: &Ctx) -> Result<Machine> {
+    let client = Ctx::connect(&ctx.admin_url).await?;
+    let version: String = client.query_one("SHOW server_version", &[]).await?.get(0);
+    let mut settings = vec![];
+    for s in [
+        "max_connections",
+        "shared_buffers",
+        "fsync",
+        "synchronous_commit",
+        "wal_level",
+        "work_mem",
+    ] {
+        let v: String = client
+            .query_one("SELECT current_setting($1)", &[&s])
+            .await?
+            .get(0);
+        settings.push((s.to_string(), v));
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: f64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Ok(Machine {
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        memory_gib: mem_kib / 1024.0 / 1024.0,
+        cpu,
+        kernel,
+        postgres: version,
+        settings,
+    })
+}
+
+fn names(prefix: &str, n: u32, cap: u32) -> Vec<(String, u32)> {
+    (1..=n).map(|i| (format!("{prefix}{i}"), cap)).collect()
+}
+
+/// Scenario 1: bulk enqueue, then the fleet drains the queue.
+async fn throughput(ctx: &mut Ctx) -> Result<Vec<ThroughputRow>> {
+    let n_noop = if ctx.quick { 4_000 } else { 20_000 };
+    let n_sleep_1 = if ctx.quick { 500 } else { 3_000 };
+    let n_sleep_4 = if ctx.quick { 2_000 } else { 10_000 };
+    let configs: [(&str, u32, u32, &str, usize); 4] = [
+        ("1 worker x 10, noop", 1, 10, "noop", n_noop),
+        ("4 workers x 10, noop", 4, 10, "noop", n_noop),
+        ("1 worker x 10, sleep:10ms", 1, 10, "sleep:10ms", n_sleep_1),
+        ("4 workers x 10, sleep:10ms", 4, 10, "sleep:10ms", n_sleep_4),
+    ];
+    let mut rows = vec![];
+    for (label, workers, cap, exec, n) in configs {
+        let mut enq = vec![];
+        let mut tput = vec![];
+        for _ in 0..ctx.runs {
+            let (url, mut client) = ctx.fresh_db().await?;
+            let tasks: Vec<crate::task::NewTask> = (0..n)
+                .map(|i| crate::task::NewTask::new(format!("bench {i}")))
+                .collect();
+            let t0 = Instant::now();
+            let txn = client.transaction().await?;
+            db::tasks::tasks_insert(&txn, &tasks).await?;
+            txn.commit().await?;
+            enq.push(n as f64 / t0.elapsed().as_secs_f64());
+            let fleet = Fleet::start(&ctx.bin_dir, &url, &names("w", workers, cap), exec, true);
+            let busy_probe = fleet.worker_pids.first().copied();
+            let assigner = fleet.assigner_pid;
+            let mut busy_worker = 0u64;
+            let mut busy_assigner = 0u64;
+            wait_count(
+                &client,
+                "SELECT count(*) FROM jr_work_queue WHERE status = 'completed'",
+                n as i64,
+                Duration::from_secs(300),
+                |done| {
+                    if done > 0 && done < n as i64 {
+                        if let Some(p) = busy_probe {
+                            busy_worker = busy_worker.max(fleet::rss_kib(p));
+                        }
+                        if let Some(p) = assigner {
+                            busy_assigner = busy_assigner.max(fleet::rss_kib(p));
+                        }
+                    }
+                },
+            )
+            .await?;
+            let secs: f64 = client
+                .query_one(
+                    "SELECT extract(epoch FROM max(completed_at) - \
+                         (SELECT min(at) FROM jr_task_events WHERE action = 'assigned'))::float8 \
+                     FROM jr_work_queue",
+                    &[],
+                )
+                .await?
+                .get(0);
+            tput.push(n as f64 / secs.max(1e-6));
+            fleet.stop();
+            ctx.footprint.worker_busy_kib = ctx.footprint.worker_busy_kib.max(busy_worker);
+            ctx.footprint.assigner_busy_kib = ctx.footprint.assigner_busy_kib.max(busy_assigner);
+            ctx.drop_db(&url).await?;
+        }
+        let row = ThroughputRow {
+            label: label.into(),
+            workers,
+            capacity: cap,
+            exec: exec.into(),
+            tasks: n,
+            enqueue_per_s: Stat::of(&enq),
+            tasks_per_s: Stat::of(&tput),
+        };
+        eprintln!(
+            "throughput  {:<28} {:>8.0} tasks/s (enqueue {:>7.0}/s)",
+            row.label, row.tasks_per_s.median, row.enqueue_per_s.median
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Scenario 2: one task at a time into an idle, listening fleet.
+async fn latency(ctx: &mut Ctx) -> Result<LatencyResult> {
+    let n = if ctx.quick { 100 } else { 500 };
+    let gap = Duration::from_millis(20);
+    let mut starts: Vec<Vec<f64>> = vec![];
+    let mut completes: Vec<Vec<f64>> = vec![];
+    for _ in 0..ctx.runs {
+        let (url, client) = ctx.fresh_db().await?;
+        let fleet = Fleet::start(&ctx.bin_dir, &url, &names("w", 1, 10), "noop", true);
+        fleet.wait_ready(&client).await;
+        for i in 0..n {
+            client
+                .execute("INSERT INTO jr_work_queue (title) VALUES ($1)", &[&format!("lat {i}")])
+                .await?;
+            // Pacing the inserts, not waiting for a result.
+            tokio::time::sleep(gap).await;
+        }
+        wait_count(
+            &client,
+            "SELECT count(*) FROM jr_work_queue WHERE status = 'completed'",
+            n as i64,
+            Duration::from_secs(60),
+            |_| {},
+        )
+        .await?;
+        let rows = client
+            .query(
+                "SELECT extract(epoch FROM started_at - created_at)::float8 * 1000, \
+                        extract(epoch FROM completed_at - created_at)::float8 * 1000 \
+                 FROM jr_work_queue",
+                &[],
+            )
+            .await?;
+        let mut s: Vec<f64> = rows.iter().map(|r| r.get(0)).collect();
+        let mut c: Vec<f64> = rows.iter().map(|r| r.get(1)).collect();
+        s.sort_by(|a, b| a.total_cmp(b));
+        c.sort_by(|a, b| a.total_cmp(b));
+        starts.push(s);
+        completes.push(c);
+        fleet.stop();
+        ctx.drop_db(&url).await?;
+    }
+    let pct = |runs: &[Vec<f64>]| Percentiles {
+        p50: Stat::of(&runs.iter().map(|r| percentile(r, 50.0)).collect::<Vec<_>>()),
+        p95: Stat::of(&runs.iter().map(|r| percentile(r, 95.0)).collect::<Vec<_>>()),
+        p99: Stat::of(&runs.iter().map(|r| percentile(r, 99.0)).collect::<Vec<_>>()),
+        max: Stat::of(&runs.iter().map(|r| percentile(r, 100.0)).collect::<Vec<_>>()),
+    };
+    let out = LatencyResult {
+        tasks: n,
+        gap_ms: gap.as_millis() as u64,
+        start_ms: pct(&starts),
+        complete_ms: pct(&completes),
+        start_samples: starts.last().cloned().unwrap_or_default(),
+        complete_samples: completes.last().cloned().unwrap_or_default(),
+    };
+    eprintln!(
+        "latency     insert -> start p50 {:.2} ms p99 {:.2} ms; -> completed p50 {:.2} ms",
+        out.start_ms.p50.median, out.start_ms.p99.median, out.complete_ms.p50.median
+    );
+    Ok(out)
+}
+
+/// Scenario 3: throughput with a large backlog already in the table.
+async fn backlog(ctx: &mut Ctx) -> Result<Vec<BacklogRow>> {
+    let (sizes, measured): (Vec<i64>, i64) = if ctx.quick {
+        (vec![2_000, 20_000, 100_000], 2_000)
+    } else {
+        (vec![10_000, 100_000, 1_000_000], 10_000)
+    };
+    let churn = *sizes.last().unwrap_or(&0);
+    let mut rows = vec![];
+    let mut cases: Vec<(String, i64, i64)> = sizes
+        .iter()
+        .map(|s| (format!("{s} pending"), *s, 0))
+        .collect();
+    cases.push((
+        format!("{} pending after {churn} finished", sizes[0]),
+        sizes[0],
+        churn,
+    ));
+    for (label, pending, finished) in cases {
+        let (url, client) = ctx.fresh_db().await?;
+        // The backlog must outlast every run's measurement.
+        let extra = measured * ctx.runs as i64;
+        let total = pending.max(extra + measured);
+        if finished > 0 {
+            client
+                .execute(
+                    "INSERT INTO jr_work_queue (title, status, assigned_jr, attempts, started_at, \
+                         completed_at, result) \
+                     SELECT 'done ' || g, 'completed', 'old', 1, now() - interval '1 day', \
+                         now() - interval '1 day', '' FROM generate_series(1, $1::int8) g",
+                    &[&finished],
+                )
+                .await?;
+            client
+                .execute(
+                    "INSERT INTO jr_task_events (task_id, actor, action, at) \
+                     SELECT g, 'old', 'completed', now() - interval '1 day' \
+                     FROM generate_series(1, $1::int8) g",
+                    &[&finished],
+                )
+                .await?;
+        }
+        client
+            .execute(
+                "INSERT INTO jr_work_queue (title, priority) \
+                 SELECT 'backlog ' || g, g % 10 FROM generate_series(1, $1::int8) g",
+                &[&total],
+            )
+            .await?;
+        client.batch_execute("VACUUM ANALYZE jr_work_queue").await?;
+        client.batch_execute("VACUUM ANALYZE jr_task_events").await?;
+        let mut rates = vec![];
+        for _ in 0..ctx.runs {
+            let done_before = count(
+                &client,
+                "SELECT count(*) FROM jr_work_queue WHERE status = 'completed' AND assigned_jr <> 'old'",
+            )
+            .await?;
+            let first_event: i64 = count(&client, "SELECT coalesce(max(id), 0) FROM jr_task_events").await?;
+            let fleet = Fleet::start(&ctx.bin_dir, &url, &names("w", 1, 10), "noop", true);
+            let target = done_before + measured;
+            wait_count(
+                &client,
+                "SELECT count(*) FROM jr_work_queue WHERE status = 'completed' AND assigned_jr <> 'old'",
+                target,
+                Duration::from_secs(300),
+                |_| {},
+            )
+            .await?;
+            fleet.stop();
+            let secs: f64 = client
+                .query_one(
+                    "SELECT extract(epoch FROM \
+                         (SELECT completed_at FROM jr_work_queue \
+                          WHERE status = 'completed' AND assigned_jr <> 'old' \
+                          ORDER BY completed_at OFFSET $2::int8 - 1 LIMIT 1) \
+                         - (SELECT min(at) FROM jr_task_events \
+                            WHERE action = 'assigned' AND id > $1::int8))::float8",
+                    &[&first_event, &target],
+                )
+                .await?
+                .get(0);
+            rates.push(measured as f64 / secs.max(1e-6));
+        }
+        let row = BacklogRow {
+            label,
+            pending,
+            finished_rows: finished,
+            measured_tasks: measured,
+            tasks_per_s: Stat::of(&rates),
+        };
+        eprintln!("backlog     {:<36} {:>8.0} tasks/s", row.label, row.tasks_per_s.median);
+        rows.push(row);
+        ctx.drop_db(&url).await?;
+    }
+    Ok(rows)
+}
+
+/// Scenario 4 (and the idle half of 5): idle fleets of growing size.
+async fn fleet_scale(ctx: &mut Ctx, report_rows: bool) -> Result<Vec<FleetRow>> {
+    let sizes: Vec<usize> = if report_rows { vec![1, 8, 32, 64] } else { vec![1] };
+    let window = Duration::from_secs(if ctx.quick { 2 } else { 5 });
+    let mut rows = vec![];
+    for n in sizes {
+        let (url, client) = ctx.fresh_db().await?;
+        let fleet = Fleet::start(&ctx.bin_dir, &url, &names("w", n as u32, 1), "noop", true);
+        fleet.wait_ready(&client).await;
+        // Let start-up work settle before measuring the fleet at rest.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let connections = count(
+            &client,
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await?;
+        let max_connections: i64 = client
+            .query_one("SELECT current_setting('max_connections')::int8", &[])
+            .await?
+            .get(0);
+        let pids = fleet.pids();
+        let pg0 = fleet::postgres_ticks();
+        let fl0: u64 = pids.iter().map(|p| fleet::cpu_ticks(*p)).sum();
+        // Measuring the fleet at rest over a fixed window.
+        tokio::time::sleep(window).await;
+        let pg1 = fleet::postgres_ticks();
+        let fl1: u64 = pids.iter().map(|p| fleet::cpu_ticks(*p)).sum();
+        let hz = fleet::ticks_per_second();
+        let w = window.as_secs_f64();
+        if n == 1 {
+            ctx.footprint.worker_idle_kib = fleet::rss_kib(fleet.worker_pids[0]);
+            ctx.footprint.assigner_idle_kib = fleet.assigner_pid.map(fleet::rss_kib).unwrap_or(0);
+        }
+        // Idle round time: the same round the assigner runs, measured in-process.
+        let mut probe = crate::assigner::Assigner::new(
+            crate::assigner::AssignerConfig {
+                name: "bench-probe".into(),
+                ..Default::default()
+            },
+            url.parse().map_err(|_| Error::usage("bad address"))?,
+        );
+        let mut pc = Ctx::connect(&url).await?;
+        let mut times = vec![];
+        for _ in 0..30 {
+            let t = Instant::now();
+            probe.run_once(&mut pc).await?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        fleet.stop();
+        let row = FleetRow {
+            workers: n,
+            connections,
+            max_connections,
+            assigner_round_ms: Stat::of(&times),
+            db_cpu_pct: (pg1 - pg0) as f64 / hz / w * 100.0,
+            fleet_cpu_pct: (fl1 - fl0) as f64 / hz / w * 100.0,
+            idle_window_s: w,
+        };
+        eprintln!(
+            "fleet       {:>2} workers: {} connections, round {:.2} ms, idle db cpu {:.2} %, fleet cpu {:.2} %",
+            n, row.connections, row.assigner_round_ms.median, row.db_cpu_pct, row.fleet_cpu_pct
+        );
+        rows.push(row);
+        ctx.drop_db(&url).await?;
+    }
+    Ok(if report_rows { rows } else { vec![] })
+}
+
+/// Scenario 6: the same claim-and-complete cycle done by pgbench.
+async fn ceiling(ctx: &mut Ctx) -> Result<Vec<CeilingRow>> {
+    let secs = if ctx.quick { 2 } else { 5 };
+    let clients = 10u32;
+    let (url, client) = ctx.fresh_db().await?;
+    let rows_needed: i64 = if ctx.quick { 200_000 } else { 900_000 };
+    client
+        .execute(
+            "INSERT INTO jr_work_queue (title, priority) \
+             SELECT 'pgbench ' || g, g % 10 FROM generate_series(1, $1::int8) g",
+            &[&rows_needed],
+        )
+        .await?;
+    client.batch_execute("VACUUM ANALYZE jr_work_queue").await?;
+    let dir = std::env::temp_dir().join(format!("jrq-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("temp dir", e))?;
+    let script = dir.join("claim_complete.sql");
+    std::fs::write(
+        &script,
+        "WITH c AS (SELECT id FROM jr_work_queue WHERE status = 'pending' \
+           ORDER BY sacred_fire_priority DESC, priority, created_at, id \
+           LIMIT :n FOR UPDATE SKIP LOCKED) \
+         UPDATE jr_work_queue q SET status = 'completed', started_at = now(), \
+           completed_at = now(), attempts = q.attempts + 1, updated_at = now() \
+         FROM c WHERE q.id = c.id;\n",
+    )
+    .map_err(|e| Error::io("pgbench script", e))?;
+    let mut out = vec![];
+    for n in [1u32, 100] {
+        let mut rates = vec![];
+        for _ in 0..ctx.runs {
+            let o = tokio::process::Command::new("pgbench")
+                .arg("-n")
+                .arg("-f")
+                .arg(&script)
+                .arg("-c")
+                .arg(clients.to_string())
+                .arg("-j")
+                .arg("2")
+                .arg("-T")
+                .arg(secs.to_string())
+                .arg("-D")
+                .arg(format!("n={n}"))
+                .arg(&url)
+                .output()
+                .await
+                .map_err(|e| Error::io("cannot run pgbench (apt-get install postgresql-client)", e))?;
+            let text = String::from_utf8_lossy(&o.stdout);
+            let tps = text
+                .lines()
+                .find(|l| l.starts_with("tps = "))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| {
+                    Error::Conflict(format!(
+                        "pgbench gave no tps: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    ))
+                })?;
+            rates.push(tps * f64::from(n));
+        }
+        let row = CeilingRow {
+            rows_per_txn: n,
+            clients,
+            rows_per_s: Stat::of(&rates),
+        };
+        eprintln!("ceiling     pgbench {n:>3} row(s)/txn: {:>8.0} rows/s", row.rows_per_s.median);
+        out.push(row);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    ctx.drop_db(&url).await?;
+    Ok(out)
+}
