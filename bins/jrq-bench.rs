@@ -24,7 +24,11 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => {
-            eprintln!("jrq-bench: wrote {} and {}/benchmarks.md", json.display(), docs.display());
+            eprintln!(
+                "jrq-bench: wrote {} and {}/benchmarks.md",
+                json.display(),
+                docs.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

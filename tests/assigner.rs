@@ -574,3 +574,66 @@ async fn assigner_and_postgres_restarts_under_load_lose_and_duplicate_nothing() 
     .await;
     assert_eq!(bad, 0, "each task assigned once and completed once");
 }
+
+#[tokio::test]
+async fn prefetch_queues_tasks_beyond_capacity_but_runs_only_capacity() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("release");
+    let w = WorkerProc::start(
+        &db.url,
+        "pf",
+        &[
+            "--exec",
+            &test_executor(),
+            "--capacity",
+            "1",
+            "--prefetch",
+            "2",
+        ],
+        &[],
+    );
+    w.wait_log(T, "worker ready").await;
+    let _a = WorkerProc::assigner(&db.url, "a1", &["--poll-interval", "100ms"]);
+    let payload = serde_json::json!({"wait_file": release.to_str().unwrap()}).to_string();
+    client
+        .execute(
+            "INSERT INTO jr_work_queue (title, payload) \
+             SELECT 't' || g, $1::text::jsonb FROM generate_series(1, 6) g",
+            &[&payload],
+        )
+        .await
+        .unwrap();
+    wait_count(
+        &client,
+        "SELECT count(*) FROM jr_work_queue WHERE status = 'assigned'",
+        2,
+    )
+    .await;
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM jr_work_queue WHERE status = 'in_progress'"
+        )
+        .await,
+        1,
+        "capacity 1: one runs"
+    );
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM jr_work_queue WHERE status = 'pending'"
+        )
+        .await,
+        3,
+        "capacity + prefetch = 3 held by the worker"
+    );
+    std::fs::write(&release, "").unwrap();
+    wait_count(
+        &client,
+        "SELECT count(*) FROM jr_work_queue WHERE status = 'completed'",
+        6,
+    )
+    .await;
+}

@@ -190,20 +190,27 @@ impl Assigner {
 
     /// One routing round in one transaction: lock the candidate workers, read their
     /// loads, take the pending tasks they can serve, plan, assign, notify, commit.
-    pub async fn run_once(&mut self, client: &mut Client) -> Result<RoundOutcome> {
+    pub async fn run_once(
+        &mut self,
+        client: &mut Client,
+        stmts: &db::Statements,
+    ) -> Result<RoundOutcome> {
         let cfg = &self.cfg;
         let txn = client.transaction().await?;
         let cands =
-            workers::workers_lock_candidates(&txn, cfg.online_threshold, &cfg.circuit).await?;
+            workers::workers_lock_candidates(&txn, stmts, cfg.online_threshold, &cfg.circuit)
+                .await?;
         let names: Vec<String> = cands.iter().map(|c| c.name.clone()).collect();
-        let loads = workers::workers_loads(&txn, &names).await?;
+        let loads = workers::workers_loads(&txn, stmts, &names).await?;
         let mut slots: Vec<plan::Slot> = cands
             .into_iter()
             .map(|c| plan::Slot {
                 load: loads.get(&c.name).copied().unwrap_or(0),
                 name: c.name,
                 providers: c.providers,
-                capacity: c.capacity,
+                // Assigned + running may reach capacity + prefetch; the worker still runs
+                // at most `capacity` at once.
+                capacity: c.capacity + c.prefetch.max(0),
                 run_id: c.run_id,
             })
             .filter(|s| s.load < s.capacity)
@@ -226,13 +233,14 @@ impl Assigner {
         let free_names: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
         let pending = tasks::tasks_pending_for_routing(
             &txn,
+            stmts,
             &providers,
             &free_names,
             free.min(cfg.batch_size),
         )
         .await?;
         let plan = plan::plan(&pending, &mut slots, &mut self.rr);
-        out.assigned = tasks::tasks_assign(&txn, &self.cfg.name, &plan).await?;
+        out.assigned = tasks::tasks_assign(&txn, stmts, &self.cfg.name, &plan).await?;
         txn.commit().await?;
         out.unplaced = (pending.len() - plan.len()) as u64;
         out.free_left = (free as u64).saturating_sub(out.assigned);
@@ -279,10 +287,14 @@ impl Assigner {
         })
     }
 
-    async fn connect(&self) -> Result<(Client, mpsc::UnboundedReceiver<Notification>)> {
+    async fn connect(&self) -> Result<Conn> {
         let (client, notes) = db::listen::listen(&self.db_cfg, &[db::CHANNEL_PENDING]).await?;
         db::check_schema(&client).await?;
-        Ok((client, notes))
+        Ok(Conn {
+            client,
+            notes,
+            stmts: db::Statements::default(),
+        })
     }
 
     async fn register(&self, client: &mut Client) -> Result<()> {
@@ -309,6 +321,7 @@ impl Assigner {
                 boot_id: &self.boot_id,
                 providers: &[],
                 capacity: 1,
+                prefetch: 0,
                 run_id: None,
             },
         )
@@ -325,9 +338,9 @@ impl Assigner {
                 self.cfg.heartbeat_interval = (wd / 2).max(Duration::from_millis(100));
             }
         }
-        let (mut client, notes) = self.connect().await?;
-        self.register(&mut client).await?;
-        let mut conn = Some((client, notes));
+        let mut first = self.connect().await?;
+        self.register(&mut first.client).await?;
+        let mut conn = Some(first);
         let mut last_db_ok = Instant::now();
         let mut next_heartbeat = Instant::now();
         let mut next_round = Instant::now();
@@ -364,8 +377,8 @@ impl Assigner {
             if Instant::now() >= next_heartbeat {
                 next_heartbeat = Instant::now() + self.cfg.heartbeat_interval;
                 let mut ok = false;
-                if let Some((client, _)) = &conn {
-                    match self.heartbeat(client, &last, &last_round).await {
+                if let Some(c) = &conn {
+                    match self.heartbeat(c, &last, &last_round).await {
                         Ok(m) => {
                             last = m;
                             ok = true;
@@ -373,7 +386,7 @@ impl Assigner {
                         Err(HeartbeatError::LostName(msg)) => return Err(Error::Conflict(msg)),
                         Err(HeartbeatError::Db(e)) => {
                             tracing::warn!(error = %e, "maintenance failed");
-                            if client.is_closed() {
+                            if c.client.is_closed() {
                                 conn = None;
                                 next_reconnect = Instant::now() + reconnect_delay;
                             }
@@ -392,12 +405,18 @@ impl Assigner {
             if (wake || Instant::now() >= next_round) && conn.is_some() {
                 wake = false;
                 next_round = Instant::now() + self.cfg.poll_interval;
-                let (client, _) = conn.as_mut().expect("checked");
-                match self.run_once(client).await {
+                let c = conn.as_mut().expect("checked");
+                let round_start = Instant::now();
+                match self.run_once(&mut c.client, &c.stmts).await {
                     Ok(r) => {
                         last_db_ok = Instant::now();
                         if r.assigned > 0 {
-                            tracing::debug!(assigned = r.assigned, "round");
+                            tracing::debug!(
+                                assigned = r.assigned,
+                                unplaced = r.unplaced,
+                                elapsed_us = round_start.elapsed().as_micros() as u64,
+                                "round"
+                            );
                             // There may be more: go again at once.
                             wake = true;
                         }
@@ -405,7 +424,7 @@ impl Assigner {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "routing round failed");
-                        if client.is_closed() {
+                        if c.client.is_closed() {
                             conn = None;
                             next_reconnect = Instant::now() + reconnect_delay;
                         }
@@ -444,9 +463,10 @@ impl Assigner {
                 _ = tokio::time::sleep_until(until) => {}
             }
         }
-        if let Some((client, _)) = &conn {
+        if let Some(c) = &conn {
             if let Err(e) =
-                workers::workers_set_offline(client, &self.cfg.name, self.instance, "stopped").await
+                workers::workers_set_offline(&c.client, &self.cfg.name, self.instance, "stopped")
+                    .await
             {
                 tracing::warn!(error = %e, "could not mark the assigner offline");
             }
@@ -458,11 +478,14 @@ impl Assigner {
 
     async fn heartbeat(
         &mut self,
-        client: &Client,
+        conn: &Conn,
         prev: &Maintenance,
         round: &RoundOutcome,
     ) -> Result<Maintenance, HeartbeatError> {
-        let m = self.maintain(client).await.map_err(HeartbeatError::Db)?;
+        let m = self
+            .maintain(&conn.client)
+            .await
+            .map_err(HeartbeatError::Db)?;
         if m.pending > 0 && round.free_left == 0 && prev.pending > 0 {
             tracing::info!(
                 pending = m.pending,
@@ -479,7 +502,7 @@ impl Assigner {
             status_text: &text,
             run_id: None,
         };
-        match workers::workers_heartbeat(client, &hb).await {
+        match workers::workers_heartbeat(&conn.client, &conn.stmts, &hb).await {
             Ok(Some(_)) => Ok(m),
             Ok(None) => Err(HeartbeatError::LostName(format!(
                 "assigner name '{}' was taken over by another process: this instance stops",
@@ -495,11 +518,16 @@ enum HeartbeatError {
     LostName(String),
 }
 
-async fn next_note(
-    conn: &mut Option<(Client, mpsc::UnboundedReceiver<Notification>)>,
-) -> Option<Notification> {
+/// The database connection, which also LISTENs, and its prepared statements.
+struct Conn {
+    client: Client,
+    notes: mpsc::UnboundedReceiver<Notification>,
+    stmts: db::Statements,
+}
+
+async fn next_note(conn: &mut Option<Conn>) -> Option<Notification> {
     match conn {
-        Some((_, notes)) => notes.recv().await,
+        Some(c) => c.notes.recv().await,
         None => std::future::pending().await,
     }
 }

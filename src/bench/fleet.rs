@@ -31,7 +31,25 @@ fn spawn(bin: &Path, url: &str, args: &[String]) -> Child {
 impl Fleet {
     /// Starts one assigner (unless `assigner` is false) and `workers` (name, capacity)
     /// running `exec`.
-    pub fn start(bin_dir: &Path, url: &str, workers: &[(String, u32)], exec: &str, assigner: bool) -> Fleet {
+    pub fn start(
+        bin_dir: &Path,
+        url: &str,
+        workers: &[(String, u32)],
+        exec: &str,
+        assigner: bool,
+    ) -> Fleet {
+        Fleet::start_with(bin_dir, url, workers, exec, assigner, 0)
+    }
+
+    /// Like [`Fleet::start`], with each worker's `--prefetch`.
+    pub fn start_with(
+        bin_dir: &Path,
+        url: &str,
+        workers: &[(String, u32)],
+        exec: &str,
+        assigner: bool,
+        prefetch: u32,
+    ) -> Fleet {
         let mut children = vec![];
         let mut assigner_pid = None;
         if assigner {
@@ -55,6 +73,8 @@ impl Fleet {
                     cap.to_string(),
                     "--exec".into(),
                     exec.into(),
+                    "--prefetch".into(),
+                    prefetch.to_string(),
                 ],
             );
             worker_pids.push(c.id());
@@ -83,7 +103,10 @@ impl Fleet {
             if n >= want {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "the fleet did not start");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the fleet did not start"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -29,13 +29,22 @@ pub struct BenchArgs {
     #[arg(long, env = "JRQ_BENCH_RUNS", default_value = "3")]
     pub runs: usize,
     /// Scenarios to run: throughput, latency, backlog, fleet, footprint, ceiling.
-    #[arg(long, env = "JRQ_BENCH_SCENARIOS", value_delimiter = ',', default_value = "throughput,latency,backlog,fleet,footprint,ceiling")]
+    #[arg(
+        long,
+        env = "JRQ_BENCH_SCENARIOS",
+        value_delimiter = ',',
+        default_value = "throughput,latency,backlog,fleet,footprint,ceiling"
+    )]
     pub scenarios: Vec<String>,
     /// Smaller sizes, for a quick look (the report says so).
     #[arg(long, env = "JRQ_BENCH_QUICK")]
     pub quick: bool,
     /// Where the JSON results go.
-    #[arg(long, env = "JRQ_BENCH_JSON", default_value = "target/bench/results.json")]
+    #[arg(
+        long,
+        env = "JRQ_BENCH_JSON",
+        default_value = "target/bench/results.json"
+    )]
     pub json: PathBuf,
     /// Directory of benchmarks.md and its plots.
     #[arg(long, env = "JRQ_BENCH_DOCS", default_value = "docs")]
@@ -92,6 +101,7 @@ pub struct ThroughputRow {
     pub label: String,
     pub workers: u32,
     pub capacity: u32,
+    pub prefetch: u32,
     pub exec: String,
     pub tasks: usize,
     pub enqueue_per_s: Stat,
@@ -321,7 +331,9 @@ pub async fn run(args: BenchArgs) -> Result<Results> {
     if want("footprint") {
         let mut f = ctx.footprint.clone();
         for b in ["jrq", "jr-queue-worker", "jr-auto-assigner"] {
-            let size = std::fs::metadata(ctx.bin_dir.join(b)).map(|m| m.len()).unwrap_or(0);
+            let size = std::fs::metadata(ctx.bin_dir.join(b))
+                .map(|m| m.len())
+                .unwrap_or(0);
             f.binaries.push((b.to_string(), size));
         }
         res.footprint = Some(f);
@@ -370,7 +382,9 @@ async fn machine(ctx: &Ctx) -> Result<Machine> {
         .trim()
         .to_string();
     Ok(Machine {
-        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         memory_gib: mem_kib / 1024.0 / 1024.0,
         cpu,
         kernel,
@@ -388,14 +402,44 @@ async fn throughput(ctx: &mut Ctx) -> Result<Vec<ThroughputRow>> {
     let n_noop = if ctx.quick { 4_000 } else { 20_000 };
     let n_sleep_1 = if ctx.quick { 500 } else { 3_000 };
     let n_sleep_4 = if ctx.quick { 2_000 } else { 10_000 };
-    let configs: [(&str, u32, u32, &str, usize); 4] = [
-        ("1 worker x 10, noop", 1, 10, "noop", n_noop),
-        ("4 workers x 10, noop", 4, 10, "noop", n_noop),
-        ("1 worker x 10, sleep:10ms", 1, 10, "sleep:10ms", n_sleep_1),
-        ("4 workers x 10, sleep:10ms", 4, 10, "sleep:10ms", n_sleep_4),
+    let configs: [(&str, u32, u32, u32, &str, usize); 6] = [
+        ("1 worker x 10, noop", 1, 10, 0, "noop", n_noop),
+        (
+            "1 worker x 10 + prefetch 10, noop",
+            1,
+            10,
+            10,
+            "noop",
+            n_noop,
+        ),
+        ("4 workers x 10, noop", 4, 10, 0, "noop", n_noop),
+        (
+            "4 workers x 10 + prefetch 10, noop",
+            4,
+            10,
+            10,
+            "noop",
+            n_noop,
+        ),
+        (
+            "1 worker x 10, sleep:10ms",
+            1,
+            10,
+            0,
+            "sleep:10ms",
+            n_sleep_1,
+        ),
+        (
+            "4 workers x 10, sleep:10ms",
+            4,
+            10,
+            0,
+            "sleep:10ms",
+            n_sleep_4,
+        ),
     ];
     let mut rows = vec![];
-    for (label, workers, cap, exec, n) in configs {
+    for (label, workers, cap, prefetch, exec, n) in configs {
         let mut enq = vec![];
         let mut tput = vec![];
         for _ in 0..ctx.runs {
@@ -408,7 +452,14 @@ async fn throughput(ctx: &mut Ctx) -> Result<Vec<ThroughputRow>> {
             db::tasks::tasks_insert(&txn, &tasks).await?;
             txn.commit().await?;
             enq.push(n as f64 / t0.elapsed().as_secs_f64());
-            let fleet = Fleet::start(&ctx.bin_dir, &url, &names("w", workers, cap), exec, true);
+            let fleet = Fleet::start_with(
+                &ctx.bin_dir,
+                &url,
+                &names("w", workers, cap),
+                exec,
+                true,
+                prefetch,
+            );
             let busy_probe = fleet.worker_pids.first().copied();
             let assigner = fleet.assigner_pid;
             let mut busy_worker = 0u64;
@@ -449,6 +500,7 @@ async fn throughput(ctx: &mut Ctx) -> Result<Vec<ThroughputRow>> {
             label: label.into(),
             workers,
             capacity: cap,
+            prefetch,
             exec: exec.into(),
             tasks: n,
             enqueue_per_s: Stat::of(&enq),
@@ -475,7 +527,10 @@ async fn latency(ctx: &mut Ctx) -> Result<LatencyResult> {
         fleet.wait_ready(&client).await;
         for i in 0..n {
             client
-                .execute("INSERT INTO jr_work_queue (title) VALUES ($1)", &[&format!("lat {i}")])
+                .execute(
+                    "INSERT INTO jr_work_queue (title) VALUES ($1)",
+                    &[&format!("lat {i}")],
+                )
                 .await?;
             // Pacing the inserts, not waiting for a result.
             tokio::time::sleep(gap).await;
@@ -509,7 +564,12 @@ async fn latency(ctx: &mut Ctx) -> Result<LatencyResult> {
         p50: Stat::of(&runs.iter().map(|r| percentile(r, 50.0)).collect::<Vec<_>>()),
         p95: Stat::of(&runs.iter().map(|r| percentile(r, 95.0)).collect::<Vec<_>>()),
         p99: Stat::of(&runs.iter().map(|r| percentile(r, 99.0)).collect::<Vec<_>>()),
-        max: Stat::of(&runs.iter().map(|r| percentile(r, 100.0)).collect::<Vec<_>>()),
+        max: Stat::of(
+            &runs
+                .iter()
+                .map(|r| percentile(r, 100.0))
+                .collect::<Vec<_>>(),
+        ),
     };
     let out = LatencyResult {
         tasks: n,
@@ -576,7 +636,9 @@ async fn backlog(ctx: &mut Ctx) -> Result<Vec<BacklogRow>> {
             )
             .await?;
         client.batch_execute("VACUUM ANALYZE jr_work_queue").await?;
-        client.batch_execute("VACUUM ANALYZE jr_task_events").await?;
+        client
+            .batch_execute("VACUUM ANALYZE jr_task_events")
+            .await?;
         let mut rates = vec![];
         for _ in 0..ctx.runs {
             let done_before = count(
@@ -584,7 +646,8 @@ async fn backlog(ctx: &mut Ctx) -> Result<Vec<BacklogRow>> {
                 "SELECT count(*) FROM jr_work_queue WHERE status = 'completed' AND assigned_jr <> 'old'",
             )
             .await?;
-            let first_event: i64 = count(&client, "SELECT coalesce(max(id), 0) FROM jr_task_events").await?;
+            let first_event: i64 =
+                count(&client, "SELECT coalesce(max(id), 0) FROM jr_task_events").await?;
             let fleet = Fleet::start(&ctx.bin_dir, &url, &names("w", 1, 10), "noop", true);
             let target = done_before + measured;
             wait_count(
@@ -617,7 +680,10 @@ async fn backlog(ctx: &mut Ctx) -> Result<Vec<BacklogRow>> {
             measured_tasks: measured,
             tasks_per_s: Stat::of(&rates),
         };
-        eprintln!("backlog     {:<36} {:>8.0} tasks/s", row.label, row.tasks_per_s.median);
+        eprintln!(
+            "backlog     {:<36} {:>8.0} tasks/s",
+            row.label, row.tasks_per_s.median
+        );
         rows.push(row);
         ctx.drop_db(&url).await?;
     }
@@ -626,7 +692,11 @@ async fn backlog(ctx: &mut Ctx) -> Result<Vec<BacklogRow>> {
 
 /// Scenario 4 (and the idle half of 5): idle fleets of growing size.
 async fn fleet_scale(ctx: &mut Ctx, report_rows: bool) -> Result<Vec<FleetRow>> {
-    let sizes: Vec<usize> = if report_rows { vec![1, 8, 32, 64] } else { vec![1] };
+    let sizes: Vec<usize> = if report_rows {
+        vec![1, 8, 32, 64]
+    } else {
+        vec![1]
+    };
     let window = Duration::from_secs(if ctx.quick { 2 } else { 5 });
     let mut rows = vec![];
     for n in sizes {
@@ -667,10 +737,11 @@ async fn fleet_scale(ctx: &mut Ctx, report_rows: bool) -> Result<Vec<FleetRow>> 
             url.parse().map_err(|_| Error::usage("bad address"))?,
         );
         let mut pc = Ctx::connect(&url).await?;
+        let stmts = crate::db::Statements::default();
         let mut times = vec![];
         for _ in 0..30 {
             let t = Instant::now();
-            probe.run_once(&mut pc).await?;
+            probe.run_once(&mut pc, &stmts).await?;
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         fleet.stop();
@@ -739,7 +810,9 @@ async fn ceiling(ctx: &mut Ctx) -> Result<Vec<CeilingRow>> {
                 .arg(&url)
                 .output()
                 .await
-                .map_err(|e| Error::io("cannot run pgbench (apt-get install postgresql-client)", e))?;
+                .map_err(|e| {
+                    Error::io("cannot run pgbench (apt-get install postgresql-client)", e)
+                })?;
             let text = String::from_utf8_lossy(&o.stdout);
             let tps = text
                 .lines()
@@ -759,7 +832,10 @@ async fn ceiling(ctx: &mut Ctx) -> Result<Vec<CeilingRow>> {
             clients,
             rows_per_s: Stat::of(&rates),
         };
-        eprintln!("ceiling     pgbench {n:>3} row(s)/txn: {:>8.0} rows/s", row.rows_per_s.median);
+        eprintln!(
+            "ceiling     pgbench {n:>3} row(s)/txn: {:>8.0} rows/s",
+            row.rows_per_s.median
+        );
         out.push(row);
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -42,7 +42,11 @@ fn targets(r: &Results) -> Vec<Target> {
     let mut t = vec![];
     let pct_short = |got: f64, goal: f64| format!("{:.0} % short", (1.0 - got / goal) * 100.0);
     let pct_over = |got: f64, goal: f64| format!("{:.0} % over", (got / goal - 1.0) * 100.0);
-    if let Some(row) = r.throughput.iter().find(|x| x.workers == 1 && x.exec == "noop") {
+    if let Some(row) = r
+        .throughput
+        .iter()
+        .find(|x| x.workers == 1 && x.exec == "noop")
+    {
         let got = row.tasks_per_s.median;
         t.push(Target {
             what: "throughput, capacity 10, noop",
@@ -80,13 +84,21 @@ fn targets(r: &Results) -> Vec<Target> {
     }
     if let (Some(small), Some(big)) = (
         r.backlog.iter().find(|b| b.finished_rows == 0),
-        r.backlog.iter().filter(|b| b.finished_rows == 0).max_by_key(|b| b.pending),
+        r.backlog
+            .iter()
+            .filter(|b| b.finished_rows == 0)
+            .max_by_key(|b| b.pending),
     ) {
         let ratio = big.tasks_per_s.median / small.tasks_per_s.median.max(1e-9);
         t.push(Target {
             what: "throughput with the largest backlog vs the smallest",
             goal: "≥ 80 %".into(),
-            got: format!("{:.0} % ({} vs {} pending)", ratio * 100.0, big.pending, small.pending),
+            got: format!(
+                "{:.0} % ({} vs {} pending)",
+                ratio * 100.0,
+                big.pending,
+                small.pending
+            ),
             met: ratio >= 0.8,
             miss: pct_short(ratio, 0.8),
         });
@@ -123,7 +135,8 @@ fn targets(r: &Results) -> Vec<Target> {
 /// Writes the JSON results.
 pub fn write_json(r: &Results, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     }
     let text = serde_json::to_string_pretty(r)
         .map_err(|e| Error::io("cannot encode results", std::io::Error::other(e)))?;
@@ -132,7 +145,8 @@ pub fn write_json(r: &Results, path: &Path) -> Result<()> {
 
 /// Regenerates `DIR/benchmarks.md` and its plots.
 pub fn write_docs(r: &Results, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     let fonts = load_font();
     let mut plots = vec![];
     if let Some(l) = &r.latency {
@@ -167,9 +181,22 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
     );
     if let Some(m) = &r.machine {
         let _ = writeln!(s, "## Machine\n");
-        let _ = writeln!(s, "- {} cores ({}), {:.1} GiB memory, Linux {}", m.cores, m.cpu, m.memory_gib, m.kernel);
-        let settings: Vec<String> = m.settings.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
-        let _ = writeln!(s, "- PostgreSQL {} on the same machine, {}", m.postgres, settings.join(", "));
+        let _ = writeln!(
+            s,
+            "- {} cores ({}), {:.1} GiB memory, Linux {}",
+            m.cores, m.cpu, m.memory_gib, m.kernel
+        );
+        let settings: Vec<String> = m
+            .settings
+            .iter()
+            .map(|(k, v)| format!("`{k}={v}`"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "- PostgreSQL {} on the same machine, {}",
+            m.postgres,
+            settings.join(", ")
+        );
         let _ = writeln!(s, "- the fleet runs the release binaries as separate processes, one database connection each\n");
     }
     let ts = targets(r);
@@ -178,7 +205,11 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
         let _ = writeln!(s, "| target | goal | measured | |");
         let _ = writeln!(s, "|---|---|---|---|");
         for t in &ts {
-            let verdict = if t.met { "met".to_string() } else { format!("**missed**: {}", t.miss) };
+            let verdict = if t.met {
+                "met".to_string()
+            } else {
+                format!("**missed**: {}", t.miss)
+            };
             let _ = writeln!(s, "| {} | {} | {} | {} |", t.what, t.goal, t.got, verdict);
         }
         let _ = writeln!(s);
@@ -220,7 +251,10 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
         );
         let _ = writeln!(s, "| | p50 | p95 | p99 | max |");
         let _ = writeln!(s, "|---|---|---|---|---|");
-        for (name, p) in [("insert → start", &l.start_ms), ("insert → completed", &l.complete_ms)] {
+        for (name, p) in [
+            ("insert → start", &l.start_ms),
+            ("insert → completed", &l.complete_ms),
+        ] {
             let _ = writeln!(
                 s,
                 "| {name} | {} | {} | {} | {} |",
@@ -247,7 +281,12 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
         let _ = writeln!(s, "| table | tasks/s |");
         let _ = writeln!(s, "|---|---|");
         for b in &r.backlog {
-            let _ = writeln!(s, "| {} | {} |", b.label, fmt_stat(&b.tasks_per_s, "tasks/s", 0));
+            let _ = writeln!(
+                s,
+                "| {} | {} |",
+                b.label,
+                fmt_stat(&b.tasks_per_s, "tasks/s", 0)
+            );
         }
         let _ = writeln!(s);
         if plots.contains(&"bench-backlog.png") {
@@ -264,7 +303,10 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
              CPU is measured over {:.0} s at rest, in % of one core.\n",
             r.fleet[0].idle_window_s
         );
-        let _ = writeln!(s, "| workers | connections | assigner round | database CPU | fleet CPU |");
+        let _ = writeln!(
+            s,
+            "| workers | connections | assigner round | database CPU | fleet CPU |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|");
         for f in &r.fleet {
             let _ = writeln!(
@@ -285,7 +327,11 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
         let _ = writeln!(s, "| | resident memory |");
         let _ = writeln!(s, "|---|---|");
         let _ = writeln!(s, "| worker, idle | {} |", mib(fp.worker_idle_kib));
-        let _ = writeln!(s, "| worker, busy (noop, capacity 10) | {} |", mib(fp.worker_busy_kib));
+        let _ = writeln!(
+            s,
+            "| worker, busy (noop, capacity 10) | {} |",
+            mib(fp.worker_busy_kib)
+        );
         let _ = writeln!(s, "| assigner, idle | {} |", mib(fp.assigner_idle_kib));
         let _ = writeln!(s, "| assigner, busy | {} |", mib(fp.assigner_busy_kib));
         let _ = writeln!(s, "\n| binary (release) | size |");
@@ -311,7 +357,10 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
             .filter(|t| t.exec == "noop")
             .map(|t| t.tasks_per_s.median)
             .fold(0.0, f64::max);
-        let _ = writeln!(s, "| pgbench | rows/s | jrq's best noop throughput as a share |");
+        let _ = writeln!(
+            s,
+            "| pgbench | rows/s | jrq's best noop throughput as a share |"
+        );
         let _ = writeln!(s, "|---|---|---|");
         for c in &r.ceiling {
             let share = if c.rows_per_s.median > 0.0 && best > 0.0 {
@@ -364,7 +413,10 @@ fn plot_latency(l: &super::LatencyResult, path: &Path, text: bool) -> PlotResult
     builder.margin(15);
     if text {
         builder
-            .caption("Latency from insert (last run): cumulative share of tasks", ("sans-serif", 20))
+            .caption(
+                "Latency from insert (last run): cumulative share of tasks",
+                ("sans-serif", 20),
+            )
             .x_label_area_size(40)
             .y_label_area_size(50);
     }
@@ -419,7 +471,12 @@ fn plot_backlog(r: &Results, path: &Path, text: bool) -> PlotResult {
         .filter(|b| b.finished_rows > 0)
         .map(|b| ((b.pending as f64).log10(), b.tasks_per_s.median))
         .collect();
-    let max_y = pts.iter().chain(churned.iter()).map(|p| p.1).fold(1.0, f64::max) * 1.2;
+    let max_y = pts
+        .iter()
+        .chain(churned.iter())
+        .map(|p| p.1)
+        .fold(1.0, f64::max)
+        * 1.2;
     let (x0, x1) = (
         pts.iter().map(|p| p.0).fold(f64::MAX, f64::min) - 0.3,
         pts.iter().map(|p| p.0).fold(f64::MIN, f64::max) + 0.3,
@@ -449,7 +506,11 @@ fn plot_backlog(r: &Results, path: &Path, text: bool) -> PlotResult {
         dots.label("pending backlog")
             .legend(|(x, y)| Circle::new((x + 10, y), 5, BLUE.filled()));
     }
-    let churn = chart.draw_series(churned.iter().map(|p| Cross::new(*p, 8, RED.stroke_width(3))))?;
+    let churn = chart.draw_series(
+        churned
+            .iter()
+            .map(|p| Cross::new(*p, 8, RED.stroke_width(3))),
+    )?;
     if text {
         churn
             .label("after churning finished tasks")

@@ -10,10 +10,12 @@ pub mod runs;
 pub mod tasks;
 pub mod workers;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, GenericClient, NoTls, Statement};
 
 use crate::error::{describe_chain, Error, Result};
 
@@ -163,6 +165,29 @@ pub fn quote_ident(ident: &str) -> Result<String> {
         )));
     }
     Ok(format!("\"{}\"", ident.replace('"', "\"\"")))
+}
+
+/// The prepared statements of one connection, prepared on first use. The daemons' hot
+/// statements are planned once per connection instead of on every call (planning a CTE
+/// costs several times its execution). Make a new one for every new connection.
+#[derive(Default)]
+pub struct Statements {
+    cache: Mutex<HashMap<&'static str, Statement>>,
+}
+
+impl Statements {
+    /// The prepared statement for `sql` on this connection.
+    pub async fn get(&self, client: &impl GenericClient, sql: &'static str) -> Result<Statement> {
+        if let Some(s) = self.cache.lock().expect("statement cache").get(sql) {
+            return Ok(s.clone());
+        }
+        let stmt = client.prepare(sql).await?;
+        self.cache
+            .lock()
+            .expect("statement cache")
+            .insert(sql, stmt.clone());
+        Ok(stmt)
+    }
 }
 
 /// Checks that the database carries exactly the schema this binary knows.

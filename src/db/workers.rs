@@ -8,6 +8,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::db::tasks::duration_ms;
+use crate::db::Statements;
 use crate::error::Result;
 
 /// A worker whose heartbeat is older than this is not counted as online: three missed
@@ -199,6 +200,8 @@ pub struct Registration<'a> {
     pub boot_id: &'a str,
     pub providers: &'a [String],
     pub capacity: i32,
+    /// Tasks the assigner may queue here beyond `capacity`.
+    pub prefetch: i32,
     pub run_id: Option<Uuid>,
 }
 
@@ -208,13 +211,14 @@ pub async fn workers_register(client: &impl GenericClient, r: &Registration<'_>)
     client
         .execute(
             "INSERT INTO jr_status (jr_name, kind, host, pid, instance_id, invocation_id, \
-                 boot_id, providers, capacity, current_load, is_online, status, run_id, \
-                 started_at, last_seen, status_text, updated_at) \
-             VALUES ($1, $10, $2, $3, $4, $5, $6, $7, $8, 0, true, 'starting', $9, \
+                 boot_id, providers, capacity, prefetch, current_load, is_online, status, \
+                 run_id, started_at, last_seen, status_text, updated_at) \
+             VALUES ($1, $10, $2, $3, $4, $5, $6, $7, $8, $11, 0, true, 'starting', $9, \
                  now(), now(), 'starting', now()) \
              ON CONFLICT (jr_name) DO UPDATE SET kind = $10, host = $2, pid = $3, \
                  instance_id = $4, invocation_id = $5, boot_id = $6, providers = $7, \
-                 capacity = $8, current_load = 0, is_online = true, status = 'starting', \
+                 capacity = $8, prefetch = $11, current_load = 0, is_online = true, \
+                 status = 'starting', \
                  run_id = $9, started_at = now(), last_seen = now(), \
                  status_text = 'starting', updated_at = now()",
             &[
@@ -228,6 +232,7 @@ pub async fn workers_register(client: &impl GenericClient, r: &Registration<'_>)
                 &r.capacity,
                 &r.run_id,
                 &r.kind,
+                &r.prefetch,
             ],
         )
         .await?;
@@ -261,21 +266,13 @@ pub struct HeartbeatReply {
 /// held. `None` means another instance has taken the name over.
 pub async fn workers_heartbeat(
     client: &impl GenericClient,
+    stmts: &Statements,
     hb: &Heartbeat<'_>,
 ) -> Result<Option<HeartbeatReply>> {
+    let stmt = stmts.get(client, HEARTBEAT_SQL).await?;
     let row = client
         .query_one(
-            "WITH w AS ( \
-                 UPDATE jr_status SET last_seen = now(), current_load = $3, status = $4, \
-                     status_text = $5, is_online = true, updated_at = now() \
-                 WHERE jr_name = $1 AND instance_id = $2 RETURNING 1) \
-             SELECT (SELECT count(*) FROM w), \
-                 (SELECT status FROM jr_runs WHERE id = $6), \
-                 coalesce((SELECT array_agg(id) FROM jr_work_queue WHERE status = 'in_progress' \
-                     AND assigned_jr = $1 AND lease_instance = $2), '{}'), \
-                 coalesce((SELECT array_agg(id) FROM jr_work_queue WHERE status = 'in_progress' \
-                     AND assigned_jr = $1 AND lease_instance = $2 \
-                     AND cancel_requested_at IS NOT NULL), '{}')",
+            &stmt,
             &[
                 &hb.name,
                 &hb.instance,
@@ -295,6 +292,18 @@ pub async fn workers_heartbeat(
         cancel_requested: row.get(3),
     }))
 }
+
+const HEARTBEAT_SQL: &str = "WITH w AS ( \
+                 UPDATE jr_status SET last_seen = now(), current_load = $3, status = $4, \
+                     status_text = $5, is_online = true, updated_at = now() \
+                 WHERE jr_name = $1 AND instance_id = $2 RETURNING 1) \
+             SELECT (SELECT count(*) FROM w), \
+                 (SELECT status FROM jr_runs WHERE id = $6), \
+                 coalesce((SELECT array_agg(id) FROM jr_work_queue WHERE status = 'in_progress' \
+                     AND assigned_jr = $1 AND lease_instance = $2), '{}'), \
+                 coalesce((SELECT array_agg(id) FROM jr_work_queue WHERE status = 'in_progress' \
+                     AND assigned_jr = $1 AND lease_instance = $2 \
+                     AND cancel_requested_at IS NOT NULL), '{}')";
 
 /// Marks this instance's registry row offline (a clean exit).
 pub async fn workers_set_offline(
@@ -340,28 +349,44 @@ pub struct Candidate {
     pub name: String,
     pub providers: Vec<String>,
     pub capacity: i32,
+    pub prefetch: i32,
     pub run_id: Option<Uuid>,
 }
 
-/// Locks, for the rest of the transaction, the workers that may take tasks: alive
-/// (online, heartbeat within `online_threshold`), not draining, circuit closed. Rows
-/// another assigner holds are skipped: two assigners never fill one worker at once.
+/// Advisory lock namespace of the per-worker routing locks ("jrq" in ASCII).
+const ROUTING_LOCK_CLASS: i32 = 0x006a_7271;
+
+static CANDIDATES_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    // The per-worker lock is a transaction-level advisory lock, not a row lock: a row lock
+    // would make the worker's own writes to its registry row (outcome counters,
+    // heartbeats) wait for the assigner's round, and the two would take turns.
+    format!(
+        "WITH c AS MATERIALIZED ( \
+             SELECT jr_name, providers, capacity, run_id, prefetch FROM jr_status \
+             WHERE kind = 'worker' AND is_online AND status IN ('starting', 'idle', 'busy') \
+               AND last_seen > now() - $1::int8 * interval '1 millisecond' \
+               AND NOT {} \
+             ORDER BY jr_name) \
+         SELECT jr_name, providers, capacity, run_id, prefetch FROM c \
+         WHERE pg_try_advisory_xact_lock({ROUTING_LOCK_CLASS}, hashtext(jr_name))",
+        circuit_open_sql("$2", "$3", "$4")
+    )
+});
+
+/// Takes, for the rest of the transaction, the workers that may take tasks: alive
+/// (online, heartbeat within `online_threshold`), not draining, circuit closed. Each is
+/// guarded by a per-worker advisory lock held until the transaction ends; workers another
+/// assigner holds are skipped: two assigners never fill one worker at once.
 pub async fn workers_lock_candidates(
     client: &impl GenericClient,
+    stmts: &Statements,
     online_threshold: Duration,
     circuit: &CircuitPolicy,
 ) -> Result<Vec<Candidate>> {
-    let sql = format!(
-        "SELECT jr_name, providers, capacity, run_id FROM jr_status \
-         WHERE kind = 'worker' AND is_online AND status IN ('starting', 'idle', 'busy') \
-           AND last_seen > now() - $1::int8 * interval '1 millisecond' \
-           AND NOT {} \
-         ORDER BY jr_name FOR UPDATE SKIP LOCKED",
-        circuit_open_sql("$2", "$3", "$4")
-    );
+    let stmt = stmts.get(client, CANDIDATES_SQL.as_str()).await?;
     let rows = client
         .query(
-            &sql,
+            &stmt,
             &[
                 &duration_ms(online_threshold),
                 &circuit.failures,
@@ -377,6 +402,7 @@ pub async fn workers_lock_candidates(
             providers: r.get(1),
             capacity: r.get(2),
             run_id: r.get(3),
+            prefetch: r.get(4),
         })
         .collect())
 }
@@ -385,21 +411,20 @@ pub async fn workers_lock_candidates(
 /// its snapshot then sees every assignment committed by whoever held the locks before.
 pub async fn workers_loads(
     client: &impl GenericClient,
+    stmts: &Statements,
     names: &[String],
 ) -> Result<std::collections::HashMap<String, i32>> {
-    let rows = client
-        .query(
-            "SELECT n, \
+    let stmt = stmts.get(client, LOADS_SQL).await?;
+    let rows = client.query(&stmt, &[&names]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+const LOADS_SQL: &str = "SELECT n, \
                  (SELECT count(*) FROM jr_work_queue WHERE status = 'assigned' \
                     AND assigned_jr = n)::int4 + \
                  (SELECT count(*) FROM jr_work_queue WHERE status = 'in_progress' \
                     AND assigned_jr = n)::int4 \
-             FROM unnest($1::text[]) AS n",
-            &[&names],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
+             FROM unnest($1::text[]) AS n";
 
 /// Records the circuit breaker's state for people (`jrq workers`): opens the circuit of
 /// workers with K or more consecutive failures (until when, and why) and clears it for

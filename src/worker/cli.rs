@@ -36,6 +36,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "JRQ_CAPACITY", default_value = "1", value_parser = parse_capacity)]
     pub capacity: u32,
 
+    /// Tasks the assigner may queue at this worker beyond --capacity, so that short tasks
+    /// do not wait for an assigner round between them. Keep 0 for long agent tasks.
+    #[arg(long, env = "JRQ_PREFETCH", default_value = "0")]
+    pub prefetch: u32,
+
     /// Time between heartbeats (and systemd watchdog pings); lowered to half of
     /// WatchdogSec when that is shorter.
     #[arg(long, env = "JRQ_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = validate::parse_positive_duration)]
@@ -138,6 +143,7 @@ impl WorkerArgs {
             name: self.name,
             providers,
             capacity: self.capacity,
+            prefetch: self.prefetch,
             heartbeat_interval: self.heartbeat_interval,
             poll_interval: self.poll_interval,
             drain_timeout: self.drain_timeout,

@@ -68,6 +68,9 @@ pub struct WorkerConfig {
     pub providers: Vec<String>,
     /// Tasks run at once. Defaults to [`DEFAULT_CAPACITY`].
     pub capacity: u32,
+    /// Tasks the assigner may queue here beyond `capacity`, so short tasks do not wait for
+    /// an assigner round between them. Defaults to 0 (right for long agent tasks).
+    pub prefetch: u32,
     /// Time between heartbeats. Defaults to [`DEFAULT_HEARTBEAT_INTERVAL`]; lowered to
     /// half the systemd watchdog interval when that is shorter.
     pub heartbeat_interval: Duration,
@@ -98,6 +101,7 @@ impl WorkerConfig {
             name: name.into(),
             providers: vec![],
             capacity: DEFAULT_CAPACITY,
+            prefetch: 0,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             poll_interval: DEFAULT_POLL_INTERVAL,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
@@ -169,10 +173,11 @@ pub struct Worker {
     boot_id: String,
 }
 
-/// The database connection, which also LISTENs.
+/// The database connection, which also LISTENs, and its prepared statements.
 struct Conn {
     client: Client,
     notes: mpsc::UnboundedReceiver<Notification>,
+    stmts: db::Statements,
 }
 
 /// A task this process is running.
@@ -300,6 +305,7 @@ impl Worker {
                 boot_id: &self.boot_id,
                 providers: &cfg.providers,
                 capacity: cfg.capacity as i32,
+                prefetch: cfg.prefetch as i32,
                 run_id: cfg.run_id,
             },
         )
@@ -312,7 +318,11 @@ impl Worker {
         let (client, notes) =
             db::listen::listen(&self.db_cfg, &[db::CHANNEL_WORKER, db::CHANNEL_RUNS]).await?;
         db::check_schema(&client).await?;
-        Ok(Conn { client, notes })
+        Ok(Conn {
+            client,
+            notes,
+            stmts: db::Statements::default(),
+        })
     }
 }
 
@@ -546,8 +556,7 @@ impl Session {
                 "lease lost: the task was given to another owner; its outcome here is dropped"
             ),
         }
-        // Capacity freed: look for more work at once.
-        self.wake = true;
+        // Capacity freed: the outcome write claims more in the same transaction.
     }
 
     fn connection_lost(&mut self, why: &str) {
@@ -591,8 +600,33 @@ impl Session {
         }
         let Some(conn) = &self.conn else { return };
         let cfg = &self.w.cfg;
-        match tasks::tasks_finish(&conn.client, &cfg.name, self.w.instance, &self.unwritten).await {
-            Ok(applied) => {
+        let free = self.free();
+        // When there is room, the next claim rides in the same transaction.
+        let claim_too = self.mode == Mode::Serving && free > 0;
+        let result = if claim_too {
+            tasks::tasks_finish_and_claim(
+                &conn.client,
+                &conn.stmts,
+                &cfg.name,
+                self.w.instance,
+                &self.unwritten,
+                free as i64,
+                cfg.run_id,
+            )
+            .await
+        } else {
+            tasks::tasks_finish(
+                &conn.client,
+                &conn.stmts,
+                &cfg.name,
+                self.w.instance,
+                &self.unwritten,
+            )
+            .await
+            .map(|applied| (applied, vec![]))
+        };
+        match result {
+            Ok((applied, claimed)) => {
                 let applied: HashSet<i64> = applied.into_iter().collect();
                 for f in self.unwritten.drain(..) {
                     if applied.contains(&f.task_id) {
@@ -613,6 +647,10 @@ impl Session {
                     }
                 }
                 self.last_db_ok = Instant::now();
+                if claim_too {
+                    self.loops += 1;
+                    self.after_claim(free, claimed);
+                }
             }
             Err(e) => {
                 self.next_write = Instant::now() + Duration::from_secs(1);
@@ -671,7 +709,7 @@ impl Session {
             status_text: &text,
             run_id: self.w.cfg.run_id,
         };
-        match workers::workers_heartbeat(&conn.client, &hb).await {
+        match workers::workers_heartbeat(&conn.client, &conn.stmts, &hb).await {
             Ok(Some(reply)) => {
                 self.last_db_ok = Instant::now();
                 if self.ready {
@@ -768,6 +806,7 @@ impl Session {
         let cfg = &self.w.cfg;
         match tasks::tasks_claim(
             &conn.client,
+            &conn.stmts,
             &cfg.name,
             self.w.instance,
             free as i64,
@@ -775,17 +814,19 @@ impl Session {
         )
         .await
         {
-            Ok(claimed) => {
-                self.last_db_ok = Instant::now();
-                if claimed.len() == free {
-                    // There may be more: look again once capacity frees.
-                    self.wake = true;
-                }
-                for t in claimed {
-                    self.spawn(t);
-                }
-            }
+            Ok(claimed) => self.after_claim(free, claimed),
             Err(e) => self.db_error("claiming tasks", &e),
+        }
+    }
+
+    /// Starts what a claim returned; ends the serving after `max_loops` rounds.
+    fn after_claim(&mut self, free: usize, claimed: Vec<ClaimedTask>) {
+        self.last_db_ok = Instant::now();
+        // A full claim means more may be waiting: look again as soon as room frees.
+        self.wake = free > 0 && claimed.len() == free;
+        self.next_poll = Instant::now() + self.cfg().poll_interval;
+        for t in claimed {
+            self.spawn(t);
         }
         if let Some(max) = self.cfg().max_loops {
             if self.loops >= max && self.mode == Mode::Serving {

@@ -12,7 +12,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::duration_ms;
-use crate::db::CHANNEL_PENDING;
+use crate::db::{Statements, CHANNEL_PENDING};
 use crate::error::Result;
 
 /// A task a worker has claimed and now runs.
@@ -34,6 +34,7 @@ pub struct ClaimedTask {
 /// `run`, only that run's tasks are claimed.
 pub async fn tasks_claim(
     client: &impl GenericClient,
+    stmts: &Statements,
     worker: &str,
     instance: Uuid,
     limit: i64,
@@ -42,9 +43,27 @@ pub async fn tasks_claim(
     if limit <= 0 {
         return Ok(vec![]);
     }
+    let stmt = stmts.get(client, CLAIM_SQL).await?;
     let rows = client
-        .query(
-            "WITH c AS ( \
+        .query(&stmt, &[&worker, &limit, &instance, &run])
+        .await?;
+    Ok(rows.iter().map(claimed_from_row).collect())
+}
+
+fn claimed_from_row(r: &tokio_postgres::Row) -> ClaimedTask {
+    ClaimedTask {
+        id: r.get(0),
+        title: r.get(1),
+        payload: r.get(2),
+        attempt: r.get(3),
+        max_attempts: r.get(4),
+        run_id: r.get(5),
+        provider: r.get(6),
+        timeout: Duration::from_millis(r.get::<_, i64>(7).max(1) as u64),
+    }
+}
+
+const CLAIM_SQL: &str = "WITH c AS ( \
                  SELECT id FROM jr_work_queue \
                  WHERE status = 'assigned' AND assigned_jr = $1 \
                    AND ($4::uuid IS NULL OR run_id = $4) \
@@ -64,24 +83,7 @@ pub async fn tasks_claim(
                  SELECT id, $1, 'started', 'assigned', 'in_progress', $1, attempts, \
                      'attempt ' || attempts || ' of ' || max_attempts FROM upd) \
              SELECT id, title, payload, attempts, max_attempts, run_id, provider, timeout_ms \
-             FROM upd ORDER BY sacred_fire_priority DESC, priority, created_at, id",
-            &[&worker, &limit, &instance, &run],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| ClaimedTask {
-            id: r.get(0),
-            title: r.get(1),
-            payload: r.get(2),
-            attempt: r.get(3),
-            max_attempts: r.get(4),
-            run_id: r.get(5),
-            provider: r.get(6),
-            timeout: Duration::from_millis(r.get::<_, i64>(7).max(1) as u64),
-        })
-        .collect())
-}
+             FROM upd ORDER BY sacred_fire_priority DESC, priority, created_at, id";
 
 /// How a running attempt ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +150,7 @@ pub struct FinishedAttempt {
 /// lease and were left untouched.
 pub async fn tasks_finish(
     client: &impl GenericClient,
+    stmts: &Statements,
     worker: &str,
     instance: Uuid,
     done: &[FinishedAttempt],
@@ -155,29 +158,110 @@ pub async fn tasks_finish(
     if done.is_empty() {
         return Ok(vec![]);
     }
-    let n = done.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut attempts = Vec::with_capacity(n);
-    let mut to_status = Vec::with_capacity(n);
-    let mut actions = Vec::with_capacity(n);
-    let mut results: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut backoff_ms = Vec::with_capacity(n);
-    let mut failures = Vec::with_capacity(n);
-    for d in done {
-        let (status, action, result, error, backoff) = d.finish.parts();
-        ids.push(d.task_id);
-        attempts.push(d.attempt);
-        to_status.push(status);
-        actions.push(action);
-        results.push(result);
-        errors.push(error);
-        backoff_ms.push(backoff);
-        failures.push(d.finish.is_failure());
-    }
+    let p = FinishParams::new(done);
+    let stmt = stmts.get(client, FINISH_SQL).await?;
     let row = client
-        .query_one(
-            "WITH f AS ( \
+        .query_one(&stmt, &p.params(&worker, &instance))
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The outcome batch as the finish statement's array parameters.
+struct FinishParams<'a> {
+    ids: Vec<i64>,
+    attempts: Vec<i32>,
+    to_status: Vec<&'static str>,
+    actions: Vec<&'static str>,
+    results: Vec<Option<&'a str>>,
+    errors: Vec<Option<&'a str>>,
+    backoff_ms: Vec<i64>,
+    failures: Vec<bool>,
+}
+
+impl<'a> FinishParams<'a> {
+    fn new(done: &'a [FinishedAttempt]) -> Self {
+        let n = done.len();
+        let mut p = FinishParams {
+            ids: Vec::with_capacity(n),
+            attempts: Vec::with_capacity(n),
+            to_status: Vec::with_capacity(n),
+            actions: Vec::with_capacity(n),
+            results: Vec::with_capacity(n),
+            errors: Vec::with_capacity(n),
+            backoff_ms: Vec::with_capacity(n),
+            failures: Vec::with_capacity(n),
+        };
+        for d in done {
+            let (status, action, result, error, backoff) = d.finish.parts();
+            p.ids.push(d.task_id);
+            p.attempts.push(d.attempt);
+            p.to_status.push(status);
+            p.actions.push(action);
+            p.results.push(result);
+            p.errors.push(error);
+            p.backoff_ms.push(backoff);
+            p.failures.push(d.finish.is_failure());
+        }
+        p
+    }
+
+    fn params<'b>(
+        &'b self,
+        worker: &'b &str,
+        instance: &'b Uuid,
+    ) -> [&'b (dyn tokio_postgres::types::ToSql + Sync); 11] {
+        [
+            worker,
+            instance,
+            &self.ids,
+            &self.attempts,
+            &self.to_status,
+            &self.actions,
+            &self.results,
+            &self.errors,
+            &self.backoff_ms,
+            &self.failures,
+            &CHANNEL_PENDING,
+        ]
+    }
+}
+
+/// Writes an outcome batch and claims the next tasks in one transaction, pipelined: one
+/// round trip and one commit instead of two of each. Returns the ids whose outcome write
+/// matched (the others had lost their lease) and the tasks claimed.
+pub async fn tasks_finish_and_claim(
+    client: &tokio_postgres::Client,
+    stmts: &Statements,
+    worker: &str,
+    instance: Uuid,
+    done: &[FinishedAttempt],
+    limit: i64,
+    run: Option<Uuid>,
+) -> Result<(Vec<i64>, Vec<ClaimedTask>)> {
+    let finish = stmts.get(client, FINISH_SQL).await?;
+    let claim = stmts.get(client, CLAIM_SQL).await?;
+    let p = FinishParams::new(done);
+    let fparams = p.params(&worker, &instance);
+    let cparams: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&worker, &limit, &instance, &run];
+    // Issued together, these go to the server as one pipeline.
+    let (begin, finished, claimed, commit) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.query_one(&finish, &fparams),
+        client.query(&claim, &cparams),
+        client.batch_execute("COMMIT"),
+    );
+    begin?;
+    let finished = finished?;
+    let claimed = claimed?;
+    commit?;
+    Ok((
+        finished.get(0),
+        claimed.iter().map(claimed_from_row).collect(),
+    ))
+}
+
+const FINISH_SQL: &str = "WITH f AS ( \
                  SELECT * FROM unnest($3::int8[], $4::int4[], $5::text[], $6::text[], \
                      $7::text[], $8::text[], $9::int8[], $10::bool[]) \
                  AS f(id, attempt, to_status, action, result, error, backoff_ms, failure)), \
@@ -227,24 +311,7 @@ pub async fn tasks_finish(
                    AND EXISTS (SELECT 1 FROM upd WHERE to_status = 'completed' OR failure)), \
              n AS ( \
                  SELECT pg_notify($11, 'capacity') FROM upd LIMIT 1) \
-             SELECT coalesce(array_agg(id), '{}'), (SELECT count(*) FROM n) FROM upd",
-            &[
-                &worker,
-                &instance,
-                &ids,
-                &attempts,
-                &to_status,
-                &actions,
-                &results,
-                &errors,
-                &backoff_ms,
-                &failures,
-                &CHANNEL_PENDING,
-            ],
-        )
-        .await?;
-    Ok(row.get(0))
-}
+             SELECT coalesce(array_agg(id), '{}'), (SELECT count(*) FROM n) FROM upd";
 
 /// Records progress (0–100) of running attempts; fenced like every worker write.
 pub async fn tasks_progress(

@@ -7,7 +7,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::duration_ms;
-use crate::db::CHANNEL_WORKER;
+use crate::db::{Statements, CHANNEL_WORKER};
 use crate::error::Result;
 
 /// A pending task as the router sees it.
@@ -24,21 +24,23 @@ pub struct PendingTask {
 /// room), locking them `FOR UPDATE SKIP LOCKED` for the rest of the transaction.
 pub async fn tasks_pending_for_routing(
     client: &impl GenericClient,
+    stmts: &Statements,
     providers: &[String],
     workers: &[String],
     limit: i64,
 ) -> Result<Vec<PendingTask>> {
-    let rows = client
-        .query(
+    let stmt = stmts
+        .get(
+            client,
             "SELECT id, provider, target_jr, run_id FROM jr_work_queue \
              WHERE status = 'pending' AND run_after <= now() \
                AND (provider = '' OR provider = ANY($1)) \
                AND (target_jr IS NULL OR target_jr = ANY($2)) \
              ORDER BY sacred_fire_priority DESC, priority, created_at, id \
              LIMIT $3 FOR UPDATE SKIP LOCKED",
-            &[&providers, &workers, &limit],
         )
         .await?;
+    let rows = client.query(&stmt, &[&providers, &workers, &limit]).await?;
     Ok(rows
         .iter()
         .map(|r| PendingTask {
@@ -64,6 +66,7 @@ pub struct Assignment {
 /// delivered when the transaction commits. Returns how many were written.
 pub async fn tasks_assign(
     client: &impl GenericClient,
+    stmts: &Statements,
     actor: &str,
     assignments: &[Assignment],
 ) -> Result<u64> {
@@ -73,9 +76,14 @@ pub async fn tasks_assign(
     let ids: Vec<i64> = assignments.iter().map(|a| a.task_id).collect();
     let workers: Vec<&str> = assignments.iter().map(|a| a.worker.as_str()).collect();
     let reasons: Vec<&str> = assignments.iter().map(|a| a.reason.as_str()).collect();
+    let stmt = stmts.get(client, ASSIGN_SQL).await?;
     let row = client
-        .query_one(
-            "WITH a AS ( \
+        .query_one(&stmt, &[&ids, &workers, &reasons, &actor, &CHANNEL_WORKER])
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+const ASSIGN_SQL: &str = "WITH a AS ( \
                  SELECT * FROM unnest($1::int8[], $2::text[], $3::text[]) \
                  AS a(id, worker, reason)), \
              upd AS ( \
@@ -90,12 +98,7 @@ pub async fn tasks_assign(
                  FROM upd), \
              n AS ( \
                  SELECT pg_notify($5, w) FROM (SELECT DISTINCT worker AS w FROM upd) d) \
-             SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n)",
-            &[&ids, &workers, &reasons, &actor, &CHANNEL_WORKER],
-        )
-        .await?;
-    Ok(row.get::<_, i64>(0) as u64)
-}
+             SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n)";
 
 /// Gives back to pending the tasks assigned (not started) to workers that are not alive:
 /// registered workers that are offline or silent longer than `online_threshold`, and
