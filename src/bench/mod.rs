@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::db;
@@ -23,8 +23,8 @@ use fleet::Fleet;
 #[command(name = "jrq-bench", version, about)]
 pub struct BenchArgs {
     /// Server to benchmark on (the user must be allowed to CREATE DATABASE).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, required_unless_present = "from_json")]
+    pub database_url: Option<String>,
     /// Runs per figure (the median is reported, with min and max).
     #[arg(long, env = "JRQ_BENCH_RUNS", default_value = "3")]
     pub runs: usize,
@@ -52,10 +52,14 @@ pub struct BenchArgs {
     /// The command line recorded in the report.
     #[arg(long, env = "JRQ_BENCH_COMMAND", default_value = "scripts/bench")]
     pub command: String,
+    /// Measure nothing: regenerate the docs from this earlier JSON output (e.g. after
+    /// editing docs/benchmarks-notes.md).
+    #[arg(long, value_name = "JSON")]
+    pub from_json: Option<PathBuf>,
 }
 
 /// Median, min and max of a figure over the runs.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Stat {
     pub median: f64,
     pub min: f64,
@@ -86,7 +90,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub cores: usize,
     pub memory_gib: f64,
@@ -96,7 +100,7 @@ pub struct Machine {
     pub settings: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ThroughputRow {
     pub label: String,
     pub workers: u32,
@@ -108,7 +112,7 @@ pub struct ThroughputRow {
     pub tasks_per_s: Stat,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Percentiles {
     pub p50: Stat,
     pub p95: Stat,
@@ -116,7 +120,7 @@ pub struct Percentiles {
     pub max: Stat,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LatencyResult {
     pub tasks: usize,
     pub gap_ms: u64,
@@ -129,7 +133,7 @@ pub struct LatencyResult {
     pub complete_samples: Vec<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BacklogRow {
     pub label: String,
     pub pending: i64,
@@ -138,7 +142,7 @@ pub struct BacklogRow {
     pub tasks_per_s: Stat,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetRow {
     pub workers: usize,
     pub connections: i64,
@@ -149,7 +153,7 @@ pub struct FleetRow {
     pub idle_window_s: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Footprint {
     pub worker_idle_kib: u64,
     pub worker_busy_kib: u64,
@@ -158,7 +162,7 @@ pub struct Footprint {
     pub binaries: Vec<(String, u64)>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CeilingRow {
     pub rows_per_txn: u32,
     pub clients: u32,
@@ -166,7 +170,7 @@ pub struct CeilingRow {
 }
 
 /// Everything one benchmark run measured.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Results {
     pub date: String,
     pub command: String,
@@ -288,11 +292,19 @@ async fn wait_count(
 
 /// Runs the benchmark.
 pub async fn run(args: BenchArgs) -> Result<Results> {
+    if let Some(path) = &args.from_json {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        return serde_json::from_str(&text).map_err(|e| {
+            Error::usage(format!("{} is not a jrq-bench result ({e})", path.display()))
+        });
+    }
     let started = Instant::now();
-    let admin: Config = db::config_from(Some(&args.database_url), "jrq-bench")?;
+    let url = args.database_url.clone().unwrap_or_default();
+    let admin: Config = db::config_from(Some(&url), "jrq-bench")?;
     let mut ctx = Ctx {
         admin,
-        admin_url: args.database_url.clone(),
+        admin_url: url,
         runs: args.runs.max(1),
         quick: args.quick,
         bin_dir: fleet::bin_dir(),
