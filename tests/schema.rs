@@ -230,3 +230,38 @@ async fn the_hot_queries_use_the_partial_indexes() {
         "{assigned}"
     );
 }
+
+#[tokio::test]
+async fn daemon_sessions_read_the_queue_index_in_order_even_without_statistics() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    // A bulk insert the planner has not seen yet (autoanalyze has not run).
+    client
+        .batch_execute(
+            "INSERT INTO jr_work_queue (title) SELECT 't' || g FROM generate_series(1, 20000) g",
+        )
+        .await
+        .unwrap();
+    db::tune_session(&client).await.unwrap();
+    let plan: Vec<String> = client
+        .query(
+            "EXPLAIN SELECT id FROM jr_work_queue WHERE status = 'pending' AND run_after <= now() \
+             AND (provider = '' OR provider = ANY('{}')) AND (target_jr IS NULL OR target_jr = ANY('{w}')) \
+             ORDER BY sacred_fire_priority DESC, priority, created_at, id LIMIT 10 FOR UPDATE SKIP LOCKED",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Scan using jr_work_queue_pending_idx"),
+        "{plan}"
+    );
+    assert!(
+        !plan.contains("Sort"),
+        "the backlog must not be sorted per round:\n{plan}"
+    );
+}

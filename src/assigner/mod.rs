@@ -290,6 +290,7 @@ impl Assigner {
     async fn connect(&self) -> Result<Conn> {
         let (client, notes) = db::listen::listen(&self.db_cfg, &[db::CHANNEL_PENDING]).await?;
         db::check_schema(&client).await?;
+        db::tune_session(&client).await?;
         Ok(Conn {
             client,
             notes,

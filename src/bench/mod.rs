@@ -23,7 +23,12 @@ use fleet::Fleet;
 #[command(name = "jrq-bench", version, about)]
 pub struct BenchArgs {
     /// Server to benchmark on (the user must be allowed to CREATE DATABASE).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, required_unless_present = "from_json")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        required_unless_present = "from_json"
+    )]
     pub database_url: Option<String>,
     /// Runs per figure (the median is reported, with min and max).
     #[arg(long, env = "JRQ_BENCH_RUNS", default_value = "3")]
@@ -266,7 +271,12 @@ async fn count(client: &Client, sql: &str) -> Result<i64> {
     Ok(client.query_one(sql, &[]).await?.get(0))
 }
 
-/// Polls until `sql` (a count) reaches `want`, sampling `on_sample` meanwhile.
+/// Tasks the workers have completed, from their own counters in the registry: one small
+/// row per worker, so that watching a run does not load the machine being measured.
+const COMPLETED_BY_WORKERS: &str =
+    "SELECT coalesce(sum(tasks_completed), 0)::int8 FROM jr_status WHERE kind = 'worker'";
+
+/// Polls (every 100 ms) until `sql` (a count) reaches `want`, sampling `on_sample`.
 async fn wait_count(
     client: &Client,
     sql: &str,
@@ -286,7 +296,7 @@ async fn wait_count(
                 "benchmark stalled: {sql} reached {n} of {want}"
             )));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -296,7 +306,10 @@ pub async fn run(args: BenchArgs) -> Result<Results> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
         return serde_json::from_str(&text).map_err(|e| {
-            Error::usage(format!("{} is not a jrq-bench result ({e})", path.display()))
+            Error::usage(format!(
+                "{} is not a jrq-bench result ({e})",
+                path.display()
+            ))
         });
     }
     let started = Instant::now();
@@ -478,7 +491,7 @@ async fn throughput(ctx: &mut Ctx) -> Result<Vec<ThroughputRow>> {
             let mut busy_assigner = 0u64;
             wait_count(
                 &client,
-                "SELECT count(*) FROM jr_work_queue WHERE status = 'completed'",
+                COMPLETED_BY_WORKERS,
                 n as i64,
                 Duration::from_secs(300),
                 |done| {
@@ -549,7 +562,7 @@ async fn latency(ctx: &mut Ctx) -> Result<LatencyResult> {
         }
         wait_count(
             &client,
-            "SELECT count(*) FROM jr_work_queue WHERE status = 'completed'",
+            COMPLETED_BY_WORKERS,
             n as i64,
             Duration::from_secs(60),
             |_| {},
@@ -653,18 +666,14 @@ async fn backlog(ctx: &mut Ctx) -> Result<Vec<BacklogRow>> {
             .await?;
         let mut rates = vec![];
         for _ in 0..ctx.runs {
-            let done_before = count(
-                &client,
-                "SELECT count(*) FROM jr_work_queue WHERE status = 'completed' AND assigned_jr <> 'old'",
-            )
-            .await?;
+            let done_before = count(&client, COMPLETED_BY_WORKERS).await?;
             let first_event: i64 =
                 count(&client, "SELECT coalesce(max(id), 0) FROM jr_task_events").await?;
             let fleet = Fleet::start(&ctx.bin_dir, &url, &names("w", 1, 10), "noop", true);
             let target = done_before + measured;
             wait_count(
                 &client,
-                "SELECT count(*) FROM jr_work_queue WHERE status = 'completed' AND assigned_jr <> 'old'",
+                COMPLETED_BY_WORKERS,
                 target,
                 Duration::from_secs(300),
                 |_| {},
@@ -749,6 +758,7 @@ async fn fleet_scale(ctx: &mut Ctx, report_rows: bool) -> Result<Vec<FleetRow>> 
             url.parse().map_err(|_| Error::usage("bad address"))?,
         );
         let mut pc = Ctx::connect(&url).await?;
+        db::tune_session(&pc).await?;
         let stmts = crate::db::Statements::default();
         let mut times = vec![];
         for _ in 0..30 {

@@ -167,6 +167,20 @@ pub fn quote_ident(ident: &str) -> Result<String> {
     Ok(format!("\"{}\"", ident.replace('"', "\"\"")))
 }
 
+/// Settings for a daemon's session. The hot statements are built around the partial
+/// indexes, in the order of service; but a queue table's statistics are often stale (a
+/// bulk insert is invisible to the planner until autoanalyze runs, up to a minute later),
+/// and with "empty table" statistics the planner sorts the whole backlog on every round
+/// instead of reading the first rows of the index. Sequential and bitmap scans stay
+/// possible where no index applies (these are cost penalties, not prohibitions); JIT is
+/// off because the penalty would trigger it, and short statements never gain from it.
+pub async fn tune_session(client: &Client) -> Result<()> {
+    client
+        .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off; SET jit = off")
+        .await?;
+    Ok(())
+}
+
 /// The prepared statements of one connection, prepared on first use. The daemons' hot
 /// statements are planned once per connection instead of on every call (planning a CTE
 /// costs several times its execution). Make a new one for every new connection.

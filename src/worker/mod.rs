@@ -318,6 +318,7 @@ impl Worker {
         let (client, notes) =
             db::listen::listen(&self.db_cfg, &[db::CHANNEL_WORKER, db::CHANNEL_RUNS]).await?;
         db::check_schema(&client).await?;
+        db::tune_session(&client).await?;
         Ok(Conn {
             client,
             notes,
