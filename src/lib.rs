@@ -7,6 +7,7 @@
 //! - [`task`]: the task state machine and validated input for new tasks.
 //! - [`admin`]: the `jrq` admin CLI (options, commands, output).
 //! - [`assigner`]: the assigner daemon (`jr-auto-assigner`) and its routing rules.
+//! - [`monitor`]: the health monitor (`jr-health-monitor`).
 //! - [`worker`]: the worker daemon (`jr-queue-worker`) and its executors.
 //! - [`error`]: the typed errors every program reports as one clear line.
 
@@ -17,6 +18,7 @@ pub mod bench;
 pub mod db;
 pub mod error;
 pub mod host;
+pub mod monitor;
 mod registry;
 pub mod shutdown;
 pub mod systemd;

@@ -134,3 +134,28 @@ pub async fn runs_status(client: &impl GenericClient, run: Uuid) -> Result<Optio
         .await?
         .map(|r| r.get(0)))
 }
+
+/// Marks `auto_complete` runs whose tasks are all finished: completed, or error when any
+/// task failed. Wakes the workers serving them. Returns (run id, new status).
+pub async fn runs_complete_finished(client: &impl GenericClient) -> Result<Vec<(Uuid, String)>> {
+    let rows = client
+        .query(
+            "WITH done AS ( \
+                 SELECT r.id, bool_or(t.status = 'failed') AS any_failed \
+                 FROM jr_runs r JOIN jr_work_queue t ON t.run_id = r.id \
+                 WHERE r.status = 'active' AND r.auto_complete \
+                 GROUP BY r.id \
+                 HAVING bool_and(t.status IN ('completed', 'failed', 'cancelled'))), \
+             upd AS ( \
+                 UPDATE jr_runs r SET \
+                     status = CASE WHEN done.any_failed THEN 'error' ELSE 'completed' END, \
+                     finished_at = now(), updated_at = now() \
+                 FROM done WHERE r.id = done.id \
+                 RETURNING r.id, r.status), \
+             n AS (SELECT pg_notify($1, id::text) FROM upd) \
+             SELECT id, status, (SELECT count(*) FROM n) FROM upd",
+            &[&CHANNEL_RUNS],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

@@ -464,3 +464,80 @@ pub async fn workers_update_circuits(
         .await?;
     Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
 }
+
+/// A registry row the health monitor marked offline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MarkedDead {
+    pub name: String,
+    pub kind: String,
+    pub host: String,
+    pub silent_s: f64,
+}
+
+/// Marks offline the workers and assigners that are online but silent for longer than
+/// `dead_after`.
+pub async fn workers_mark_dead(
+    client: &impl GenericClient,
+    dead_after: Duration,
+) -> Result<Vec<MarkedDead>> {
+    let rows = client
+        .query(
+            "UPDATE jr_status SET is_online = false, status = 'offline', current_load = 0, \
+                 status_text = 'marked offline by the health monitor: silent for ' || \
+                     round(extract(epoch FROM now() - last_seen))::int8 || 's', \
+                 updated_at = now() \
+             WHERE is_online AND last_seen < now() - $1::int8 * interval '1 millisecond' \
+             RETURNING jr_name, kind, host, extract(epoch FROM now() - last_seen)::float8",
+            &[&duration_ms(dead_after)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| MarkedDead {
+            name: r.get(0),
+            kind: r.get(1),
+            host: r.get(2),
+            silent_s: r.get(3),
+        })
+        .collect())
+}
+
+/// Registry rows of `kind` on `host`.
+pub async fn workers_on_host(
+    client: &impl GenericClient,
+    kind: &str,
+    host: &str,
+) -> Result<Vec<String>> {
+    Ok(client
+        .query(
+            "SELECT jr_name FROM jr_status WHERE kind = $1 AND host = $2 ORDER BY jr_name",
+            &[&kind, &host],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Notes on a registry row what the health monitor did (shown by `jrq workers --json`).
+pub async fn workers_note(client: &impl GenericClient, name: &str, text: &str) -> Result<()> {
+    client
+        .execute(
+            "UPDATE jr_status SET status_text = $2, updated_at = now() WHERE jr_name = $1",
+            &[&name, &text],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The longest silence among workers registered as online, in seconds.
+pub async fn workers_longest_silence(client: &impl GenericClient) -> Result<Option<f64>> {
+    Ok(client
+        .query_one(
+            "SELECT max(extract(epoch FROM now() - last_seen))::float8 FROM jr_status \
+             WHERE kind = 'worker' AND is_online",
+            &[],
+        )
+        .await?
+        .get(0))
+}

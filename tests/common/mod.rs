@@ -204,6 +204,7 @@ pub fn bin(name: &str) -> Command {
         "jrq" => env!("CARGO_BIN_EXE_jrq"),
         "jr-queue-worker" => env!("CARGO_BIN_EXE_jr-queue-worker"),
         "jr-auto-assigner" => env!("CARGO_BIN_EXE_jr-auto-assigner"),
+        "jr-health-monitor" => env!("CARGO_BIN_EXE_jr-health-monitor"),
         other => panic!("unknown binary {other}"),
     };
     let mut c = Command::new(path);

@@ -13,8 +13,10 @@ use crate::error::{constraint, sqlstate, Error, Result};
 use crate::task::{NewTask, RunAfter, TaskStatus};
 
 mod lease;
+mod rescue;
 mod route;
 pub use lease::*;
+pub use rescue::*;
 pub use route::*;
 
 /// Rows per INSERT statement in a bulk enqueue.

@@ -1,0 +1,135 @@
+//! Options of `jr-health-monitor`; each also from a `JRQ_*` variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::{Manager, Monitor, MonitorConfig, EXIT_UNHEALTHY};
+use crate::error::{Error, Result};
+use crate::telemetry::LogFormat;
+use crate::validate;
+
+/// jr-health-monitor — one round of rescue and health checks (a oneshot for a timer).
+///
+/// Exit status: 0 healthy, 3 a threshold was crossed (so the unit fails and OnFailure=
+/// alerts), 1 an error, 2 bad arguments.
+#[derive(Debug, Parser)]
+#[command(name = "jr-health-monitor", version, about)]
+pub struct MonitorArgs {
+    /// A running task whose worker's heartbeat is older than this is stuck: it goes back
+    /// to pending (attempt counted), or fails when its attempts are used up.
+    #[arg(long, env = "JRQ_STUCK_AFTER", default_value = "60s", value_parser = validate::parse_positive_duration)]
+    pub stuck_after: Duration,
+    /// A running task past its own timeout plus this, with a live worker, is failed.
+    #[arg(long, env = "JRQ_TIMEOUT_GRACE", default_value = "60s", value_parser = validate::parse_duration)]
+    pub timeout_grace: Duration,
+    /// A worker (or assigner) silent longer than this is marked offline; when it lives on
+    /// this host its unit is restarted.
+    #[arg(long, env = "JRQ_DEAD_AFTER", default_value = "60s", value_parser = validate::parse_positive_duration)]
+    pub dead_after: Duration,
+    /// Alert when a worker marked offline had not responded for longer than this.
+    #[arg(long, env = "JRQ_SILENT_ALERT", default_value = "5m", value_parser = validate::parse_positive_duration)]
+    pub silent_alert: Duration,
+    /// Window of the failure rate.
+    #[arg(long, env = "JRQ_FAILURE_WINDOW", default_value = "1h", value_parser = validate::parse_positive_duration)]
+    pub failure_window: Duration,
+    /// Alert above this failure rate, in percent.
+    #[arg(long, env = "JRQ_MAX_FAILURE_RATE", default_value = "50")]
+    pub max_failure_rate: f64,
+    /// Alert when a ready task has waited longer than this.
+    #[arg(long, env = "JRQ_MAX_PENDING_AGE", default_value = "15m", value_parser = validate::parse_positive_duration)]
+    pub max_pending_age: Duration,
+    /// Alert above this usage of PostgreSQL's notification queue, in percent.
+    #[arg(long, env = "JRQ_MAX_NOTIFY_QUEUE", default_value = "50")]
+    pub max_notify_queue: f64,
+    /// Alert above this many dead row versions in jr_work_queue.
+    #[arg(long, env = "JRQ_MAX_DEAD_TUPLES", default_value = "1000000")]
+    pub max_dead_tuples: i64,
+    /// Alert above this 1-minute load average per core.
+    #[arg(long, env = "JRQ_MAX_LOAD_PER_CORE", default_value = "3.0")]
+    pub max_load_per_core: f64,
+    /// Alert above this memory use, in percent.
+    #[arg(long, env = "JRQ_MAX_MEMORY", default_value = "90")]
+    pub max_memory: f64,
+    /// Which systemd manager restarts local units: user, system, none.
+    #[arg(long, env = "JRQ_MANAGER", value_enum, default_value = "user")]
+    pub manager: Manager,
+    /// The systemctl program.
+    #[arg(long, env = "JRQ_SYSTEMCTL", default_value = "systemctl")]
+    pub systemctl: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long, env = "JRQ_JSON")]
+    pub json: bool,
+    /// Also write the report in Prometheus' text format to this file (atomically), for
+    /// node_exporter's textfile collector.
+    #[arg(long, env = "JRQ_TEXTFILE", value_name = "PATH")]
+    pub textfile: Option<PathBuf>,
+    /// Repeat every INTERVAL instead of one round (for use without systemd's timer).
+    #[arg(long, env = "JRQ_WATCH", value_name = "INTERVAL", value_parser = validate::parse_positive_duration)]
+    pub watch: Option<Duration>,
+    /// Log format: auto, text, json, journald.
+    #[arg(long, env = "JRQ_LOG_FORMAT", value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+    /// PostgreSQL address (URL or libpq "key=value"); default: the libpq PG* variables.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+fn share(name: &str, pct: f64) -> Result<f64> {
+    if !(0.0..=100.0).contains(&pct) {
+        return Err(Error::usage(format!(
+            "{name} {pct} is not a percentage between 0 and 100"
+        )));
+    }
+    Ok(pct / 100.0)
+}
+
+/// Runs the monitor as the options say; returns the exit status.
+pub async fn run(args: MonitorArgs) -> Result<u8> {
+    let cfg = MonitorConfig {
+        stuck_after: args.stuck_after,
+        timeout_grace: args.timeout_grace,
+        dead_after: args.dead_after,
+        silent_alert: args.silent_alert,
+        failure_window: args.failure_window,
+        max_failure_rate: share("--max-failure-rate", args.max_failure_rate)?,
+        max_pending_age: args.max_pending_age,
+        max_notify_queue: share("--max-notify-queue", args.max_notify_queue)?,
+        max_dead_tuples: args.max_dead_tuples,
+        max_load_per_core: args.max_load_per_core,
+        max_memory: share("--max-memory", args.max_memory)?,
+        manager: args.manager,
+        systemctl: args.systemctl.clone(),
+        ..Default::default()
+    };
+    let db = crate::db::config_from(args.database_url.as_deref(), "jr-health-monitor")?;
+    let monitor = Monitor::new(cfg);
+    loop {
+        let client = crate::db::connect(&db).await?;
+        crate::db::check_schema(&client).await?;
+        let report = monitor.run_once(&client).await?;
+        if args.json {
+            let text = serde_json::to_string_pretty(&report)
+                .map_err(|e| Error::io("cannot encode the report", std::io::Error::other(e)))?;
+            println!("{text}");
+        } else {
+            print!("{}", super::render_text(&report));
+        }
+        if let (Some(path), false) = (&args.textfile, report.skipped) {
+            super::write_atomically(path, &super::render_prometheus(&report))?;
+        }
+        let status = if report.unhealthy() {
+            EXIT_UNHEALTHY
+        } else {
+            0
+        };
+        match args.watch {
+            None => return Ok(status),
+            Some(every) => {
+                drop(client);
+                tokio::time::sleep(every).await;
+            }
+        }
+    }
+}

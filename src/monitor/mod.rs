@@ -1,0 +1,570 @@
+//! The health monitor (`jr-health-monitor`, a oneshot on a timer): rescues stuck tasks,
+//! fails overdue ones, marks dead workers and restarts local units, checks that an
+//! assigner is alive while work waits, finishes auto-complete runs, and reports queue
+//! health — as text, JSON and a Prometheus text file. Exits non-zero when a threshold is
+//! crossed, so the oneshot unit fails and an `OnFailure=` unit can alert.
+//!
+//! Safe when two monitors run at once: a round holds an advisory lock; a second monitor
+//! skips its round, and every statement takes its rows `FOR UPDATE SKIP LOCKED`.
+
+pub mod cli;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::db::{runs, tasks, workers};
+use crate::error::{Error, Result};
+use crate::validate::format_duration;
+
+/// Default heartbeat age beyond which a worker's running tasks are stuck.
+pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(60);
+/// Default time past a task's own timeout before the monitor fails it.
+pub const DEFAULT_TIMEOUT_GRACE: Duration = Duration::from_secs(60);
+/// Default heartbeat age beyond which a worker (or assigner) is marked offline.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(60);
+/// Alert: a worker not responding this long (the operators' "> 5 min").
+pub const DEFAULT_SILENT_ALERT: Duration = Duration::from_secs(300);
+/// Window of the failure rate.
+pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(3600);
+/// Alert: failure rate above this (the operators' "> 50 %").
+pub const DEFAULT_MAX_FAILURE_RATE: f64 = 0.5;
+/// Alert: a task has waited longer than this.
+pub const DEFAULT_MAX_PENDING_AGE: Duration = Duration::from_secs(900);
+/// Alert: PostgreSQL's notification queue fuller than this share.
+pub const DEFAULT_MAX_NOTIFY_QUEUE: f64 = 0.5;
+/// Alert: more dead row versions than this in `jr_work_queue`.
+pub const DEFAULT_MAX_DEAD_TUPLES: i64 = 1_000_000;
+/// Alert: 1-minute load average above this per core (the operators' "> 6.0" on 2 cores).
+pub const DEFAULT_MAX_LOAD_PER_CORE: f64 = 3.0;
+/// Alert: memory in use above this share.
+pub const DEFAULT_MAX_MEMORY: f64 = 0.9;
+
+/// The advisory lock a monitor round holds ("jrq_moni" in ASCII).
+const MONITOR_LOCK_KEY: i64 = 0x6a72_715f_6d6f_6e69;
+
+/// Exit status when a threshold is crossed.
+pub const EXIT_UNHEALTHY: u8 = 3;
+
+/// Which systemd manager restarts local units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Manager {
+    /// `systemctl --user` (the installed units are user units).
+    User,
+    /// `systemctl` (system units).
+    System,
+    /// Restart nothing; only report.
+    None,
+}
+
+/// The monitor's settings; every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    pub stuck_after: Duration,
+    pub timeout_grace: Duration,
+    pub dead_after: Duration,
+    pub silent_alert: Duration,
+    pub failure_window: Duration,
+    pub max_failure_rate: f64,
+    pub max_pending_age: Duration,
+    pub max_notify_queue: f64,
+    pub max_dead_tuples: i64,
+    pub max_load_per_core: f64,
+    pub max_memory: f64,
+    pub manager: Manager,
+    /// The systemctl program.
+    pub systemctl: PathBuf,
+    /// This host's name, as workers register it.
+    pub host: String,
+    /// Who the events name.
+    pub actor: String,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            stuck_after: DEFAULT_STUCK_AFTER,
+            timeout_grace: DEFAULT_TIMEOUT_GRACE,
+            dead_after: DEFAULT_DEAD_AFTER,
+            silent_alert: DEFAULT_SILENT_ALERT,
+            failure_window: DEFAULT_FAILURE_WINDOW,
+            max_failure_rate: DEFAULT_MAX_FAILURE_RATE,
+            max_pending_age: DEFAULT_MAX_PENDING_AGE,
+            max_notify_queue: DEFAULT_MAX_NOTIFY_QUEUE,
+            max_dead_tuples: DEFAULT_MAX_DEAD_TUPLES,
+            max_load_per_core: DEFAULT_MAX_LOAD_PER_CORE,
+            max_memory: DEFAULT_MAX_MEMORY,
+            manager: Manager::User,
+            systemctl: PathBuf::from("systemctl"),
+            host: crate::host::hostname(),
+            actor: "health-monitor".into(),
+        }
+    }
+}
+
+/// A unit restart the monitor ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct Restart {
+    pub unit: String,
+    /// The command, word by word (no shell).
+    pub command: Vec<String>,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// One round's findings and actions.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Another monitor held the lock: this round did nothing.
+    pub skipped: bool,
+    pub tasks: std::collections::BTreeMap<String, i64>,
+    pub oldest_pending_s: Option<f64>,
+    pub failure_rate: Option<f64>,
+    pub failed_in_window: i64,
+    pub completed_in_window: i64,
+    pub workers_online: i64,
+    pub workers_offline: i64,
+    pub workers_circuit_open: i64,
+    pub assigners_alive: i64,
+    pub longest_silence_s: Option<f64>,
+    pub rescued: Vec<tasks::Acted>,
+    pub overdue_failed: Vec<tasks::Acted>,
+    pub marked_offline: Vec<workers::MarkedDead>,
+    pub unassigned: u64,
+    pub restarts: Vec<Restart>,
+    pub runs_finished: Vec<(uuid::Uuid, String)>,
+    pub notify_queue_usage: f64,
+    pub dead_tuples: i64,
+    pub load_per_core: Option<f64>,
+    pub memory_used: Option<f64>,
+    /// Thresholds crossed, one line each.
+    pub alerts: Vec<String>,
+}
+
+impl Report {
+    /// Whether a threshold was crossed.
+    pub fn unhealthy(&self) -> bool {
+        !self.alerts.is_empty()
+    }
+}
+
+/// The health monitor.
+pub struct Monitor {
+    cfg: MonitorConfig,
+}
+
+impl Monitor {
+    pub fn new(cfg: MonitorConfig) -> Self {
+        Monitor { cfg }
+    }
+
+    /// One round. Holds an advisory lock for its duration; when another monitor holds it,
+    /// returns a report with `skipped` set.
+    pub async fn run_once(&self, client: &Client) -> Result<Report> {
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&MONITOR_LOCK_KEY])
+            .await?
+            .get(0);
+        if !got {
+            return Ok(Report {
+                skipped: true,
+                ..Default::default()
+            });
+        }
+        let result = self.round(client).await;
+        let unlocked = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MONITOR_LOCK_KEY])
+            .await;
+        let report = result?;
+        unlocked?;
+        Ok(report)
+    }
+
+    async fn round(&self, client: &Client) -> Result<Report> {
+        let cfg = &self.cfg;
+        let actor = cfg.actor.as_str();
+        // Order matters: mark the dead first, so their running tasks count as stuck now.
+        let marked_offline = workers::workers_mark_dead(client, cfg.dead_after).await?;
+        let mut r = Report {
+            marked_offline,
+            rescued: tasks::tasks_rescue_stuck(client, actor, cfg.stuck_after).await?,
+            overdue_failed: tasks::tasks_fail_overdue(client, actor, cfg.timeout_grace).await?,
+            unassigned: tasks::tasks_unassign_vanished(client, actor, cfg.dead_after).await?,
+            ..Default::default()
+        };
+        for d in &r.marked_offline {
+            tracing::warn!(worker = %d.name, kind = %d.kind, silent_s = d.silent_s, "marked offline");
+            if d.host == cfg.host {
+                let unit = unit_for(&d.kind, &d.name);
+                let restart = self.restart(&unit);
+                let note = if restart.ok {
+                    format!("restarted by the health monitor ({unit})")
+                } else {
+                    format!("restart by the health monitor failed: {}", restart.detail)
+                };
+                workers::workers_note(client, &d.name, &note).await?;
+                r.restarts.push(restart);
+            }
+        }
+        for a in r.rescued.iter().chain(r.overdue_failed.iter()) {
+            tracing::warn!(task_id = a.id, to = %a.to_status, why = %a.why, "acted on a running task");
+        }
+        r.runs_finished = runs::runs_complete_finished(client).await?;
+
+        let summary = tasks::tasks_summary(client, cfg.failure_window).await?;
+        let w = workers::workers_summary(client, cfg.dead_after).await?;
+        r.tasks = summary.by_status.iter().cloned().collect();
+        r.oldest_pending_s = summary.oldest_pending_age_s;
+        r.failure_rate = summary.failure_rate;
+        r.failed_in_window = summary.failed_window;
+        r.completed_in_window = summary.completed_window;
+        r.workers_online = w.online();
+        r.workers_offline = w.offline;
+        r.workers_circuit_open = w.circuit_open;
+        r.assigners_alive = w.assigners;
+        r.longest_silence_s = workers::workers_longest_silence(client).await?;
+        let row = client
+            .query_one(
+                "SELECT pg_notification_queue_usage(), \
+                     coalesce((SELECT n_dead_tup FROM pg_stat_user_tables \
+                               WHERE relname = 'jr_work_queue'), 0)",
+                &[],
+            )
+            .await?;
+        r.notify_queue_usage = row.get(0);
+        r.dead_tuples = row.get(1);
+        r.load_per_core = load_per_core();
+        r.memory_used = memory_used();
+
+        // The orchestrator-down check: work waits and no assigner is alive.
+        let ready_pending = summary
+            .by_status
+            .iter()
+            .find(|(s, _)| s == "pending")
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+            - summary.pending_delayed;
+        if ready_pending > 0 && r.assigners_alive == 0 {
+            r.alerts.push(format!(
+                "no assigner is alive while {ready_pending} task(s) are pending"
+            ));
+            let local = workers::workers_on_host(client, "assigner", &cfg.host).await?;
+            let already = r
+                .restarts
+                .iter()
+                .any(|x| x.unit == "jr-auto-assigner.service");
+            if !local.is_empty() && !already {
+                r.restarts.push(self.restart("jr-auto-assigner.service"));
+            }
+        }
+        self.check_thresholds(&mut r);
+        Ok(r)
+    }
+
+    fn check_thresholds(&self, r: &mut Report) {
+        let cfg = &self.cfg;
+        if let Some(rate) = r.failure_rate {
+            if rate > cfg.max_failure_rate {
+                r.alerts.push(format!(
+                    "failure rate {:.0} % over the last {} (threshold {:.0} %)",
+                    rate * 100.0,
+                    format_duration(cfg.failure_window),
+                    cfg.max_failure_rate * 100.0
+                ));
+            }
+        }
+        if let Some(age) = r.oldest_pending_s {
+            if age > cfg.max_pending_age.as_secs_f64() {
+                r.alerts.push(format!(
+                    "the oldest pending task has waited {} (threshold {})",
+                    format_duration(Duration::from_secs_f64(age)),
+                    format_duration(cfg.max_pending_age)
+                ));
+            }
+        }
+        for d in &r.marked_offline {
+            if d.silent_s > cfg.silent_alert.as_secs_f64() {
+                r.alerts.push(format!(
+                    "{} '{}' on {} did not respond for {} (threshold {})",
+                    d.kind,
+                    d.name,
+                    d.host,
+                    format_duration(Duration::from_secs_f64(d.silent_s)),
+                    format_duration(cfg.silent_alert)
+                ));
+            }
+        }
+        if r.notify_queue_usage > cfg.max_notify_queue {
+            r.alerts.push(format!(
+                "PostgreSQL's notification queue is {:.0} % full (threshold {:.0} %): a \
+                 listener is stuck in a transaction",
+                r.notify_queue_usage * 100.0,
+                cfg.max_notify_queue * 100.0
+            ));
+        }
+        if r.dead_tuples > cfg.max_dead_tuples {
+            r.alerts.push(format!(
+                "jr_work_queue has {} dead row versions (threshold {}): vacuum is behind",
+                r.dead_tuples, cfg.max_dead_tuples
+            ));
+        }
+        if let Some(l) = r.load_per_core {
+            if l > cfg.max_load_per_core {
+                r.alerts.push(format!(
+                    "load average {l:.1} per core (threshold {:.1})",
+                    cfg.max_load_per_core
+                ));
+            }
+        }
+        if let Some(m) = r.memory_used {
+            if m > cfg.max_memory {
+                r.alerts.push(format!(
+                    "memory {:.0} % used (threshold {:.0} %)",
+                    m * 100.0,
+                    cfg.max_memory * 100.0
+                ));
+            }
+        }
+        for x in &r.restarts {
+            if !x.ok {
+                r.alerts
+                    .push(format!("could not restart {}: {}", x.unit, x.detail));
+            }
+        }
+    }
+
+    /// The command that restarts `unit`, word by word.
+    pub fn restart_command(&self, unit: &str) -> Option<Vec<String>> {
+        let sys = self.cfg.systemctl.display().to_string();
+        match self.cfg.manager {
+            Manager::User => Some(vec![sys, "--user".into(), "restart".into(), unit.into()]),
+            Manager::System => Some(vec![sys, "restart".into(), unit.into()]),
+            Manager::None => None,
+        }
+    }
+
+    fn restart(&self, unit: &str) -> Restart {
+        let Some(cmd) = self.restart_command(unit) else {
+            return Restart {
+                unit: unit.into(),
+                command: vec![],
+                ok: true,
+                detail: "restarts disabled (--manager none)".into(),
+            };
+        };
+        // Arguments are passed as words: no shell, nothing interpolated.
+        let out = std::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(std::process::Stdio::null())
+            .output();
+        let (ok, detail) = match out {
+            Ok(o) if o.status.success() => (true, "restarted".to_string()),
+            Ok(o) => (
+                false,
+                format!(
+                    "{} exited with {}: {}",
+                    cmd[0],
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+            ),
+            Err(e) => (false, format!("cannot run {}: {e}", cmd[0])),
+        };
+        tracing::info!(unit, ok, detail = %detail, "restart");
+        Restart {
+            unit: unit.into(),
+            command: cmd,
+            ok,
+            detail,
+        }
+    }
+}
+
+/// The systemd unit of a registry row.
+pub fn unit_for(kind: &str, name: &str) -> String {
+    if kind == "assigner" {
+        "jr-auto-assigner.service".into()
+    } else {
+        format!("jr-queue-worker@{name}.service")
+    }
+}
+
+fn load_per_core() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let load: f64 = text.split_whitespace().next()?.parse().ok()?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    Some(load / cores as f64)
+}
+
+fn memory_used() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let total = field("MemTotal:")?;
+    let avail = field("MemAvailable:")?;
+    (total > 0.0).then(|| 1.0 - avail / total)
+}
+
+/// The report as people read it.
+pub fn render_text(r: &Report) -> String {
+    let mut s = String::new();
+    if r.skipped {
+        return "another health monitor is running: this round skipped\n".into();
+    }
+    let counts: Vec<String> = r.tasks.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(s, "tasks:      {}", counts.join(", "));
+    let _ = writeln!(
+        s,
+        "pending:    oldest {}",
+        r.oldest_pending_s
+            .map(|a| format_duration(Duration::from_secs_f64(a)))
+            .unwrap_or_else(|| "none waiting".into())
+    );
+    let _ = writeln!(
+        s,
+        "failures:   {} failed, {} completed in the window, rate {}",
+        r.failed_in_window,
+        r.completed_in_window,
+        r.failure_rate
+            .map(|x| format!("{:.1} %", x * 100.0))
+            .unwrap_or_else(|| "-".into())
+    );
+    let _ = writeln!(
+        s,
+        "workers:    {} online, {} offline, {} circuit open; assigners alive {}",
+        r.workers_online, r.workers_offline, r.workers_circuit_open, r.assigners_alive
+    );
+    let _ = writeln!(
+        s,
+        "actions:    {} rescued, {} overdue failed, {} marked offline, {} unassigned, {} restarted, {} runs finished",
+        r.rescued.len(),
+        r.overdue_failed.len(),
+        r.marked_offline.len(),
+        r.unassigned,
+        r.restarts.iter().filter(|x| x.ok).count(),
+        r.runs_finished.len()
+    );
+    let _ = writeln!(
+        s,
+        "postgres:   notification queue {:.1} %, {} dead rows in jr_work_queue",
+        r.notify_queue_usage * 100.0,
+        r.dead_tuples
+    );
+    if r.alerts.is_empty() {
+        let _ = writeln!(s, "health:     ok");
+    } else {
+        for a in &r.alerts {
+            let _ = writeln!(s, "ALERT:      {a}");
+        }
+    }
+    s
+}
+
+/// The report in Prometheus' text format (for node_exporter's textfile collector).
+pub fn render_prometheus(r: &Report) -> String {
+    let mut s = String::new();
+    let mut gauge = |name: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(s, "# HELP {name} {help}");
+        let _ = writeln!(s, "# TYPE {name} gauge");
+        for (labels, v) in samples {
+            let _ = writeln!(s, "{name}{labels} {v}");
+        }
+    };
+    let tasks: Vec<(String, f64)> = r
+        .tasks
+        .iter()
+        .map(|(k, v)| (format!("{{status=\"{k}\"}}"), *v as f64))
+        .collect();
+    gauge("jrq_tasks", "Tasks by status.", &tasks);
+    gauge(
+        "jrq_oldest_pending_seconds",
+        "How long the oldest ready pending task has waited.",
+        &[(String::new(), r.oldest_pending_s.unwrap_or(0.0))],
+    );
+    gauge(
+        "jrq_failure_rate",
+        "Failed / (completed + failed) over the monitor's window.",
+        &[(String::new(), r.failure_rate.unwrap_or(0.0))],
+    );
+    gauge(
+        "jrq_workers",
+        "Workers by state.",
+        &[
+            ("{state=\"online\"}".into(), r.workers_online as f64),
+            ("{state=\"offline\"}".into(), r.workers_offline as f64),
+            (
+                "{state=\"circuit_open\"}".into(),
+                r.workers_circuit_open as f64,
+            ),
+        ],
+    );
+    gauge(
+        "jrq_assigners_alive",
+        "Assigners heartbeating.",
+        &[(String::new(), r.assigners_alive as f64)],
+    );
+    gauge(
+        "jrq_monitor_actions",
+        "What the last monitor round did.",
+        &[
+            ("{action=\"rescued\"}".into(), r.rescued.len() as f64),
+            (
+                "{action=\"overdue_failed\"}".into(),
+                r.overdue_failed.len() as f64,
+            ),
+            (
+                "{action=\"marked_offline\"}".into(),
+                r.marked_offline.len() as f64,
+            ),
+            ("{action=\"unassigned\"}".into(), r.unassigned as f64),
+            ("{action=\"restarted\"}".into(), r.restarts.len() as f64),
+        ],
+    );
+    gauge(
+        "jrq_notification_queue_usage",
+        "Share of PostgreSQL's notification queue in use.",
+        &[(String::new(), r.notify_queue_usage)],
+    );
+    gauge(
+        "jrq_queue_dead_tuples",
+        "Dead row versions in jr_work_queue.",
+        &[(String::new(), r.dead_tuples as f64)],
+    );
+    gauge(
+        "jrq_health_alerts",
+        "Thresholds crossed in the last round.",
+        &[(String::new(), r.alerts.len() as f64)],
+    );
+    s
+}
+
+/// Writes `text` to `path` atomically (a temporary file in the same directory, renamed).
+pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("jrq.prom"),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, text)
+        .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::io(format!("cannot replace {}", path.display()), e))
+}
