@@ -7,6 +7,7 @@
 //! - [`task`]: the task state machine and validated input for new tasks.
 //! - [`admin`]: the `jrq` admin CLI (options, commands, output).
 //! - [`assigner`]: the assigner daemon (`jr-auto-assigner`) and its routing rules.
+//! - [`cleanup`]: ending stale local worker processes (`jr-stale-cleanup`).
 //! - [`monitor`]: the health monitor (`jr-health-monitor`).
 //! - [`worker`]: the worker daemon (`jr-queue-worker`) and its executors.
 //! - [`error`]: the typed errors every program reports as one clear line.
@@ -15,6 +16,7 @@ pub mod admin;
 pub mod assigner;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod cleanup;
 pub mod db;
 pub mod error;
 pub mod host;

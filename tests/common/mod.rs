@@ -205,6 +205,7 @@ pub fn bin(name: &str) -> Command {
         "jr-queue-worker" => env!("CARGO_BIN_EXE_jr-queue-worker"),
         "jr-auto-assigner" => env!("CARGO_BIN_EXE_jr-auto-assigner"),
         "jr-health-monitor" => env!("CARGO_BIN_EXE_jr-health-monitor"),
+        "jr-stale-cleanup" => env!("CARGO_BIN_EXE_jr-stale-cleanup"),
         other => panic!("unknown binary {other}"),
     };
     let mut c = Command::new(path);

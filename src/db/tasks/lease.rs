@@ -346,9 +346,10 @@ pub struct Rescued {
     pub to_status: String,
 }
 
-/// Puts back the `in_progress` tasks of `worker` that are not held by `keep_instance`
-/// (a dead predecessor's): pending again with the attempt counted, or failed when its
-/// attempts are used up. One event each, by `actor`, saying `why`.
+/// Puts back the `in_progress` tasks of `worker` that `keep_instance` does not hold (a
+/// dead predecessor's; all of them when `keep_instance` is `None`): pending again with the
+/// attempt counted, or failed when its attempts are used up. One event each, by `actor`,
+/// saying `why`.
 pub async fn tasks_rescue_worker(
     client: &impl GenericClient,
     worker: &str,
@@ -361,7 +362,7 @@ pub async fn tasks_rescue_worker(
             "WITH old AS ( \
                  SELECT id FROM jr_work_queue \
                  WHERE status = 'in_progress' AND assigned_jr = $1 \
-                   AND lease_instance IS DISTINCT FROM $2 \
+                   AND ($2::uuid IS NULL OR lease_instance IS DISTINCT FROM $2) \
                  FOR UPDATE), \
              upd AS ( \
                  UPDATE jr_work_queue q SET \

@@ -1,0 +1,512 @@
+//! Stale-worker cleanup (`jr-stale-cleanup`, a oneshot for a timer or cron): finds this
+//! host's `jr-queue-worker` processes by their executable in /proc (never by a name
+//! pattern), compares each with the database, and — with `--force` — ends the stale ones
+//! (SIGTERM, then SIGKILL after a grace) and releases registry rows whose process is gone.
+//! A dry run changes nothing.
+//!
+//! A process is stale when
+//! - it serves a run (`--run` / `RUN_FILTER_ID` / `JRQ_RUN`) that is completed, error,
+//!   archived or gone;
+//! - the registry gives its name to another live process (a duplicate, or a name taken
+//!   over by another instance).
+//!
+//! A process whose registry row names a process that is gone may be starting: it is left
+//! alone. Processes that are not jrq workers are never looked at, and workers that use
+//! another database (another jrq installation on this host) are not judged.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::db::{runs, tasks, workers};
+use crate::error::Result;
+use crate::host;
+
+/// Default time a stale worker gets to drain after SIGTERM before SIGKILL (longer than
+/// the worker's default 20 s drain).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// A `jr-queue-worker` process on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerProcess {
+    pub pid: i32,
+    pub name: Option<String>,
+    /// The run filter as written (may not be a valid id).
+    pub run: Option<String>,
+    /// Which database it uses (see [`database_key`]); `None` when unreadable.
+    #[serde(skip)]
+    pub database: Option<String>,
+}
+
+/// Identifies the database a process was told to use: its `--database-url` or
+/// `DATABASE_URL`, else its libpq `PG*` variables.
+pub fn database_key(url: Option<&str>, env: &HashMap<String, String>) -> String {
+    match url.filter(|u| !u.trim().is_empty()) {
+        Some(u) => format!("url:{}", u.trim()),
+        None => {
+            let g = |k: &str| env.get(k).map(String::as_str).unwrap_or("");
+            format!(
+                "pg:{}|{}|{}|{}",
+                g("PGHOST"),
+                g("PGPORT"),
+                g("PGDATABASE"),
+                g("PGUSER")
+            )
+        }
+    }
+}
+
+/// The value of `--flag v` or `--flag=v` in a command line.
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    let eq = format!("{flag}=");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == flag {
+            return it.next().cloned();
+        }
+        if let Some(v) = a.strip_prefix(&eq) {
+            return Some(v.to_string());
+        }
+    }
+    None
+}
+
+/// Reads `--name`, `--run` (either `--x v` or `--x=v`) from the arguments, falling back to
+/// `JRQ_NAME`, `JRQ_RUN` and `RUN_FILTER_ID` from the environment, as the worker does.
+pub fn parse_worker_args(
+    args: &[String],
+    env: &HashMap<String, String>,
+) -> (Option<String>, Option<String>) {
+    let opt = |flag: &str| flag_value(args, flag);
+    let nonempty = |v: Option<&String>| v.filter(|s| !s.trim().is_empty()).cloned();
+    let name = opt("--name").or_else(|| nonempty(env.get("JRQ_NAME")));
+    let run = opt("--run")
+        .or_else(|| nonempty(env.get("JRQ_RUN")))
+        .or_else(|| nonempty(env.get("RUN_FILTER_ID")));
+    (name, run)
+}
+
+fn read_nul_list(path: &str) -> Option<Vec<String>> {
+    let bytes = std::fs::read(path).ok()?;
+    Some(
+        bytes
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+    )
+}
+
+/// This host's worker processes (by executable), except this process itself.
+pub fn scan_processes() -> Vec<WorkerProcess> {
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let mut out: Vec<WorkerProcess> = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| *pid != me && host::is_live_worker(*pid))
+        .map(|pid| {
+            let args = read_nul_list(&format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let env: HashMap<String, String> = read_nul_list(&format!("/proc/{pid}/environ"))
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
+                .collect();
+            let (name, run) = parse_worker_args(&args, &env);
+            let readable =
+                std::fs::metadata(format!("/proc/{pid}/environ")).is_ok() && !env.is_empty();
+            let url =
+                flag_value(&args, "--database-url").or_else(|| env.get("DATABASE_URL").cloned());
+            let database = readable.then(|| database_key(url.as_deref(), &env));
+            WorkerProcess {
+                pid,
+                name,
+                run,
+                database,
+            }
+        })
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// What to do about one process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", content = "reason", rename_all = "snake_case")]
+pub enum Verdict {
+    Ok(String),
+    Stale(String),
+}
+
+/// One process and its verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub process: WorkerProcess,
+    pub verdict: Verdict,
+    /// With --force: how it ended.
+    pub ended: Option<String>,
+}
+
+/// A registry row of this host whose process is gone.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegistryFix {
+    pub name: String,
+    pub pid: Option<i32>,
+    pub why: String,
+    pub done: bool,
+    pub tasks_released: u64,
+}
+
+/// The whole result.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CleanupReport {
+    pub host: String,
+    pub force: bool,
+    pub findings: Vec<Finding>,
+    pub registry: Vec<RegistryFix>,
+}
+
+/// Judges each process against the database.
+pub async fn assess(
+    client: &Client,
+    procs: &[WorkerProcess],
+    this_host: &str,
+) -> Result<Vec<Finding>> {
+    let mut out = vec![];
+    for p in procs {
+        let verdict = judge(client, p, this_host).await?;
+        out.push(Finding {
+            process: p.clone(),
+            verdict,
+            ended: None,
+        });
+    }
+    Ok(out)
+}
+
+async fn judge(client: &Client, p: &WorkerProcess, this_host: &str) -> Result<Verdict> {
+    let Some(name) = &p.name else {
+        return Ok(Verdict::Ok(
+            "its worker name cannot be read: left alone".into(),
+        ));
+    };
+    let mut serving = "serving any run".to_string();
+    if let Some(run_text) = &p.run {
+        let Ok(run) = Uuid::parse_str(run_text.trim()) else {
+            return Ok(Verdict::Ok(format!(
+                "run filter '{run_text}' is not a run id: left alone"
+            )));
+        };
+        match runs::runs_status(client, run).await? {
+            None => {
+                return Ok(Verdict::Stale(format!(
+                    "targeting run {run}, which no longer exists"
+                )))
+            }
+            Some(s) if s != "active" => {
+                return Ok(Verdict::Stale(format!("targeting run {run} (status: {s})")))
+            }
+            Some(s) => serving = format!("targeting run {run} (status: {s})"),
+        }
+    }
+    let holder = client
+        .query_opt(
+            "SELECT host, pid, is_online, \
+                 extract(epoch FROM now() - last_seen)::float8 < 60 \
+             FROM jr_status WHERE jr_name = $1 AND kind = 'worker'",
+            &[&name],
+        )
+        .await?;
+    let Some(h) = holder else {
+        return Ok(Verdict::Ok(format!(
+            "{serving}; not registered yet (starting?)"
+        )));
+    };
+    let (h_host, h_pid, online, fresh): (String, Option<i32>, bool, Option<bool>) =
+        (h.get(0), h.get(1), h.get(2), h.get(3));
+    if h_host == this_host && h_pid == Some(p.pid) {
+        return Ok(Verdict::Ok(format!("{serving}; registered")));
+    }
+    let other = format!(
+        "pid {} on {h_host}",
+        h_pid.map(|x| x.to_string()).unwrap_or_else(|| "?".into())
+    );
+    let other_alive = if h_host == this_host {
+        h_pid.is_some_and(host::is_live_worker)
+    } else {
+        online && fresh.unwrap_or(false)
+    };
+    if other_alive {
+        Ok(Verdict::Stale(format!(
+            "worker name '{name}' belongs to {other}: this process is a duplicate"
+        )))
+    } else {
+        Ok(Verdict::Ok(format!(
+            "{serving}; the registry names {other}, which is gone: this one may be starting"
+        )))
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`; returns how the process ended.
+pub fn end_process(pid: i32, grace: Duration) -> String {
+    let p = Pid::from_raw(pid);
+    if kill(p, Signal::SIGTERM).is_err() {
+        return "already gone".into();
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !host::is_live_worker(pid) {
+            return "ended after SIGTERM".into();
+        }
+        // Polling the process table while it drains.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if kill(p, Signal::SIGKILL).is_err() {
+        return "ended after SIGTERM".into();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && host::is_live_worker(pid) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    format!("killed with SIGKILL after {}s", grace.as_secs())
+}
+
+/// Registry rows of this host whose process is gone (or from an earlier boot). With
+/// `force`, each is marked offline and its tasks released, under the row's lock so that a
+/// new instance registering meanwhile is never disturbed.
+pub async fn fix_registry(
+    client: &mut Client,
+    this_host: &str,
+    boot_id: &str,
+    force: bool,
+) -> Result<Vec<RegistryFix>> {
+    let rows = client
+        .query(
+            "SELECT jr_name, pid, boot_id FROM jr_status \
+             WHERE kind = 'worker' AND host = $1 AND is_online ORDER BY jr_name",
+            &[&this_host],
+        )
+        .await?;
+    let mut out = vec![];
+    for r in rows {
+        let (name, pid, row_boot): (String, Option<i32>, Option<String>) =
+            (r.get(0), r.get(1), r.get(2));
+        let why = if row_boot
+            .as_deref()
+            .is_some_and(|b| !b.is_empty() && b != boot_id)
+        {
+            "its process ran before this boot".to_string()
+        } else if pid.is_none_or(|p| !host::is_live_worker(p)) {
+            format!(
+                "its process (pid {}) is gone",
+                pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+            )
+        } else {
+            continue;
+        };
+        let mut fix = RegistryFix {
+            name: name.clone(),
+            pid,
+            why: why.clone(),
+            done: false,
+            tasks_released: 0,
+        };
+        if force {
+            let txn = client.transaction().await?;
+            let still = txn
+                .query_opt(
+                    "SELECT 1 FROM jr_status WHERE jr_name = $1 AND host = $2 \
+                       AND pid IS NOT DISTINCT FROM $3 AND is_online FOR UPDATE",
+                    &[&name, &this_host, &pid],
+                )
+                .await?;
+            if still.is_some() {
+                let detail = format!("stale-cleanup: worker {why}");
+                let rescued =
+                    tasks::tasks_rescue_worker(&txn, &name, None, "stale-cleanup", &detail).await?;
+                let unassigned = tasks::tasks_unassign_worker(&txn, &name, &detail).await?;
+                workers::workers_note(&txn, &name, &format!("marked offline: {detail}")).await?;
+                txn.execute(
+                    "UPDATE jr_status SET is_online = false, status = 'offline', current_load = 0, \
+                         updated_at = now() WHERE jr_name = $1",
+                    &[&name],
+                )
+                .await?;
+                txn.commit().await?;
+                fix.done = true;
+                fix.tasks_released = rescued.len() as u64 + unassigned;
+            }
+        }
+        out.push(fix);
+    }
+    Ok(out)
+}
+
+/// The report as people read it (like the operators' own script).
+pub fn render_text(r: &CleanupReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Scanning this host's jr-queue-worker processes ({})...",
+        r.host
+    );
+    let _ = writeln!(s, "Found {} worker process(es)", r.findings.len());
+    for f in &r.findings {
+        let name = f.process.name.as_deref().unwrap_or("?");
+        let (tag, reason) = match &f.verdict {
+            Verdict::Ok(x) => ("ok   ", x),
+            Verdict::Stale(x) => ("STALE", x),
+        };
+        let _ = write!(s, "  {tag} pid {} worker {name}: {reason}", f.process.pid);
+        if let Some(e) = &f.ended {
+            let _ = write!(s, " -> {e}");
+        }
+        let _ = writeln!(s);
+    }
+    let stale = r
+        .findings
+        .iter()
+        .filter(|f| matches!(f.verdict, Verdict::Stale(_)))
+        .count();
+    let _ = writeln!(s, "Found {stale} stale worker(s)");
+    for x in &r.registry {
+        let verb = match (r.force, x.done) {
+            (true, true) => format!("marked offline, {} task(s) released", x.tasks_released),
+            (true, false) => "changed meanwhile: left alone".into(),
+            (false, _) => "would be marked offline and its tasks released".into(),
+        };
+        let _ = writeln!(s, "  registry: worker '{}' {}: {verb}", x.name, x.why);
+    }
+    if !r.force && (stale > 0 || !r.registry.is_empty()) {
+        let _ = writeln!(s, "Dry run: nothing was changed; run with --force to act");
+    } else if r.force {
+        let _ = writeln!(s, "Cleanup complete");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(x: &[&str]) -> Vec<String> {
+        x.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn worker_arguments() {
+        let env = HashMap::new();
+        assert_eq!(
+            parse_worker_args(&v(&["jr-queue-worker", "--name", "a", "--run=r1"]), &env),
+            (Some("a".into()), Some("r1".into()))
+        );
+        let env: HashMap<String, String> = [
+            ("JRQ_NAME".to_string(), "b".to_string()),
+            ("RUN_FILTER_ID".to_string(), "r2".to_string()),
+        ]
+        .into();
+        assert_eq!(
+            parse_worker_args(&v(&["jr-queue-worker", "--exec", "noop"]), &env),
+            (Some("b".into()), Some("r2".into()))
+        );
+        assert_eq!(parse_worker_args(&v(&["x"]), &HashMap::new()), (None, None));
+    }
+}
+
+/// Options of `jr-stale-cleanup`; each also from a `JRQ_*` variable.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "jr-stale-cleanup",
+    version,
+    about = "jr-stale-cleanup — find (and with --force, end) this host's worker processes that have no reason to live"
+)]
+pub struct CleanupArgs {
+    /// Act: end stale processes and release registry rows whose process is gone. Without
+    /// it, a dry run that changes nothing.
+    #[arg(long, env = "JRQ_FORCE")]
+    pub force: bool,
+    /// After SIGTERM, time a stale worker gets to drain before SIGKILL.
+    #[arg(long, env = "JRQ_GRACE", default_value = "30s", value_parser = crate::validate::parse_duration)]
+    pub grace: Duration,
+    /// Print the report as JSON.
+    #[arg(long, env = "JRQ_JSON")]
+    pub json: bool,
+    /// Log format: auto, text, json, journald.
+    #[arg(long, env = "JRQ_LOG_FORMAT", value_enum, default_value = "auto")]
+    pub log_format: crate::telemetry::LogFormat,
+    /// PostgreSQL address (URL or libpq "key=value"); default: the libpq PG* variables.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+/// Runs the cleanup as the options say and prints the report.
+pub async fn run(args: CleanupArgs) -> Result<()> {
+    let db = crate::db::config_from(args.database_url.as_deref(), "jr-stale-cleanup")?;
+    let mut client = crate::db::connect(&db).await?;
+    crate::db::check_schema(&client).await?;
+    let this_host = host::hostname();
+    let own_env: HashMap<String, String> = std::env::vars().collect();
+    let own_db = database_key(args.database_url.as_deref(), &own_env);
+    let all = scan_processes();
+    let others = all
+        .iter()
+        .filter(|p| p.database.as_ref().is_some_and(|d| *d != own_db))
+        .count();
+    if others > 0 {
+        tracing::info!(
+            processes = others,
+            "workers of another database are not judged"
+        );
+    }
+    let procs: Vec<WorkerProcess> = all
+        .into_iter()
+        .filter(|p| p.database.as_ref().is_none_or(|d| *d == own_db))
+        .collect();
+    let mut report = CleanupReport {
+        host: this_host.clone(),
+        force: args.force,
+        findings: assess(&client, &procs, &this_host).await?,
+        registry: vec![],
+    };
+    if args.force {
+        // End the stale processes in parallel: each may take the whole grace.
+        let handles: Vec<_> = report
+            .findings
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| matches!(f.verdict, Verdict::Stale(_)))
+            .map(|(i, f)| {
+                let (pid, grace) = (f.process.pid, args.grace);
+                (
+                    i,
+                    tokio::task::spawn_blocking(move || end_process(pid, grace)),
+                )
+            })
+            .collect();
+        for (i, h) in handles {
+            let ended = h.await.unwrap_or_else(|e| format!("could not end it: {e}"));
+            tracing::info!(pid = report.findings[i].process.pid, ended = %ended, "stale worker");
+            report.findings[i].ended = Some(ended);
+        }
+    }
+    report.registry = fix_registry(&mut client, &this_host, &host::boot_id(), args.force).await?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| crate::Error::io("cannot encode the report", std::io::Error::other(e)))?;
+        println!("{text}");
+    } else {
+        print!("{}", render_text(&report));
+    }
+    Ok(())
+}
