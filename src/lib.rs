@@ -21,6 +21,7 @@ pub mod db;
 pub mod error;
 pub mod host;
 pub mod monitor;
+pub mod process;
 mod registry;
 pub mod shutdown;
 pub mod systemd;

@@ -16,8 +16,17 @@ pub struct Fleet {
 }
 
 fn spawn(bin: &Path, url: &str, args: &[String]) -> Child {
-    Command::new(bin)
-        .env("DATABASE_URL", url)
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(bin);
+    // If the benchmark itself is killed, its fleet goes with it.
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.env("DATABASE_URL", url)
         .env("RUST_LOG", "warn")
         .args(["--log-format", "text"])
         .args(args)

@@ -30,21 +30,11 @@ fn admin_config() -> &'static Config {
 }
 
 fn start_private_cluster() -> String {
-    let dir = tempfile::Builder::new()
-        .prefix("jrq-test-pg.")
-        .tempdir()
-        .expect("temp dir")
-        .keep();
-    let out = Command::new(project_root().join("scripts/dev-postgres"))
-        .arg("start")
-        .arg(&dir)
-        .arg("--owner-pid")
-        .arg(std::process::id().to_string())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/dev-postgres");
-    assert!(out.status.success(), "scripts/dev-postgres start failed");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    // Kept for the life of the test process; the script's reaper removes it afterwards.
+    let cluster = PrivateCluster::start();
+    let url = cluster.url.clone();
+    std::mem::forget(cluster);
+    url
 }
 
 /// The project's root directory.

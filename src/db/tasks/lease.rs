@@ -338,6 +338,20 @@ pub async fn tasks_progress(
     Ok(())
 }
 
+/// The SET list that puts back a running task whose process is gone: pending again (the
+/// attempt stays counted), or failed when that was its last attempt. For `q`, the task
+/// table's alias; the caller sets the error.
+pub(super) const RESCUE_SET: &str = "status = CASE WHEN q.attempts >= q.max_attempts \
+        THEN 'failed' ELSE 'pending' END, \
+    completed_at = CASE WHEN q.attempts >= q.max_attempts THEN now() END, \
+    assigned_jr = CASE WHEN q.attempts >= q.max_attempts THEN q.assigned_jr END, \
+    assigned_at = CASE WHEN q.attempts >= q.max_attempts THEN q.assigned_at END, \
+    run_after = now(), progress_percent = 0, lease_instance = NULL, updated_at = now()";
+
+/// Appended to a rescue's error when the attempt that died was the last one.
+pub(super) const USED_UP_SUFFIX: &str =
+    "CASE WHEN q.attempts >= q.max_attempts THEN ' (attempts used up)' ELSE '' END";
+
 /// A task put back because the process running it is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rescued {
@@ -357,34 +371,26 @@ pub async fn tasks_rescue_worker(
     actor: &str,
     why: &str,
 ) -> Result<Vec<Rescued>> {
+    let sql = format!(
+        "WITH old AS ( \
+             SELECT id FROM jr_work_queue \
+             WHERE status = 'in_progress' AND assigned_jr = $1 \
+               AND ($2::uuid IS NULL OR lease_instance IS DISTINCT FROM $2) \
+             FOR UPDATE), \
+         upd AS ( \
+             UPDATE jr_work_queue q SET {RESCUE_SET}, error = $4 || {USED_UP_SUFFIX} \
+             FROM old WHERE q.id = old.id \
+             RETURNING q.id, q.status, q.attempts), \
+         ev AS ( \
+             INSERT INTO jr_task_events \
+                 (task_id, actor, action, from_status, to_status, worker, attempt, details) \
+             SELECT id, $3, 'rescued', 'in_progress', status, $1, attempts, $4 FROM upd), \
+         n AS (SELECT pg_notify($5, 'rescue') FROM upd WHERE status = 'pending' LIMIT 1) \
+         SELECT id, status, (SELECT count(*) FROM n) FROM upd ORDER BY id"
+    );
     let rows = client
         .query(
-            "WITH old AS ( \
-                 SELECT id FROM jr_work_queue \
-                 WHERE status = 'in_progress' AND assigned_jr = $1 \
-                   AND ($2::uuid IS NULL OR lease_instance IS DISTINCT FROM $2) \
-                 FOR UPDATE), \
-             upd AS ( \
-                 UPDATE jr_work_queue q SET \
-                     status = CASE WHEN q.attempts >= q.max_attempts THEN 'failed' \
-                         ELSE 'pending' END, \
-                     completed_at = CASE WHEN q.attempts >= q.max_attempts THEN now() END, \
-                     error = $4 || CASE WHEN q.attempts >= q.max_attempts \
-                         THEN ' (attempts used up)' ELSE '' END, \
-                     assigned_jr = CASE WHEN q.attempts >= q.max_attempts \
-                         THEN q.assigned_jr END, \
-                     assigned_at = CASE WHEN q.attempts >= q.max_attempts \
-                         THEN q.assigned_at END, \
-                     run_after = now(), progress_percent = 0, lease_instance = NULL, \
-                     updated_at = now() \
-                 FROM old WHERE q.id = old.id \
-                 RETURNING q.id, q.status, q.attempts), \
-             ev AS ( \
-                 INSERT INTO jr_task_events \
-                     (task_id, actor, action, from_status, to_status, worker, attempt, details) \
-                 SELECT id, $3, 'rescued', 'in_progress', status, $1, attempts, $4 FROM upd), \
-             n AS (SELECT pg_notify($5, 'rescue') FROM upd WHERE status = 'pending' LIMIT 1) \
-             SELECT id, status, (SELECT count(*) FROM n) FROM upd ORDER BY id",
+            &sql,
             &[&worker, &keep_instance, &actor, &why, &CHANNEL_PENDING],
         )
         .await?;

@@ -6,6 +6,7 @@ use serde::Serialize;
 use tokio_postgres::GenericClient;
 
 use super::duration_ms;
+use super::lease::{RESCUE_SET, USED_UP_SUFFIX};
 use crate::db::CHANNEL_PENDING;
 use crate::error::Result;
 
@@ -28,46 +29,36 @@ pub async fn tasks_rescue_stuck(
     actor: &str,
     stuck_after: Duration,
 ) -> Result<Vec<Acted>> {
+    let sql = format!(
+        "WITH stuck AS ( \
+             SELECT q.id, q.assigned_jr, \
+                 CASE WHEN w.jr_name IS NULL THEN 'is not registered' \
+                      WHEN NOT w.is_online THEN 'is offline' \
+                      ELSE 'has been silent for ' || \
+                           round(extract(epoch FROM now() - w.last_seen))::int8 || 's' \
+                 END AS why \
+             FROM jr_work_queue q LEFT JOIN jr_status w ON w.jr_name = q.assigned_jr \
+             WHERE q.status = 'in_progress' \
+               AND (w.jr_name IS NULL OR NOT w.is_online \
+                    OR w.last_seen < now() - $2::int8 * interval '1 millisecond') \
+               AND q.started_at < now() - $2::int8 * interval '1 millisecond' \
+             FOR UPDATE OF q SKIP LOCKED), \
+         upd AS ( \
+             UPDATE jr_work_queue q SET {RESCUE_SET}, \
+                 error = 'stuck: worker ''' || stuck.assigned_jr || ''' ' || stuck.why \
+                     || {USED_UP_SUFFIX} \
+             FROM stuck WHERE q.id = stuck.id \
+             RETURNING q.id, stuck.assigned_jr, q.status, q.attempts, q.error), \
+         ev AS ( \
+             INSERT INTO jr_task_events \
+                 (task_id, actor, action, from_status, to_status, worker, attempt, details) \
+             SELECT id, $1, 'rescued', 'in_progress', status, assigned_jr, attempts, error \
+             FROM upd), \
+         n AS (SELECT pg_notify($3, 'rescue') FROM upd WHERE status = 'pending' LIMIT 1) \
+         SELECT id, assigned_jr, status, error, (SELECT count(*) FROM n) FROM upd ORDER BY id"
+    );
     let rows = client
-        .query(
-            "WITH stuck AS ( \
-                 SELECT q.id, q.assigned_jr, \
-                     CASE WHEN w.jr_name IS NULL THEN 'is not registered' \
-                          WHEN NOT w.is_online THEN 'is offline' \
-                          ELSE 'has been silent for ' || \
-                               round(extract(epoch FROM now() - w.last_seen))::int8 || 's' \
-                     END AS why \
-                 FROM jr_work_queue q LEFT JOIN jr_status w ON w.jr_name = q.assigned_jr \
-                 WHERE q.status = 'in_progress' \
-                   AND (w.jr_name IS NULL OR NOT w.is_online \
-                        OR w.last_seen < now() - $2::int8 * interval '1 millisecond') \
-                   AND q.started_at < now() - $2::int8 * interval '1 millisecond' \
-                 FOR UPDATE OF q SKIP LOCKED), \
-             upd AS ( \
-                 UPDATE jr_work_queue q SET \
-                     status = CASE WHEN q.attempts >= q.max_attempts THEN 'failed' \
-                         ELSE 'pending' END, \
-                     completed_at = CASE WHEN q.attempts >= q.max_attempts THEN now() END, \
-                     error = 'stuck: worker ''' || stuck.assigned_jr || ''' ' || stuck.why || \
-                         CASE WHEN q.attempts >= q.max_attempts \
-                              THEN ' (attempts used up)' ELSE '' END, \
-                     assigned_jr = CASE WHEN q.attempts >= q.max_attempts \
-                         THEN q.assigned_jr END, \
-                     assigned_at = CASE WHEN q.attempts >= q.max_attempts \
-                         THEN q.assigned_at END, \
-                     run_after = now(), progress_percent = 0, lease_instance = NULL, \
-                     updated_at = now() \
-                 FROM stuck WHERE q.id = stuck.id \
-                 RETURNING q.id, stuck.assigned_jr, q.status, q.attempts, q.error), \
-             ev AS ( \
-                 INSERT INTO jr_task_events \
-                     (task_id, actor, action, from_status, to_status, worker, attempt, details) \
-                 SELECT id, $1, 'rescued', 'in_progress', status, assigned_jr, attempts, error \
-                 FROM upd), \
-             n AS (SELECT pg_notify($3, 'rescue') FROM upd WHERE status = 'pending' LIMIT 1) \
-             SELECT id, assigned_jr, status, error, (SELECT count(*) FROM n) FROM upd ORDER BY id",
-            &[&actor, &duration_ms(stuck_after), &CHANNEL_PENDING],
-        )
+        .query(&sql, &[&actor, &duration_ms(stuck_after), &CHANNEL_PENDING])
         .await?;
     Ok(rows
         .iter()
