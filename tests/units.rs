@@ -1,0 +1,135 @@
+//! The systemd units in `systemd/`, checked with `systemd-analyze verify` as they are
+//! installed: user units in `~/.config/systemd/user`, binaries in `~/.local/bin`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BINARIES: [(&str, &str); 5] = [
+    ("jrq", env!("CARGO_BIN_EXE_jrq")),
+    ("jr-queue-worker", env!("CARGO_BIN_EXE_jr-queue-worker")),
+    ("jr-auto-assigner", env!("CARGO_BIN_EXE_jr-auto-assigner")),
+    ("jr-health-monitor", env!("CARGO_BIN_EXE_jr-health-monitor")),
+    ("jr-stale-cleanup", env!("CARGO_BIN_EXE_jr-stale-cleanup")),
+];
+
+/// A home directory with the units and binaries installed, and a runtime directory.
+struct Home {
+    home: tempfile::TempDir,
+    runtime: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Home {
+        let home = tempfile::tempdir().unwrap();
+        let runtime = tempfile::tempdir().unwrap();
+        let bin = home.path().join(".local/bin");
+        let units = home.path().join(".config/systemd/user");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&units).unwrap();
+        std::fs::create_dir_all(home.path().join(".config/jrq")).unwrap();
+        std::fs::write(home.path().join(".config/jrq/jrq.env"), "").unwrap();
+        for (name, path) in BINARIES {
+            std::os::unix::fs::symlink(path, bin.join(name)).unwrap();
+        }
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), units.join(e.file_name())).unwrap();
+        }
+        Home { home, runtime }
+    }
+
+    fn units(&self) -> PathBuf {
+        self.home.path().join(".config/systemd/user")
+    }
+
+    /// `systemd-analyze --user verify UNIT`: its combined output.
+    fn verify(&self, unit: &str) -> (bool, String) {
+        let out = Command::new("systemd-analyze")
+            .args(["--user", "verify", unit])
+            .current_dir(self.units())
+            .env("HOME", self.home.path())
+            .env("XDG_RUNTIME_DIR", self.runtime.path())
+            .env("XDG_CONFIG_HOME", self.home.path().join(".config"))
+            .output()
+            .expect("systemd-analyze (install systemd)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+}
+
+#[test]
+fn every_unit_verifies_without_a_word() {
+    let h = Home::new();
+    for unit in [
+        "jr-queue-worker@it_triad_jr.service",
+        "jr-auto-assigner.service",
+        "jr-health-monitor.service",
+        "jr-health-monitor.timer",
+        "jr-stale-cleanup.service",
+        "jr-stale-cleanup.timer",
+        "jr-alert@jr-health-monitor.service.service",
+    ] {
+        let (ok, text) = h.verify(unit);
+        assert!(ok && text.is_empty(), "{unit}:\n{text}");
+    }
+}
+
+#[test]
+fn the_verification_does_speak_up() {
+    // Without this, an environment where verify prints nothing at all would pass anything.
+    let h = Home::new();
+    let good = std::fs::read_to_string(h.units().join("jr-auto-assigner.service")).unwrap();
+    std::fs::write(
+        h.units().join("bad-key.service"),
+        good.replace("Type=notify", "Type=notify\nNoSuchSetting=1"),
+    )
+    .unwrap();
+    std::fs::write(
+        h.units().join("bad-binary.service"),
+        good.replace("/jr-auto-assigner\n", "/jr-no-such-binary\n"),
+    )
+    .unwrap();
+    for unit in ["bad-key.service", "bad-binary.service"] {
+        let (_, text) = h.verify(unit);
+        assert!(!text.is_empty(), "{unit} passed verification");
+    }
+}
+
+#[test]
+fn the_worker_unit_keeps_what_the_worker_promises() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/jr-queue-worker@.service"),
+    )
+    .unwrap();
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} missing"))
+            .to_string()
+    };
+    let secs = |v: String| {
+        jrq::validate::parse_duration(&format!("{v}s"))
+            .unwrap()
+            .as_secs()
+    };
+    // The drain (plus the kill grace) fits in the stop timeout.
+    let drain = jrq::worker::DEFAULT_DRAIN_TIMEOUT + jrq::worker::DEFAULT_KILL_GRACE;
+    assert!(drain.as_secs() < secs(value("TimeoutStopSec")));
+    // The heartbeat pings the watchdog at least twice per period.
+    assert!(jrq::worker::DEFAULT_HEARTBEAT_INTERVAL.as_secs() * 2 <= secs(value("WatchdogSec")));
+    // A worker that is done exits 0, and is not restarted; crashes are.
+    assert_eq!(value("Restart"), "always");
+    assert_eq!(value("RestartPreventExitStatus"), "0");
+    assert_eq!(value("Type"), "notify");
+    assert!(value("EnvironmentFile").contains(".config/jrq/jrq.env"));
+    assert!(!unit.contains("User="), "User= is invalid in user units");
+    assert!(
+        !unit.contains("DATABASE_URL="),
+        "no database address in the unit"
+    );
+}
