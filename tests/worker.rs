@@ -859,3 +859,34 @@ async fn a_postgres_restart_under_a_busy_worker_loses_nothing() {
         .get(0);
     assert_eq!(twice, 0);
 }
+
+#[tokio::test]
+async fn sigterm_with_the_database_gone_still_exits() {
+    let cluster = common::PrivateCluster::start();
+    let client = cluster.migrated().await;
+    let mut w = WorkerProc::start(
+        &cluster.url,
+        "jr_lonely",
+        &["--exec", "sleep:300ms", "--drain-timeout", "2s"],
+        &[],
+    );
+    let id = assigned_task(&client, "jr_lonely", "{}").await;
+    wait_status(&client, id, "in_progress").await;
+    // The database goes away while the task runs; the task then finishes and its
+    // outcome cannot be written.
+    cluster.stop_server();
+    w.wait_log(T, "reconnect failed").await;
+    w.signal(Signal::SIGTERM);
+    // The drain ends, the last write is tried within its budget, and the worker exits.
+    assert_eq!(
+        w.wait_exit(Duration::from_secs(30)).await,
+        Some(0),
+        "{}",
+        w.log()
+    );
+    assert!(
+        w.log().contains("could not write the last outcomes"),
+        "{}",
+        w.log()
+    );
+}

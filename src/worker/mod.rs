@@ -489,12 +489,13 @@ impl Session {
         (self.cfg().capacity as usize).saturating_sub(self.running.len())
     }
 
-    /// Whether the loop is done: nothing running, nothing left to write, and a reason.
+    /// Whether the loop is done: a reason to stop and nothing running. Outcomes not yet
+    /// written are left to `finish`, which tries within a bounded budget: with the
+    /// database gone, waiting here for them would never end.
     fn finished(&self) -> bool {
-        let idle = self.running.is_empty() && self.unwritten.is_empty();
         match &self.mode {
             Mode::Serving => false,
-            Mode::Finishing(_) | Mode::Draining { .. } => idle,
+            Mode::Finishing(_) | Mode::Draining { .. } => self.running.is_empty(),
         }
     }
 
