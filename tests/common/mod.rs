@@ -190,14 +190,7 @@ impl Drop for TestDb {
 
 /// A built binary of this package with the JRQ_*, PG* and DATABASE_URL variables removed.
 pub fn bin(name: &str) -> Command {
-    let path = match name {
-        "jrq" => env!("CARGO_BIN_EXE_jrq"),
-        "jr-queue-worker" => env!("CARGO_BIN_EXE_jr-queue-worker"),
-        "jr-auto-assigner" => env!("CARGO_BIN_EXE_jr-auto-assigner"),
-        "jr-health-monitor" => env!("CARGO_BIN_EXE_jr-health-monitor"),
-        "jr-stale-cleanup" => env!("CARGO_BIN_EXE_jr-stale-cleanup"),
-        other => panic!("unknown binary {other}"),
-    };
+    let path = bin_path(name);
     let mut c = Command::new(path);
     for (k, _) in std::env::vars() {
         if k.starts_with("JRQ_") || k.starts_with("PG") || k == "DATABASE_URL" || k == "RUST_LOG" {
@@ -520,5 +513,168 @@ impl PrivateCluster {
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
         self.script("stop");
+    }
+}
+
+/// A private systemd user manager with jrq's units installed (as
+/// `scripts/install-user-units` would: binaries in ~/.local/bin, units in
+/// ~/.config/systemd/user, ~/.config/jrq/jrq.env). Stopped, with every unit, when dropped.
+pub struct UserSystemd {
+    manager: std::process::Child,
+    pub runtime: tempfile::TempDir,
+    pub home: tempfile::TempDir,
+}
+
+impl UserSystemd {
+    /// Starts the manager; `env` lines go into jrq.env (DATABASE_URL, JRQ_EXEC, ...).
+    pub fn start(env: &[(&str, &str)]) -> UserSystemd {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let runtime = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let bin = home.path().join(".local/bin");
+        let units = home.path().join(".config/systemd/user");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&units).unwrap();
+        std::fs::create_dir_all(home.path().join(".config/jrq")).unwrap();
+        for name in [
+            "jrq",
+            "jr-queue-worker",
+            "jr-auto-assigner",
+            "jr-health-monitor",
+            "jr-stale-cleanup",
+        ] {
+            let path = bin_path(name);
+            std::os::unix::fs::symlink(path, bin.join(name)).unwrap();
+        }
+        for e in std::fs::read_dir(project_root().join("systemd")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), units.join(e.file_name())).unwrap();
+        }
+        let mut text = String::new();
+        for (k, v) in env {
+            text.push_str(&format!(
+                "{k}=\"{}\"\n",
+                v.replace('\\', "\\\\").replace('"', "\\\"")
+            ));
+        }
+        std::fs::write(home.path().join(".config/jrq/jrq.env"), text).unwrap();
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--kill-child=SIGTERM", "--"])
+            .arg(project_root().join("scripts/user-systemd"))
+            .arg(runtime.path())
+            .arg(home.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // If the test dies, unshare is killed, and --kill-child stops the manager and its
+        // units. (unshare ignores SIGTERM while it waits for its child.)
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let manager = cmd.spawn().expect("unshare (util-linux)");
+        let sd = UserSystemd {
+            manager,
+            runtime,
+            home,
+        };
+        let socket = sd.runtime.path().join("systemd/private");
+        let pid_file = sd.runtime.path().join("manager.pid");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() || !pid_file.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the systemd user manager did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sd
+    }
+
+    /// `systemctl --user ARGS`.
+    pub fn ctl(&self, args: &[&str]) -> Run {
+        Run::from(
+            Command::new("systemctl")
+                .arg("--user")
+                .args(args)
+                .env("XDG_RUNTIME_DIR", self.runtime.path())
+                .env("HOME", self.home.path())
+                .output()
+                .unwrap(),
+        )
+    }
+
+    /// A unit's property (`systemctl --user show -p PROP --value UNIT`).
+    pub fn prop(&self, unit: &str, prop: &str) -> String {
+        self.ctl(&["show", "-p", prop, "--value", unit])
+            .stdout
+            .trim()
+            .to_string()
+    }
+
+    /// Polls until a unit's property has `value`.
+    pub async fn wait_prop(&self, unit: &str, prop: &str, value: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.prop(unit, prop);
+            if v == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{unit} {prop} is {v:?}, not {value:?}: {:#?}",
+                self.ctl(&["status", "--no-pager", unit])
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Adds a drop-in to a unit (e.g. a shorter WatchdogSec for a test) and reloads.
+    pub fn drop_in(&self, unit: &str, text: &str) {
+        let dir = self
+            .home
+            .path()
+            .join(format!(".config/systemd/user/{unit}.d"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("test.conf"), text).unwrap();
+        self.ctl(&["daemon-reload"]).ok();
+    }
+}
+
+impl Drop for UserSystemd {
+    fn drop(&mut self) {
+        // The manager stops every unit on SIGTERM and exits; then unshare exits.
+        let pid = std::fs::read_to_string(self.runtime.path().join("manager.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        match pid {
+            Some(p) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            None => {
+                let _ = self.manager.kill();
+            }
+        }
+        let _ = self.manager.wait();
+    }
+}
+
+/// The path of one of this package's binaries.
+pub fn bin_path(name: &str) -> &'static str {
+    match name {
+        "jrq" => env!("CARGO_BIN_EXE_jrq"),
+        "jr-queue-worker" => env!("CARGO_BIN_EXE_jr-queue-worker"),
+        "jr-auto-assigner" => env!("CARGO_BIN_EXE_jr-auto-assigner"),
+        "jr-health-monitor" => env!("CARGO_BIN_EXE_jr-health-monitor"),
+        "jr-stale-cleanup" => env!("CARGO_BIN_EXE_jr-stale-cleanup"),
+        other => panic!("unknown binary {other}"),
     }
 }
