@@ -202,32 +202,10 @@ pub struct Ctx {
     footprint: Footprint,
 }
 
-fn kv(v: &str) -> String {
-    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
 impl Ctx {
     /// A libpq address for `dbname` on the benchmark server.
     fn conninfo(&self, dbname: &str) -> String {
-        let mut parts = vec![];
-        if let Some(h) = self.admin.get_hosts().first() {
-            let host = match h {
-                tokio_postgres::config::Host::Tcp(s) => s.clone(),
-                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-            };
-            parts.push(format!("host={}", kv(&host)));
-        }
-        if let Some(p) = self.admin.get_ports().first() {
-            parts.push(format!("port={p}"));
-        }
-        if let Some(u) = self.admin.get_user() {
-            parts.push(format!("user={}", kv(u)));
-        }
-        if let Some(pw) = self.admin.get_password() {
-            parts.push(format!("password={}", kv(&String::from_utf8_lossy(pw))));
-        }
-        parts.push(format!("dbname={}", kv(dbname)));
-        parts.join(" ")
+        db::conninfo_with_dbname(&self.admin, dbname)
     }
 
     async fn connect(url: &str) -> Result<Client> {

@@ -124,6 +124,33 @@ pub fn describe_target(cfg: &Config) -> String {
     }
 }
 
+/// A libpq `key=value` address for database `dbname` on the server `cfg` points at (its
+/// first host and port, its user and password): for handing to child processes, such as
+/// the workers a test or the benchmark starts against a database of their own.
+pub fn conninfo_with_dbname(cfg: &Config, dbname: &str) -> String {
+    // libpq quoting: single quotes, with \ and ' escaped.
+    let kv = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut parts = vec![];
+    if let Some(h) = cfg.get_hosts().first() {
+        let host = match h {
+            Host::Tcp(s) => s.clone(),
+            Host::Unix(p) => p.display().to_string(),
+        };
+        parts.push(format!("host={}", kv(&host)));
+    }
+    if let Some(p) = cfg.get_ports().first() {
+        parts.push(format!("port={p}"));
+    }
+    if let Some(u) = cfg.get_user() {
+        parts.push(format!("user={}", kv(u)));
+    }
+    if let Some(pw) = cfg.get_password() {
+        parts.push(format!("password={}", kv(&String::from_utf8_lossy(pw))));
+    }
+    parts.push(format!("dbname={}", kv(dbname)));
+    parts.join(" ")
+}
+
 /// Opens one connection and drives it on a background task. For LISTEN, drive the
 /// connection yourself instead: this driver drops notifications.
 pub async fn connect(cfg: &Config) -> Result<Client> {
@@ -229,6 +256,19 @@ mod tests {
         assert_eq!(quote_ident("jrq_worker").unwrap(), "\"jrq_worker\"");
         assert_eq!(quote_ident("a\"b").unwrap(), "\"a\"\"b\"");
         assert!(quote_ident("").is_err());
+    }
+
+    #[test]
+    fn conninfo_keeps_the_server_and_quotes_values() {
+        let cfg = config_from(Some("postgres://bob:p'w@db.example:6543/q"), "t").unwrap();
+        let c = conninfo_with_dbname(&cfg, "other db");
+        assert_eq!(
+            c,
+            "host='db.example' port=6543 user='bob' password='p\\'w' dbname='other db'"
+        );
+        let back: Config = c.parse().unwrap();
+        assert_eq!(back.get_dbname(), Some("other db"));
+        assert_eq!(back.get_password(), Some(&b"p'w"[..]));
     }
 
     #[test]

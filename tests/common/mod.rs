@@ -42,33 +42,9 @@ pub fn project_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Quotes a libpq keyword value.
-fn kv(v: &str) -> String {
-    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
 /// A libpq key=value address for `dbname` on the test server.
 fn conninfo_for(dbname: &str) -> String {
-    let admin = admin_config();
-    let mut parts = vec![];
-    if let Some(h) = admin.get_hosts().first() {
-        let host = match h {
-            tokio_postgres::config::Host::Tcp(s) => s.clone(),
-            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-        };
-        parts.push(format!("host={}", kv(&host)));
-    }
-    if let Some(p) = admin.get_ports().first() {
-        parts.push(format!("port={p}"));
-    }
-    if let Some(u) = admin.get_user() {
-        parts.push(format!("user={}", kv(u)));
-    }
-    if let Some(pw) = admin.get_password() {
-        parts.push(format!("password={}", kv(&String::from_utf8_lossy(pw))));
-    }
-    parts.push(format!("dbname={}", kv(dbname)));
-    parts.join(" ")
+    jrq::db::conninfo_with_dbname(admin_config(), dbname)
 }
 
 async fn connect_str(conninfo: &str) -> Client {
