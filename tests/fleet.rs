@@ -179,3 +179,108 @@ async fn systemctl_stop_drains_and_loses_no_task() {
         "the drain let it finish"
     );
 }
+
+/// A worker's unit cgroup counter file (`cpu.stat`), v1 or v2 layout.
+fn cpu_stat(pid: i32) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let mut v2 = None;
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        if controllers.split(',').any(|c| c == "cpu") {
+            return std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{path}/cpu.stat")).unwrap();
+        }
+        if controllers.is_empty() {
+            v2 = Some(path.to_string());
+        }
+    }
+    std::fs::read_to_string(format!("/sys/fs/cgroup{}/cpu.stat", v2.unwrap())).unwrap()
+}
+
+fn stat_value(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+}
+
+#[tokio::test]
+async fn a_healthy_busy_worker_under_cpu_quota_is_not_killed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let out = tempfile::tempdir().unwrap();
+    let sd = fleet(&db, out.path());
+    // A short watchdog, so that a task of a few seconds outlasts it several times over.
+    sd.drop_in(WORKER, "[Service]\nWatchdogSec=3\nRestartSec=1\n");
+    sd.ctl(&["start", WORKER]).ok();
+    sd.wait_prop(WORKER, "ActiveState", "active", T).await;
+    assert_eq!(sd.prop(WORKER, "CPUQuotaPerSecUSec"), "500ms");
+    let pid = main_pid(&sd, WORKER);
+    client
+        .batch_execute(
+            r#"INSERT INTO jr_work_queue (title, status, assigned_jr, payload)
+               VALUES ('cpu-bound', 'assigned', 'it_triad_jr', '{"spin": 8}')"#,
+        )
+        .await
+        .unwrap();
+    wait_status(&client, 1, "completed").await;
+    let row = client
+        .query_one("SELECT attempts FROM jr_work_queue WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1, "{}", sd.log(WORKER));
+    assert_eq!(sd.prop(WORKER, "NRestarts"), "0", "{}", sd.log(WORKER));
+    assert_eq!(
+        main_pid(&sd, WORKER),
+        pid,
+        "the same worker process throughout"
+    );
+    // The quota did bite: the unit was throttled while the task ran.
+    let throttled = stat_value(&cpu_stat(pid), "nr_throttled");
+    assert!(
+        throttled > 0,
+        "the unit was never throttled: {}",
+        cpu_stat(pid)
+    );
+}
+
+#[tokio::test]
+async fn a_task_past_memory_max_fails_out_of_memory_and_the_worker_carries_on() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let out = tempfile::tempdir().unwrap();
+    let sd = fleet(&db, out.path());
+    sd.drop_in(WORKER, "[Service]\nMemoryHigh=infinity\nMemoryMax=96M\n");
+    sd.ctl(&["start", WORKER]).ok();
+    sd.wait_prop(WORKER, "ActiveState", "active", T).await;
+    let pid = main_pid(&sd, WORKER);
+    client
+        .batch_execute(
+            r#"INSERT INTO jr_work_queue (title, status, assigned_jr, payload)
+               VALUES ('memory hog', 'assigned', 'it_triad_jr', '{"alloc_mb": 400}'),
+                      ('modest', 'assigned', 'it_triad_jr', '{"alloc_mb": 8}')"#,
+        )
+        .await
+        .unwrap();
+    wait_status(&client, 1, "failed").await;
+    let row = client
+        .query_one(
+            "SELECT attempts, error FROM jr_work_queue WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let error: String = row.get(1);
+    assert!(
+        error.starts_with("out of memory: the kernel's OOM killer ended the executor (SIGKILL)")
+            && error.contains("memory limit (96M)"),
+        "{error}"
+    );
+    assert_eq!(row.get::<_, i32>(0), 1, "not retried into the same wall");
+    // The worker was not the victim: same process, and it goes on with the next task.
+    wait_status(&client, 2, "completed").await;
+    assert_eq!(main_pid(&sd, WORKER), pid, "{}", sd.log(WORKER));
+    assert_eq!(sd.prop(WORKER, "NRestarts"), "0");
+    assert_eq!(sd.prop(WORKER, "ActiveState"), "active");
+}

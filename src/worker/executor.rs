@@ -17,8 +17,15 @@
 //!     backoff while attempts remain, else it fails.
 //!   - any other status: permanent failure — the task fails at once; the tail of stderr
 //!     is its error.
-//!   - killed by a signal (a crash, the kernel's OOM killer, `MemoryMax`) or timed out:
-//!     the program could not say, so the attempt is treated as retryable.
+//!   - killed by the kernel's OOM killer (the worker's memory cgroup — its unit's
+//!     `MemoryMax` — counted an OOM kill while the task ran, and the program died of a
+//!     signal or a non-zero status): permanent failure, with an error that names the
+//!     limit. Running it again would hit the same limit.
+//!   - killed by any other signal (a crash, someone's `kill`) or timed out: the program
+//!     could not say, so the attempt is treated as retryable.
+//! - the program (and what it starts) is the OOM killer's preferred victim within the
+//!   unit (`oom_score_adj` raised to [`EXECUTOR_OOM_SCORE_ADJ`]): a task that outgrows
+//!   the memory limit ends, the worker that supervises it does not.
 //! - progress: a stdout line `JRQ-PROGRESS: N` (N from 0 to 100, optionally with `%`)
 //!   sets the task's `progress_percent`; such lines are not part of the result.
 
@@ -35,6 +42,10 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::validate;
+
+/// The `oom_score_adj` executors start with (the worker keeps its own): when memory runs
+/// out, the kernel ends a task rather than the worker.
+pub const EXECUTOR_OOM_SCORE_ADJ: &std::ffi::CStr = c"500";
 
 /// Exit status with which an executor program asks for a retry (EX_TEMPFAIL).
 pub const EXIT_RETRY: i32 = 75;
@@ -235,6 +246,7 @@ impl ExecSpec {
                 args: args.clone(),
                 kill_grace,
                 output_limit,
+                memory: crate::cgroup::MemoryCgroup::own(),
             }),
         }
     }
@@ -249,6 +261,8 @@ pub struct Program {
     pub kill_grace: Duration,
     /// Bytes kept from the end of stdout and stderr.
     pub output_limit: usize,
+    /// The worker's memory cgroup, to recognise OOM kills (`None`: not recognised).
+    pub memory: Option<crate::cgroup::MemoryCgroup>,
 }
 
 impl Handler for Program {
@@ -285,13 +299,19 @@ impl Program {
         {
             cmd.env_remove(v);
         }
-        // If the worker itself dies (kill -9), the executor's leader dies with it.
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // If the worker itself dies (kill -9), the executor's leader dies with it; and
+        // when memory runs out, the executor goes before the worker.
+        // SAFETY: prctl, open, write and close are async-signal-safe and allocate
+        // nothing (the path and value are static C strings); nothing else runs between
+        // fork and exec.
         unsafe {
             cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                raise_oom_score_adj();
+                Ok(())
             });
         }
+        let oom_before = self.memory.as_ref().and_then(|m| m.oom_kills());
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -351,7 +371,23 @@ impl Program {
             Ok(s) => s,
             Err(e) => return TaskOutcome::Retry(format!("cannot wait for the executor: {e}")),
         };
-        classify(status, stdout, stderr)
+        let oom = match (&self.memory, oom_before) {
+            (Some(m), Some(before)) if m.oom_kills().is_some_and(|after| after > before) => {
+                Some(m.limit())
+            }
+            _ => None,
+        };
+        classify(status, stdout, stderr, oom)
+    }
+}
+
+/// Raises this (forked, not yet exec'd) process's `oom_score_adj`. Best effort: an
+/// already higher value cannot be lowered without privilege, and that is fine.
+fn raise_oom_score_adj() {
+    use nix::fcntl::{open, OFlag};
+    use nix::sys::stat::Mode;
+    if let Ok(fd) = open(c"/proc/self/oom_score_adj", OFlag::O_WRONLY, Mode::empty()) {
+        let _ = nix::unistd::write(&fd, EXECUTOR_OOM_SCORE_ADJ.to_bytes());
     }
 }
 
@@ -362,8 +398,15 @@ fn signal_group(pgid: Option<Pid>, sig: Signal) {
     }
 }
 
-/// Maps an exit status to an outcome (the contract in the module docs).
-fn classify(status: std::process::ExitStatus, stdout: String, stderr: String) -> TaskOutcome {
+/// Maps an exit status to an outcome (the contract in the module docs). `oom` is set
+/// when the OOM killer killed a process of the worker's cgroup during the attempt, with
+/// the cgroup's limit when it has one.
+fn classify(
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+    oom: Option<Option<u64>>,
+) -> TaskOutcome {
     use std::os::unix::process::ExitStatusExt;
     let detail = |what: String| {
         let e = stderr.trim_end();
@@ -375,25 +418,47 @@ fn classify(status: std::process::ExitStatus, stdout: String, stderr: String) ->
     };
     match (status.code(), status.signal()) {
         (Some(0), _) => TaskOutcome::Completed(stdout),
+        (code, sig) if oom.is_some() => {
+            let how = match (code, sig) {
+                (_, Some(sig)) => format!("ended the executor ({})", signal_name(sig)),
+                (Some(code), _) => {
+                    format!(
+                        "killed a process of the executor, which then exited with status {code}"
+                    )
+                }
+                (None, None) => "ended the executor".into(),
+            };
+            let limit = match oom.flatten() {
+                Some(l) => format!(
+                    "the worker's memory limit ({})",
+                    crate::cgroup::human_bytes(l)
+                ),
+                None => "the memory available to the worker".into(),
+            };
+            TaskOutcome::Failed(detail(format!(
+                "out of memory: the kernel's OOM killer {how}; the task \
+                 needs more than {limit} (raise MemoryMax= in a drop-in for the worker's \
+                 unit, or make the task use less)"
+            )))
+        }
         (Some(EXIT_RETRY), _) => TaskOutcome::Retry(detail(format!(
             "executor asked for a retry (exit {EXIT_RETRY})"
         ))),
         (Some(code), _) => {
             TaskOutcome::Failed(detail(format!("executor exited with status {code}")))
         }
-        (None, Some(sig)) => {
-            let name = Signal::try_from(sig)
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|_| format!("signal {sig}"));
-            let hint = if sig == Signal::SIGKILL as i32 {
-                " (out of memory, or killed from outside)"
-            } else {
-                ""
-            };
-            TaskOutcome::Retry(detail(format!("executor was killed by {name}{hint}")))
-        }
+        (None, Some(sig)) => TaskOutcome::Retry(detail(format!(
+            "executor was killed by {}",
+            signal_name(sig)
+        ))),
         (None, None) => TaskOutcome::Retry(detail("executor ended without a status".into())),
     }
+}
+
+fn signal_name(sig: i32) -> String {
+    Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
 }
 
 /// Reads a stream to its end and returns its last `limit` bytes (as lossy UTF-8). With a
@@ -551,20 +616,43 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         let st = |raw| std::process::ExitStatus::from_raw(raw);
         assert_eq!(
-            classify(st(0), "out".into(), String::new()),
+            classify(st(0), "out".into(), String::new(), None),
             TaskOutcome::Completed("out".into())
         );
         assert!(matches!(
-            classify(st(75 << 8), String::new(), String::new()),
+            classify(st(75 << 8), String::new(), String::new(), None),
             TaskOutcome::Retry(_)
         ));
-        match classify(st(3 << 8), String::new(), "bad input\n".into()) {
+        match classify(st(3 << 8), String::new(), "bad input\n".into(), None) {
             TaskOutcome::Failed(e) => assert_eq!(e, "executor exited with status 3: bad input"),
             o => panic!("{o:?}"),
         }
-        match classify(st(9), String::new(), String::new()) {
+        match classify(st(9), String::new(), String::new(), None) {
             TaskOutcome::Retry(e) => assert!(e.contains("SIGKILL"), "{e}"),
             o => panic!("{o:?}"),
         }
+        // The OOM killer counted a kill while the task ran: a failure that names the limit.
+        match classify(st(9), String::new(), String::new(), Some(Some(64 << 20))) {
+            TaskOutcome::Failed(e) => assert_eq!(
+                e,
+                "out of memory: the kernel's OOM killer ended the executor (SIGKILL); the task \
+                 needs more than the worker's memory limit (64M) (raise MemoryMax= in a drop-in \
+                 for the worker's unit, or make the task use less)"
+            ),
+            o => panic!("{o:?}"),
+        }
+        match classify(st(137 << 8), String::new(), "Killed\n".into(), Some(None)) {
+            TaskOutcome::Failed(e) => {
+                assert!(e.contains("exited with status 137"), "{e}");
+                assert!(e.contains("the memory available to the worker"), "{e}");
+                assert!(e.ends_with(": Killed"), "{e}");
+            }
+            o => panic!("{o:?}"),
+        }
+        // A success is a success, whatever else the OOM killer did meanwhile.
+        assert_eq!(
+            classify(st(0), "out".into(), String::new(), Some(None)),
+            TaskOutcome::Completed("out".into())
+        );
     }
 }

@@ -524,9 +524,22 @@ impl UserSystemd {
             let path = bin_path(name);
             std::os::unix::fs::symlink(path, bin.join(name)).unwrap();
         }
+        // The private manager has no journal: each service logs to HOME/logs/UNIT.log.
+        std::fs::create_dir_all(home.path().join("logs")).unwrap();
         for e in std::fs::read_dir(project_root().join("systemd")).unwrap() {
             let e = e.unwrap();
             std::fs::copy(e.path(), units.join(e.file_name())).unwrap();
+            let name = e.file_name().into_string().unwrap();
+            if name.ends_with(".service") {
+                let dir = units.join(format!("{name}.d"));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(
+                    dir.join("test-log.conf"),
+                    "[Service]\nStandardOutput=append:%h/logs/%n.log\n\
+                     StandardError=append:%h/logs/%n.log\n",
+                )
+                .unwrap();
+            }
         }
         let mut text = String::new();
         for (k, v) in env {
@@ -603,11 +616,18 @@ impl UserSystemd {
             }
             assert!(
                 Instant::now() < deadline,
-                "{unit} {prop} is {v:?}, not {value:?}: {:#?}",
-                self.ctl(&["status", "--no-pager", unit])
+                "{unit} {prop} is {v:?}, not {value:?}: {:#?}\n{unit}'s log:\n{}",
+                self.ctl(&["status", "--no-pager", unit]),
+                self.log(unit)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// What a service has written to stdout and stderr so far.
+    pub fn log(&self, unit: &str) -> String {
+        std::fs::read_to_string(self.home.path().join(format!("logs/{unit}.log")))
+            .unwrap_or_default()
     }
 
     /// Adds a drop-in to a unit (e.g. a shorter WatchdogSec for a test) and reloads.
