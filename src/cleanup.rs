@@ -283,8 +283,9 @@ pub fn end_process(pid: i32, grace: Duration) -> String {
 }
 
 /// Registry rows of this host whose process is gone (or from an earlier boot). With
-/// `force`, each is marked offline and its tasks released, under the row's lock so that a
-/// new instance registering meanwhile is never disturbed.
+/// `force`, each is marked `lost` (offline; this host's health monitor restarts its unit)
+/// and its tasks released, under the row's lock so that a new instance registering
+/// meanwhile is never disturbed.
 pub async fn fix_registry(
     client: &mut Client,
     this_host: &str,
@@ -338,7 +339,7 @@ pub async fn fix_registry(
                 let unassigned = tasks::tasks_unassign_worker(&txn, &name, &detail).await?;
                 workers::workers_note(&txn, &name, &format!("marked offline: {detail}")).await?;
                 txn.execute(
-                    "UPDATE jr_status SET is_online = false, status = 'offline', current_load = 0, \
+                    "UPDATE jr_status SET is_online = false, status = 'lost', current_load = 0, \
                          updated_at = now() WHERE jr_name = $1",
                     &[&name],
                 )

@@ -73,8 +73,10 @@ async fn status_of(client: &Client, id: i64) -> (String, Option<String>) {
 async fn worker(client: &Client, name: &str, host: &str, silent_s: i64) {
     client
         .execute(
-            "INSERT INTO jr_status (jr_name, host, pid, is_online, status, capacity, last_seen) \
-             VALUES ($1, $2, 999999, true, 'busy', 2, now() - $3::int8 * interval '1 second')",
+            "INSERT INTO jr_status (jr_name, host, pid, is_online, status, capacity, last_seen, \
+                                    invocation_id) \
+             VALUES ($1, $2, 999999, true, 'busy', 2, now() - $3::int8 * interval '1 second', \
+                     'a-unit-invocation')",
             &[&name, &host, &silent_s],
         )
         .await
@@ -189,7 +191,11 @@ async fn dead_workers_are_marked_just_past_the_threshold_and_local_ones_restarte
     );
     // Only the local one is restarted, through the user manager, without a shell.
     let calls = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(calls, "--user restart jr-queue-worker@dead_w.service\n");
+    assert_eq!(
+        calls,
+        "--user reset-failed jr-queue-worker@dead_w.service\n\
+         --user restart jr-queue-worker@dead_w.service\n"
+    );
     let note: String = client
         .query_one(
             "SELECT status_text FROM jr_status WHERE jr_name = 'dead_w'",
@@ -434,7 +440,7 @@ async fn finished_auto_complete_runs_are_closed_and_a_missing_assigner_is_report
     );
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
-        "--user restart jr-auto-assigner.service\n"
+        "--user reset-failed jr-auto-assigner.service\n--user restart jr-auto-assigner.service\n"
     );
     let status = |id: String| {
         let client = &client;
@@ -456,4 +462,78 @@ async fn finished_auto_complete_runs_are_closed_and_a_missing_assigner_is_report
         "active",
         "runs without auto-complete are left alone"
     );
+}
+
+#[tokio::test]
+async fn lost_rows_of_this_host_are_restarted_once_if_they_ran_as_units_with_a_reason_to_live() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (systemctl, log) = fake_systemctl(dir.path());
+    let host = here();
+    assigner_alive(&client).await;
+    let run = db.run(&["runs", "create"]).ok().trim().to_string();
+    let over = db.run(&["runs", "create"]).ok().trim().to_string();
+    db.run(&["runs", "set", &over, "completed"]).ok();
+    // Lost: marked by the stale cleanup or by a monitor on another host.
+    for (name, on, invocation, run_id) in [
+        ("unit_w", host.as_str(), Some("inv-1"), None),
+        ("unit_run_w", &host, Some("inv-2"), Some(run.as_str())),
+        ("by_hand_w", &host, None, None),
+        ("run_over_w", &host, Some("inv-3"), Some(over.as_str())),
+        ("remote_w", "another-host", Some("inv-4"), None),
+    ] {
+        client
+            .execute(
+                "INSERT INTO jr_status (jr_name, host, is_online, status, last_seen, \
+                                        invocation_id, run_id) \
+                 VALUES ($1, $2, false, 'lost', now(), $3, $4::text::uuid)",
+                &[&name, &on, &invocation, &run_id],
+            )
+            .await
+            .unwrap();
+    }
+    let args = [
+        "--manager",
+        "user",
+        "--systemctl",
+        systemctl.to_str().unwrap(),
+    ];
+    assert_eq!(monitor(&db, &args).code, Some(0));
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "--user reset-failed jr-queue-worker@unit_run_w.service\n\
+         --user restart jr-queue-worker@unit_run_w.service\n\
+         --user reset-failed jr-queue-worker@unit_w.service\n\
+         --user restart jr-queue-worker@unit_w.service\n"
+    );
+    let rows: Vec<(String, String, String)> = client
+        .query(
+            "SELECT jr_name, status, status_text FROM jr_status WHERE kind = 'worker' \
+             ORDER BY jr_name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let row = |n: &str| rows.iter().find(|r| r.0 == n).unwrap().clone();
+    assert_eq!(
+        row("by_hand_w").2,
+        "not restarted: it did not run under systemd"
+    );
+    assert_eq!(row("run_over_w").2, "not restarted: its run is over");
+    assert_eq!(
+        row("unit_w").2,
+        "restarted by the health monitor (jr-queue-worker@unit_w.service)"
+    );
+    assert_eq!(row("remote_w").1, "lost", "left to its own host's monitor");
+    for n in ["unit_w", "unit_run_w", "by_hand_w", "run_over_w"] {
+        assert_eq!(row(n).1, "offline", "{n} taken over");
+    }
+    // Taken over once: the next round restarts nothing.
+    std::fs::remove_file(&log).unwrap();
+    assert_eq!(monitor(&db, &args).code, Some(0));
+    assert!(!log.exists(), "no second restart");
 }

@@ -474,15 +474,15 @@ pub struct MarkedDead {
     pub silent_s: f64,
 }
 
-/// Marks offline the workers and assigners that are online but silent for longer than
-/// `dead_after`.
+/// Marks `lost` (offline, to be restarted by their host's monitor) the workers and
+/// assigners that are online but silent for longer than `dead_after`.
 pub async fn workers_mark_dead(
     client: &impl GenericClient,
     dead_after: Duration,
 ) -> Result<Vec<MarkedDead>> {
     let rows = client
         .query(
-            "UPDATE jr_status SET is_online = false, status = 'offline', current_load = 0, \
+            "UPDATE jr_status SET is_online = false, status = 'lost', current_load = 0, \
                  status_text = 'marked offline by the health monitor: silent for ' || \
                      round(extract(epoch FROM now() - last_seen))::int8 || 's', \
                  updated_at = now() \
@@ -500,6 +500,45 @@ pub async fn workers_mark_dead(
             silent_s: r.get(3),
         })
         .collect())
+}
+
+/// A `lost` registry row of this host, taken over by its health monitor.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lost {
+    pub name: String,
+    pub kind: String,
+    /// Why its unit is not restarted; `None`: restart it.
+    pub leave: Option<String>,
+}
+
+/// Takes over the `lost` rows of `host` (marks them `offline`) and says which to restart:
+/// those that ran under systemd and have a reason to live (no run, or a run still active).
+/// A worker started by hand, or one whose run is over, is not brought back as a unit.
+pub async fn workers_take_lost(client: &impl GenericClient, host: &str) -> Result<Vec<Lost>> {
+    let rows = client
+        .query(
+            "UPDATE jr_status s SET status = 'offline', updated_at = now() \
+             WHERE s.status = 'lost' AND NOT s.is_online AND s.host = $1 \
+             RETURNING s.jr_name, s.kind, \
+                 CASE WHEN coalesce(s.invocation_id, '') = '' \
+                          THEN 'it did not run under systemd' \
+                      WHEN s.run_id IS NOT NULL AND NOT EXISTS \
+                          (SELECT 1 FROM jr_runs r WHERE r.id = s.run_id AND r.status = 'active') \
+                          THEN 'its run is over' \
+                 END",
+            &[&host],
+        )
+        .await?;
+    let mut lost: Vec<Lost> = rows
+        .iter()
+        .map(|r| Lost {
+            name: r.get(0),
+            kind: r.get(1),
+            leave: r.get(2),
+        })
+        .collect();
+    lost.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(lost)
 }
 
 /// Registry rows of `kind` on `host`.

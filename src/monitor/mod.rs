@@ -197,16 +197,26 @@ impl Monitor {
             ..Default::default()
         };
         for d in &r.marked_offline {
-            tracing::warn!(worker = %d.name, kind = %d.kind, silent_s = d.silent_s, "marked offline");
-            if d.host == cfg.host {
-                let unit = unit_for(&d.kind, &d.name);
+            tracing::warn!(worker = %d.name, kind = %d.kind, host = %d.host, silent_s = d.silent_s, "marked offline");
+        }
+        // Lost rows of this host — marked just now, by a monitor elsewhere, or by the
+        // stale cleanup — are this monitor's to bring back.
+        if cfg.manager != Manager::None {
+            for lost in workers::workers_take_lost(client, &cfg.host).await? {
+                let unit = unit_for(&lost.kind, &lost.name);
+                if let Some(why) = &lost.leave {
+                    tracing::info!(worker = %lost.name, unit, why = %why, "lost, not restarted");
+                    workers::workers_note(client, &lost.name, &format!("not restarted: {why}"))
+                        .await?;
+                    continue;
+                }
                 let restart = self.restart(&unit);
                 let note = if restart.ok {
                     format!("restarted by the health monitor ({unit})")
                 } else {
                     format!("restart by the health monitor failed: {}", restart.detail)
                 };
-                workers::workers_note(client, &d.name, &note).await?;
+                workers::workers_note(client, &lost.name, &note).await?;
                 r.restarts.push(restart);
             }
         }
@@ -337,18 +347,28 @@ impl Monitor {
         }
     }
 
-    /// The command that restarts `unit`, word by word.
-    pub fn restart_command(&self, unit: &str) -> Option<Vec<String>> {
+    /// The command that runs `systemctl VERB unit`, word by word.
+    pub fn systemctl_command(&self, verb: &str, unit: &str) -> Option<Vec<String>> {
         let sys = self.cfg.systemctl.display().to_string();
         match self.cfg.manager {
-            Manager::User => Some(vec![sys, "--user".into(), "restart".into(), unit.into()]),
-            Manager::System => Some(vec![sys, "restart".into(), unit.into()]),
+            Manager::User => Some(vec![sys, "--user".into(), verb.into(), unit.into()]),
+            Manager::System => Some(vec![sys, verb.into(), unit.into()]),
             Manager::None => None,
         }
     }
 
+    /// Restarts a unit whose process went silent. A unit systemd gave up on (its start
+    /// limit hit after a crash loop) is in the failed state and refuses a plain restart:
+    /// `reset-failed` first gives it a fresh start budget, once per monitor round.
     fn restart(&self, unit: &str) -> Restart {
-        let Some(cmd) = self.restart_command(unit) else {
+        if let Some(reset) = self.systemctl_command("reset-failed", unit) {
+            // Fails harmlessly when the unit is not failed or not loaded.
+            let _ = std::process::Command::new(&reset[0])
+                .args(&reset[1..])
+                .stdin(std::process::Stdio::null())
+                .output();
+        }
+        let Some(cmd) = self.systemctl_command("restart", unit) else {
             return Restart {
                 unit: unit.into(),
                 command: vec![],
@@ -456,6 +476,9 @@ pub fn render_text(r: &Report) -> String {
         r.restarts.iter().filter(|x| x.ok).count(),
         r.runs_finished.len()
     );
+    for x in &r.restarts {
+        let _ = writeln!(s, "restart:    {}: {}", x.unit, x.detail);
+    }
     let _ = writeln!(
         s,
         "postgres:   notification queue {:.1} %, {} dead rows in jr_work_queue",
