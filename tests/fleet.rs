@@ -284,3 +284,166 @@ async fn a_task_past_memory_max_fails_out_of_memory_and_the_worker_carries_on() 
     assert_eq!(sd.prop(WORKER, "NRestarts"), "0");
     assert_eq!(sd.prop(WORKER, "ActiveState"), "active");
 }
+
+/// Timers that fire every 2 s instead of every minute / hour.
+const FAST_TIMER: &str =
+    "[Timer]\nOnBootSec=\nOnCalendar=\nPersistent=no\nOnActiveSec=1s\nOnUnitActiveSec=2s\nAccuracySec=100ms\n";
+
+#[tokio::test]
+async fn timers_fire_the_monitor_which_restarts_a_given_up_unit_and_the_cleanup() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let db = TestDb::new().await;
+    let out = tempfile::tempdir().unwrap();
+    let sd = fleet(&db, out.path());
+    // systemd gives up on this worker after one restart-worthy death (a crash loop, in
+    // short); it heartbeats often, so the monitor may call it dead after 3 s of silence.
+    sd.drop_in(
+        WORKER,
+        "[Unit]\nStartLimitBurst=1\n[Service]\nRestartSec=100ms\n\
+         Environment=JRQ_HEARTBEAT_INTERVAL=500ms\n",
+    );
+    sd.drop_in(
+        "jr-health-monitor.service",
+        "[Service]\nEnvironment=JRQ_DEAD_AFTER=3s\n",
+    );
+    sd.drop_in(
+        "jr-stale-cleanup.service",
+        "[Service]\nEnvironment=JRQ_GRACE=1s\n",
+    );
+    sd.drop_in("jr-health-monitor.timer", FAST_TIMER);
+    sd.drop_in("jr-stale-cleanup.timer", FAST_TIMER);
+    sd.ctl(&["start", WORKER]).ok();
+    sd.wait_prop(WORKER, "ActiveState", "active", T).await;
+
+    // A stray worker outside systemd, for a run that has finished, hung (SIGSTOP): it
+    // cannot notice the end of its run, so only the cleanup can end it.
+    let run = db.run(&["runs", "create"]).ok().trim().to_string();
+    let mut stray =
+        common::WorkerProc::start(&db.url, "stray_jr", &["--run", &run, "--exec", "noop"], &[]);
+    stray.wait_log(T, "worker ready").await;
+    stray.signal(Signal::SIGSTOP);
+    db.run(&["runs", "set", &run, "completed"]).ok();
+
+    sd.ctl(&["start", "jr-health-monitor.timer", "jr-stale-cleanup.timer"])
+        .ok();
+
+    // kill -9: the automatic restart hits the start limit and systemd gives up.
+    let pid = main_pid(&sd, WORKER);
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    sd.wait_prop(WORKER, "ActiveState", "failed", T).await;
+    // (systemd counts the restart it refused.)
+    assert_eq!(sd.prop(WORKER, "NRestarts"), "1");
+
+    // The monitor, fired by its timer, finds the silent worker and restarts its unit.
+    let deadline = std::time::Instant::now() + T;
+    while sd.prop(WORKER, "ActiveState") != "active" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the monitor did not restart the worker; its log:\n{}",
+            sd.log("jr-health-monitor.service")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(main_pid(&sd, WORKER), pid);
+    let log = sd.log("jr-health-monitor.service");
+    assert!(
+        log.contains("restart:    jr-queue-worker@it_triad_jr.service: restarted\n"),
+        "{log}"
+    );
+
+    // The cleanup, fired by its timer, ended the stray (SIGKILL: it could not drain).
+    assert_eq!(stray.wait_exit(T).await, None, "killed by a signal");
+    assert!(
+        sd.log("jr-stale-cleanup.service").contains("stray_jr"),
+        "{}",
+        sd.log("jr-stale-cleanup.service")
+    );
+    for timer in ["jr-health-monitor.timer", "jr-stale-cleanup.timer"] {
+        assert_ne!(sd.prop(timer, "LastTriggerUSec"), "n/a", "{timer} fired");
+    }
+}
+
+#[tokio::test]
+async fn the_installer_installs_starts_updates_and_uninstalls() {
+    use std::os::unix::fs::PermissionsExt;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let sd = UserSystemd::bare();
+    let home = sd.home.path().to_path_buf();
+    let bins = std::path::Path::new(common::bin_path("jrq"))
+        .parent()
+        .unwrap();
+    let install = |args: &[&str], with_env: bool| {
+        let mut cmd =
+            std::process::Command::new(common::project_root().join("scripts/install-user-units"));
+        cmd.args(args)
+            .env("HOME", &home)
+            .env("XDG_RUNTIME_DIR", sd.runtime.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("DATABASE_URL")
+            .env_remove("JRQ_EXEC");
+        if with_env {
+            cmd.env("DATABASE_URL", &db.url)
+                .env("JRQ_EXEC", test_executor());
+        }
+        common::Run::from(cmd.output().unwrap())
+    };
+    let prebuilt = ["--prebuilt", bins.to_str().unwrap()];
+
+    // A bad worker name is refused before anything is installed.
+    install(&[&prebuilt[..], &["bad name"]].concat(), true)
+        .fails(1, "worker name 'bad name' is not valid");
+    assert!(!home.join(".local/bin/jrq").exists());
+
+    let out = install(&[&prebuilt[..], &["it_triad_jr"]].concat(), true);
+    let text = out.ok().to_string();
+    assert!(text.contains("wrote"), "{text}");
+    let env_file = home.join(".config/jrq/jrq.env");
+    let mode = std::fs::metadata(&env_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the environment file is private");
+    let env_text = std::fs::read_to_string(&env_file).unwrap();
+    assert!(env_text.contains(&format!("DATABASE_URL=\"{}\"", db.url)));
+    for unit in [
+        "jr-auto-assigner.service",
+        "jr-health-monitor.timer",
+        "jr-stale-cleanup.timer",
+        WORKER,
+    ] {
+        sd.wait_prop(unit, "ActiveState", "active", T).await;
+        assert_eq!(sd.prop(unit, "UnitFileState"), "enabled", "{unit}");
+    }
+    // The operators' check, through the installed units.
+    client
+        .batch_execute(
+            "INSERT INTO jr_work_queue (title, description, source, created_by) \
+             VALUES ('Test Auto-Assign', 'Test', 'tpm', 'claude_tpm')",
+        )
+        .await
+        .unwrap();
+    wait_status(&client, 1, "completed").await;
+
+    // Again, without the environment: the settings are kept, nothing restarts.
+    let pid = main_pid(&sd, WORKER);
+    let text = install(&[&prebuilt[..], &["it_triad_jr"]].concat(), false)
+        .ok()
+        .to_string();
+    assert!(text.contains("keeping"), "{text}");
+    assert_eq!(std::fs::read_to_string(&env_file).unwrap(), env_text);
+    assert_eq!(main_pid(&sd, WORKER), pid, "same binaries: not restarted");
+
+    let text = install(&["--uninstall"], false).ok().to_string();
+    assert!(text.contains("jrq uninstalled"), "{text}");
+    for unit in [
+        "jr-auto-assigner.service",
+        "jr-health-monitor.timer",
+        WORKER,
+    ] {
+        sd.wait_prop(unit, "ActiveState", "inactive", T).await;
+    }
+    assert!(!env_file.exists());
+    assert!(!home.join(".local/bin/jr-queue-worker").exists());
+    assert!(!home
+        .join(".config/systemd/user/jr-queue-worker@.service")
+        .exists());
+}

@@ -505,7 +505,6 @@ impl UserSystemd {
     /// Starts the manager; `env` lines go into jrq.env (DATABASE_URL, JRQ_EXEC, ...).
     pub fn start(env: &[(&str, &str)]) -> UserSystemd {
         use std::os::unix::fs::PermissionsExt;
-        use std::os::unix::process::CommandExt;
         let runtime = tempfile::tempdir().unwrap();
         std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         let home = tempfile::tempdir().unwrap();
@@ -549,6 +548,19 @@ impl UserSystemd {
             ));
         }
         std::fs::write(home.path().join(".config/jrq/jrq.env"), text).unwrap();
+        Self::launch(runtime, home)
+    }
+
+    /// Starts a manager with an empty HOME: nothing installed (for the installer's test).
+    pub fn bare() -> UserSystemd {
+        use std::os::unix::fs::PermissionsExt;
+        let runtime = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        Self::launch(runtime, tempfile::tempdir().unwrap())
+    }
+
+    fn launch(runtime: tempfile::TempDir, home: tempfile::TempDir) -> UserSystemd {
+        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new("unshare");
         cmd.args(["-m", "--kill-child=SIGTERM", "--"])
             .arg(project_root().join("scripts/user-systemd"))
