@@ -672,7 +672,40 @@ impl Drop for UserSystemd {
             }
         }
         let _ = self.manager.wait();
+        // Nothing the manager ran may outlive it: every unit runs from HOME.
+        if !std::thread::panicking() {
+            let home = self.home.path().to_string_lossy().into_owned();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let left = processes_mentioning(&home);
+                if left.is_empty() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "processes left behind by the systemd user manager: {left:?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
+}
+
+/// Processes whose command line mentions `needle` (pid and command line).
+pub fn processes_mentioning(needle: &str) -> Vec<(String, String)> {
+    let mut found = vec![];
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
 }
 
 /// The path of one of this package's binaries.
