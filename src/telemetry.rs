@@ -28,12 +28,29 @@ pub fn init_stderr(default_level: &str) {
     init(LogFormat::Text, default_level);
 }
 
+/// Whether stderr is the journal stream systemd connected: `JOURNAL_STREAM` names its
+/// device and inode (systemd.exec(5)). A process that inherited the variable but writes
+/// elsewhere — a unit with `StandardError=file:`, a program started from a unit with its
+/// stderr piped — logs as text to its stderr.
+pub fn stderr_is_journal() -> bool {
+    let var = std::env::var("JOURNAL_STREAM").ok();
+    var.is_some()
+        && nix::sys::stat::fstat(std::io::stderr())
+            .is_ok_and(|st| names_stream(var.as_deref(), st.st_dev, st.st_ino))
+}
+
+/// Whether a `JOURNAL_STREAM` value ("DEVICE:INODE") names this device and inode.
+fn names_stream(var: Option<&str>, dev: u64, ino: u64) -> bool {
+    var.and_then(|v| v.split_once(':'))
+        .is_some_and(|(d, i)| d.parse() == Ok(dev) && i.parse() == Ok(ino))
+}
+
 /// Sets up logging for a daemon. `RUST_LOG` overrides `default_level`.
 pub fn init(format: LogFormat, default_level: &str) {
     let filter =
         || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let format = match format {
-        LogFormat::Auto if std::env::var_os("JOURNAL_STREAM").is_some() => LogFormat::Journald,
+        LogFormat::Auto if stderr_is_journal() => LogFormat::Journald,
         LogFormat::Auto => LogFormat::Text,
         f => f,
     };
@@ -62,5 +79,22 @@ pub fn init(format: LogFormat, default_level: &str) {
                 .with_ansi(ansi)
                 .try_init();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_only_when_stderr_is_the_named_stream() {
+        assert!(names_stream(Some("64769:1234"), 64769, 1234));
+        assert!(
+            !names_stream(Some("64769:1235"), 64769, 1234),
+            "another stream"
+        );
+        assert!(!names_stream(None, 64769, 1234));
+        assert!(!names_stream(Some("garbage"), 64769, 1234));
+        assert!(!names_stream(Some(""), 0, 0));
     }
 }

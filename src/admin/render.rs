@@ -409,7 +409,8 @@ pub fn workers(rows: &[WorkerRow], json: bool) -> Result<()> {
         "circuit",
     ]);
     for r in rows {
-        let state = if r.alive {
+        // Not alive: 'lost' (waiting for its host's monitor to restart it) or offline.
+        let state = if r.alive || r.status == "lost" {
             r.status.clone()
         } else {
             "offline".into()
