@@ -32,15 +32,49 @@ async fn wait_status(client: &Client, id: i64, want: &str) {
     .await;
 }
 
-fn fleet(db: &TestDb, out: &std::path::Path) -> UserSystemd {
-    // (The caller holds ONE_AT_A_TIME.)
-    UserSystemd::start(&[
-        ("DATABASE_URL", &db.url),
-        ("JRQ_EXEC", &test_executor()),
-        ("JRQ_POLL_INTERVAL", "200ms"),
-        ("JRQ_RETRY_BASE", "100ms"),
-        ("EXEC_TEST_OUT", out.to_str().unwrap()),
-    ])
+/// A private systemd user manager with the units installed against a fresh database, one
+/// at a time. (Fields drop in order: the manager and its units first, the database last.)
+struct Fleet {
+    sd: UserSystemd,
+    client: Client,
+    db: TestDb,
+    /// EXEC_TEST_OUT of the test executor.
+    _out: tempfile::TempDir,
+    _one: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Fleet {
+    async fn new() -> Fleet {
+        let one = ONE_AT_A_TIME.lock().await;
+        let db = TestDb::new().await;
+        let client = db.client().await;
+        let out = tempfile::tempdir().unwrap();
+        let sd = UserSystemd::start(&[
+            ("DATABASE_URL", &db.url),
+            ("JRQ_EXEC", &test_executor()),
+            ("JRQ_POLL_INTERVAL", "200ms"),
+            ("JRQ_RETRY_BASE", "100ms"),
+            ("EXEC_TEST_OUT", out.path().to_str().unwrap()),
+        ]);
+        Fleet {
+            sd,
+            client,
+            db,
+            _out: out,
+            _one: one,
+        }
+    }
+
+    /// Starts the worker unit (with a drop-in when `drop_in` is not empty) and waits until
+    /// it is active; its main pid.
+    async fn start_worker(&self, drop_in: &str) -> i32 {
+        if !drop_in.is_empty() {
+            self.sd.drop_in(WORKER, drop_in);
+        }
+        self.sd.ctl(&["start", WORKER]).ok();
+        self.sd.wait_prop(WORKER, "ActiveState", "active", T).await;
+        main_pid(&self.sd, WORKER)
+    }
 }
 
 fn main_pid(sd: &UserSystemd, unit: &str) -> i32 {
@@ -49,11 +83,8 @@ fn main_pid(sd: &UserSystemd, unit: &str) -> i32 {
 
 #[tokio::test]
 async fn units_start_ready_run_the_psql_insert_and_restart_after_kill_9() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let db = TestDb::new().await;
-    let client = db.client().await;
-    let out = tempfile::tempdir().unwrap();
-    let sd = fleet(&db, out.path());
+    let f = Fleet::new().await;
+    let (sd, client) = (&f.sd, &f.client);
     sd.ctl(&["start", "jr-auto-assigner.service", WORKER]).ok();
     sd.wait_prop(WORKER, "ActiveState", "active", T).await;
     sd.wait_prop("jr-auto-assigner.service", "ActiveState", "active", T)
@@ -72,7 +103,7 @@ async fn units_start_ready_run_the_psql_insert_and_restart_after_kill_9() {
         )
         .await
         .unwrap();
-    wait_status(&client, 1, "completed").await;
+    wait_status(client, 1, "completed").await;
     let assigned: String = client
         .query_one("SELECT assigned_jr FROM jr_work_queue WHERE id = 1", &[])
         .await
@@ -87,13 +118,13 @@ async fn units_start_ready_run_the_psql_insert_and_restart_after_kill_9() {
         )
         .await
         .unwrap();
-    wait_status(&client, 2, "in_progress").await;
-    let pid = main_pid(&sd, WORKER);
+    wait_status(client, 2, "in_progress").await;
+    let pid = main_pid(sd, WORKER);
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     sd.wait_prop(WORKER, "NRestarts", "1", T).await;
     sd.wait_prop(WORKER, "ActiveState", "active", T).await;
-    assert_ne!(main_pid(&sd, WORKER), pid);
-    wait_status(&client, 2, "completed").await;
+    assert_ne!(main_pid(sd, WORKER), pid);
+    wait_status(client, 2, "completed").await;
     let attempts: i32 = client
         .query_one("SELECT attempts FROM jr_work_queue WHERE id = 2", &[])
         .await
@@ -107,20 +138,17 @@ async fn units_start_ready_run_the_psql_insert_and_restart_after_kill_9() {
 
 #[tokio::test]
 async fn a_hung_worker_is_killed_by_the_watchdog_and_restarted() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let db = TestDb::new().await;
-    let out = tempfile::tempdir().unwrap();
-    let sd = fleet(&db, out.path());
+    let f = Fleet::new().await;
+    let sd = &f.sd;
     // A short watchdog for the test; the worker pings at half of it.
-    sd.drop_in(WORKER, "[Service]\nWatchdogSec=3\nRestartSec=1\n");
-    sd.ctl(&["start", WORKER]).ok();
-    sd.wait_prop(WORKER, "ActiveState", "active", T).await;
-    let pid = main_pid(&sd, WORKER);
+    let pid = f
+        .start_worker("[Service]\nWatchdogSec=3\nRestartSec=1\n")
+        .await;
     kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
     sd.wait_prop(WORKER, "NRestarts", "1", T).await;
     sd.wait_prop(WORKER, "ActiveState", "active", T).await;
     assert_ne!(
-        main_pid(&sd, WORKER),
+        main_pid(sd, WORKER),
         pid,
         "a new process after the watchdog kill"
     );
@@ -128,18 +156,11 @@ async fn a_hung_worker_is_killed_by_the_watchdog_and_restarted() {
 
 #[tokio::test]
 async fn a_run_scoped_worker_exits_when_its_run_completes_and_stays_stopped() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let db = TestDb::new().await;
-    let client = db.client().await;
-    let out = tempfile::tempdir().unwrap();
-    let run = db.run(&["runs", "create"]).ok().trim().to_string();
-    let sd = fleet(&db, out.path());
-    sd.drop_in(
-        WORKER,
-        &format!("[Service]\nEnvironment=RUN_FILTER_ID={run}\n"),
-    );
-    sd.ctl(&["start", WORKER]).ok();
-    sd.wait_prop(WORKER, "ActiveState", "active", T).await;
+    let f = Fleet::new().await;
+    let (sd, client) = (&f.sd, &f.client);
+    let run = f.db.run(&["runs", "create"]).ok().trim().to_string();
+    f.start_worker(&format!("[Service]\nEnvironment=RUN_FILTER_ID={run}\n"))
+        .await;
     client
         .execute(
             "UPDATE jr_runs SET status = 'completed' WHERE id = $1::text::uuid",
@@ -154,13 +175,9 @@ async fn a_run_scoped_worker_exits_when_its_run_completes_and_stays_stopped() {
 
 #[tokio::test]
 async fn systemctl_stop_drains_and_loses_no_task() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let db = TestDb::new().await;
-    let client = db.client().await;
-    let out = tempfile::tempdir().unwrap();
-    let sd = fleet(&db, out.path());
-    sd.ctl(&["start", WORKER]).ok();
-    sd.wait_prop(WORKER, "ActiveState", "active", T).await;
+    let f = Fleet::new().await;
+    let (sd, client) = (&f.sd, &f.client);
+    f.start_worker("").await;
     client
         .batch_execute(
             r#"INSERT INTO jr_work_queue (title, status, assigned_jr, payload)
@@ -168,13 +185,13 @@ async fn systemctl_stop_drains_and_loses_no_task() {
         )
         .await
         .unwrap();
-    wait_status(&client, 1, "in_progress").await;
+    wait_status(client, 1, "in_progress").await;
     let stopped = sd.ctl(&["stop", WORKER]);
     stopped.ok();
     assert_eq!(sd.prop(WORKER, "ActiveState"), "inactive");
     assert_eq!(sd.prop(WORKER, "Result"), "success");
     assert_eq!(
-        status_of(&client, 1).await,
+        status_of(client, 1).await,
         "completed",
         "the drain let it finish"
     );
@@ -205,17 +222,13 @@ fn stat_value(text: &str, key: &str) -> u64 {
 
 #[tokio::test]
 async fn a_healthy_busy_worker_under_cpu_quota_is_not_killed() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let db = TestDb::new().await;
-    let client = db.client().await;
-    let out = tempfile::tempdir().unwrap();
-    let sd = fleet(&db, out.path());
+    let f = Fleet::new().await;
+    let (sd, client) = (&f.sd, &f.client);
     // A short watchdog, so that a task of a few seconds outlasts it several times over.
-    sd.drop_in(WORKER, "[Service]\nWatchdogSec=3\nRestartSec=1\n");
-    sd.ctl(&["start", WORKER]).ok();
-    sd.wait_prop(WORKER, "ActiveState", "active", T).await;
+    let pid = f
+        .start_worker("[Service]\nWatchdogSec=3\nRestartSec=1\n")
+        .await;
     assert_eq!(sd.prop(WORKER, "CPUQuotaPerSecUSec"), "500ms");
-    let pid = main_pid(&sd, WORKER);
     client
         .batch_execute(
             r#"INSERT INTO jr_work_queue (title, status, assigned_jr, payload)
@@ -223,7 +236,7 @@ async fn a_healthy_busy_worker_under_cpu_quota_is_not_killed() {
         )
         .await
         .unwrap();
-    wait_status(&client, 1, "completed").await;
+    wait_status(client, 1, "completed").await;
     let row = client
         .query_one("SELECT attempts FROM jr_work_queue WHERE id = 1", &[])
         .await
@@ -231,7 +244,7 @@ async fn a_healthy_busy_worker_under_cpu_quota_is_not_killed() {
     assert_eq!(row.get::<_, i32>(0), 1, "{}", sd.log(WORKER));
     assert_eq!(sd.prop(WORKER, "NRestarts"), "0", "{}", sd.log(WORKER));
     assert_eq!(
-        main_pid(&sd, WORKER),
+        main_pid(sd, WORKER),
         pid,
         "the same worker process throughout"
     );
@@ -246,15 +259,11 @@ async fn a_healthy_busy_worker_under_cpu_quota_is_not_killed() {
 
 #[tokio::test]
 async fn a_task_past_memory_max_fails_out_of_memory_and_the_worker_carries_on() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let db = TestDb::new().await;
-    let client = db.client().await;
-    let out = tempfile::tempdir().unwrap();
-    let sd = fleet(&db, out.path());
-    sd.drop_in(WORKER, "[Service]\nMemoryHigh=infinity\nMemoryMax=96M\n");
-    sd.ctl(&["start", WORKER]).ok();
-    sd.wait_prop(WORKER, "ActiveState", "active", T).await;
-    let pid = main_pid(&sd, WORKER);
+    let f = Fleet::new().await;
+    let (sd, client) = (&f.sd, &f.client);
+    let pid = f
+        .start_worker("[Service]\nMemoryHigh=infinity\nMemoryMax=96M\n")
+        .await;
     client
         .batch_execute(
             r#"INSERT INTO jr_work_queue (title, status, assigned_jr, payload)
@@ -263,7 +272,7 @@ async fn a_task_past_memory_max_fails_out_of_memory_and_the_worker_carries_on() 
         )
         .await
         .unwrap();
-    wait_status(&client, 1, "failed").await;
+    wait_status(client, 1, "failed").await;
     let row = client
         .query_one(
             "SELECT attempts, error FROM jr_work_queue WHERE id = 1",
@@ -279,8 +288,8 @@ async fn a_task_past_memory_max_fails_out_of_memory_and_the_worker_carries_on() 
     );
     assert_eq!(row.get::<_, i32>(0), 1, "not retried into the same wall");
     // The worker was not the victim: same process, and it goes on with the next task.
-    wait_status(&client, 2, "completed").await;
-    assert_eq!(main_pid(&sd, WORKER), pid, "{}", sd.log(WORKER));
+    wait_status(client, 2, "completed").await;
+    assert_eq!(main_pid(sd, WORKER), pid, "{}", sd.log(WORKER));
     assert_eq!(sd.prop(WORKER, "NRestarts"), "0");
     assert_eq!(sd.prop(WORKER, "ActiveState"), "active");
 }
@@ -291,17 +300,10 @@ const FAST_TIMER: &str =
 
 #[tokio::test]
 async fn timers_fire_the_monitor_which_restarts_a_given_up_unit_and_the_cleanup() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let db = TestDb::new().await;
-    let out = tempfile::tempdir().unwrap();
-    let sd = fleet(&db, out.path());
+    let f = Fleet::new().await;
+    let (sd, db) = (&f.sd, &f.db);
     // systemd gives up on this worker after one restart-worthy death (a crash loop, in
     // short); it heartbeats often, so the monitor may call it dead after 3 s of silence.
-    sd.drop_in(
-        WORKER,
-        "[Unit]\nStartLimitBurst=1\n[Service]\nRestartSec=100ms\n\
-         Environment=JRQ_HEARTBEAT_INTERVAL=500ms\n",
-    );
     sd.drop_in(
         "jr-health-monitor.service",
         "[Service]\nEnvironment=JRQ_DEAD_AFTER=3s\n",
@@ -312,8 +314,12 @@ async fn timers_fire_the_monitor_which_restarts_a_given_up_unit_and_the_cleanup(
     );
     sd.drop_in("jr-health-monitor.timer", FAST_TIMER);
     sd.drop_in("jr-stale-cleanup.timer", FAST_TIMER);
-    sd.ctl(&["start", WORKER]).ok();
-    sd.wait_prop(WORKER, "ActiveState", "active", T).await;
+    let pid = f
+        .start_worker(
+            "[Unit]\nStartLimitBurst=1\n[Service]\nRestartSec=100ms\n\
+             Environment=JRQ_HEARTBEAT_INTERVAL=500ms\n",
+        )
+        .await;
 
     // A stray worker outside systemd, for a run that has finished, hung (SIGSTOP): it
     // cannot notice the end of its run, so only the cleanup can end it.
@@ -328,7 +334,6 @@ async fn timers_fire_the_monitor_which_restarts_a_given_up_unit_and_the_cleanup(
         .ok();
 
     // kill -9: the automatic restart hits the start limit and systemd gives up.
-    let pid = main_pid(&sd, WORKER);
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     sd.wait_prop(WORKER, "ActiveState", "failed", T).await;
     // (systemd counts the restart it refused.)
@@ -344,7 +349,7 @@ async fn timers_fire_the_monitor_which_restarts_a_given_up_unit_and_the_cleanup(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_ne!(main_pid(&sd, WORKER), pid);
+    assert_ne!(main_pid(sd, WORKER), pid);
     let log = sd.log("jr-health-monitor.service");
     assert!(
         log.contains("restart:    jr-queue-worker@it_triad_jr.service: restarted\n"),
