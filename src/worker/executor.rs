@@ -19,8 +19,9 @@
 //!     is its error.
 //!   - killed by the kernel's OOM killer (the worker's memory cgroup — its unit's
 //!     `MemoryMax` — counted an OOM kill while the task ran, and the program died of a
-//!     signal or a non-zero status): permanent failure, with an error that names the
-//!     limit. Running it again would hit the same limit.
+//!     signal or exited with a status other than 0 and 75): permanent failure, with an
+//!     error that names the limit. Running it again would hit the same limit. (A
+//!     program that handles the kill and exits 75 gets its retry.)
 //!   - killed by any other signal (a crash, someone's `kill`) or timed out: the program
 //!     could not say, so the attempt is treated as retryable.
 //! - the program (and what it starts) is the OOM killer's preferred victim within the
@@ -418,6 +419,9 @@ fn classify(
     };
     match (status.code(), status.signal()) {
         (Some(0), _) => TaskOutcome::Completed(stdout),
+        (Some(EXIT_RETRY), _) => TaskOutcome::Retry(detail(format!(
+            "executor asked for a retry (exit {EXIT_RETRY})"
+        ))),
         (code, sig) if oom.is_some() => {
             let how = match (code, sig) {
                 (_, Some(sig)) => format!("ended the executor ({})", signal_name(sig)),
@@ -441,9 +445,6 @@ fn classify(
                  unit, or make the task use less)"
             )))
         }
-        (Some(EXIT_RETRY), _) => TaskOutcome::Retry(detail(format!(
-            "executor asked for a retry (exit {EXIT_RETRY})"
-        ))),
         (Some(code), _) => {
             TaskOutcome::Failed(detail(format!("executor exited with status {code}")))
         }
@@ -649,10 +650,15 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
-        // A success is a success, whatever else the OOM killer did meanwhile.
+        // A success is a success and a retry request a retry, whatever else the OOM
+        // killer did meanwhile.
         assert_eq!(
             classify(st(0), "out".into(), String::new(), Some(None)),
             TaskOutcome::Completed("out".into())
         );
+        assert!(matches!(
+            classify(st(75 << 8), String::new(), String::new(), Some(None)),
+            TaskOutcome::Retry(_)
+        ));
     }
 }
