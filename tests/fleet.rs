@@ -404,6 +404,11 @@ async fn the_installer_installs_starts_updates_and_uninstalls() {
     let out = install(&[&prebuilt[..], &["it_triad_jr"]].concat(), true);
     let text = out.ok().to_string();
     assert!(text.contains("wrote"), "{text}");
+    // Linger: enabled, or (no logind here) a line saying what to run; never a failure.
+    assert!(
+        text.contains("== linger enabled") || text.contains("sudo loginctl enable-linger"),
+        "{text}"
+    );
     let env_file = home.join(".config/jrq/jrq.env");
     let mode = std::fs::metadata(&env_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the environment file is private");
