@@ -30,36 +30,17 @@ impl MemoryCgroup {
 
     /// The memory cgroup named in a `/proc/PID/cgroup` text, under `root`.
     pub fn from_proc(text: &str, root: &Path) -> Option<MemoryCgroup> {
-        let mut v2 = None;
-        for line in text.lines() {
-            let mut parts = line.splitn(3, ':');
-            let (Some(_), Some(controllers), Some(path)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            let rel = path.trim_start_matches('/');
-            if controllers.split(',').any(|c| c == "memory") {
-                let dir = root.join("memory").join(rel);
-                let cg = MemoryCgroup {
-                    events: dir.join("memory.oom_control"),
-                    limit: dir.join("memory.limit_in_bytes"),
-                    dir,
-                };
-                if cg.events.exists() {
-                    return Some(cg);
-                }
-            } else if controllers.is_empty() {
-                v2 = Some(root.join(rel));
-            }
-        }
-        let dir = v2?;
-        let cg = MemoryCgroup {
+        let v1 = v1_dir(text, root, "memory").map(|dir| MemoryCgroup {
+            events: dir.join("memory.oom_control"),
+            limit: dir.join("memory.limit_in_bytes"),
+            dir,
+        });
+        let v2 = v2_dir(text, root).map(|dir| MemoryCgroup {
             events: dir.join("memory.events"),
             limit: dir.join("memory.max"),
             dir,
-        };
-        cg.events.exists().then_some(cg)
+        });
+        v1.into_iter().chain(v2).find(|cg| cg.events.exists())
     }
 
     /// How many processes of this cgroup the OOM killer has killed so far.
@@ -71,6 +52,33 @@ impl MemoryCgroup {
     pub fn limit(&self) -> Option<u64> {
         parse_limit(&std::fs::read_to_string(&self.limit).ok()?)
     }
+}
+
+/// The directory of `controller` for the process whose `/proc/PID/cgroup` text this is:
+/// its v1 hierarchy when the controller has one, else the v2 (unified) cgroup.
+pub fn controller_dir(text: &str, root: &Path, controller: &str) -> Option<PathBuf> {
+    v1_dir(text, root, controller).or_else(|| v2_dir(text, root))
+}
+
+/// The `(controllers, path)` of each line of a `/proc/PID/cgroup` text.
+fn entries(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().filter_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        Some((controllers, path.trim_start_matches('/')))
+    })
+}
+
+fn v1_dir(text: &str, root: &Path, controller: &str) -> Option<PathBuf> {
+    entries(text)
+        .find(|(cs, _)| cs.split(',').any(|c| c == controller))
+        .map(|(_, path)| root.join(controller).join(path))
+}
+
+fn v2_dir(text: &str, root: &Path) -> Option<PathBuf> {
+    entries(text)
+        .find(|(cs, _)| cs.is_empty())
+        .map(|(_, path)| root.join(path))
 }
 
 /// The `oom_kill N` line of `memory.events` (v2) or `memory.oom_control` (v1).
@@ -142,6 +150,15 @@ mod tests {
         assert_eq!(
             MemoryCgroup::from_proc("0::/elsewhere\n", root.path()),
             None
+        );
+        assert_eq!(
+            controller_dir(text, root.path(), "cpu"),
+            Some(root.path().join("app.slice/w.service")),
+            "no v1 cpu hierarchy: the unified one"
+        );
+        assert_eq!(
+            controller_dir("3:cpu,cpuacct:/a.slice\n0::/b\n", root.path(), "cpu"),
+            Some(root.path().join("cpu/a.slice"))
         );
     }
 

@@ -197,21 +197,12 @@ async fn systemctl_stop_drains_and_loses_no_task() {
     );
 }
 
-/// A worker's unit cgroup counter file (`cpu.stat`), v1 or v2 layout.
+/// A process's CPU cgroup counters (`cpu.stat`), v1 or v2 layout.
 fn cpu_stat(pid: i32) -> String {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let mut v2 = None;
-    for line in cgroups.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
-        if controllers.split(',').any(|c| c == "cpu") {
-            return std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{path}/cpu.stat")).unwrap();
-        }
-        if controllers.is_empty() {
-            v2 = Some(path.to_string());
-        }
-    }
-    std::fs::read_to_string(format!("/sys/fs/cgroup{}/cpu.stat", v2.unwrap())).unwrap()
+    let root = std::path::Path::new(jrq::cgroup::CGROUP_ROOT);
+    let dir = jrq::cgroup::controller_dir(&cgroups, root, "cpu").unwrap();
+    std::fs::read_to_string(dir.join("cpu.stat")).unwrap()
 }
 
 fn stat_value(text: &str, key: &str) -> u64 {
