@@ -444,13 +444,18 @@ impl Assigner {
                 systemd::status(&text);
                 last_status = text;
             }
-            if wake {
-                continue;
-            }
-            let mut until = next_heartbeat.min(next_round);
-            if conn.is_none() {
-                until = until.min(next_reconnect);
-            }
+            // Rounds need the connection: without one, only the heartbeat (which pings the
+            // watchdog within the grace) and the reconnect are reasons to wake. A round
+            // deadline or a wake-up left from before the loss would be in the past and spin
+            // the loop until the database is back.
+            let until = if conn.is_some() {
+                if wake {
+                    continue;
+                }
+                next_heartbeat.min(next_round)
+            } else {
+                next_heartbeat.min(next_reconnect)
+            };
             tokio::select! {
                 _ = shutdown.changed() => {}
                 note = next_note(&mut conn) => match note {

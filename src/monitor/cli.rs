@@ -65,7 +65,9 @@ pub struct MonitorArgs {
     /// node_exporter's textfile collector.
     #[arg(long, env = "JRQ_TEXTFILE", value_name = "PATH")]
     pub textfile: Option<PathBuf>,
-    /// Repeat every INTERVAL instead of one round (for use without systemd's timer).
+    /// Repeat every INTERVAL instead of one round (for use without systemd's timer). Only
+    /// the first round's error ends the program; a later failed round (the database
+    /// restarting, say) is logged and the next one tries again. SIGTERM ends it (exit 0).
     #[arg(long, env = "JRQ_WATCH", value_name = "INTERVAL", value_parser = validate::parse_positive_duration)]
     pub watch: Option<Duration>,
     /// Log format: auto, text, json, journald.
@@ -105,31 +107,45 @@ pub async fn run(args: MonitorArgs) -> Result<u8> {
     };
     let db = crate::db::config_from(args.database_url.as_deref(), "jr-health-monitor")?;
     let monitor = Monitor::new(cfg);
+    let Some(every) = args.watch else {
+        return round(&monitor, &db, &args).await;
+    };
+    // Watching: the first round's error ends the program (as a daemon's failed start
+    // does); later ones — a database outage, a restart — are logged, and the next round
+    // tries again, so a watching monitor rides out what the other daemons ride out.
+    let mut shutdown = crate::shutdown::from_signals()
+        .map_err(|e| Error::io("cannot install signal handlers", e))?;
+    round(&monitor, &db, &args).await?;
     loop {
-        let client = crate::db::connect(&db).await?;
-        crate::db::check_schema(&client).await?;
-        let report = monitor.run_once(&client).await?;
-        if args.json {
-            let text = serde_json::to_string_pretty(&report)
-                .map_err(|e| Error::io("cannot encode the report", std::io::Error::other(e)))?;
-            println!("{text}");
-        } else {
-            print!("{}", super::render_text(&report));
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            // Stopped on purpose: a clean exit, whatever the last round found.
+            _ = shutdown.changed() => return Ok(0),
         }
-        if let (Some(path), false) = (&args.textfile, report.skipped) {
-            super::write_atomically(path, &super::render_prometheus(&report))?;
-        }
-        let status = if report.unhealthy() {
-            EXIT_UNHEALTHY
-        } else {
-            0
-        };
-        match args.watch {
-            None => return Ok(status),
-            Some(every) => {
-                drop(client);
-                tokio::time::sleep(every).await;
-            }
+        if let Err(e) = round(&monitor, &db, &args).await {
+            tracing::warn!(error = %e, retry_in = %validate::format_duration(every), "monitor round failed");
         }
     }
+}
+
+/// One round: connect, check the schema, act, report; the exit status it calls for.
+async fn round(monitor: &Monitor, db: &tokio_postgres::Config, args: &MonitorArgs) -> Result<u8> {
+    let client = crate::db::connect(db).await?;
+    crate::db::check_schema(&client).await?;
+    let report = monitor.run_once(&client).await?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::io("cannot encode the report", std::io::Error::other(e)))?;
+        println!("{text}");
+    } else {
+        print!("{}", super::render_text(&report));
+    }
+    if let (Some(path), false) = (&args.textfile, report.skipped) {
+        super::write_atomically(path, &super::render_prometheus(&report))?;
+    }
+    Ok(if report.unhealthy() {
+        EXIT_UNHEALTHY
+    } else {
+        0
+    })
 }

@@ -514,11 +514,15 @@ impl Session {
                 t = t.min(deadline);
             }
         }
-        if !self.progress.is_empty() {
-            t = t.min(self.last_progress_flush + PROGRESS_FLUSH);
-        }
-        if !self.unwritten.is_empty() && self.conn.is_some() {
-            t = t.min(self.next_write);
+        // Writes wait for a connection: without one, their timers are not reasons to wake
+        // (a past deadline here would spin the loop until the database is back).
+        if self.conn.is_some() {
+            if !self.progress.is_empty() {
+                t = t.min(self.last_progress_flush + PROGRESS_FLUSH);
+            }
+            if !self.unwritten.is_empty() {
+                t = t.min(self.next_write);
+            }
         }
         t.max(now)
     }
