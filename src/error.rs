@@ -48,9 +48,13 @@ pub enum Error {
     #[error("migration failed: {0}")]
     Migration(String),
 
-    /// Any other database error, with the server's message, detail and hint.
-    #[error("database error: {0}")]
-    Db(String),
+    /// Any other database error, with the server's message, detail and hint, and its
+    /// SQLSTATE when the server sent one.
+    #[error("database error: {message}")]
+    Db {
+        message: String,
+        sqlstate: Option<String>,
+    },
 
     /// Reading input or writing output failed.
     #[error("{context}: {source}")]
@@ -80,7 +84,26 @@ impl Error {
 
     /// A database error with the server's message, detail and hint.
     pub fn from_pg(e: &tokio_postgres::Error) -> Self {
-        Error::Db(describe_pg_error(e))
+        Error::Db {
+            message: describe_pg_error(e),
+            sqlstate: sqlstate(e).map(str::to_string),
+        }
+    }
+
+    /// Whether the database refused the data itself — a value it cannot store or that
+    /// breaks a constraint or a limit (SQLSTATE classes 22, 23 and 54) — rather than the
+    /// connection or the moment: the same write will fail again however often it is
+    /// tried, and writes of other data are unaffected.
+    pub fn is_refused_data(&self) -> bool {
+        match self {
+            Error::Db {
+                sqlstate: Some(code),
+                ..
+            } => ["22", "23", "54"]
+                .iter()
+                .any(|class| code.starts_with(class)),
+            _ => false,
+        }
     }
 
     /// An I/O error with what was being done.
@@ -94,7 +117,7 @@ impl Error {
 
 impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Self {
-        Error::Db(describe_pg_error(&e))
+        Error::from_pg(&e)
     }
 }
 

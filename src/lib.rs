@@ -28,6 +28,7 @@ pub mod shutdown;
 pub mod systemd;
 pub mod task;
 pub mod telemetry;
+pub mod text;
 pub mod validate;
 pub mod worker;
 

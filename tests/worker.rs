@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{test_executor, wait_for, FakeAssigner, TestDb, WorkerProc};
+use common::{next_datagram, test_executor, wait_for, FakeAssigner, TestDb, WorkerProc};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tokio_postgres::Client;
@@ -711,26 +711,6 @@ async fn a_run_scoped_worker_exits_when_its_run_ends_and_max_loops_bounds_it() {
             .unwrap(),
     );
     out.fails(1, "there is no run 00000000-0000-4000-8000-000000000000");
-}
-
-/// Reads notify datagrams until `pred` matches one (returned), or fails after `timeout`.
-async fn next_datagram(
-    sock: &tokio::net::UnixDatagram,
-    timeout: Duration,
-    mut pred: impl FnMut(&str) -> bool,
-) -> String {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
-            .await
-            .expect("the expected notification in time")
-            .unwrap();
-        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-        if pred(&msg) {
-            return msg;
-        }
-    }
 }
 
 #[tokio::test]

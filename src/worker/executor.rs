@@ -462,7 +462,8 @@ fn signal_name(sig: i32) -> String {
         .unwrap_or_else(|_| format!("signal {sig}"))
 }
 
-/// Reads a stream to its end and returns its last `limit` bytes (as lossy UTF-8). With a
+/// Reads a stream to its end and returns its last `limit` bytes as storable text (see
+/// [`crate::text::storable_from_bytes`]). With a
 /// progress sink, `JRQ-PROGRESS: N` lines are reported and left out of the text.
 async fn read_tail(
     mut r: impl AsyncRead + Unpin,
@@ -559,7 +560,14 @@ impl Tail {
             self.buf.drain(..drop);
             self.cut = true;
         }
-        let text = String::from_utf8_lossy(&self.buf).into_owned();
+        if self.cut {
+            // The cut may have split a character: start at the next whole one.
+            let partial = self.buf.iter().take(3).take_while(|b| **b & 0xC0 == 0x80);
+            let n = partial.count();
+            self.buf.drain(..n);
+        }
+        // What PostgreSQL cannot store (NUL, invalid UTF-8) is replaced, and said so.
+        let text = crate::text::storable_from_bytes(&self.buf);
         if self.cut {
             format!("…{text}")
         } else {
@@ -610,6 +618,10 @@ mod tests {
         let mut t = Tail::new(50);
         t.push(b"short");
         assert_eq!(t.into_string(), "short");
+        // A cut through a character is not reported as invalid UTF-8.
+        let mut t = Tail::new(3);
+        t.push("ééé".as_bytes());
+        assert_eq!(t.into_string(), "…é");
     }
 
     #[test]

@@ -351,6 +351,8 @@ struct Session {
     ready: bool,
     /// After a failed outcome write, the next try waits until this.
     next_write: Instant,
+    /// Since when outcome writes have been failing (`None`: they succeed).
+    writes_failing_since: Option<Instant>,
 }
 
 impl Session {
@@ -380,6 +382,7 @@ impl Session {
                 lost_name: None,
                 ready: false,
                 next_write: now,
+                writes_failing_since: None,
             },
             Channels {
                 done_rx,
@@ -554,7 +557,7 @@ impl Session {
             Some(finish) => self.unwritten.push(FinishedAttempt {
                 task_id: d.task_id,
                 attempt: d.attempt,
-                finish,
+                finish: finish.into_storable(),
             }),
             None => tracing::warn!(
                 task_id = d.task_id,
@@ -633,36 +636,114 @@ impl Session {
         };
         match result {
             Ok((applied, claimed)) => {
-                let applied: HashSet<i64> = applied.into_iter().collect();
-                for f in self.unwritten.drain(..) {
-                    if applied.contains(&f.task_id) {
-                        tracing::info!(
-                            task_id = f.task_id,
-                            worker = %cfg.name,
-                            attempt = f.attempt,
-                            outcome = f.finish.kind(),
-                            error = f.finish.error().unwrap_or(""),
-                            "task finished"
-                        );
-                    } else {
-                        tracing::warn!(
-                            task_id = f.task_id,
-                            attempt = f.attempt,
-                            "lease lost before the outcome was written: left to the new owner"
-                        );
-                    }
-                }
-                self.last_db_ok = Instant::now();
+                let done = std::mem::take(&mut self.unwritten);
+                self.outcomes_written(done, &applied);
                 if claim_too {
                     self.loops += 1;
                     self.after_claim(free, claimed);
                 }
             }
-            Err(e) => {
-                self.next_write = Instant::now() + Duration::from_secs(1);
-                self.db_error("writing task outcomes", &e);
+            // One outcome the database refuses (a value it cannot store, a constraint)
+            // must not hold back the others: write each alone.
+            Err(e) if e.is_refused_data() => {
+                tracing::warn!(
+                    error = %e,
+                    tasks = self.unwritten.len(),
+                    "the database refused a batch of outcomes: writing each alone"
+                );
+                self.write_outcomes_alone().await;
+            }
+            Err(e) => self.outcome_write_failed(&e),
+        }
+    }
+
+    /// Writes the unwritten outcomes one by one. An outcome the database refuses is
+    /// replaced by a failure that states the cause, so the task ends and says why; any
+    /// other error keeps the rest for the next try.
+    async fn write_outcomes_alone(&mut self) {
+        let mut pending = std::mem::take(&mut self.unwritten).into_iter();
+        let mut failure = None;
+        for mut f in pending.by_ref() {
+            let Some(conn) = &self.conn else {
+                self.unwritten.push(f);
+                break;
+            };
+            let (name, instance) = (&self.w.cfg.name, self.w.instance);
+            let mut replaced = false;
+            loop {
+                let one = std::slice::from_ref(&f);
+                match tasks::tasks_finish(&conn.client, &conn.stmts, name, instance, one).await {
+                    Ok(applied) => {
+                        self.outcomes_written(vec![f], &applied);
+                        break;
+                    }
+                    Err(e) if e.is_refused_data() && !replaced => {
+                        tracing::error!(
+                            task_id = f.task_id,
+                            attempt = f.attempt,
+                            outcome = f.finish.kind(),
+                            error = %e,
+                            "the database refused this outcome: the task fails with the cause"
+                        );
+                        f.finish = unstorable_outcome(&f.finish, &e);
+                        replaced = true;
+                    }
+                    Err(e) => {
+                        self.unwritten.push(f);
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if failure.is_some() {
+                break;
             }
         }
+        self.unwritten.extend(pending);
+        if let Some(e) = failure {
+            self.outcome_write_failed(&e);
+        }
+    }
+
+    /// Logs outcomes the database took (`applied`: the ids whose fenced write matched).
+    fn outcomes_written(&mut self, done: Vec<FinishedAttempt>, applied: &[i64]) {
+        let applied: HashSet<i64> = applied.iter().copied().collect();
+        for f in done {
+            if applied.contains(&f.task_id) {
+                tracing::info!(
+                    task_id = f.task_id,
+                    worker = %self.w.cfg.name,
+                    attempt = f.attempt,
+                    outcome = f.finish.kind(),
+                    error = f.finish.error().unwrap_or(""),
+                    "task finished"
+                );
+            } else {
+                tracing::warn!(
+                    task_id = f.task_id,
+                    attempt = f.attempt,
+                    "lease lost before the outcome was written: left to the new owner"
+                );
+            }
+        }
+        self.last_db_ok = Instant::now();
+        if self.unwritten.is_empty() {
+            self.writes_failing_since = None;
+        }
+    }
+
+    fn outcome_write_failed(&mut self, e: &Error) {
+        self.writes_failing_since.get_or_insert_with(Instant::now);
+        self.next_write = Instant::now() + Duration::from_secs(1);
+        self.db_error("writing task outcomes", e);
+    }
+
+    /// Whether outcomes get written: false once writes have failed for longer than the
+    /// database grace. Then the watchdog is no longer pinged — a worker that cannot record
+    /// what its tasks did is not healthy, however well it heartbeats.
+    fn writes_healthy(&self) -> bool {
+        self.writes_failing_since
+            .is_none_or(|t| t.elapsed() < self.cfg().db_grace)
     }
 
     async fn flush_progress(&mut self, force: bool) {
@@ -718,8 +799,13 @@ impl Session {
         match workers::workers_heartbeat(&conn.client, &conn.stmts, &hb).await {
             Ok(Some(reply)) => {
                 self.last_db_ok = Instant::now();
-                if self.ready {
+                if self.ready && self.writes_healthy() {
                     systemd::watchdog();
+                } else if self.ready {
+                    tracing::error!(
+                        tasks = self.unwritten.len(),
+                        "task outcomes could not be written for longer than the database grace: not pinging the watchdog"
+                    );
                 }
                 self.on_heartbeat_reply(reply);
             }
@@ -742,7 +828,7 @@ impl Session {
     /// While the database is away, the watchdog is still pinged for `db_grace`: a short
     /// outage does not restart a worker whose tasks are running fine.
     fn ping_within_grace(&self) {
-        if self.ready && self.last_db_ok.elapsed() < self.cfg().db_grace {
+        if self.ready && self.last_db_ok.elapsed() < self.cfg().db_grace && self.writes_healthy() {
             systemd::watchdog();
         }
     }
@@ -955,6 +1041,12 @@ impl Session {
                 "; database unreachable for {}",
                 format_duration(self.last_db_ok.elapsed())
             ));
+        } else if let Some(since) = self.writes_failing_since {
+            text.push_str(&format!(
+                "; {} outcome(s) unwritten for {}",
+                self.unwritten.len(),
+                format_duration(since.elapsed())
+            ));
         }
         text
     }
@@ -1086,6 +1178,19 @@ async fn supervise(
         attempt,
         finish,
     });
+}
+
+/// The failure written instead of an outcome the database refused: the task ends, and
+/// its error says what the attempt ended with and why that could not be stored.
+fn unstorable_outcome(original: &Finish, e: &Error) -> Finish {
+    let cause = e.to_string();
+    Finish::Failed {
+        error: format!(
+            "jrq could not store this attempt's outcome ({}): {}",
+            original.kind(),
+            crate::text::truncate_bytes(&cause, 1000)
+        ),
+    }
 }
 
 /// Maps a handler's outcome and the stop reason (if any) to the transition to write.

@@ -259,6 +259,26 @@ where
     }
 }
 
+/// Reads notify datagrams until `pred` matches one (returned), or fails after `timeout`.
+pub async fn next_datagram(
+    sock: &tokio::net::UnixDatagram,
+    timeout: Duration,
+    mut pred: impl FnMut(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
+            .await
+            .expect("the expected notification in time")
+            .unwrap();
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if pred(&msg) {
+            return msg;
+        }
+    }
+}
+
 /// Writes `text` to a file in a fresh temp dir and returns the dir (keep it alive) and path.
 pub fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();

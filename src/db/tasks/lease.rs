@@ -129,6 +129,30 @@ impl Finish {
         self.parts().3
     }
 
+    /// The same outcome with its text made storable: PostgreSQL refuses NUL characters in
+    /// `text`, and a handler may return any string (see [`crate::text::storable`]).
+    pub fn into_storable(self) -> Self {
+        use crate::text::storable;
+        match self {
+            Finish::Completed { result } => Finish::Completed {
+                result: storable(result),
+            },
+            Finish::RetryLater { error, backoff } => Finish::RetryLater {
+                error: storable(error),
+                backoff,
+            },
+            Finish::Failed { error } => Finish::Failed {
+                error: storable(error),
+            },
+            Finish::Cancelled { reason } => Finish::Cancelled {
+                reason: storable(reason),
+            },
+            Finish::Released { reason } => Finish::Released {
+                reason: storable(reason),
+            },
+        }
+    }
+
     /// Whether this counts as a failed attempt for the worker's circuit breaker.
     pub fn is_failure(&self) -> bool {
         matches!(self, Finish::RetryLater { .. } | Finish::Failed { .. })
