@@ -23,6 +23,7 @@ pub mod error;
 pub mod host;
 pub mod monitor;
 pub mod process;
+pub mod procs;
 mod registry;
 pub mod shutdown;
 pub mod systemd;

@@ -111,14 +111,19 @@ async fn units_start_ready_run_the_psql_insert_and_restart_after_kill_9() {
         .get(0);
     assert_eq!(assigned, "it_triad_jr");
 
-    // kill -9 of the worker mid-task: systemd restarts it and the task completes.
+    // kill -9 of the worker mid-task: systemd restarts it and the task completes. The
+    // task's program started a process in a session of its own and left an orphan:
+    // the unit's cgroup ends them with the worker.
     client
         .batch_execute(
-            r#"INSERT INTO jr_work_queue (title, payload) VALUES ('long', '{"sleep_attempt": {"1": 60}}')"#,
+            r#"INSERT INTO jr_work_queue (title, payload) VALUES ('long',
+               '{"sleep_attempt": {"1": 60}, "detached_child": true, "orphan": true}')"#,
         )
         .await
         .unwrap();
     wait_status(client, 2, "in_progress").await;
+    let escaped = left_behind(f._out.path(), 2, 1).await;
+    assert!(escaped.iter().all(|p| process_runs(*p)), "they run");
     let pid = main_pid(sd, WORKER);
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     sd.wait_prop(WORKER, "NRestarts", "1", T).await;
@@ -134,6 +139,31 @@ async fn units_start_ready_run_the_psql_insert_and_restart_after_kill_9() {
         attempts, 2,
         "put back after the kill, completed on the retry"
     );
+    let retry = left_behind(f._out.path(), 2, 2).await;
+    for pid in escaped.into_iter().chain(retry) {
+        wait_for(T, &format!("process {pid} to end"), || async {
+            !process_runs(pid)
+        })
+        .await;
+    }
+}
+
+/// The pids a task's attempt started outside its process group (from its start record).
+async fn left_behind(out: &std::path::Path, id: i64, attempt: i32) -> Vec<i32> {
+    let path = out.join(format!("{id}.{attempt}.start.json"));
+    wait_for(T, "the start record", || async { path.exists() }).await;
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let pids: Vec<i32> = ["detached_pid", "orphan_pid"]
+        .iter()
+        .map(|k| rec[k].as_i64().unwrap() as i32)
+        .collect();
+    pids
+}
+
+fn process_runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 
 const T: Duration = Duration::from_secs(30);
 
-async fn exec(client: &Client, sql: &str) {
+async fn exec_sql(client: &Client, sql: &str) {
     client
         .batch_execute(sql)
         .await
@@ -75,7 +75,7 @@ async fn output_postgres_cannot_store_is_replaced_and_a_refused_outcome_blocks_n
     let client = db.client().await;
     // A rule of the operator's own that refuses one result: the worker's batch of outcomes
     // then holds one the database will never take.
-    exec(
+    exec_sql(
         &client,
         "ALTER TABLE jr_work_queue ADD CONSTRAINT no_poison CHECK (result IS DISTINCT FROM 'poison')",
     )
@@ -132,7 +132,7 @@ async fn output_postgres_cannot_store_is_replaced_and_a_refused_outcome_blocks_n
         let p = serde_json::json!({"stdout": format!("fine {i}"), "wait_file": release});
         fine.push(assigned_task(&client, "jr_nul", &p).await);
     }
-    exec(&client, "NOTIFY jrq_worker, 'jr_nul'").await;
+    exec_sql(&client, "NOTIFY jrq_worker, 'jr_nul'").await;
     for id in fine.iter().chain([&poison]) {
         wait_status(&client, *id, "in_progress").await;
     }
@@ -149,7 +149,7 @@ async fn output_postgres_cannot_store_is_replaced_and_a_refused_outcome_blocks_n
     );
     // And the worker goes on.
     let after = assigned_task(&client, "jr_nul", &serde_json::json!({})).await;
-    exec(&client, "NOTIFY jrq_worker, 'jr_nul'").await;
+    exec_sql(&client, "NOTIFY jrq_worker, 'jr_nul'").await;
     wait_status(&client, after, "completed").await;
 }
 
@@ -158,7 +158,7 @@ async fn a_worker_whose_outcome_writes_keep_failing_stops_pinging_the_watchdog()
     let db = TestDb::new().await;
     let client = db.client().await;
     // Every completion is refused, as by a full disk, while claims and heartbeats work.
-    exec(
+    exec_sql(
         &client,
         "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
          BEGIN RAISE EXCEPTION 'could not extend file (test)' USING ERRCODE = '53100'; END $$; \
@@ -188,7 +188,7 @@ async fn a_worker_whose_outcome_writes_keep_failing_stops_pinging_the_watchdog()
     next_datagram(&sock, T, |m| m.contains("READY=1")).await;
     next_datagram(&sock, T, |m| m.contains("WATCHDOG=1")).await;
     let id = assigned_task(&client, "jr_wd", &serde_json::json!({})).await;
-    exec(&client, "NOTIFY jrq_worker, 'jr_wd'").await;
+    exec_sql(&client, "NOTIFY jrq_worker, 'jr_wd'").await;
     next_datagram(&sock, T, |m| m.contains("outcome(s) unwritten")).await;
     let failing = tokio::time::Instant::now();
     // Watch for 3 s (the grace is 1 s): the last ping must come within the grace.
@@ -208,7 +208,310 @@ async fn a_worker_whose_outcome_writes_keep_failing_stops_pinging_the_watchdog()
     );
     assert_eq!(status_of(&client, id).await, "in_progress");
     // The cause goes away: the outcome is written, and the worker is healthy again.
-    exec(&client, "DROP TRIGGER refuse ON jr_task_events").await;
+    exec_sql(&client, "DROP TRIGGER refuse ON jr_task_events").await;
     wait_status(&client, id, "completed").await;
     next_datagram(&sock, T, |m| m.contains("WATCHDOG=1")).await;
+}
+
+/// Reads `/proc/$PPID/environ` and `/proc/$PPID/mem` — the worker's — as a task's
+/// program could, and prints what it got.
+const SNOOPER: &str = r#"
+import os
+ppid = os.getppid()
+print("ppid", ppid)
+try:
+    data = open(f"/proc/{ppid}/environ", "rb").read()
+    print("environ: read", len(data), "bytes")
+    if b"must-not-leak" in data:
+        print("LEAKED: the password is in the worker's environment")
+except OSError as e:
+    print("environ:", type(e).__name__)
+try:
+    with open(f"/proc/{ppid}/mem", "rb") as mem:
+        start = int(open(f"/proc/{ppid}/maps").readline().split("-")[0], 16)
+        mem.seek(start)
+        print("mem: read", len(mem.read(64)), "bytes")
+except OSError as e:
+    print("mem:", type(e).__name__)
+"#;
+
+#[tokio::test]
+async fn a_task_program_cannot_read_the_workers_environment_or_memory() {
+    // The worker and its programs run as one ordinary user (root could read anything).
+    let cluster = common::PrivateCluster::start();
+    cluster.allow_other_users();
+    let client = cluster.migrated().await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let snooper = dir.path().join("snoop.py");
+    std::fs::write(&snooper, SNOOPER).unwrap();
+    let exec = format!("/usr/bin/python3 {}", snooper.display());
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+    ];
+    let args = [
+        "--name",
+        "jr_snoop",
+        "--exec",
+        &exec,
+        "--poll-interval",
+        "100ms",
+    ];
+    let secret = [("PGPASSWORD", "must-not-leak")];
+    let w = WorkerProc::start_wrapped(&nobody, "jr-queue-worker", &cluster.url, &args, &secret);
+    w.wait_log(T, "worker ready").await;
+    let id = assigned_task(&client, "jr_snoop", &serde_json::json!({})).await;
+    exec_sql(&client, "NOTIFY jrq_worker, 'jr_snoop'").await;
+    wait_status(&client, id, "completed").await;
+    let result = text_of(&client, id, "result").await;
+    assert!(
+        result.contains(&format!("ppid {}", w.pid())),
+        "the program ran under the worker: {result}"
+    );
+    assert!(
+        result.contains("environ: PermissionError"),
+        "the worker's environment must be out of reach: {result}"
+    );
+    assert!(
+        result.contains("mem: PermissionError"),
+        "the worker's memory must be out of reach: {result}"
+    );
+    // Hidden as it is, the worker is still known to be alive: a second one is refused.
+    let mut second =
+        WorkerProc::start_wrapped(&nobody, "jr-queue-worker", &cluster.url, &args, &secret);
+    assert_eq!(second.wait_exit(T).await, Some(1), "{}", second.log());
+    assert!(
+        second.log().contains("is held by a live process"),
+        "{}",
+        second.log()
+    );
+}
+
+/// Whether a process runs (a zombie waiting to be reaped runs nothing).
+fn runs(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
+}
+
+/// The processes a task's program left, from its start record; killed when dropped so
+/// that a failing test leaves nothing behind.
+struct Left(Vec<i64>);
+
+impl Left {
+    async fn read(out: &std::path::Path, id: i64, attempt: i32) -> Left {
+        let path = out.join(format!("{id}.{attempt}.start.json"));
+        wait_for(T, "the start record", || async { path.exists() }).await;
+        let rec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let pids: Vec<i64> = ["detached_pid", "orphan_pid"]
+            .iter()
+            .map(|k| rec[k].as_i64().expect("pid recorded"))
+            .collect();
+        Left(pids)
+    }
+
+    async fn wait_gone(&self, what: &str) {
+        for &pid in &self.0 {
+            wait_for(T, &format!("{what}: process {pid} to end"), || async {
+                !runs(pid)
+            })
+            .await;
+        }
+    }
+}
+
+impl Drop for Left {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// A task that starts one process in a session of its own and leaves an orphan behind.
+fn escaping(extra: serde_json::Value) -> serde_json::Value {
+    let mut p = serde_json::json!({"detached_child": true, "orphan": true});
+    p.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    p
+}
+
+#[tokio::test]
+async fn what_a_task_started_ends_with_it_timeout_cancel_or_exit() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let out = tempfile::tempdir().unwrap();
+    let _w = WorkerProc::start(
+        &db.url,
+        "jr_tree",
+        &[
+            "--exec",
+            &test_executor(),
+            "--poll-interval",
+            "100ms",
+            "--kill-grace",
+            "1s",
+        ],
+        &[("EXEC_TEST_OUT", out.path().to_str().unwrap())],
+    );
+    // Timed out.
+    let id = assigned_task(
+        &client,
+        "jr_tree",
+        &escaping(serde_json::json!({"sleep": 60})),
+    )
+    .await;
+    exec_sql(
+        &client,
+        &format!("UPDATE jr_work_queue SET timeout = '1s', max_attempts = 1 WHERE id = {id}"),
+    )
+    .await;
+    exec_sql(&client, "NOTIFY jrq_worker, 'jr_tree'").await;
+    let left = Left::read(out.path(), id, 1).await;
+    assert!(left.0.iter().all(|p| runs(*p)), "started");
+    wait_status(&client, id, "failed").await;
+    left.wait_gone("timeout").await;
+
+    // Cancelled.
+    let id = assigned_task(
+        &client,
+        "jr_tree",
+        &escaping(serde_json::json!({"sleep": 60})),
+    )
+    .await;
+    exec_sql(&client, "NOTIFY jrq_worker, 'jr_tree'").await;
+    let left = Left::read(out.path(), id, 1).await;
+    wait_status(&client, id, "in_progress").await;
+    db.run(&["cancel", &id.to_string()]).ok();
+    wait_status(&client, id, "cancelled").await;
+    left.wait_gone("cancel").await;
+
+    // Exited by itself, successfully.
+    let id = assigned_task(&client, "jr_tree", &escaping(serde_json::json!({}))).await;
+    exec_sql(&client, "NOTIFY jrq_worker, 'jr_tree'").await;
+    let left = Left::read(out.path(), id, 1).await;
+    wait_status(&client, id, "completed").await;
+    left.wait_gone("exit").await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_outside_systemd_leaves_nothing_running_once_restarted() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let out = tempfile::tempdir().unwrap();
+    let args = ["--exec", &test_executor(), "--poll-interval", "100ms"];
+    let env = [("EXEC_TEST_OUT", out.path().to_str().unwrap())];
+    let first = WorkerProc::start(&db.url, "jr_k9", &args, &env);
+    let payload = escaping(serde_json::json!({"sleep_attempt": {"1": 60}}));
+    let id = assigned_task(&client, "jr_k9", &payload).await;
+    exec_sql(&client, "NOTIFY jrq_worker, 'jr_k9'").await;
+    let left = Left::read(out.path(), id, 1).await;
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(first);
+    assert!(
+        left.0.iter().all(|p| runs(*p)),
+        "without systemd, nothing ends them at once"
+    );
+    // The next instance takes the name over and ends what its predecessor's task left.
+    let second = WorkerProc::start(&db.url, "jr_k9", &args, &env);
+    left.wait_gone("restart").await;
+    second
+        .wait_log(
+            T,
+            "ended processes the previous instance's tasks left running",
+        )
+        .await;
+    // The task itself runs again, and its second attempt's processes end with it.
+    let _assigner = common::FakeAssigner::start(&db.url, "jr_k9");
+    let again = Left::read(out.path(), id, 2).await;
+    wait_status(&client, id, "completed").await;
+    again.wait_gone("second attempt").await;
+}
+
+#[tokio::test]
+async fn workers_started_together_with_one_new_name_leave_exactly_one_ready() {
+    let db = TestDb::new().await;
+    let mut gate = db.client().await;
+    // Hold the registry still, so that all five reach registration before any finishes.
+    let txn = gate.transaction().await.unwrap();
+    txn.batch_execute("LOCK TABLE jr_status IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let args = ["--exec", "noop", "--heartbeat-interval", "200ms"];
+    let mut procs: Vec<WorkerProc> = (0..5)
+        .map(|_| WorkerProc::start(&db.url, "jr_race", &args, &[]))
+        .collect();
+    let client = db.client().await;
+    wait_for(T, "five registrations waiting", || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                   AND application_name = 'jr-queue-worker' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 5
+    })
+    .await;
+    txn.commit().await.unwrap();
+    // The race is decided before READY: the losers exit, refused, without ever being ready.
+    let deadline = std::time::Instant::now() + T;
+    while running(&mut procs) > 1 {
+        let logs: Vec<String> = procs.iter().map(|p| p.log()).collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "four of five should have been refused: {logs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ready: Vec<&WorkerProc> = procs
+        .iter()
+        .filter(|p| p.log().contains("worker ready"))
+        .collect();
+    assert_eq!(ready.len(), 1, "exactly one is ready");
+    for p in procs
+        .iter_mut()
+        .filter(|p| !p.log().contains("worker ready"))
+    {
+        assert_eq!(p.child.try_wait().unwrap().unwrap().code(), Some(1));
+        assert!(p.log().contains("is held by a live process"), "{}", p.log());
+    }
+    // And the one that won keeps its name past its heartbeats.
+    wait_for(T, "a few heartbeats", || async {
+        client
+            .query_one(
+                "SELECT last_seen > started_at + interval '600 ms' FROM jr_status \
+                 WHERE jr_name = 'jr_race'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    })
+    .await;
+    assert_eq!(running(&mut procs), 1);
+}
+
+/// How many of `procs` still run.
+fn running(procs: &mut [WorkerProc]) -> usize {
+    let mut n = 0;
+    for p in procs.iter_mut() {
+        if p.child.try_wait().unwrap().is_none() {
+            n += 1;
+        }
+    }
+    n
 }

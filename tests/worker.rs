@@ -156,6 +156,15 @@ async fn runs_a_psql_task_with_payload_env_and_progress() {
     assert_eq!(env["JR_ATTEMPT"], "1");
     assert_eq!(env["JR_RUN_ID"], "");
     assert_eq!(env["JR_WORKER"], "it_triad_jr");
+    let instance: String = client
+        .query_one(
+            "SELECT instance_id::text FROM jr_status WHERE jr_name = 'it_triad_jr'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(env["JR_WORKER_INSTANCE"], instance);
     assert!(env.get("DATABASE_URL").is_none(), "{env}");
     assert!(env.get("PGPASSWORD").is_none(), "{env}");
     assert_eq!(

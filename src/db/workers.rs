@@ -166,8 +166,17 @@ pub struct Holder {
     pub last_seen_age_s: Option<f64>,
 }
 
-/// Locks a name's registry row for the rest of the transaction and returns its holder.
+/// Locks a name for the rest of the transaction and returns its holder. The name is
+/// locked, not only its row: a name nobody registered yet has no row to lock, and
+/// processes registering one new name at the same moment must still take turns (each
+/// then sees the one before it).
 pub async fn workers_lock(client: &impl GenericClient, name: &str) -> Result<Option<Holder>> {
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('jrq registry name ' || $1, 0))",
+            &[&name],
+        )
+        .await?;
     let row = client
         .query_opt(
             "SELECT kind, host, pid, instance_id, boot_id, is_online, \

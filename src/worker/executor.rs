@@ -5,12 +5,17 @@
 //! ## The executor program contract
 //!
 //! - stdin: the task's JSON payload, then end of file.
-//! - environment: `JR_TASK_ID`, `JR_TASK_TITLE`, `JR_ATTEMPT` (1 for the first),
-//!   `JR_MAX_ATTEMPTS`, `JR_RUN_ID` (empty without a run), `JR_WORKER`, plus the worker's
-//!   own environment minus `DATABASE_URL`, `PGPASSWORD` and systemd's notify variables.
+//! - environment: `JR_TASK_ID`, `JR_TASK_TITLE` (its first [`TITLE_ENV_MAX`] bytes),
+//!   `JR_ATTEMPT` (1 for the first), `JR_MAX_ATTEMPTS`, `JR_RUN_ID` (empty without a
+//!   run), `JR_WORKER`, `JR_WORKER_INSTANCE` (the worker process's instance id), plus the
+//!   worker's own environment minus `DATABASE_URL`, `PGPASSWORD` and systemd's notify
+//!   variables. The worker's own environment and memory are out of the program's reach
+//!   although it runs as the same user (the worker is not dumpable, see [`super::guard`]).
 //! - its own process group; when the task must stop (timeout, cancel, lost lease, end of
-//!   the drain) the whole group gets SIGTERM, then SIGKILL after the kill grace. When the
-//!   program exits, whatever it left running in its group is killed too: no orphans.
+//!   the drain) the group and every other process the task started — also those that
+//!   left the group (`setsid`) or were orphaned (a double fork) — get SIGTERM, then
+//!   SIGKILL after the kill grace. When the program exits, whatever it left running is
+//!   killed too: no orphans.
 //! - exit status:
 //!   - `0`: success — the task is completed; the tail of stdout is its result.
 //!   - `75` (EX_TEMPFAIL): retryable failure — the task goes back to pending after a
@@ -42,6 +47,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+use super::guard;
 use crate::validate;
 
 /// The `oom_score_adj` executors start with (the worker keeps its own): when memory runs
@@ -52,6 +58,10 @@ pub const EXECUTOR_OOM_SCORE_ADJ: &std::ffi::CStr = c"500";
 pub const EXIT_RETRY: i32 = 75;
 /// Prefix of a progress line on an executor's stdout.
 pub const PROGRESS_PREFIX: &str = "JRQ-PROGRESS:";
+/// Most bytes of the title given to an executor in `JR_TASK_TITLE` (the whole title is in
+/// the task, `jrq show`): the kernel refuses to start a program whose environment holds
+/// one string over 128 KiB.
+pub const TITLE_ENV_MAX: usize = 4096;
 /// Default bytes kept from the end of an executor's stdout (result) and stderr (error).
 pub const DEFAULT_OUTPUT_LIMIT: usize = 16 * 1024;
 
@@ -108,6 +118,8 @@ pub struct TaskContext {
     pub max_attempts: i32,
     pub run_id: Option<Uuid>,
     pub worker: String,
+    /// The worker process instance running the attempt (it fences the attempt's writes).
+    pub worker_instance: Uuid,
     pub timeout: Duration,
     stop: watch::Receiver<Option<StopReason>>,
     progress: mpsc::UnboundedSender<Progress>,
@@ -124,6 +136,7 @@ impl TaskContext {
         max_attempts: i32,
         run_id: Option<Uuid>,
         worker: String,
+        worker_instance: Uuid,
         timeout: Duration,
         progress: mpsc::UnboundedSender<Progress>,
     ) -> (TaskContext, watch::Sender<Option<StopReason>>) {
@@ -137,6 +150,7 @@ impl TaskContext {
                 max_attempts,
                 run_id,
                 worker,
+                worker_instance,
                 timeout,
                 stop: rx,
                 progress,
@@ -173,6 +187,12 @@ impl TaskContext {
 pub trait Handler: Send + Sync + 'static {
     /// Runs the attempt described by `ctx` to its end. Watch [`TaskContext::stopped`].
     fn run(&self, ctx: TaskContext) -> BoxFuture<'static, TaskOutcome>;
+
+    /// Whether tasks run as other programs. The worker then guards itself from them and
+    /// keeps track of what they leave behind (see [`super::guard`]).
+    fn runs_programs(&self) -> bool {
+        false
+    }
 }
 
 /// Completes every task at once (tests, benchmarks).
@@ -271,6 +291,10 @@ impl Handler for Program {
         let me = self.clone();
         Box::pin(async move { me.run_program(ctx).await })
     }
+
+    fn runs_programs(&self) -> bool {
+        true
+    }
 }
 
 /// Variables an executor must not inherit: the database password and systemd's socket.
@@ -286,7 +310,11 @@ impl Program {
             .process_group(0)
             .kill_on_drop(true)
             .env("JR_TASK_ID", ctx.id.to_string())
-            .env("JR_TASK_TITLE", &ctx.title)
+            .env(
+                "JR_TASK_TITLE",
+                crate::text::truncate_bytes(&ctx.title, TITLE_ENV_MAX),
+            )
+            .env(guard::INSTANCE_VAR, ctx.worker_instance.to_string())
             .env("JR_ATTEMPT", ctx.attempt.to_string())
             .env("JR_MAX_ATTEMPTS", ctx.max_attempts.to_string())
             .env(
@@ -308,6 +336,10 @@ impl Program {
         unsafe {
             cmd.pre_exec(|| {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                // The fork inherited the worker's non-dumpable flag, which makes its
+                // /proc files root's: its own oom_score_adj could not be opened. exec
+                // resets the flag anyway.
+                let _ = nix::sys::prctl::set_dumpable(true);
                 raise_oom_score_adj();
                 Ok(())
             });
@@ -315,6 +347,15 @@ impl Program {
         let oom_before = self.memory.as_ref().and_then(|m| m.oom_kills());
         let mut child = match cmd.spawn() {
             Ok(c) => c,
+            Err(e) if e.raw_os_error() == Some(nix::libc::E2BIG) => {
+                // The task's own data is too large for a process to start with: another
+                // worker would fail the same way.
+                return TaskOutcome::Failed(format!(
+                    "cannot start executor '{}': the task's arguments and environment are \
+                     too large ({e})",
+                    self.program
+                ));
+            }
             Err(e) => {
                 // Likely this worker's setup, not the task: another worker may succeed.
                 return TaskOutcome::Retry(format!(
@@ -323,7 +364,18 @@ impl Program {
                 ));
             }
         };
-        let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+        let pid = child.id().map(|p| p as i32);
+        if let Some(p) = pid {
+            guard::executor_started(p);
+        }
+        let pgid = pid.map(Pid::from_raw);
+        let (task_id, instance) = (ctx.id, ctx.worker_instance);
+        // The group, and what left it (setsid) or was left behind (a double fork).
+        let signal_task = |sig: Signal, executor_alive: bool| {
+            signal_group(pgid, sig);
+            let exec = if executor_alive { pid } else { None };
+            guard::signal_all(&guard::task_processes(exec, task_id, instance), sig);
+        };
 
         let payload = ctx.payload.to_string();
         let mut stdin = child.stdin.take();
@@ -345,19 +397,23 @@ impl Program {
         let status = tokio::select! {
             s = child.wait() => s,
             reason = ctx.stopped() => {
-                tracing::info!(task_id = id, reason = %reason, "stopping executor process group");
-                signal_group(pgid, Signal::SIGTERM);
+                tracing::info!(task_id = id, reason = %reason, "stopping the task's processes");
+                signal_task(Signal::SIGTERM, true);
                 match tokio::time::timeout(self.kill_grace, child.wait()).await {
                     Ok(s) => s,
                     Err(_) => {
-                        signal_group(pgid, Signal::SIGKILL);
+                        signal_task(Signal::SIGKILL, true);
                         child.wait().await
                     }
                 }
             }
         };
-        // Whatever the program left running in its group goes too.
-        signal_group(pgid, Signal::SIGKILL);
+        if let Some(p) = pid {
+            guard::executor_ended(p);
+        }
+        // Whatever the program left running goes too: in its group, or orphaned.
+        signal_task(Signal::SIGKILL, false);
+        guard::reap_orphans();
         let _ = writer.await;
         let grace = Duration::from_secs(2);
         let stdout = match tokio::time::timeout(grace, out_reader).await {

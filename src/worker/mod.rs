@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod executor;
+pub mod guard;
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -233,6 +234,12 @@ impl Worker {
     /// process) or the loss of the name to another instance.
     pub async fn run(mut self, shutdown: watch::Receiver<Shutdown>) -> Result<Exit> {
         self.cfg.validate()?;
+        if self.handler.runs_programs() {
+            // Before anything else: the programs must not read the database password
+            // out of this process, nor escape it by leaving their process group.
+            guard::protect_this_process()
+                .map_err(|e| Error::io("cannot protect the worker from its tasks", e))?;
+        }
         if let Some(wd) = systemd::watchdog_interval() {
             let half = wd / 2;
             if self.cfg.heartbeat_interval > half {
@@ -279,13 +286,21 @@ impl Worker {
             boot_id: &self.boot_id,
             takeover_after: cfg.takeover_after,
         };
-        let why = match registry::claim_name(&txn, &me, crate::host::is_live_worker).await? {
+        let (verdict, previous) =
+            registry::claim_name(&txn, &me, crate::host::is_live_worker).await?;
+        let why = match verdict {
             registry::Verdict::TakeOver(why) => {
                 tracing::info!(worker = %cfg.name, reason = %why, "taking over the worker name");
                 format!("worker restarted: {why} during this attempt")
             }
             _ => "worker restarted: the previous instance died during this attempt".into(),
         };
+        // What the dead predecessor's tasks left running on this host (it was killed
+        // outside systemd, which would have ended its cgroup) goes before its tasks run
+        // again.
+        let predecessor = previous
+            .filter(|h| h.host == self.host && h.instance_id != Some(self.instance))
+            .and_then(|h| h.instance_id);
         let rescued =
             tasks::tasks_rescue_worker(&txn, &cfg.name, Some(self.instance), &cfg.name, &why)
                 .await?;
@@ -311,6 +326,16 @@ impl Worker {
         )
         .await?;
         txn.commit().await?;
+        if let (Some(old), true) = (predecessor, self.handler.runs_programs()) {
+            let ended = guard::end_processes_of_instance(old);
+            if ended > 0 {
+                tracing::warn!(
+                    processes = ended,
+                    instance = %old,
+                    "ended processes the previous instance's tasks left running"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -783,6 +808,10 @@ impl Session {
     /// Reads back the run's status, the leases held and the cancel requests.
     async fn heartbeat(&mut self) {
         self.next_heartbeat = Instant::now() + self.cfg().heartbeat_interval;
+        if self.w.handler.runs_programs() {
+            // Orphans that exited since: reaped; unattributed ones once no task runs.
+            guard::reap_orphans();
+        }
         let text = self.status_text();
         let Some(conn) = &self.conn else {
             self.ping_within_grace();
@@ -949,6 +978,7 @@ impl Session {
             t.max_attempts,
             t.run_id,
             cfg.name.clone(),
+            self.w.instance,
             t.timeout,
             self.progress_tx.clone(),
         );

@@ -166,15 +166,19 @@ impl Drop for TestDb {
 
 /// A built binary of this package with the JRQ_*, PG* and DATABASE_URL variables removed.
 pub fn bin(name: &str) -> Command {
-    let path = bin_path(name);
-    let mut c = Command::new(path);
+    let mut c = Command::new(bin_path(name));
+    clean_env(&mut c);
+    c
+}
+
+/// Removes the JRQ_*, PG*, DATABASE_URL and RUST_LOG variables; stdin from /dev/null.
+fn clean_env(c: &mut Command) {
     for (k, _) in std::env::vars() {
         if k.starts_with("JRQ_") || k.starts_with("PG") || k == "DATABASE_URL" || k == "RUST_LOG" {
             c.env_remove(k);
         }
     }
     c.stdin(Stdio::null());
-    c
 }
 
 /// Runs a command with `input` on stdin.
@@ -325,9 +329,29 @@ impl WorkerProc {
 
     /// Starts one of the daemons with `ARGS` against `url`, logging to a file.
     pub fn start_bin(binary: &str, url: &str, args: &[&str], env: &[(&str, &str)]) -> WorkerProc {
+        WorkerProc::start_wrapped(&[], binary, url, args, env)
+    }
+
+    /// Like [`WorkerProc::start_bin`], run through `wrapper` (e.g. `setpriv --reuid=...
+    /// --`): the daemon's pid is then the wrapper's, which execs it.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        binary: &str,
+        url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> WorkerProc {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("daemon.log");
-        let mut cmd = bin(binary);
+        let mut cmd = match wrapper.split_first() {
+            None => bin(binary),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin_path(binary));
+                clean_env(&mut c);
+                c
+            }
+        };
         cmd.env("DATABASE_URL", url)
             .env("RUST_LOG", "info")
             .args(["--log-format", "text"])
@@ -496,6 +520,13 @@ impl PrivateCluster {
     /// Starts the stopped server again.
     pub fn start_server(&self) {
         self.script("server-start");
+    }
+
+    /// Lets other users of this host reach the server's socket (the cluster's directory
+    /// is its owner's alone): for tests that run a program as another user.
+    pub fn allow_other_users(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
     }
 
     /// A migrated database on this cluster (the cluster's own "postgres" database).
