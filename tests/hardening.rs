@@ -515,3 +515,39 @@ fn running(procs: &mut [WorkerProc]) -> usize {
     }
     n
 }
+
+#[tokio::test]
+async fn a_title_too_long_for_an_environment_still_runs() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let out = tempfile::tempdir().unwrap();
+    let _w = WorkerProc::start(
+        &db.url,
+        "jr_title",
+        &["--exec", &test_executor(), "--poll-interval", "100ms"],
+        &[("EXEC_TEST_OUT", out.path().to_str().unwrap())],
+    );
+    // 200 KiB: more than the kernel lets one environment string be (128 KiB).
+    let title = "é".repeat(100 * 1024);
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO jr_work_queue (title, status, assigned_jr) \
+             VALUES ($1, 'assigned', 'jr_title') RETURNING id",
+            &[&title],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    exec_sql(&client, "NOTIFY jrq_worker, 'jr_title'").await;
+    wait_status(&client, id, "completed").await;
+    let rec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join(format!("{id}.1.start.json"))).unwrap(),
+    )
+    .unwrap();
+    let seen = rec["env"]["JR_TASK_TITLE"].as_str().unwrap();
+    assert!(
+        seen.len() <= 4096 && title.starts_with(seen),
+        "{} bytes",
+        seen.len()
+    );
+}
