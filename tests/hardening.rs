@@ -551,3 +551,60 @@ async fn a_title_too_long_for_an_environment_still_runs() {
         seen.len()
     );
 }
+
+/// Starts a long task on a new worker named `name`, asks `jrq cancel` for it while the
+/// worker is frozen (so it cannot act on the request), then kills the worker.
+async fn cancel_then_kill(db: &TestDb, client: &Client, name: &str) -> i64 {
+    let w = WorkerProc::start(
+        &db.url,
+        name,
+        &["--exec", "sleep:60s", "--poll-interval", "100ms"],
+        &[],
+    );
+    let id = assigned_task(client, name, &serde_json::json!({})).await;
+    exec_sql(client, &format!("NOTIFY jrq_worker, '{name}'")).await;
+    wait_status(client, id, "in_progress").await;
+    w.signal(nix::sys::signal::Signal::SIGSTOP);
+    let out = db.run(&["cancel", &id.to_string()]);
+    assert!(out.ok().contains("asked to end it"), "{out:?}");
+    w.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(w);
+    assert_eq!(status_of(client, id).await, "in_progress");
+    id
+}
+
+#[tokio::test]
+async fn a_cancel_request_wins_over_the_rescue_of_a_dead_workers_task() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    // The worker restarts: it puts back its predecessor's task — cancelled, not pending.
+    let id = cancel_then_kill(&db, &client, "jr_cx").await;
+    let again = WorkerProc::start(&db.url, "jr_cx", &["--exec", "noop"], &[]);
+    again.wait_log(T, "worker ready").await;
+    assert_eq!(status_of(&client, id).await, "cancelled");
+    let attempts: i32 = client
+        .query_one("SELECT attempts FROM jr_work_queue WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1, "it never ran again");
+    assert!(text_of(&client, id, "error")
+        .await
+        .contains("a cancel was requested"));
+
+    // The health monitor finds the task stuck: cancelled too.
+    let id = cancel_then_kill(&db, &client, "jr_cy").await;
+    exec_sql(
+        &client,
+        "UPDATE jr_status SET last_seen = now() - interval '1 hour' WHERE jr_name = 'jr_cy'; \
+         UPDATE jr_work_queue SET started_at = now() - interval '1 hour' WHERE status = 'in_progress'",
+    )
+    .await;
+    let mut monitor = common::bin("jr-health-monitor");
+    monitor
+        .env("DATABASE_URL", &db.url)
+        .args(["--manager", "none", "--stuck-after", "1m"]);
+    let out = common::Run::from(monitor.output().unwrap());
+    assert!(out.code.is_some(), "{out:?}");
+    assert_eq!(status_of(&client, id).await, "cancelled", "{out:?}");
+}

@@ -291,8 +291,11 @@ const FINISH_SQL: &str = "WITH f AS ( \
                  AS f(id, attempt, to_status, action, result, error, backoff_ms, failure)), \
              upd AS ( \
                  UPDATE jr_work_queue q SET \
-                     status = f.to_status, \
-                     completed_at = CASE WHEN f.to_status = 'pending' THEN NULL ELSE now() END, \
+                     status = CASE WHEN f.to_status = 'pending' \
+                         AND q.cancel_requested_at IS NOT NULL THEN 'cancelled' \
+                         ELSE f.to_status END, \
+                     completed_at = CASE WHEN f.to_status = 'pending' \
+                         AND q.cancel_requested_at IS NULL THEN NULL ELSE now() END, \
                      progress_percent = CASE f.to_status WHEN 'completed' THEN 100 \
                          WHEN 'pending' THEN 0 ELSE q.progress_percent END, \
                      result = f.result, \
@@ -302,17 +305,23 @@ const FINISH_SQL: &str = "WITH f AS ( \
                          ELSE q.run_after END, \
                      attempts = CASE WHEN f.action = 'released' THEN q.attempts - 1 \
                          ELSE q.attempts END, \
-                     assigned_jr = CASE WHEN f.to_status = 'pending' THEN NULL \
-                         ELSE q.assigned_jr END, \
-                     assigned_at = CASE WHEN f.to_status = 'pending' THEN NULL \
-                         ELSE q.assigned_at END, \
+                     assigned_jr = CASE WHEN f.to_status = 'pending' \
+                         AND q.cancel_requested_at IS NULL THEN NULL ELSE q.assigned_jr END, \
+                     assigned_at = CASE WHEN f.to_status = 'pending' \
+                         AND q.cancel_requested_at IS NULL THEN NULL ELSE q.assigned_at END, \
                      lease_instance = NULL, \
                      updated_at = now() \
                  FROM f \
                  WHERE q.id = f.id AND q.assigned_jr = $1 AND q.attempts = f.attempt \
                    AND q.lease_instance = $2 AND q.status = 'in_progress' \
-                 RETURNING q.id, f.attempt, f.to_status, f.action, f.failure, f.backoff_ms, \
-                     coalesce(f.error, '') AS details), \
+                 RETURNING q.id, f.attempt, q.status AS to_status, \
+                     CASE WHEN q.status = 'cancelled' AND f.to_status = 'pending' \
+                         THEN 'cancelled' ELSE f.action END AS action, \
+                     f.failure, f.backoff_ms, \
+                     coalesce(f.error, '') || CASE WHEN q.status = 'cancelled' \
+                         AND f.to_status = 'pending' \
+                         THEN ' (a cancel was requested: cancelled, not retried)' \
+                         ELSE '' END AS details), \
              ev AS ( \
                  INSERT INTO jr_task_events \
                      (task_id, actor, action, from_status, to_status, worker, attempt, details) \
@@ -363,24 +372,32 @@ pub async fn tasks_progress(
 }
 
 /// The SET list that puts back a running task whose process is gone: pending again (the
-/// attempt stays counted), or failed when that was its last attempt. For `q`, the task
-/// table's alias; the caller sets the error.
-pub(super) const RESCUE_SET: &str = "status = CASE WHEN q.attempts >= q.max_attempts \
-        THEN 'failed' ELSE 'pending' END, \
-    completed_at = CASE WHEN q.attempts >= q.max_attempts THEN now() END, \
-    assigned_jr = CASE WHEN q.attempts >= q.max_attempts THEN q.assigned_jr END, \
-    assigned_at = CASE WHEN q.attempts >= q.max_attempts THEN q.assigned_at END, \
+/// attempt stays counted), failed when that was its last attempt, or cancelled when a
+/// cancel was requested (the worker died before it could act on it: the request wins,
+/// the task does not run again). For `q`, the task table's alias; the caller sets the
+/// error.
+pub(super) const RESCUE_SET: &str = "status = CASE \
+        WHEN q.cancel_requested_at IS NOT NULL THEN 'cancelled' \
+        WHEN q.attempts >= q.max_attempts THEN 'failed' ELSE 'pending' END, \
+    completed_at = CASE WHEN q.cancel_requested_at IS NOT NULL \
+        OR q.attempts >= q.max_attempts THEN now() END, \
+    assigned_jr = CASE WHEN q.cancel_requested_at IS NOT NULL \
+        OR q.attempts >= q.max_attempts THEN q.assigned_jr END, \
+    assigned_at = CASE WHEN q.cancel_requested_at IS NOT NULL \
+        OR q.attempts >= q.max_attempts THEN q.assigned_at END, \
     run_after = now(), progress_percent = 0, lease_instance = NULL, updated_at = now()";
 
-/// Appended to a rescue's error when the attempt that died was the last one.
-pub(super) const USED_UP_SUFFIX: &str =
-    "CASE WHEN q.attempts >= q.max_attempts THEN ' (attempts used up)' ELSE '' END";
+/// Appended to a rescue's error: why the task did not go back to pending.
+pub(super) const USED_UP_SUFFIX: &str = "CASE \
+    WHEN q.cancel_requested_at IS NOT NULL THEN ' (a cancel was requested: cancelled)' \
+    WHEN q.attempts >= q.max_attempts THEN ' (attempts used up)' ELSE '' END";
 
 /// A task put back because the process running it is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rescued {
     pub id: i64,
-    /// `pending`, or `failed` when the attempt that died was the last one.
+    /// `pending`; `failed` when the attempt that died was the last one; `cancelled` when
+    /// a cancel was requested.
     pub to_status: String,
 }
 
