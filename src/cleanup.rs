@@ -505,9 +505,10 @@ pub async fn run(args: CleanupArgs) -> Result<()> {
     if args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| crate::Error::io("cannot encode the report", std::io::Error::other(e)))?;
-        println!("{text}");
+        crate::process::print_out(&format!("{text}\n"));
     } else {
-        print!("{}", render_text(&report));
+        // Names and run ids in it come from other processes' command lines.
+        crate::process::print_out(&crate::text::for_terminal(&render_text(&report), true));
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! What every binary's `main` does: run its future on a single-threaded runtime, and turn
-//! an error into one line on stderr and its exit status.
+//! an error into one line on stderr and its exit status; and how programs print their
+//! results, so that a closed pipe (`jrq tasks | head`) ends them quietly.
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -29,5 +30,21 @@ pub fn block_on_main<T>(
             eprintln!("{program}: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// Writes `text` to standard output. When the reader has gone (`| head`), the program
+/// ends at once and quietly with status 0, as `cat` would: what it was asked to do is done
+/// (results are printed after their transaction committed), only the rest of its output
+/// has nobody to read it. Any other write error ends it with one line and status 1.
+pub fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("cannot write to standard output: {e}");
+        std::process::exit(1);
     }
 }

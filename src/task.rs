@@ -16,6 +16,16 @@ pub const DEFAULT_PRIORITY: i32 = 5;
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 /// Default time one attempt may run. Same as the column default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Shortest timeout: 1 ms (the table stores milliseconds; a CHECK constraint holds it).
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// Longest timeout: 365 days (a CHECK constraint on the table holds it too).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest delay before a new task may start: 10 years.
+pub const MAX_DELAY: Duration = Duration::from_secs(3650 * 24 * 3600);
+/// Longest unique key, in bytes (an index entry must stay well under PostgreSQL's limit).
+pub const MAX_UNIQUE_KEY_BYTES: usize = 1024;
+/// Default largest payload `jrq enqueue` accepts, in bytes of JSON: 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 /// Where a task is in its life. Enforced by a CHECK constraint on `jr_work_queue.status`.
 ///
@@ -215,6 +225,20 @@ impl NewTask {
         if self.timeout.is_zero() {
             return Err("timeout is zero: give a duration longer than 0, e.g. 30s".into());
         }
+        if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&self.timeout) {
+            return Err(format!(
+                "timeout {} is out of range: give 1ms to 365d",
+                validate::format_duration(self.timeout)
+            ));
+        }
+        if let RunAfter::Delay(d) = self.run_after {
+            if d > MAX_DELAY {
+                return Err(format!(
+                    "delay {} is too long: at most 3650d (10 years)",
+                    validate::format_duration(d)
+                ));
+            }
+        }
         if let Some(t) = &self.target {
             validate::check_worker_name(t)?;
         }
@@ -222,6 +246,47 @@ impl NewTask {
             if k.is_empty() {
                 return Err("unique_key is empty: leave it out or give a non-empty key".into());
             }
+            if k.len() > MAX_UNIQUE_KEY_BYTES {
+                return Err(format!(
+                    "unique_key is {} bytes long: at most {MAX_UNIQUE_KEY_BYTES} are allowed",
+                    k.len()
+                ));
+            }
+        }
+        // PostgreSQL stores no NUL character in text or jsonb.
+        let texts = [
+            ("title", Some(&self.title)),
+            ("description", Some(&self.description)),
+            ("provider", Some(&self.provider)),
+            ("unique_key", self.unique_key.as_ref()),
+            ("source", Some(&self.source)),
+            ("created_by", Some(&self.created_by)),
+        ];
+        for (field, text) in texts {
+            if text.is_some_and(|t| t.contains('\0')) {
+                return Err(format!(
+                    "{field} contains a NUL character (\\u0000), which PostgreSQL cannot store"
+                ));
+            }
+        }
+        if json_has_nul(&self.payload) {
+            return Err(
+                "payload contains a NUL character (\\u0000) in a string or key, which \
+                 PostgreSQL cannot store"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks the payload against a size limit (bytes of its JSON text).
+    pub fn check_payload_size(&self, max_bytes: usize) -> Result<(), String> {
+        let size = self.payload.to_string().len();
+        if size > max_bytes {
+            return Err(format!(
+                "payload is {size} bytes of JSON: the limit is {max_bytes} (raise it with \
+                 --max-payload, or keep large data elsewhere and pass a reference)"
+            ));
         }
         Ok(())
     }
@@ -238,6 +303,15 @@ impl NewTask {
             }
         })?;
         spec.into_task()
+    }
+}
+
+fn json_has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(json_has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        _ => false,
     }
 }
 
@@ -267,10 +341,9 @@ enum DurationSpec {
 impl DurationSpec {
     fn parse(&self, field: &str) -> Result<Duration, String> {
         match self {
-            DurationSpec::Seconds(s) if s.is_finite() && *s >= 0.0 => {
-                Ok(Duration::from_secs_f64(*s))
-            }
-            DurationSpec::Seconds(s) => Err(format!("{field} {s} is not a duration")),
+            DurationSpec::Seconds(s) if *s >= 0.0 => Duration::try_from_secs_f64(*s)
+                .map_err(|_| format!("{field} {s:?} is too long to be a duration")),
+            DurationSpec::Seconds(s) => Err(format!("{field} {s:?} is not a duration")),
             DurationSpec::Text(t) => {
                 validate::parse_duration(t).map_err(|e| format!("{field}: {e}"))
             }
@@ -421,5 +494,26 @@ mod tests {
         assert!(e(r#"{"title":"x","run":"nope"}"#).contains("not a run id"));
         assert!(e(r#"{"title":"x","target":"a b"}"#).contains("worker name"));
         assert!(e(r#"{"title":""}"#).contains("title is empty"));
+        // What the database would refuse is refused here, with the reason.
+        assert!(e(r#"{"title":"x","timeout":1e300}"#).contains("too long to be a duration"));
+        assert!(e(r#"{"title":"x","timeout":1e19}"#).contains("out of range"));
+        assert!(e(r#"{"title":"x","timeout":0.0001}"#).contains("out of range"));
+        assert!(e(r#"{"title":"x","timeout":"400d"}"#).contains("out of range"));
+        assert!(e(r#"{"title":"x","delay":1e15}"#).contains("too long"));
+        assert!(e(r#"{"title":"x\u0000"}"#).contains("title contains a NUL"));
+        assert!(e(r#"{"title":"x","payload":{"a":["\u0000"]}}"#).contains("payload contains"));
+        assert!(e(r#"{"title":"x","payload":{"\u0000":1}}"#).contains("payload contains"));
+        let long = format!(r#"{{"title":"x","unique_key":"{}"}}"#, "k".repeat(3000));
+        assert!(e(&long).contains("at most 1024"));
+    }
+
+    #[test]
+    fn payload_size_limit() {
+        let t = NewTask::from_json_line(r#"{"title":"x","payload":{"a":"0123456789"}}"#).unwrap();
+        assert!(t.check_payload_size(100).is_ok());
+        assert!(t
+            .check_payload_size(10)
+            .unwrap_err()
+            .contains("the limit is 10"));
     }
 }

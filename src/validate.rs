@@ -96,6 +96,32 @@ pub fn parse_timestamp(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String>
         .map_err(|_| format!("'{s}' is not a timestamp: use RFC 3339, e.g. 2026-11-23T18:00:00Z"))
 }
 
+/// Parses a size in bytes: a whole number, optionally with a unit (B, KB, MB, GB — powers
+/// of 1000 — or KiB, MiB, GiB — powers of 1024), e.g. `1MiB`, `64KiB`, `2000000`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "'{s}' is not a size: use e.g. 2000000, 64KiB, 1MiB"
+            ))
+        }
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("'{s}' is not a size: use e.g. 2000000, 64KiB, 1MiB"))
+}
+
 /// A duration as a person reads it: whole seconds above a minute, milliseconds below one
 /// second.
 pub fn format_duration(d: Duration) -> String {
@@ -103,8 +129,11 @@ pub fn format_duration(d: Duration) -> String {
         Duration::from_secs(d.as_secs())
     } else if d >= Duration::from_secs(1) {
         Duration::from_millis(d.as_millis() as u64 / 100 * 100)
-    } else {
+    } else if d >= Duration::from_millis(1) {
         Duration::from_millis(d.as_millis() as u64)
+    } else {
+        // Below a millisecond, say what it is rather than "0s".
+        Duration::from_micros(d.as_micros() as u64)
     };
     humantime::format_duration(d).to_string()
 }
@@ -144,9 +173,21 @@ mod tests {
     }
 
     #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("64KiB").unwrap(), 65536);
+        assert_eq!(parse_bytes("2000000").unwrap(), 2_000_000);
+        assert_eq!(parse_bytes("1 kb").unwrap(), 1000);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
     fn formatting() {
         assert_eq!(format_duration(Duration::from_millis(1234)), "1s 200ms");
         assert_eq!(format_duration(Duration::from_millis(61_500)), "1m 1s");
         assert_eq!(format_duration(Duration::from_millis(12)), "12ms");
+        assert_eq!(format_duration(Duration::from_micros(100)), "100us");
     }
 }

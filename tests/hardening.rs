@@ -608,3 +608,185 @@ async fn a_cancel_request_wins_over_the_rescue_of_a_dead_workers_task() {
     assert!(out.code.is_some(), "{out:?}");
     assert_eq!(status_of(&client, id).await, "cancelled", "{out:?}");
 }
+
+#[tokio::test]
+async fn a_batch_reports_each_line_the_database_would_refuse() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("batch.jsonl");
+    let big = format!(
+        r#"{{"title":"big","payload":{{"x":"{}"}}}}"#,
+        "y".repeat(2000)
+    );
+    let lines: Vec<Vec<u8>> = vec![
+        br#"{"title":"good one"}"#.to_vec(),
+        br#"{"title":"x","timeout":1e300}"#.to_vec(),
+        br#"{"title":"nul \u0000 in title"}"#.to_vec(),
+        br#"{"title":"x","payload":{"k":"nul \u0000"}}"#.to_vec(),
+        br#"{"title":"x","timeout":0.0001}"#.to_vec(),
+        br#"{"title":"x","delay":1e15}"#.to_vec(),
+        format!(r#"{{"title":"x","unique_key":"{}"}}"#, "k".repeat(3000)).into_bytes(),
+        b"{\"title\":\"latin-1 \xe9\"}".to_vec(),
+        big.into_bytes(),
+        br#"{"title":"good two"}"#.to_vec(),
+    ];
+    std::fs::write(&path, lines.join(&b'\n')).unwrap();
+    let before = db.fingerprint().await;
+    let args = [
+        "enqueue",
+        "--batch",
+        common::s(&path),
+        "--max-payload",
+        "1KiB",
+    ];
+    let out = db.run(&args);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    for expected in [
+        "line 2: timeout 1e300 is too long to be a duration",
+        "line 3: title contains a NUL character",
+        "line 4: payload contains a NUL character",
+        "line 5: timeout 100us is out of range: give 1ms to 365d",
+        "line 6: delay",
+        "line 7: unique_key is 3000 bytes long",
+        "line 8: not UTF-8 text",
+        "line 9: payload is 2008 bytes of JSON: the limit is 1024",
+        "8 of 10 lines rejected, nothing added",
+    ] {
+        assert!(
+            out.stderr.contains(expected),
+            "missing {expected:?}: {out:#?}"
+        );
+    }
+    assert!(!out.stderr.contains("panicked"), "{out:#?}");
+    assert_eq!(db.fingerprint().await, before, "nothing changed");
+    let mut skip = args.to_vec();
+    skip.push("--skip-invalid");
+    let out = db.run(&skip);
+    assert!(
+        out.ok()
+            .contains("added 2 task(s); skipped 8 rejected line(s)"),
+        "{out:#?}"
+    );
+    // A single enqueue says the same in one line, exit 2.
+    db.run(&["enqueue", "--title", "t", "--timeout", "400d"])
+        .fails(2, "is out of range: give 1ms to 365d");
+    db.run(&["enqueue", "--title", "t", "--payload", r#"{"a":"\u0000"}"#])
+        .fails(2, "payload contains a NUL character");
+}
+
+#[tokio::test]
+async fn values_that_would_break_a_daemon_cannot_be_inserted_with_psql() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    for (sql, constraint) in [
+        (
+            "INSERT INTO jr_work_queue (title, timeout) VALUES ('t', interval '1000000 years')",
+            "jr_work_queue_timeout_check",
+        ),
+        (
+            "INSERT INTO jr_work_queue (title, run_after) VALUES ('t', 'infinity')",
+            "jr_work_queue_times_check",
+        ),
+        (
+            "INSERT INTO jr_work_queue (title, created_at) VALUES ('t', '-infinity')",
+            "jr_work_queue_times_check",
+        ),
+        (
+            "INSERT INTO jr_status (jr_name, capacity) VALUES ('w', 2147483647)",
+            "jr_status_capacity_check",
+        ),
+        (
+            "INSERT INTO jr_status (jr_name, last_seen) VALUES ('w', 'infinity')",
+            "jr_status_times_check",
+        ),
+    ] {
+        let err = client.batch_execute(sql).await.unwrap_err();
+        let db_err = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db_err.constraint(), Some(constraint), "{sql}");
+    }
+    // What is left is what every program can read: the monitor's round and the lists.
+    exec_sql(
+        &client,
+        "INSERT INTO jr_work_queue (title, timeout, status, assigned_jr, started_at, attempts) \
+         VALUES ('t', interval '365 days', 'in_progress', 'w', now(), 1)",
+    )
+    .await;
+    let mut monitor = common::bin("jr-health-monitor");
+    monitor
+        .env("DATABASE_URL", &db.url)
+        .args(["--manager", "none"]);
+    let out = common::Run::from(monitor.output().unwrap());
+    assert!(matches!(out.code, Some(0) | Some(3)), "{out:#?}");
+    db.run(&["tasks"]).ok();
+    let id: i64 = client
+        .query_one("SELECT max(id) FROM jr_work_queue", &[])
+        .await
+        .unwrap()
+        .get(0);
+    db.run(&["show", &id.to_string()]).ok();
+}
+
+#[tokio::test]
+async fn control_characters_reach_people_escaped_and_scripts_exact() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let title = "pwn\x1b]0;owned\x07\x1b[2J\rhidden";
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO jr_work_queue (title, error) VALUES ($1, $1) RETURNING id",
+            &[&title],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let id = id.to_string();
+    for args in [&["tasks"][..], &["show", &id]] {
+        let out = db.run(args);
+        let text = out.ok();
+        assert!(
+            !text.contains('\x1b') && !text.contains('\r') && !text.contains('\x07'),
+            "{args:?}: {text:?}"
+        );
+        assert!(text.contains("pwn\\e]0;owned\\x07\\e[2J"), "{text}");
+    }
+    assert!(db.run(&["show", &id]).ok().contains("\\rhidden"));
+    let j = db.run(&["show", &id, "--json"]).json();
+    assert_eq!(j["task"]["title"], title, "JSON is exact");
+}
+
+#[tokio::test]
+async fn lists_leave_payloads_in_the_table_and_a_closed_stdout_ends_quietly() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    exec_sql(
+        &client,
+        "INSERT INTO jr_work_queue (title, payload) \
+         SELECT 't' || g, jsonb_build_object('blob', repeat('x', 100)) \
+         FROM generate_series(1, 2000) g",
+    )
+    .await;
+    let rows = db.run(&["tasks", "--json", "--limit", "1"]).json();
+    let row = rows[0].as_object().unwrap();
+    assert!(
+        !row.contains_key("payload") && !row.contains_key("result"),
+        "a list carries no payload or result: {row:?}"
+    );
+    // The reader goes away before jrq writes (`jrq tasks | head` after head is done).
+    for args in [
+        &["tasks", "--limit", "2000"][..],
+        &["workers", "--json"],
+        &["show", "1"],
+    ] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let out = db
+            .jrq()
+            .args(args)
+            .stdout(std::process::Stdio::from(write))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        assert!(out.stderr.is_empty(), "{args:?}: {out:?}");
+    }
+}

@@ -14,6 +14,13 @@ use crate::db::{self, events, migrate, runs, tasks, workers};
 use crate::error::{Error, Result};
 use crate::task::{default_created_by, NewTask, RunAfter};
 
+/// Prints a line of a command's result (see [`crate::process::print_out`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        crate::process::print_out(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 /// The actor recorded in events written by the CLI.
 const ACTOR: &str = "jrq";
 
@@ -57,8 +64,12 @@ struct EnqueueInput {
 }
 
 fn read_enqueue_input(args: &EnqueueArgs) -> Result<EnqueueInput> {
+    let max_payload = match args.max_payload {
+        0 => usize::MAX,
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    };
     if let Some(path) = &args.batch {
-        return read_batch(path);
+        return read_batch(path, max_payload);
     }
     let mut t = NewTask::new(args.title.clone().unwrap_or_default());
     t.description = args.description.clone();
@@ -90,6 +101,7 @@ fn read_enqueue_input(args: &EnqueueArgs) -> Result<EnqueueInput> {
     t.source = args.source.clone();
     t.created_by = args.created_by.clone().unwrap_or_else(default_created_by);
     t.validate().map_err(Error::usage)?;
+    t.check_payload_size(max_payload).map_err(Error::usage)?;
     Ok(EnqueueInput {
         tasks: vec![t],
         lines: vec![0],
@@ -118,8 +130,8 @@ fn read_input(path: &Path) -> Result<String> {
     Ok(text)
 }
 
-fn read_batch(path: &Path) -> Result<EnqueueInput> {
-    let reader: Box<dyn BufRead> = if path == Path::new("-") {
+fn read_batch(path: &Path, max_payload: usize) -> Result<EnqueueInput> {
+    let mut reader: Box<dyn BufRead> = if path == Path::new("-") {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
         let f = std::fs::File::open(path)
@@ -131,17 +143,38 @@ fn read_batch(path: &Path) -> Result<EnqueueInput> {
         lines: vec![],
         rejected: vec![],
     };
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| Error::io(format!("cannot read {}", display_path(path)), e))?;
-        if line.trim().is_empty() {
-            continue;
+    // Lines are read as bytes: one that is not UTF-8 is a bad line, not a bad file.
+    let mut buf = Vec::new();
+    for i in 1.. {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::io(format!("cannot read {}", display_path(path)), e))?;
+        if n == 0 {
+            break;
         }
-        match NewTask::from_json_line(&line) {
-            Ok(t) => {
+        let parsed = std::str::from_utf8(&buf)
+            .map_err(|e| {
+                format!(
+                    "not UTF-8 text (invalid bytes at column {})",
+                    e.valid_up_to() + 1
+                )
+            })
+            .and_then(|line| {
+                if line.trim().is_empty() {
+                    return Ok(None);
+                }
+                let t = NewTask::from_json_line(line)?;
+                t.check_payload_size(max_payload)?;
+                Ok(Some(t))
+            });
+        match parsed {
+            Ok(None) => {}
+            Ok(Some(t)) => {
                 input.tasks.push(t);
-                input.lines.push(i + 1);
+                input.lines.push(i);
             }
-            Err(why) => input.rejected.push((i + 1, why)),
+            Err(why) => input.rejected.push((i, why)),
         }
     }
     Ok(input)
@@ -223,7 +256,7 @@ async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInpu
         render::rejected_lines(&input.rejected);
         render::batch_added(added.len(), input.rejected.len());
     } else {
-        println!("{}", added[0]);
+        out!("{}", added[0]);
     }
     Ok(())
 }
@@ -263,9 +296,10 @@ async fn retry(client: &mut Client, args: &RetryArgs) -> Result<()> {
     let id = args.id.expect("clap requires an id or --all-failed");
     let task = tasks::tasks_retry(&txn, id, ACTOR).await?;
     txn.commit().await?;
-    println!(
+    out!(
         "task {} is pending again ({} attempts available)",
-        task.id, task.max_attempts
+        task.id,
+        task.max_attempts
     );
     Ok(())
 }
@@ -275,12 +309,13 @@ async fn cancel(client: &mut Client, args: &CancelArgs) -> Result<()> {
     let outcome = tasks::tasks_cancel(&txn, args.id, ACTOR).await?;
     txn.commit().await?;
     match outcome {
-        tasks::CancelOutcome::Cancelled => println!("task {} cancelled", args.id),
-        tasks::CancelOutcome::Requested => println!(
+        tasks::CancelOutcome::Cancelled => out!("task {} cancelled", args.id),
+        tasks::CancelOutcome::Requested => out!(
             "task {} is running: its worker was asked to end it (follow with `jrq show {}`)",
-            args.id, args.id
+            args.id,
+            args.id
         ),
-        tasks::CancelOutcome::AlreadyRequested => println!(
+        tasks::CancelOutcome::AlreadyRequested => out!(
             "task {} is running and a cancel was already requested: its worker will end it",
             args.id
         ),
@@ -295,7 +330,7 @@ async fn runs_cmd(client: &mut Client, cmd: RunsCommand) -> Result<()> {
             auto_complete,
         } => {
             let id = runs::runs_create(client, &name, auto_complete).await?;
-            println!("{id}");
+            out!("{id}");
         }
         RunsCommand::List {
             status,
@@ -309,7 +344,7 @@ async fn runs_cmd(client: &mut Client, cmd: RunsCommand) -> Result<()> {
             let txn = client.transaction().await?;
             runs::runs_set_status(&txn, id, status).await?;
             txn.commit().await?;
-            println!("run {id} is {status}");
+            out!("run {id} is {status}");
         }
     }
     Ok(())

@@ -117,6 +117,10 @@ pub struct EnqueueArgs {
     /// with any bad line inserts nothing.
     #[arg(long, env = "JRQ_SKIP_INVALID", requires = "batch")]
     pub skip_invalid: bool,
+    /// Largest payload accepted, as bytes of JSON (e.g. 1MiB, 64KiB, 2000000; 0 = no
+    /// limit). Keep big data elsewhere and pass a reference: every claim reads the payload.
+    #[arg(long, env = "JRQ_MAX_PAYLOAD", default_value = "1MiB", value_parser = validate::parse_bytes)]
+    pub max_payload: u64,
 }
 
 /// Options of `jrq status`.

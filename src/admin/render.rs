@@ -9,15 +9,37 @@ use serde::Serialize;
 use crate::db::events::EventRow;
 use crate::db::migrate::MigrateReport;
 use crate::db::runs::RunRow;
-use crate::db::tasks::{PruneReport, RetryAllReport, TaskRow, TaskSummary};
+use crate::db::tasks::{PruneReport, RetryAllReport, TaskListRow, TaskRow, TaskSummary};
 use crate::db::workers::{WorkerRow, WorkerSummary};
 use crate::error::{Error, Result};
 use crate::validate::format_duration;
 
+/// Prints one line for a person: control characters in it (from titles, errors, names —
+/// anything a task or a psql INSERT may hold) are shown escaped, so they cannot move the
+/// cursor, rewrite the screen or set the terminal's title.
+macro_rules! say {
+    () => {
+        crate::process::print_out("\n")
+    };
+    ($($arg:tt)*) => {{
+        let mut line = crate::text::for_terminal(&format!($($arg)*), false).into_owned();
+        line.push('\n');
+        crate::process::print_out(&line)
+    }};
+}
+
+/// [`say!`] on stderr.
+macro_rules! esay {
+    ($($arg:tt)*) => {
+        eprintln!("{}", crate::text::for_terminal(&format!($($arg)*), false))
+    };
+}
+
 fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(v)
         .map_err(|e| Error::io("cannot write JSON", std::io::Error::other(e)))?;
-    println!("{text}");
+    // JSON stays exact: its strings carry control characters escaped already.
+    crate::process::print_out(&format!("{text}\n"));
     Ok(())
 }
 
@@ -42,7 +64,7 @@ fn right(t: &mut Table, cols: &[usize]) {
 
 fn print_table(t: &Table) {
     for line in t.to_string().lines() {
-        println!("{}", line.trim_end());
+        say!("{}", line.trim_end());
     }
 }
 
@@ -77,10 +99,10 @@ fn truncate(s: &str, max: usize) -> String {
 
 pub fn migrate(r: &MigrateReport) {
     if r.applied.is_empty() {
-        println!("schema is up to date (version {})", r.version);
+        say!("schema is up to date (version {})", r.version);
     } else {
         let v: Vec<String> = r.applied.iter().map(|v| format!("V{v}")).collect();
-        println!(
+        say!(
             "applied {} migration(s) ({}); schema is at version {}",
             r.applied.len(),
             v.join(", "),
@@ -91,15 +113,15 @@ pub fn migrate(r: &MigrateReport) {
 
 pub fn rejected_lines(rejected: &[(usize, String)]) {
     for (line, why) in rejected {
-        eprintln!("line {line}: {why}");
+        esay!("line {line}: {why}");
     }
 }
 
 pub fn batch_added(added: usize, rejected: usize) {
     if rejected > 0 {
-        println!("added {added} task(s); skipped {rejected} rejected line(s)");
+        say!("added {added} task(s); skipped {rejected} rejected line(s)");
     } else {
-        println!("added {added} task(s)");
+        say!("added {added} task(s)");
     }
 }
 
@@ -171,12 +193,12 @@ pub fn status(t: &TaskSummary, w: &WorkerSummary, json: bool) -> Result<()> {
     tb.add_row(vec!["total".to_string(), total.to_string(), String::new()]);
     right(&mut tb, &[1, 2]);
     print_table(&tb);
-    println!();
+    say!();
     let oldest = t
         .oldest_pending_age_s
         .map(|s| format_duration(Duration::from_secs_f64(s.max(0.0))))
         .unwrap_or_else(|| "none waiting".into());
-    println!("oldest pending:  {oldest}");
+    say!("oldest pending:  {oldest}");
     let window = if t.window_s >= 3600.0 && t.window_s % 3600.0 == 0.0 {
         format!("{}h", t.window_s as u64 / 3600)
     } else {
@@ -186,13 +208,13 @@ pub fn status(t: &TaskSummary, w: &WorkerSummary, json: bool) -> Result<()> {
         .failure_rate
         .map(|r| format!("{:.1}%", r * 100.0))
         .unwrap_or_else(|| "-".into());
-    println!(
+    say!(
         "{:<17}{} completed, {} failed, failure rate {rate}",
         format!("last {window}:"),
         t.completed_window,
         t.failed_window
     );
-    println!(
+    say!(
         "workers:         {} online ({} busy, {} idle), {} offline, {} circuit open; load {}/{}",
         w.online(),
         w.busy,
@@ -202,16 +224,16 @@ pub fn status(t: &TaskSummary, w: &WorkerSummary, json: bool) -> Result<()> {
         w.load,
         w.capacity
     );
-    println!("assigners:       {} alive", w.assigners);
+    say!("assigners:       {} alive", w.assigners);
     Ok(())
 }
 
-pub fn tasks(rows: &[TaskRow], json: bool) -> Result<()> {
+pub fn tasks(rows: &[TaskListRow], json: bool) -> Result<()> {
     if json {
         return print_json(rows);
     }
     if rows.is_empty() {
-        println!("no tasks");
+        say!("no tasks");
         return Ok(());
     }
     let mut t = table(&[
@@ -254,15 +276,16 @@ pub fn show(task: &TaskRow, events: &[EventRow], json: bool) -> Result<()> {
         return print_json(&ShowJson { task, events });
     }
     let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
-    println!("task {}: {}", task.id, task.title);
+    say!("task {}: {}", task.id, task.title);
     if !task.description.is_empty() {
-        println!("  description:  {}", task.description);
+        say!("  description:  {}", task.description);
     }
-    println!(
+    say!(
         "  status:       {} ({}%)",
-        task.status, task.progress_percent
+        task.status,
+        task.progress_percent
     );
-    println!(
+    say!(
         "  priority:     {}{}",
         task.priority,
         if task.sacred_fire_priority {
@@ -271,7 +294,7 @@ pub fn show(task: &TaskRow, events: &[EventRow], json: bool) -> Result<()> {
             ""
         }
     );
-    println!(
+    say!(
         "  provider:     {}",
         if task.provider.is_empty() {
             "any"
@@ -279,45 +302,45 @@ pub fn show(task: &TaskRow, events: &[EventRow], json: bool) -> Result<()> {
             &task.provider
         }
     );
-    println!("  target:       {}", opt(&task.target_jr));
-    println!("  worker:       {}", opt(&task.assigned_jr));
-    println!(
+    say!("  target:       {}", opt(&task.target_jr));
+    say!("  worker:       {}", opt(&task.assigned_jr));
+    say!(
         "  run:          {}",
         task.run_id
             .map(|r| r.to_string())
             .unwrap_or_else(|| "-".into())
     );
-    println!("  attempts:     {} of {}", task.attempts, task.max_attempts);
-    println!(
+    say!("  attempts:     {} of {}", task.attempts, task.max_attempts);
+    say!(
         "  timeout:      {}",
         format_duration(Duration::from_millis(task.timeout_ms.max(0) as u64))
     );
-    println!("  unique key:   {}", opt(&task.unique_key));
-    println!(
+    say!("  unique key:   {}", opt(&task.unique_key));
+    say!(
         "  created:      {} by {} via {}",
         ts(Some(task.created_at)),
         task.created_by,
         task.source
     );
-    println!("  run after:    {}", ts(Some(task.run_after)));
-    println!("  assigned:     {}", ts(task.assigned_at));
-    println!("  started:      {}", ts(task.started_at));
-    println!("  finished:     {}", ts(task.completed_at));
+    say!("  run after:    {}", ts(Some(task.run_after)));
+    say!("  assigned:     {}", ts(task.assigned_at));
+    say!("  started:      {}", ts(task.started_at));
+    say!("  finished:     {}", ts(task.completed_at));
     if task.cancel_requested_at.is_some() {
-        println!("  cancel asked: {}", ts(task.cancel_requested_at));
+        say!("  cancel asked: {}", ts(task.cancel_requested_at));
     }
-    println!(
+    say!(
         "  payload:      {}",
         truncate(&task.payload.to_string(), 200)
     );
     if let Some(r) = &task.result {
-        println!("  result:       {}", truncate(r, 500));
+        say!("  result:       {}", truncate(r, 500));
     }
     if let Some(e) = &task.error {
-        println!("  error:        {}", truncate(e, 500));
+        say!("  error:        {}", truncate(e, 500));
     }
-    println!();
-    println!("timeline:");
+    say!();
+    say!("timeline:");
     let mut t = table(&["at", "actor", "action", "status", "attempt", "details"]);
     t.add_row(vec![
         task.created_at.format(EVENT_TIME).to_string(),
@@ -351,13 +374,14 @@ pub fn show(task: &TaskRow, events: &[EventRow], json: bool) -> Result<()> {
 
 pub fn retry_all(r: &RetryAllReport) {
     if r.skipped_unique_key > 0 {
-        println!(
+        say!(
             "{} failed task(s) pending again; {} left failed because an unfinished task \
              holds their unique key",
-            r.retried, r.skipped_unique_key
+            r.retried,
+            r.skipped_unique_key
         );
     } else {
-        println!("{} failed task(s) pending again", r.retried);
+        say!("{} failed task(s) pending again", r.retried);
     }
 }
 
@@ -366,7 +390,7 @@ pub fn runs(rows: &[RunRow], json: bool) -> Result<()> {
         return print_json(rows);
     }
     if rows.is_empty() {
-        println!("no runs");
+        say!("no runs");
         return Ok(());
     }
     let mut t = table(&[
@@ -394,7 +418,7 @@ pub fn workers(rows: &[WorkerRow], json: bool) -> Result<()> {
         return print_json(rows);
     }
     if rows.is_empty() {
-        println!("no workers registered");
+        say!("no workers registered");
         return Ok(());
     }
     let mut t = table(&[
@@ -456,6 +480,6 @@ pub fn prune(r: &PruneReport, json: bool) -> Result<()> {
     if json {
         return print_json(r);
     }
-    println!("pruned {} task(s) and {} event(s)", r.tasks, r.events);
+    say!("pruned {} task(s) and {} event(s)", r.tasks, r.events);
     Ok(())
 }

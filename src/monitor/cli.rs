@@ -136,9 +136,13 @@ async fn round(monitor: &Monitor, db: &tokio_postgres::Config, args: &MonitorArg
     if args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| Error::io("cannot encode the report", std::io::Error::other(e)))?;
-        println!("{text}");
+        crate::process::print_out(&format!("{text}\n"));
     } else {
-        print!("{}", super::render_text(&report));
+        // Names and texts in it come from the database: no control characters through.
+        crate::process::print_out(&crate::text::for_terminal(
+            &super::render_text(&report),
+            true,
+        ));
     }
     if let (Some(path), false) = (&args.textfile, report.skipped) {
         super::write_atomically(path, &super::render_prometheus(&report))?;

@@ -325,10 +325,37 @@ pub struct TaskFilter {
     pub limit: i64,
 }
 
+/// Characters of a title a list carries (`jrq show` has all of it).
+pub const LIST_TITLE_CHARS: i32 = 200;
+
+/// One task in a list: what a person scans a list for. Payload, description, result and
+/// error stay in the table (they may be megabytes each); `jrq show` reads them.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskListRow {
+    pub id: i64,
+    /// The first [`LIST_TITLE_CHARS`] characters.
+    pub title: String,
+    pub status: String,
+    pub priority: i32,
+    pub sacred_fire_priority: bool,
+    pub provider: String,
+    pub assigned_jr: Option<String>,
+    pub target_jr: Option<String>,
+    pub run_id: Option<Uuid>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub progress_percent: i16,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
 /// Lists tasks, newest first.
-pub async fn tasks_list(client: &impl GenericClient, f: &TaskFilter) -> Result<Vec<TaskRow>> {
+pub async fn tasks_list(client: &impl GenericClient, f: &TaskFilter) -> Result<Vec<TaskListRow>> {
     let sql = format!(
-        "SELECT {TASK_COLUMNS} FROM jr_work_queue \
+        "SELECT id, left(title, {LIST_TITLE_CHARS}), status, priority, sacred_fire_priority, \
+             provider, assigned_jr, target_jr, run_id, attempts, max_attempts, \
+             progress_percent, created_at, started_at, completed_at FROM jr_work_queue \
          WHERE ($1::text IS NULL OR status = $1) \
            AND ($2::text IS NULL OR assigned_jr = $2) \
            AND ($3::uuid IS NULL OR run_id = $3) \
@@ -342,7 +369,26 @@ pub async fn tasks_list(client: &impl GenericClient, f: &TaskFilter) -> Result<V
             &[&status, &f.worker, &f.run_id, &f.provider, &f.limit],
         )
         .await?;
-    Ok(rows.iter().map(TaskRow::from_row).collect())
+    Ok(rows
+        .iter()
+        .map(|r| TaskListRow {
+            id: r.get(0),
+            title: r.get(1),
+            status: r.get(2),
+            priority: r.get(3),
+            sacred_fire_priority: r.get(4),
+            provider: r.get(5),
+            assigned_jr: r.get(6),
+            target_jr: r.get(7),
+            run_id: r.get(8),
+            attempts: r.get(9),
+            max_attempts: r.get(10),
+            progress_percent: r.get(11),
+            created_at: r.get(12),
+            started_at: r.get(13),
+            completed_at: r.get(14),
+        })
+        .collect())
 }
 
 /// One task, or `None`.
