@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -36,6 +36,8 @@ struct Pki {
     other_ca: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
+    /// `client_key`'s certificate signed by `other_ca`.
+    stranger_cert: PathBuf,
 }
 
 struct Servers {
@@ -55,6 +57,22 @@ fn make_pki() -> Pki {
         .tempdir()
         .unwrap()
         .keep();
+    // Removed once this test process has exited, as the clusters are.
+    Command::new("setsid")
+        .args([
+            "--fork",
+            "bash",
+            "-c",
+            "tail --pid=\"$1\" -f /dev/null; rm -rf \"$2\"",
+            "reaper",
+        ])
+        .arg(std::process::id().to_string())
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
     let write = |name: &str, text: &str| {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
@@ -69,7 +87,7 @@ fn make_pki() -> Pki {
         (cert, Issuer::new(params, key))
     };
     let (ca_cert, issuer) = ca("jrq test CA");
-    let (other_cert, _) = ca("some other CA");
+    let (other_cert, other_issuer) = ca("some other CA");
     let server_key = KeyPair::generate().unwrap();
     let mut sp =
         CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
@@ -80,6 +98,8 @@ fn make_pki() -> Pki {
     // `cert` authentication maps the certificate's CN to the user name.
     cp.distinguished_name.push(DnType::CommonName, "certuser");
     let client_cert = cp.signed_by(&client_key, &issuer).unwrap();
+    // The same user's certificate from a CA the server does not trust.
+    let stranger_cert = cp.signed_by(&client_key, &other_issuer).unwrap();
     write("server.crt", &server_cert.pem());
     write("server.key", &server_key.serialize_pem());
     let pki = Pki {
@@ -87,6 +107,7 @@ fn make_pki() -> Pki {
         other_ca: write("other-ca.crt", &other_cert.pem()),
         client_cert: write("client.crt", &client_cert.pem()),
         client_key: write("client.key", &client_key.serialize_pem()),
+        stranger_cert: write("stranger.crt", &stranger_cert.pem()),
         dir: dir.clone(),
     };
     std::fs::set_permissions(&pki.client_key, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -395,7 +416,24 @@ async fn client_certificates_authenticate() {
         .await
         .map(|_| ())
         .expect_err("refused without a certificate");
-    assert!(e.to_string().contains("certificate"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("connection requires a valid client certificate: set sslcert and sslkey"),
+        "{e}"
+    );
+    // A certificate from a CA the server does not trust.
+    let stranger = format!("{verify} sslcert={} sslkey={key}", s(&sv.pki.stranger_cert));
+    let e = connect(&tcp(&sv.ssl, &db, "certuser", &stranger), &[])
+        .await
+        .map(|_| ())
+        .expect_err("refused with a stranger's certificate");
+    assert!(
+        e.to_string().contains(&format!(
+            "the server refused this client's certificate (TLS alert UnknownCA, sslcert={})",
+            s(&sv.pki.stranger_cert)
+        )),
+        "{e}"
+    );
 
     // The real CLI with everything from the libpq variables.
     let home = empty_home();

@@ -373,6 +373,17 @@ pub fn connect_error(cfg: &DbConfig, e: &tokio_postgres::Error) -> Error {
         return Error::Tls { target, reason };
     }
     let reason = match e.as_db_error() {
+        // pg_hba.conf's `cert` (or clientcert=) without a certificate from this side.
+        Some(db) if db.message().contains("requires a valid client certificate") => {
+            return Error::Tls {
+                target,
+                reason: format!(
+                    "{}: set sslcert and sslkey (or PGSSLCERT and PGSSLKEY) to a client \
+                     certificate signed by a CA the server trusts",
+                    db.message()
+                ),
+            };
+        }
         Some(db) => db.message().to_string(),
         None => {
             let text = describe_chain(e);
