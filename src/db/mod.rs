@@ -489,6 +489,54 @@ mod tests {
     }
 
     #[test]
+    fn conninfo_carries_the_tls_settings_and_env_fills_in_below_the_address() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            p.display().to_string()
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (ca, crt, key) = (
+            write("my ca.pem", &cert.pem()),
+            write("c.crt", &cert.pem()),
+            write("c.key", &key.serialize_pem()),
+        );
+        let env: HashMap<&str, String> = [
+            ("PGSSLMODE", "disable".to_string()),
+            ("PGSSLCERT", crt.clone()),
+            ("PGSSLKEY", key.clone()),
+        ]
+        .into();
+        let lookup = |k: &str| env.get(k).cloned();
+        let url = format!("host=db.example sslmode=verify-ca sslrootcert='{ca}'");
+        let cfg = config_from_env(Some(&url), &lookup, "t").unwrap();
+        // The address's sslmode wins over PGSSLMODE; the variables give what it lacks.
+        assert_eq!(
+            cfg.tls(),
+            &TlsSettings {
+                mode: SslMode::VerifyCa,
+                root_cert: tls::RootCert::File(ca.clone().into()),
+                client_cert: Some(tls::ClientCert {
+                    cert: crt.clone().into(),
+                    key: key.clone().into(),
+                }),
+            }
+        );
+        // Handed to a child process, the settings come along.
+        let c = conninfo_with_dbname(&cfg, "other");
+        let back = config_from_env(Some(&c), &|_: &str| None, "t").unwrap();
+        assert_eq!(back.tls(), cfg.tls());
+        assert_eq!(back.pg.get_dbname(), Some("other"));
+    }
+
+    #[test]
     fn target_never_shows_password() {
         let cfg = config_from(Some("postgres://bob:s3cret@db.example:6543/q"), "t").unwrap();
         let t = cfg.describe();
