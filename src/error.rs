@@ -17,6 +17,11 @@ pub enum Error {
     )]
     Connect { target: String, reason: String },
 
+    /// TLS to the database failed: `reason` says what (an untrusted certificate, a host
+    /// name mismatch, a server without SSL) and what to do. Never the password.
+    #[error("cannot connect to PostgreSQL at {target}: {reason}")]
+    Tls { target: String, reason: String },
+
     /// The database has no jrq tables yet.
     #[error("database '{database}' has no jrq schema: run `jrq migrate` first")]
     SchemaMissing { database: String },

@@ -524,7 +524,7 @@ async fn cancel_ends_queued_tasks_at_once_and_asks_the_worker_for_running_ones()
            (4, 'done', 'completed', 'w1', 1)",
     )
     .await;
-    let cfg: tokio_postgres::Config = db.url.parse().unwrap();
+    let cfg = db.config();
     let (_l, mut notes) = jrq::db::listen::listen(&cfg, &[jrq::db::CHANNEL_WORKER])
         .await
         .unwrap();
@@ -596,7 +596,7 @@ async fn runs_are_created_listed_and_finished() {
     assert_eq!(j[0]["tasks_total"], 2);
     assert_eq!(j[0]["tasks_unfinished"], 2);
 
-    let cfg: tokio_postgres::Config = db.url.parse().unwrap();
+    let cfg = db.config();
     let (_l, mut notes) = jrq::db::listen::listen(&cfg, &[jrq::db::CHANNEL_RUNS])
         .await
         .unwrap();

@@ -410,8 +410,11 @@ async fn the_installer_installs_starts_updates_and_uninstalls() {
             .env_remove("DATABASE_URL")
             .env_remove("JRQ_EXEC");
         if with_env {
+            // A TLS variable reaches the units' environment file too (disable: the test
+            // server is a Unix socket, where TLS is never used anyway).
             cmd.env("DATABASE_URL", &db.url)
-                .env("JRQ_EXEC", test_executor());
+                .env("JRQ_EXEC", test_executor())
+                .env("PGSSLMODE", "disable");
         }
         common::Run::from(cmd.output().unwrap())
     };
@@ -435,6 +438,7 @@ async fn the_installer_installs_starts_updates_and_uninstalls() {
     assert_eq!(mode & 0o777, 0o600, "the environment file is private");
     let env_text = std::fs::read_to_string(&env_file).unwrap();
     assert!(env_text.contains(&format!("DATABASE_URL=\"{}\"", db.url)));
+    assert!(env_text.contains("\nPGSSLMODE=\"disable\"\n"), "{env_text}");
     for unit in [
         "jr-auto-assigner.service",
         "jr-health-monitor.timer",

@@ -138,7 +138,7 @@ async fn the_database_enforces_status_priority_and_unique_keys() {
 #[tokio::test]
 async fn the_insert_trigger_notifies_once_per_statement() {
     let db = TestDb::new().await;
-    let cfg: tokio_postgres::Config = db.url.parse().unwrap();
+    let cfg = db.config();
     let (_listener, mut notes) = db::listen::listen(&cfg, &[db::CHANNEL_PENDING, "test_sentinel"])
         .await
         .unwrap();
@@ -174,7 +174,7 @@ async fn the_insert_trigger_notifies_once_per_statement() {
 #[tokio::test]
 async fn a_psql_insert_wakes_a_listener_at_once() {
     let db = TestDb::new().await;
-    let cfg: tokio_postgres::Config = db.url.parse().unwrap();
+    let cfg = db.config();
     let (_listener, mut notes) = db::listen::listen(&cfg, &[db::CHANNEL_PENDING])
         .await
         .unwrap();

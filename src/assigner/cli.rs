@@ -74,7 +74,7 @@ pub struct AssignerArgs {
 
 impl AssignerArgs {
     /// The configuration and database address these options describe.
-    pub fn into_parts(self) -> Result<(AssignerConfig, tokio_postgres::Config)> {
+    pub fn into_parts(self) -> Result<(AssignerConfig, crate::db::DbConfig)> {
         let cfg = AssignerConfig {
             name: self.name.unwrap_or_else(super::default_name),
             batch_size: i64::from(self.batch_size),

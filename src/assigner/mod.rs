@@ -165,7 +165,7 @@ pub struct Maintenance {
 /// The assigner daemon.
 pub struct Assigner {
     cfg: AssignerConfig,
-    db_cfg: tokio_postgres::Config,
+    db_cfg: db::DbConfig,
     instance: Uuid,
     host: String,
     boot_id: String,
@@ -173,7 +173,7 @@ pub struct Assigner {
 }
 
 impl Assigner {
-    pub fn new(cfg: AssignerConfig, db_cfg: tokio_postgres::Config) -> Self {
+    pub fn new(cfg: AssignerConfig, db_cfg: db::DbConfig) -> Self {
         Assigner {
             cfg,
             db_cfg,

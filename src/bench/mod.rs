@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::Client;
 
 use crate::db;
 use crate::error::{Error, Result};
@@ -193,8 +193,7 @@ pub struct Results {
 
 /// Shared state of a benchmark run.
 pub struct Ctx {
-    admin: Config,
-    admin_url: String,
+    admin: db::DbConfig,
     runs: usize,
     quick: bool,
     bin_dir: PathBuf,
@@ -208,19 +207,16 @@ impl Ctx {
         db::conninfo_with_dbname(&self.admin, dbname)
     }
 
+    /// A connection to `url`, with the TLS settings it names.
     async fn connect(url: &str) -> Result<Client> {
-        let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        db::connect(&db::config_from(Some(url), "jrq-bench")?).await
     }
 
     /// A fresh, migrated database: its address and a client.
     async fn fresh_db(&mut self) -> Result<(String, Client)> {
         self.next_db += 1;
         let name = format!("jrq_bench_{}_{}", std::process::id(), self.next_db);
-        let admin = Ctx::connect(&self.admin_url).await?;
+        let admin = db::connect(&self.admin).await?;
         let q = db::quote_ident(&name)?;
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {q} WITH (FORCE)"))
@@ -233,9 +229,9 @@ impl Ctx {
     }
 
     async fn drop_db(&self, url: &str) -> Result<()> {
-        let cfg: Config = url.parse().map_err(|_| Error::usage("bad address"))?;
-        if let Some(name) = cfg.get_dbname() {
-            let admin = Ctx::connect(&self.admin_url).await?;
+        let cfg = db::config_from(Some(url), "jrq-bench")?;
+        if let Some(name) = cfg.pg.get_dbname() {
+            let admin = db::connect(&self.admin).await?;
             let q = db::quote_ident(name)?;
             admin
                 .batch_execute(&format!("DROP DATABASE IF EXISTS {q} WITH (FORCE)"))
@@ -292,10 +288,9 @@ pub async fn run(args: BenchArgs) -> Result<Results> {
     }
     let started = Instant::now();
     let url = args.database_url.clone().unwrap_or_default();
-    let admin: Config = db::config_from(Some(&url), "jrq-bench")?;
+    let admin = db::config_from(Some(&url), "jrq-bench")?;
     let mut ctx = Ctx {
         admin,
-        admin_url: url,
         runs: args.runs.max(1),
         quick: args.quick,
         bin_dir: fleet::bin_dir(),
@@ -349,7 +344,7 @@ pub async fn run(args: BenchArgs) -> Result<Results> {
 }
 
 async fn machine(ctx: &Ctx) -> Result<Machine> {
-    let client = Ctx::connect(&ctx.admin_url).await?;
+    let client = db::connect(&ctx.admin).await?;
     let version: String = client.query_one("SHOW server_version", &[]).await?.get(0);
     let mut settings = vec![];
     for s in [
@@ -733,7 +728,7 @@ async fn fleet_scale(ctx: &mut Ctx, report_rows: bool) -> Result<Vec<FleetRow>> 
                 name: "bench-probe".into(),
                 ..Default::default()
             },
-            url.parse().map_err(|_| Error::usage("bad address"))?,
+            db::config_from(Some(&url), "jrq-bench")?,
         );
         let mut pc = Ctx::connect(&url).await?;
         db::tune_session(&pc).await?;

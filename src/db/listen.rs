@@ -7,21 +7,19 @@
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Notification};
+use tokio_postgres::{AsyncMessage, Client, Notification};
 
-use super::{connect_error, quote_ident};
+use super::{open, quote_ident, DbConfig};
 use crate::error::{describe_chain, Result};
 
-/// Opens a connection, LISTENs on `channels`, and returns the client (usable for queries
-/// too) and the stream of notifications. The stream ends when the connection closes.
+/// Opens a connection (with the TLS settings of `cfg`, as [`super::connect`] does),
+/// LISTENs on `channels`, and returns the client (usable for queries too) and the stream
+/// of notifications. The stream ends when the connection closes.
 pub async fn listen(
-    cfg: &Config,
+    cfg: &DbConfig,
     channels: &[&str],
 ) -> Result<(Client, mpsc::UnboundedReceiver<Notification>)> {
-    let (client, mut connection) = cfg
-        .connect(NoTls)
-        .await
-        .map_err(|e| connect_error(cfg, &e))?;
+    let (client, mut connection) = open(cfg).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     // Drive the connection before issuing LISTEN: nothing moves otherwise.
     tokio::spawn(async move {

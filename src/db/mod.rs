@@ -3,21 +3,27 @@
 //! This module holds what every table module shares: how to find and reach the database,
 //! the schema check, the notification channels and the one identifier-quoting helper.
 
+pub mod conninfo;
 pub mod events;
 pub mod listen;
 pub mod migrate;
 pub mod runs;
 pub mod tasks;
+pub mod tls;
 pub mod workers;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config, GenericClient, NoTls, Statement};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, GenericClient, Socket, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{describe_chain, Error, Result};
+pub use tls::{SslMode, TlsSettings};
 
 /// Channel the insert trigger (and `jrq retry`) notify: pending tasks to route.
 pub const CHANNEL_PENDING: &str = "jrq_pending";
@@ -29,20 +35,113 @@ pub const CHANNEL_RUNS: &str = "jrq_runs";
 /// How long a connection attempt may take when the address does not say.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where the database is and how to reach it: tokio-postgres's settings and the TLS
+/// settings it has no place for, with the TLS connector built from them once (connections
+/// share it).
+#[derive(Clone)]
+pub struct DbConfig {
+    /// Host, port, user, password, database and the other settings tokio-postgres reads.
+    /// Its `ssl_mode` is set per connection attempt from [`DbConfig::tls`].
+    pub pg: Config,
+    tls: TlsSettings,
+    connector: MakeRustlsConnect,
+}
+
+impl std::fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // tokio-postgres's Debug shows the password as "_".
+        f.debug_struct("DbConfig")
+            .field("pg", &self.pg)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DbConfig {
+    /// A configuration from tokio-postgres's settings and resolved TLS settings; reads
+    /// the certificate and key files these name (an unreadable one is a usage error).
+    pub fn new(pg: Config, tls: TlsSettings) -> Result<DbConfig> {
+        let connector = tls.connector()?;
+        Ok(DbConfig { pg, tls, connector })
+    }
+
+    /// The TLS settings.
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
+
+    /// The same server, TLS settings and credentials, another database.
+    pub fn with_dbname(&self, dbname: &str) -> DbConfig {
+        let mut c = self.clone();
+        c.pg.dbname(dbname);
+        c
+    }
+
+    /// Where this configuration points, for messages: `host:port (database 'x')`.
+    pub fn describe(&self) -> String {
+        describe_target(&self.pg)
+    }
+
+    /// The sslmode connections use: none over Unix sockets, as in libpq.
+    fn effective_mode(&self) -> SslMode {
+        let unix_only = self.pg.get_hostaddrs().is_empty()
+            && !self.pg.get_hosts().is_empty()
+            && self
+                .pg
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, Host::Unix(_)));
+        if unix_only {
+            SslMode::Disable
+        } else {
+            self.tls.mode
+        }
+    }
+}
+
 /// Builds the connection settings: `DATABASE_URL` (a `postgres://` URL or a libpq
 /// `key=value` string) when given, else the libpq variables `PGHOST`, `PGPORT`, `PGUSER`,
 /// `PGPASSWORD`, `PGDATABASE`, `PGAPPNAME`, `PGCONNECT_TIMEOUT`, with libpq's defaults.
-pub fn config_from(database_url: Option<&str>, application_name: &str) -> Result<Config> {
+/// TLS comes from the address's `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, else from
+/// `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY` (also beside a `DATABASE_URL`,
+/// as in libpq), else libpq's defaults (`prefer`, files in `~/.postgresql`).
+pub fn config_from(database_url: Option<&str>, application_name: &str) -> Result<DbConfig> {
+    config_from_env(
+        database_url,
+        &|name: &str| std::env::var(name).ok(),
+        application_name,
+    )
+}
+
+/// [`config_from`] with the environment read through `env` instead of from this process:
+/// for building the configuration another process was given from its environment
+/// (`HOME` decides where `~/.postgresql` is). The system's trusted CAs
+/// (`sslrootcert=system`) are still found through this process's `SSL_CERT_FILE` /
+/// `SSL_CERT_DIR`.
+pub fn config_from_env(
+    database_url: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+    application_name: &str,
+) -> Result<DbConfig> {
+    let env = |name: &str| env(name).filter(|v| !v.is_empty());
+    let mut ssl = conninfo::SslKeys::default();
     let mut cfg = match database_url.map(str::trim).filter(|s| !s.is_empty()) {
-        Some(url) => url.parse::<Config>().map_err(|e| {
-            // The parser's message never echoes the string, so no password can leak.
-            Error::usage(format!(
-                "DATABASE_URL is not a valid PostgreSQL address ({}): use e.g. \
-                 postgres://USER@HOST:5432/DBNAME or 'host=HOST dbname=DBNAME'",
-                describe_chain(&e)
-            ))
-        })?,
-        None => config_from_pg_env()?,
+        Some(url) => {
+            let invalid = |why: String| {
+                // Neither message ever echoes the string, so no password can leak.
+                Error::usage(format!(
+                    "DATABASE_URL is not a valid PostgreSQL address ({why}): use e.g. \
+                     postgres://USER@HOST:5432/DBNAME or 'host=HOST dbname=DBNAME'"
+                ))
+            };
+            let split = conninfo::split(url).map_err(invalid)?;
+            ssl = split.ssl;
+            split
+                .rest
+                .parse::<Config>()
+                .map_err(|e| invalid(describe_chain(&e)))?
+        }
+        None => config_from_pg_env(&env)?,
     };
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
@@ -50,14 +149,23 @@ pub fn config_from(database_url: Option<&str>, application_name: &str) -> Result
     if cfg.get_application_name().is_none() {
         cfg.application_name(application_name);
     }
-    Ok(cfg)
+    let pick = |from_url: Option<String>, key: &'static str, var: &'static str| {
+        from_url
+            .map(|value| tls::Given { value, from: key })
+            .or_else(|| env(var).map(|value| tls::Given { value, from: var }))
+    };
+    let given = tls::GivenTls {
+        sslmode: pick(ssl.sslmode, "sslmode", "PGSSLMODE"),
+        sslrootcert: pick(ssl.sslrootcert, "sslrootcert", "PGSSLROOTCERT"),
+        sslcert: pick(ssl.sslcert, "sslcert", "PGSSLCERT"),
+        sslkey: pick(ssl.sslkey, "sslkey", "PGSSLKEY"),
+    };
+    let home = env("HOME").map(PathBuf::from);
+    let tls = TlsSettings::resolve(&given, home.as_deref())?;
+    DbConfig::new(cfg, tls)
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn config_from_pg_env() -> Result<Config> {
+fn config_from_pg_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
     let mut cfg = Config::new();
     let hosts = env("PGHOST").unwrap_or_else(|| {
         if std::path::Path::new("/var/run/postgresql").is_dir() {
@@ -125,39 +233,129 @@ pub fn describe_target(cfg: &Config) -> String {
 }
 
 /// A libpq `key=value` address for database `dbname` on the server `cfg` points at (its
-/// first host and port, its user and password): for handing to child processes, such as
-/// the workers a test or the benchmark starts against a database of their own.
-pub fn conninfo_with_dbname(cfg: &Config, dbname: &str) -> String {
-    // libpq quoting: single quotes, with \ and ' escaped.
-    let kv = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+/// first host and port, its user and password, and its TLS settings): for handing to child
+/// processes, such as the workers a test or the benchmark starts against a database of
+/// their own.
+pub fn conninfo_with_dbname(cfg: &DbConfig, dbname: &str) -> String {
+    use conninfo::quote as kv;
+    let pg = &cfg.pg;
     let mut parts = vec![];
-    if let Some(h) = cfg.get_hosts().first() {
+    if let Some(h) = pg.get_hosts().first() {
         let host = match h {
             Host::Tcp(s) => s.clone(),
             Host::Unix(p) => p.display().to_string(),
         };
         parts.push(format!("host={}", kv(&host)));
     }
-    if let Some(p) = cfg.get_ports().first() {
+    if let Some(a) = pg.get_hostaddrs().first() {
+        parts.push(format!("hostaddr={a}"));
+    }
+    if let Some(p) = pg.get_ports().first() {
         parts.push(format!("port={p}"));
     }
-    if let Some(u) = cfg.get_user() {
+    if let Some(u) = pg.get_user() {
         parts.push(format!("user={}", kv(u)));
     }
-    if let Some(pw) = cfg.get_password() {
+    if let Some(pw) = pg.get_password() {
         parts.push(format!("password={}", kv(&String::from_utf8_lossy(pw))));
     }
     parts.push(format!("dbname={}", kv(dbname)));
+    let t = &cfg.tls;
+    if t.mode != SslMode::Prefer {
+        parts.push(format!("sslmode={}", t.mode));
+    }
+    match &t.root_cert {
+        tls::RootCert::None => {}
+        tls::RootCert::System => parts.push("sslrootcert=system".into()),
+        tls::RootCert::File(p) => parts.push(format!("sslrootcert={}", kv(&p.to_string_lossy()))),
+    }
+    if let Some(c) = &t.client_cert {
+        parts.push(format!("sslcert={}", kv(&c.cert.to_string_lossy())));
+        parts.push(format!("sslkey={}", kv(&c.key.to_string_lossy())));
+    }
     parts.join(" ")
 }
 
+/// A connection whose driver has not been spawned yet.
+pub type Connection =
+    tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+
+/// Opens one connection with libpq's sslmode semantics and returns it undriven: `allow`
+/// tries without TLS first and with it when the server's pg_hba.conf refuses; `prefer`
+/// the other way round, also when TLS itself fails; every other mode makes one attempt.
+pub async fn open(cfg: &DbConfig) -> Result<(Client, Connection)> {
+    use tokio_postgres::config::SslMode as Pg;
+    let attempt = |mode: Pg| {
+        let mut pg = cfg.pg.clone();
+        pg.ssl_mode(mode);
+        let connector = cfg.connector.clone();
+        async move { pg.connect(connector).await }
+    };
+    // The server's pg_hba.conf refused this kind of session: the other kind may pass.
+    let hba_refused = |e: &tokio_postgres::Error| crate::error::sqlstate(e) == Some("28000");
+    let (first, second) = match cfg.effective_mode() {
+        SslMode::Disable => (Pg::Disable, None),
+        SslMode::Allow => (Pg::Disable, Some(Pg::Require)),
+        SslMode::Prefer => (Pg::Prefer, Some(Pg::Disable)),
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => (Pg::Require, None),
+    };
+    let e1 = match attempt(first).await {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
+    };
+    let retry = match second {
+        Some(Pg::Require) => hba_refused(&e1),
+        Some(_) => tls::is_tls_failure(&e1) || hba_refused(&e1),
+        None => false,
+    };
+    let Some(second) = second.filter(|_| retry) else {
+        return Err(connect_error(cfg, &e1));
+    };
+    match attempt(second).await {
+        Ok(c) => {
+            tracing::debug!(
+                sslmode = %cfg.tls.mode,
+                first_error = %describe_chain(&e1),
+                "connected on the second attempt"
+            );
+            Ok(c)
+        }
+        Err(e2) => {
+            let again = if second == Pg::Disable {
+                "without SSL"
+            } else {
+                "with SSL"
+            };
+            Err(match (connect_error(cfg, &e1), connect_error(cfg, &e2)) {
+                (Error::Connect { target, reason }, Error::Connect { reason: b, .. })
+                | (Error::Connect { target, reason }, Error::Tls { reason: b, .. })
+                    if reason != b =>
+                {
+                    Error::Connect {
+                        target,
+                        reason: format!("{reason}; {again}: {b}"),
+                    }
+                }
+                (Error::Tls { target, reason }, Error::Connect { reason: b, .. })
+                | (Error::Tls { target, reason }, Error::Tls { reason: b, .. })
+                    if reason != b =>
+                {
+                    Error::Tls {
+                        target,
+                        reason: format!("{reason}; {again}: {b}"),
+                    }
+                }
+                (r1, _) => r1,
+            })
+        }
+    }
+}
+
 /// Opens one connection and drives it on a background task. For LISTEN, drive the
-/// connection yourself instead: this driver drops notifications.
-pub async fn connect(cfg: &Config) -> Result<Client> {
-    let (client, connection) = cfg
-        .connect(NoTls)
-        .await
-        .map_err(|e| connect_error(cfg, &e))?;
+/// connection yourself instead ([`open`], or [`listen::listen`]): this driver drops
+/// notifications.
+pub async fn connect(cfg: &DbConfig) -> Result<Client> {
+    let (client, connection) = open(cfg).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %describe_chain(&e), "database connection closed");
@@ -166,9 +364,26 @@ pub async fn connect(cfg: &Config) -> Result<Client> {
     Ok(client)
 }
 
-/// A connection failure as one clear line naming the target (never the password).
-pub fn connect_error(cfg: &Config, e: &tokio_postgres::Error) -> Error {
+/// A connection failure as one clear line naming the target (never the password): a TLS
+/// failure says what failed and what to do, anything else what the server or the network
+/// said.
+pub fn connect_error(cfg: &DbConfig, e: &tokio_postgres::Error) -> Error {
+    let target = cfg.describe();
+    if let Some(reason) = tls::explain(&cfg.tls, e) {
+        return Error::Tls { target, reason };
+    }
     let reason = match e.as_db_error() {
+        // pg_hba.conf's `cert` (or clientcert=) without a certificate from this side.
+        Some(db) if db.message().contains("requires a valid client certificate") => {
+            return Error::Tls {
+                target,
+                reason: format!(
+                    "{}: set sslcert and sslkey (or PGSSLCERT and PGSSLKEY) to a client \
+                     certificate signed by a CA the server trusts",
+                    db.message()
+                ),
+            };
+        }
         Some(db) => db.message().to_string(),
         None => {
             let text = describe_chain(e);
@@ -177,10 +392,7 @@ pub fn connect_error(cfg: &Config, e: &tokio_postgres::Error) -> Error {
                 .to_string()
         }
     };
-    Error::Connect {
-        target: describe_target(cfg),
-        reason,
-    }
+    Error::Connect { target, reason }
 }
 
 /// Quotes an SQL identifier (a LISTEN channel, a database name) the way PostgreSQL's
@@ -260,7 +472,12 @@ mod tests {
 
     #[test]
     fn conninfo_keeps_the_server_and_quotes_values() {
-        let cfg = config_from(Some("postgres://bob:p'w@db.example:6543/q"), "t").unwrap();
+        let cfg = config_from_env(
+            Some("postgres://bob:p'w@db.example:6543/q"),
+            &|_: &str| None,
+            "t",
+        )
+        .unwrap();
         let c = conninfo_with_dbname(&cfg, "other db");
         assert_eq!(
             c,
@@ -272,9 +489,57 @@ mod tests {
     }
 
     #[test]
+    fn conninfo_carries_the_tls_settings_and_env_fills_in_below_the_address() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            p.display().to_string()
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (ca, crt, key) = (
+            write("my ca.pem", &cert.pem()),
+            write("c.crt", &cert.pem()),
+            write("c.key", &key.serialize_pem()),
+        );
+        let env: HashMap<&str, String> = [
+            ("PGSSLMODE", "disable".to_string()),
+            ("PGSSLCERT", crt.clone()),
+            ("PGSSLKEY", key.clone()),
+        ]
+        .into();
+        let lookup = |k: &str| env.get(k).cloned();
+        let url = format!("host=db.example sslmode=verify-ca sslrootcert='{ca}'");
+        let cfg = config_from_env(Some(&url), &lookup, "t").unwrap();
+        // The address's sslmode wins over PGSSLMODE; the variables give what it lacks.
+        assert_eq!(
+            cfg.tls(),
+            &TlsSettings {
+                mode: SslMode::VerifyCa,
+                root_cert: tls::RootCert::File(ca.clone().into()),
+                client_cert: Some(tls::ClientCert {
+                    cert: crt.clone().into(),
+                    key: key.clone().into(),
+                }),
+            }
+        );
+        // Handed to a child process, the settings come along.
+        let c = conninfo_with_dbname(&cfg, "other");
+        let back = config_from_env(Some(&c), &|_: &str| None, "t").unwrap();
+        assert_eq!(back.tls(), cfg.tls());
+        assert_eq!(back.pg.get_dbname(), Some("other"));
+    }
+
+    #[test]
     fn target_never_shows_password() {
         let cfg = config_from(Some("postgres://bob:s3cret@db.example:6543/q"), "t").unwrap();
-        let t = describe_target(&cfg);
+        let t = cfg.describe();
         assert_eq!(t, "db.example:6543 (database 'q')");
         assert!(!t.contains("s3cret"));
         let err = config_from(Some("postgres://bob:s3cret@db:notaport/q"), "t").unwrap_err();

@@ -129,7 +129,7 @@ pub async fn run(args: MonitorArgs) -> Result<u8> {
 }
 
 /// One round: connect, check the schema, act, report; the exit status it calls for.
-async fn round(monitor: &Monitor, db: &tokio_postgres::Config, args: &MonitorArgs) -> Result<u8> {
+async fn round(monitor: &Monitor, db: &crate::db::DbConfig, args: &MonitorArgs) -> Result<u8> {
     let client = crate::db::connect(db).await?;
     crate::db::check_schema(&client).await?;
     let report = monitor.run_once(&client).await?;

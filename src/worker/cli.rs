@@ -111,7 +111,7 @@ impl WorkerArgs {
     /// The worker configuration, the database address and the handler these options
     /// describe. Reads the operators' RUN_FILTER_ID and WORKER_MAX_LOOPS when the
     /// options are absent.
-    pub fn into_parts(self) -> Result<(WorkerConfig, tokio_postgres::Config, Arc<dyn Handler>)> {
+    pub fn into_parts(self) -> Result<(WorkerConfig, crate::db::DbConfig, Arc<dyn Handler>)> {
         let run = match self.run {
             Some(r) => Some(r),
             None => match std::env::var("RUN_FILTER_ID") {

@@ -167,7 +167,7 @@ pub fn retry_backoff(attempt: i32, base: Duration, max: Duration) -> Duration {
 /// The worker daemon. See the module docs.
 pub struct Worker {
     cfg: WorkerConfig,
-    db_cfg: tokio_postgres::Config,
+    db_cfg: db::DbConfig,
     handler: Arc<dyn Handler>,
     instance: Uuid,
     host: String,
@@ -209,11 +209,7 @@ enum Mode {
 
 impl Worker {
     /// A worker with the given configuration, database and handler.
-    pub fn new(
-        cfg: WorkerConfig,
-        db_cfg: tokio_postgres::Config,
-        handler: Arc<dyn Handler>,
-    ) -> Self {
+    pub fn new(cfg: WorkerConfig, db_cfg: db::DbConfig, handler: Arc<dyn Handler>) -> Self {
         Worker {
             cfg,
             db_cfg,

@@ -13,19 +13,20 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, Config, NoTls};
+use jrq::db::DbConfig;
+use tokio_postgres::Client;
 
-/// The server's address for administrative connections.
-fn admin_config() -> &'static Config {
-    static ADMIN: OnceLock<Config> = OnceLock::new();
+/// The server's address for administrative connections (with the TLS settings
+/// DATABASE_URL and the PGSSL* variables give, as the binaries read them).
+fn admin_config() -> &'static DbConfig {
+    static ADMIN: OnceLock<DbConfig> = OnceLock::new();
     ADMIN.get_or_init(|| {
         let conninfo = match std::env::var("DATABASE_URL") {
             Ok(url) if !url.trim().is_empty() => url,
             _ => start_private_cluster(),
         };
-        conninfo
-            .parse::<Config>()
-            .expect("DATABASE_URL is a valid PostgreSQL address")
+        jrq::db::config_from(Some(&conninfo), "jrq-test")
+            .unwrap_or_else(|e| panic!("DATABASE_URL: {e}"))
     })
 }
 
@@ -47,14 +48,16 @@ fn conninfo_for(dbname: &str) -> String {
     jrq::db::conninfo_with_dbname(admin_config(), dbname)
 }
 
-async fn connect_str(conninfo: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(conninfo, NoTls)
+/// The configuration of a libpq address, as the binaries read it.
+pub fn config(conninfo: &str) -> DbConfig {
+    jrq::db::config_from(Some(conninfo), "jrq-test").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A connection to a libpq address, driven in the background.
+pub async fn connect_str(conninfo: &str) -> Client {
+    jrq::db::connect(&config(conninfo))
         .await
-        .expect("connect to the test server");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
+        .unwrap_or_else(|e| panic!("connect to the test server: {e}"))
 }
 
 /// A database of its own for one test, dropped when the value is dropped.
@@ -79,7 +82,7 @@ impl TestDb {
     pub async fn empty() -> TestDb {
         let name = format!("jrq_t_{}", uuid::Uuid::new_v4().simple());
         let admin = connect_str(&conninfo_for(
-            admin_config().get_dbname().unwrap_or("postgres"),
+            admin_config().pg.get_dbname().unwrap_or("postgres"),
         ))
         .await;
         let quoted = jrq::db::quote_ident(&name).unwrap();
@@ -91,6 +94,11 @@ impl TestDb {
             url: conninfo_for(&name),
             name,
         }
+    }
+
+    /// This database's configuration, as the binaries read it from DATABASE_URL.
+    pub fn config(&self) -> DbConfig {
+        config(&self.url)
     }
 
     /// A new connection to this database.
@@ -145,7 +153,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let admin_url = conninfo_for(admin_config().get_dbname().unwrap_or("postgres"));
+        let admin_url = conninfo_for(admin_config().pg.get_dbname().unwrap_or("postgres"));
         // Drop runs outside any async context: use a runtime of its own on a thread.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -439,17 +447,14 @@ pub struct FakeAssigner {
 
 impl FakeAssigner {
     pub fn start(url: &str, worker: &str) -> FakeAssigner {
-        let url = url.to_string();
+        let cfg = config(url);
         let worker = worker.to_string();
         let handle = tokio::spawn(async move {
             loop {
-                let Ok((client, conn)) = tokio_postgres::connect(&url, NoTls).await else {
+                let Ok(client) = jrq::db::connect(&cfg).await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
                 loop {
                     let r = client
                         .query_one(
@@ -485,6 +490,12 @@ pub struct PrivateCluster {
 
 impl PrivateCluster {
     pub fn start() -> PrivateCluster {
+        PrivateCluster::start_with(&[])
+    }
+
+    /// A cluster started with more `scripts/dev-postgres start` options (`--tcp`,
+    /// `--ssl CERTDIR`, `--hba FILE`).
+    pub fn start_with(options: &[&str]) -> PrivateCluster {
         let dir = tempfile::Builder::new()
             .prefix("jrq-test-pg.")
             .tempdir()
@@ -495,12 +506,18 @@ impl PrivateCluster {
             .arg(&dir)
             .arg("--owner-pid")
             .arg(std::process::id().to_string())
+            .args(options)
             .stderr(Stdio::inherit())
             .output()
             .unwrap();
         assert!(out.status.success(), "dev-postgres start failed");
         let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
         PrivateCluster { dir, url }
+    }
+
+    /// The server's port: its TCP port on 127.0.0.1 with `--tcp` or `--ssl`.
+    pub fn port(&self) -> u16 {
+        config(&self.url).pg.get_ports()[0]
     }
 
     fn script(&self, cmd: &str) {
