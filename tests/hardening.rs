@@ -790,3 +790,54 @@ async fn lists_leave_payloads_in_the_table_and_a_closed_stdout_ends_quietly() {
         assert!(out.stderr.is_empty(), "{args:?}: {out:?}");
     }
 }
+
+#[tokio::test]
+async fn the_monitors_textfile_cannot_be_turned_into_an_overwrite_by_a_planted_link() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let prom = dir.path().join("jrq.prom");
+    // The monitor stops before it starts, so that its pid is known: a planted link with
+    // the temporary name the monitor would have used points at the victim.
+    let script = format!(
+        "kill -STOP $$; exec {} --manager none --textfile {}",
+        common::bin_path("jr-health-monitor"),
+        prom.display()
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("DATABASE_URL", &db.url)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    wait_for(T, "the monitor to stop itself", || async {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s[s.rfind(')').unwrap() + 2..].starts_with('T'))
+    })
+    .await;
+    for name in [
+        format!(".jrq.prom.tmp.{pid}"),
+        format!(".jrq.prom.{pid}.tmp"),
+    ] {
+        std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(matches!(status.code(), Some(0) | Some(3)), "{status:?}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(text.contains("jrq_tasks"), "{text}");
+    assert!(
+        !std::fs::symlink_metadata(&prom)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the report is a file of its own"
+    );
+}

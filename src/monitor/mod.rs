@@ -573,21 +573,42 @@ pub fn render_prometheus(r: &Report) -> String {
     s
 }
 
-/// Writes `text` to `path` atomically (a temporary file in the same directory, renamed).
+/// Writes `text` to `path` atomically: a new temporary file in the same directory, then
+/// renamed over `path`. The temporary name is unpredictable and the file is created
+/// exclusively without following links (`O_CREAT|O_EXCL|O_NOFOLLOW`), so a link planted
+/// in a shared directory (node_exporter's textfile directory often is one) cannot turn
+/// the write into an overwrite of another file.
 pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("jrq.prom"),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, text)
-        .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| Error::io(format!("cannot replace {}", path.display()), e))
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("jrq.prom");
+    let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(16)
+        .collect();
+    let tmp = dir.join(format!(".{name}.{suffix}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
+    if let Err(e) = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+    {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(format!("cannot write {}", tmp.display()), e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(format!("cannot replace {}", path.display()), e)
+    })
 }
