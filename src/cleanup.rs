@@ -437,8 +437,8 @@ pub struct CleanupArgs {
     /// it, a dry run that changes nothing.
     #[arg(long, env = "JRQ_FORCE")]
     pub force: bool,
-    /// After SIGTERM, time a stale worker gets to drain before SIGKILL.
-    #[arg(long, env = "JRQ_GRACE", default_value = "30s", value_parser = crate::validate::parse_duration)]
+    /// After SIGTERM, time a stale worker gets to drain before SIGKILL. Range: 0s to 1h.
+    #[arg(long, env = "JRQ_GRACE", default_value = "30s", value_parser = crate::validate::duration_in("0s", "1h"))]
     pub grace: Duration,
     /// Print the report as JSON.
     #[arg(long, env = "JRQ_JSON")]

@@ -216,6 +216,13 @@ impl NewTask {
                 self.priority
             ));
         }
+        if self.max_attempts > validate::MAX_ATTEMPTS {
+            return Err(format!(
+                "max_attempts {} is out of range: give 1 to {}",
+                self.max_attempts,
+                validate::MAX_ATTEMPTS
+            ));
+        }
         if self.max_attempts < 1 {
             return Err(format!(
                 "max_attempts {} is less than 1: a task needs at least one attempt",
@@ -418,7 +425,7 @@ impl TaskSpec {
                 NumOrText::Text(s) => s,
             };
             t.max_attempts =
-                validate::parse_at_least_one(&s).map_err(|e| format!("max_attempts: {e}"))?;
+                validate::parse_max_attempts(&s).map_err(|e| format!("max_attempts: {e}"))?;
         }
         if let Some(d) = self.timeout {
             t.timeout = d.parse("timeout")?;

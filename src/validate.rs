@@ -27,6 +27,64 @@ pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A parser (for clap) of a duration between `min` and `max` inclusive, both written as
+/// durations (`"100ms"`, `"5m"`): the option's documented range. A value outside it is
+/// refused with the range in the message.
+pub fn duration_in(
+    min: &'static str,
+    max: &'static str,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let lo = parse_duration(min).expect("a valid lower bound");
+        let hi = parse_duration(max).expect("a valid upper bound");
+        let d = if lo.is_zero() {
+            parse_duration(s)?
+        } else {
+            parse_positive_duration(s)?
+        };
+        if d < lo || d > hi {
+            return Err(format!("'{s}' is out of range: give {min} to {max}"));
+        }
+        Ok(d)
+    }
+}
+
+/// A parser (for clap) of a whole number between `min` and `max` inclusive: the option's
+/// documented range. A value outside it (or one that does not fit `T`) is refused with
+/// the range in the message.
+pub fn count_in<T>(
+    min: u64,
+    max: u64,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: TryFrom<u64>,
+{
+    move |s: &str| {
+        let n: u64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not a whole number: give {min} to {max}"))?;
+        if n < min || n > max {
+            return Err(format!("{n} is out of range: give {min} to {max}"));
+        }
+        T::try_from(n).map_err(|_| format!("{n} is out of range: give {min} to {max}"))
+    }
+}
+
+/// Like [`count_in`] for sizes in bytes, which may carry a unit (see [`parse_bytes`]).
+pub fn bytes_in(
+    min: u64,
+    max: u64,
+) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let n = parse_bytes(s)?;
+        if n < min || n > max {
+            return Err(format!("'{s}' is out of range: give {min} to {max} bytes"));
+        }
+        usize::try_from(n).map_err(|_| format!("'{s}' is too large"))
+    }
+}
+
 /// Parses a priority: a non-negative integer, lower is more urgent.
 pub fn parse_priority(s: &str) -> Result<i32, String> {
     match s.trim().parse::<i64>() {
@@ -47,6 +105,20 @@ pub fn parse_at_least_one(s: &str) -> Result<i32, String> {
         Ok(n) if (1..=i64::from(i32::MAX)).contains(&n) => Ok(n as i32),
         _ => Err(format!("'{s}' is not a whole number of at least 1")),
     }
+}
+
+/// Most attempts a task may have.
+pub const MAX_ATTEMPTS: i32 = 1000;
+
+/// Parses a task's attempt budget: 1 to [`MAX_ATTEMPTS`].
+pub fn parse_max_attempts(s: &str) -> Result<i32, String> {
+    let n = parse_at_least_one(s)?;
+    if n > MAX_ATTEMPTS {
+        return Err(format!(
+            "max attempts {n} is out of range: give 1 to {MAX_ATTEMPTS}"
+        ));
+    }
+    Ok(n)
 }
 
 /// Checks a worker name: letters, digits, `_`, `.`, `-`, 1 to 64 characters. The same rule
@@ -170,6 +242,33 @@ mod tests {
         assert!(check_worker_name("bad name").unwrap_err().contains("' '"));
         assert!(check_worker_name("a;drop").is_err());
         assert!(check_worker_name("é").is_err());
+    }
+
+    #[test]
+    fn ranges() {
+        let d = duration_in("100ms", "5m");
+        assert_eq!(d("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(d("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(d("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(
+            d("1000000000y").unwrap_err(),
+            "'1000000000y' is out of range: give 100ms to 5m"
+        );
+        assert!(d("50ms").is_err());
+        assert!(d("soon").unwrap_err().contains("not a duration"));
+        let c = count_in::<u32>(0, 10_000);
+        assert_eq!(c("10000").unwrap(), 10_000);
+        assert_eq!(
+            c("4294967295").unwrap_err(),
+            "4294967295 is out of range: give 0 to 10000"
+        );
+        assert!(c("-1").unwrap_err().contains("not a whole number"));
+        assert!(
+            count_in::<i32>(1, u64::MAX)("4294967296").is_err(),
+            "must fit the type"
+        );
+        assert_eq!(bytes_in(1, 1 << 24)("64KiB").unwrap(), 65536);
+        assert!(bytes_in(1, 1 << 24)("0").is_err());
     }
 
     #[test]

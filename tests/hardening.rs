@@ -841,3 +841,99 @@ async fn the_monitors_textfile_cannot_be_turned_into_an_overwrite_by_a_planted_l
         "the report is a file of its own"
     );
 }
+
+#[test]
+fn every_duration_and_count_option_outside_its_range_is_refused_at_start() {
+    // No database is needed to refuse them: the address points nowhere.
+    let nowhere = "host=/nonexistent port=1 dbname=x";
+    for (binary, args, needle) in [
+        (
+            "jr-queue-worker",
+            &[
+                "--name",
+                "w",
+                "--exec",
+                "noop",
+                "--retry-base",
+                "1000000000y",
+            ][..],
+            "'1000000000y' is out of range: give 0s to 1d",
+        ),
+        (
+            "jr-queue-worker",
+            &["--name", "w", "--exec", "noop", "--prefetch", "4294967295"],
+            "4294967295 is out of range: give 0 to 10000",
+        ),
+        (
+            "jr-queue-worker",
+            &["--name", "w", "--exec", "noop", "--capacity", "0"],
+            "0 is out of range: give 1 to 10000",
+        ),
+        (
+            "jr-queue-worker",
+            &[
+                "--name",
+                "w",
+                "--exec",
+                "noop",
+                "--heartbeat-interval",
+                "1ms",
+            ],
+            "out of range: give 100ms to 5m",
+        ),
+        (
+            "jr-queue-worker",
+            &["--name", "w", "--exec", "noop", "--output-limit", "1GiB"],
+            "out of range",
+        ),
+        (
+            "jr-auto-assigner",
+            &["--batch-size", "99999999999"],
+            "out of range: give 1 to 10000",
+        ),
+        (
+            "jr-auto-assigner",
+            &["--circuit-max-cooldown", "100y"],
+            "out of range: give 0s to 7d",
+        ),
+        (
+            "jr-health-monitor",
+            &["--watch", "0s"],
+            "out of range: give 1s to 1d",
+        ),
+        (
+            "jr-health-monitor",
+            &["--max-load-per-core", "NaN"],
+            "out of range: give 0 to 1000",
+        ),
+        (
+            "jr-stale-cleanup",
+            &["--grace", "2h"],
+            "out of range: give 0s to 1h",
+        ),
+        (
+            "jrq",
+            &["enqueue", "--title", "t", "--timeout", "400d"],
+            "out of range: give 1ms to 365d",
+        ),
+        (
+            "jrq",
+            &["enqueue", "--title", "t", "--max-attempts", "5000"],
+            "out of range: give 1 to 1000",
+        ),
+        ("jrq", &["prune", "--older-than", "99999d"], "out of range"),
+    ] {
+        let out = common::Run::from(
+            common::bin(binary)
+                .env("DATABASE_URL", nowhere)
+                .args(args)
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(out.code, Some(2), "{binary} {args:?}: {out:#?}");
+        assert!(
+            out.stderr.contains(needle) && !out.stderr.contains("panicked"),
+            "{binary} {args:?}: {out:#?}"
+        );
+    }
+}

@@ -87,14 +87,14 @@ pub struct EnqueueArgs {
     /// Run id (UUID) the task belongs to (see `jrq runs create`).
     #[arg(long, env = "JRQ_RUN", value_parser = validate::parse_run_id)]
     pub run: Option<Uuid>,
-    /// Attempts before the task fails for good.
-    #[arg(long, env = "JRQ_MAX_ATTEMPTS", default_value = "3", value_parser = validate::parse_at_least_one, allow_hyphen_values = true)]
+    /// Attempts before the task fails for good. Range: 1 to 1000.
+    #[arg(long, env = "JRQ_MAX_ATTEMPTS", default_value = "3", value_parser = validate::parse_max_attempts, allow_hyphen_values = true)]
     pub max_attempts: i32,
-    /// How long one attempt may run (e.g. 90s, 30m, 2h).
-    #[arg(long, env = "JRQ_TIMEOUT", default_value = "30m", value_parser = validate::parse_positive_duration)]
+    /// How long one attempt may run (e.g. 90s, 30m, 2h). Range: 1ms to 365d.
+    #[arg(long, env = "JRQ_TIMEOUT", default_value = "30m", value_parser = validate::duration_in("1ms", "365d"))]
     pub timeout: Duration,
-    /// Do not start the task before this delay has passed (e.g. 10m). Default: at once.
-    #[arg(long, env = "JRQ_DELAY", value_parser = validate::parse_duration, conflicts_with = "run_at")]
+    /// Do not start the task before this delay has passed (e.g. 10m). Default: at once. Range: 0s to 3650d.
+    #[arg(long, env = "JRQ_DELAY", value_parser = validate::duration_in("0s", "3650d"), conflicts_with = "run_at")]
     pub delay: Option<Duration>,
     /// Do not start the task before this time (RFC 3339, e.g. 2026-11-23T18:00:00Z).
     #[arg(long, env = "JRQ_RUN_AT", value_parser = validate::parse_timestamp)]
@@ -126,11 +126,11 @@ pub struct EnqueueArgs {
 /// Options of `jrq status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Window for the failure count and failure rate.
-    #[arg(long, env = "JRQ_WINDOW", default_value = "24h", value_parser = validate::parse_positive_duration)]
+    /// Window for the failure count and failure rate. Range: 1m to 365d.
+    #[arg(long, env = "JRQ_WINDOW", default_value = "24h", value_parser = validate::duration_in("1m", "365d"))]
     pub window: Duration,
-    /// A worker silent for longer than this counts as offline.
-    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "15s", value_parser = validate::parse_positive_duration)]
+    /// A worker silent for longer than this counts as offline. Range: 1s to 1h.
+    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "15s", value_parser = validate::duration_in("1s", "1h"))]
     pub online_threshold: Duration,
     /// Print JSON instead of text.
     #[arg(long, env = "JRQ_JSON")]
@@ -152,7 +152,7 @@ pub struct TasksArgs {
     /// Only tasks for this provider.
     #[arg(long, env = "JRQ_PROVIDER")]
     pub provider: Option<String>,
-    /// At most this many tasks.
+    /// At most this many tasks. Range: 1 to 100000.
     #[arg(long, env = "JRQ_LIMIT", default_value = "50", value_parser = parse_limit, allow_hyphen_values = true)]
     pub limit: i64,
     /// Print JSON instead of text.
@@ -209,7 +209,7 @@ pub enum RunsCommand {
         /// Only runs in this status (active, completed, error, archived).
         #[arg(long, env = "JRQ_RUN_STATUS", value_parser = parse_run_status)]
         status: Option<RunStatus>,
-        /// At most this many runs.
+        /// At most this many runs. Range: 1 to 100000.
         #[arg(long, env = "JRQ_LIMIT", default_value = "50", value_parser = parse_limit, allow_hyphen_values = true)]
         limit: i64,
         /// Print JSON instead of text.
@@ -230,8 +230,8 @@ pub enum RunsCommand {
 /// Options of `jrq workers`.
 #[derive(Debug, Args)]
 pub struct WorkersArgs {
-    /// A worker silent for longer than this counts as offline.
-    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "15s", value_parser = validate::parse_positive_duration)]
+    /// A worker silent for longer than this counts as offline. Range: 1s to 1h.
+    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "15s", value_parser = validate::duration_in("1s", "1h"))]
     pub online_threshold: Duration,
     /// Print JSON instead of text.
     #[arg(long, env = "JRQ_JSON")]
@@ -241,8 +241,8 @@ pub struct WorkersArgs {
 /// Options of `jrq prune`.
 #[derive(Debug, Args)]
 pub struct PruneArgs {
-    /// Delete tasks that finished longer ago than this (e.g. 7d, 12h).
-    #[arg(long, env = "JRQ_OLDER_THAN", value_parser = validate::parse_duration)]
+    /// Delete tasks that finished longer ago than this (e.g. 7d, 12h). Range: 0s to 3650d.
+    #[arg(long, env = "JRQ_OLDER_THAN", value_parser = validate::duration_in("0s", "3650d"))]
     pub older_than: Duration,
     /// Print JSON instead of text.
     #[arg(long, env = "JRQ_JSON")]
@@ -258,10 +258,16 @@ fn parse_task_id(s: &str) -> Result<i64, String> {
     }
 }
 
+/// Most rows a list prints.
+const MAX_LIMIT: i64 = 100_000;
+
 fn parse_limit(s: &str) -> Result<i64, String> {
     match s.trim().parse::<i64>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("'{s}' is not a limit: use a positive integer")),
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Ok(n) if n > MAX_LIMIT => Err(format!("limit {n} is out of range: give 1 to {MAX_LIMIT}")),
+        _ => Err(format!(
+            "'{s}' is not a limit: use a positive integer up to {MAX_LIMIT}"
+        )),
     }
 }
 

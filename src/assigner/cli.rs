@@ -19,48 +19,48 @@ pub struct AssignerArgs {
     #[arg(long, env = "JRQ_NAME")]
     pub name: Option<String>,
 
-    /// Most tasks routed per round.
-    #[arg(long, env = "JRQ_BATCH_SIZE", default_value = "500", value_parser = validate::parse_at_least_one)]
+    /// Most tasks routed per round. Range: 1 to 10000.
+    #[arg(long, env = "JRQ_BATCH_SIZE", default_value = "500", value_parser = validate::count_in::<i32>(1, 10000))]
     pub batch_size: i32,
 
-    /// Time between rounds when no notification arrives.
-    #[arg(long, env = "JRQ_POLL_INTERVAL", default_value = "2s", value_parser = validate::parse_positive_duration)]
+    /// Time between rounds when no notification arrives. Range: 10ms to 1h.
+    #[arg(long, env = "JRQ_POLL_INTERVAL", default_value = "2s", value_parser = validate::duration_in("10ms", "1h"))]
     pub poll_interval: Duration,
 
     /// Time between heartbeats and maintenance (and watchdog pings); lowered to half of
-    /// WatchdogSec when that is shorter.
-    #[arg(long, env = "JRQ_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = validate::parse_positive_duration)]
+    /// WatchdogSec when that is shorter. Range: 100ms to 5m.
+    #[arg(long, env = "JRQ_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = validate::duration_in("100ms", "5m"))]
     pub heartbeat_interval: Duration,
 
     /// A worker whose heartbeat is older than this is not online: it gets no tasks, and
-    /// the tasks assigned to it but not started go back to pending.
-    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "15s", value_parser = validate::parse_positive_duration)]
+    /// the tasks assigned to it but not started go back to pending. Range: 1s to 1h.
+    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "15s", value_parser = validate::duration_in("1s", "1h"))]
     pub online_threshold: Duration,
 
     /// A task pinned to a worker that is not online waits this long (from when it became
-    /// ready), then fails with "target worker 'NAME' is not online".
-    #[arg(long, env = "JRQ_PIN_GRACE", default_value = "60s", value_parser = validate::parse_duration)]
+    /// ready), then fails with "target worker 'NAME' is not online". Range: 0s to 1d.
+    #[arg(long, env = "JRQ_PIN_GRACE", default_value = "60s", value_parser = validate::duration_in("0s", "1d"))]
     pub pin_grace: Duration,
 
-    /// Consecutive failed attempts that open a worker's circuit (it gets no new tasks).
-    #[arg(long, env = "JRQ_CIRCUIT_FAILURES", default_value = "3", value_parser = validate::parse_at_least_one)]
+    /// Consecutive failed attempts that open a worker's circuit (it gets no new tasks). Range: 1 to 1000.
+    #[arg(long, env = "JRQ_CIRCUIT_FAILURES", default_value = "3", value_parser = validate::count_in::<i32>(1, 1000))]
     pub circuit_failures: i32,
 
     /// Cool-down of an open circuit after the last failure; doubles with each further
-    /// failure, resets on a success.
-    #[arg(long, env = "JRQ_CIRCUIT_COOLDOWN", default_value = "30s", value_parser = validate::parse_duration)]
+    /// failure, resets on a success. Range: 0s to 1d.
+    #[arg(long, env = "JRQ_CIRCUIT_COOLDOWN", default_value = "30s", value_parser = validate::duration_in("0s", "1d"))]
     pub circuit_cooldown: Duration,
 
-    /// Longest circuit cool-down.
-    #[arg(long, env = "JRQ_CIRCUIT_MAX_COOLDOWN", default_value = "10m", value_parser = validate::parse_duration)]
+    /// Longest circuit cool-down. Range: 0s to 7d.
+    #[arg(long, env = "JRQ_CIRCUIT_MAX_COOLDOWN", default_value = "10m", value_parser = validate::duration_in("0s", "7d"))]
     pub circuit_max_cooldown: Duration,
 
-    /// While the database is unreachable, keep pinging the watchdog this long.
-    #[arg(long, env = "JRQ_DB_GRACE", default_value = "30s", value_parser = validate::parse_duration)]
+    /// While the database is unreachable, keep pinging the watchdog this long. Range: 0s to 1h.
+    #[arg(long, env = "JRQ_DB_GRACE", default_value = "30s", value_parser = validate::duration_in("0s", "1h"))]
     pub db_grace: Duration,
 
-    /// Another process holding this name is dead once its heartbeat is older than this.
-    #[arg(long, env = "JRQ_TAKEOVER_AFTER", default_value = "30s", value_parser = validate::parse_positive_duration)]
+    /// Another process holding this name is dead once its heartbeat is older than this. Range: 1s to 1h.
+    #[arg(long, env = "JRQ_TAKEOVER_AFTER", default_value = "30s", value_parser = validate::duration_in("1s", "1h"))]
     pub takeover_after: Duration,
 
     /// Log format: auto (journald under systemd, else text), text, json, journald.

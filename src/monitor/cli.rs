@@ -18,38 +18,38 @@ use crate::validate;
 #[command(name = "jr-health-monitor", version, about)]
 pub struct MonitorArgs {
     /// A running task whose worker's heartbeat is older than this is stuck: it goes back
-    /// to pending (attempt counted), or fails when its attempts are used up.
-    #[arg(long, env = "JRQ_STUCK_AFTER", default_value = "60s", value_parser = validate::parse_positive_duration)]
+    /// to pending (attempt counted), or fails when its attempts are used up. Range: 1s to 1d.
+    #[arg(long, env = "JRQ_STUCK_AFTER", default_value = "60s", value_parser = validate::duration_in("1s", "1d"))]
     pub stuck_after: Duration,
-    /// A running task past its own timeout plus this, with a live worker, is failed.
-    #[arg(long, env = "JRQ_TIMEOUT_GRACE", default_value = "60s", value_parser = validate::parse_duration)]
+    /// A running task past its own timeout plus this, with a live worker, is failed. Range: 0s to 1d.
+    #[arg(long, env = "JRQ_TIMEOUT_GRACE", default_value = "60s", value_parser = validate::duration_in("0s", "1d"))]
     pub timeout_grace: Duration,
     /// A worker (or assigner) silent longer than this is marked offline; when it lives on
-    /// this host its unit is restarted.
-    #[arg(long, env = "JRQ_DEAD_AFTER", default_value = "60s", value_parser = validate::parse_positive_duration)]
+    /// this host its unit is restarted. Range: 1s to 1d.
+    #[arg(long, env = "JRQ_DEAD_AFTER", default_value = "60s", value_parser = validate::duration_in("1s", "1d"))]
     pub dead_after: Duration,
-    /// Alert when a worker marked offline had not responded for longer than this.
-    #[arg(long, env = "JRQ_SILENT_ALERT", default_value = "5m", value_parser = validate::parse_positive_duration)]
+    /// Alert when a worker marked offline had not responded for longer than this. Range: 1s to 30d.
+    #[arg(long, env = "JRQ_SILENT_ALERT", default_value = "5m", value_parser = validate::duration_in("1s", "30d"))]
     pub silent_alert: Duration,
-    /// Window of the failure rate.
-    #[arg(long, env = "JRQ_FAILURE_WINDOW", default_value = "1h", value_parser = validate::parse_positive_duration)]
+    /// Window of the failure rate. Range: 1m to 30d.
+    #[arg(long, env = "JRQ_FAILURE_WINDOW", default_value = "1h", value_parser = validate::duration_in("1m", "30d"))]
     pub failure_window: Duration,
-    /// Alert above this failure rate, in percent.
+    /// Alert above this failure rate, in percent. Range: 0 to 100.
     #[arg(long, env = "JRQ_MAX_FAILURE_RATE", default_value = "50")]
     pub max_failure_rate: f64,
-    /// Alert when a ready task has waited longer than this.
-    #[arg(long, env = "JRQ_MAX_PENDING_AGE", default_value = "15m", value_parser = validate::parse_positive_duration)]
+    /// Alert when a ready task has waited longer than this. Range: 1s to 30d.
+    #[arg(long, env = "JRQ_MAX_PENDING_AGE", default_value = "15m", value_parser = validate::duration_in("1s", "30d"))]
     pub max_pending_age: Duration,
-    /// Alert above this usage of PostgreSQL's notification queue, in percent.
+    /// Alert above this usage of PostgreSQL's notification queue, in percent. Range: 0 to 100.
     #[arg(long, env = "JRQ_MAX_NOTIFY_QUEUE", default_value = "50")]
     pub max_notify_queue: f64,
-    /// Alert above this many dead row versions in jr_work_queue.
-    #[arg(long, env = "JRQ_MAX_DEAD_TUPLES", default_value = "1000000")]
+    /// Alert above this many dead row versions in jr_work_queue. Range: 0 or more.
+    #[arg(long, env = "JRQ_MAX_DEAD_TUPLES", default_value = "1000000", value_parser = validate::count_in::<i64>(0, i64::MAX as u64))]
     pub max_dead_tuples: i64,
-    /// Alert above this 1-minute load average per core.
+    /// Alert above this 1-minute load average per core. Range: 0 to 1000.
     #[arg(long, env = "JRQ_MAX_LOAD_PER_CORE", default_value = "3.0")]
     pub max_load_per_core: f64,
-    /// Alert above this memory use, in percent.
+    /// Alert above this memory use, in percent. Range: 0 to 100.
     #[arg(long, env = "JRQ_MAX_MEMORY", default_value = "90")]
     pub max_memory: f64,
     /// Which systemd manager restarts local units: user, system, none.
@@ -67,8 +67,8 @@ pub struct MonitorArgs {
     pub textfile: Option<PathBuf>,
     /// Repeat every INTERVAL instead of one round (for use without systemd's timer). Only
     /// the first round's error ends the program; a later failed round (the database
-    /// restarting, say) is logged and the next one tries again. SIGTERM ends it (exit 0).
-    #[arg(long, env = "JRQ_WATCH", value_name = "INTERVAL", value_parser = validate::parse_positive_duration)]
+    /// restarting, say) is logged and the next one tries again. SIGTERM ends it (exit 0). Range: 1s to 1d.
+    #[arg(long, env = "JRQ_WATCH", value_name = "INTERVAL", value_parser = validate::duration_in("1s", "1d"))]
     pub watch: Option<Duration>,
     /// Log format: auto, text, json, journald.
     #[arg(long, env = "JRQ_LOG_FORMAT", value_enum, default_value = "auto")]
@@ -99,7 +99,14 @@ pub async fn run(args: MonitorArgs) -> Result<u8> {
         max_pending_age: args.max_pending_age,
         max_notify_queue: share("--max-notify-queue", args.max_notify_queue)?,
         max_dead_tuples: args.max_dead_tuples,
-        max_load_per_core: args.max_load_per_core,
+        max_load_per_core: match args.max_load_per_core {
+            x if (0.0..=1000.0).contains(&x) => x,
+            x => {
+                return Err(Error::usage(format!(
+                    "--max-load-per-core {x} is out of range: give 0 to 1000"
+                )))
+            }
+        },
         max_memory: share("--max-memory", args.max_memory)?,
         manager: args.manager,
         systemctl: args.systemctl.clone(),

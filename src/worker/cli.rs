@@ -32,52 +32,52 @@ pub struct WorkerArgs {
     #[arg(long = "provider", env = "JRQ_PROVIDERS", value_delimiter = ',')]
     pub providers: Vec<String>,
 
-    /// Tasks run at once.
-    #[arg(long, env = "JRQ_CAPACITY", default_value = "1", value_parser = parse_capacity)]
+    /// Tasks run at once. Range: 1 to 10000.
+    #[arg(long, env = "JRQ_CAPACITY", default_value = "1", value_parser = validate::count_in::<u32>(1, 10000))]
     pub capacity: u32,
 
     /// Tasks the assigner may queue at this worker beyond --capacity, so that short tasks
-    /// do not wait for an assigner round between them. Keep 0 for long agent tasks.
-    #[arg(long, env = "JRQ_PREFETCH", default_value = "0")]
+    /// do not wait for an assigner round between them. Keep 0 for long agent tasks. Range: 0 to 10000.
+    #[arg(long, env = "JRQ_PREFETCH", default_value = "0", value_parser = validate::count_in::<u32>(0, 10000))]
     pub prefetch: u32,
 
     /// Time between heartbeats (and systemd watchdog pings); lowered to half of
-    /// WatchdogSec when that is shorter.
-    #[arg(long, env = "JRQ_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = validate::parse_positive_duration)]
+    /// WatchdogSec when that is shorter. Range: 100ms to 5m.
+    #[arg(long, env = "JRQ_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = validate::duration_in("100ms", "5m"))]
     pub heartbeat_interval: Duration,
 
-    /// Time between claim polls when no notification arrives.
-    #[arg(long, env = "JRQ_POLL_INTERVAL", default_value = "5s", value_parser = validate::parse_positive_duration)]
+    /// Time between claim polls when no notification arrives. Range: 10ms to 1h.
+    #[arg(long, env = "JRQ_POLL_INTERVAL", default_value = "5s", value_parser = validate::duration_in("10ms", "1h"))]
     pub poll_interval: Duration,
 
     /// After SIGTERM, time running tasks get to finish before they are ended and given
-    /// back (keep it well under systemd's TimeoutStopSec).
-    #[arg(long, env = "JRQ_DRAIN_TIMEOUT", default_value = "20s", value_parser = validate::parse_duration)]
+    /// back (keep it well under systemd's TimeoutStopSec). Range: 0s to 1h.
+    #[arg(long, env = "JRQ_DRAIN_TIMEOUT", default_value = "20s", value_parser = validate::duration_in("0s", "1h"))]
     pub drain_timeout: Duration,
 
-    /// Time between SIGTERM and SIGKILL when a task's process group must end.
-    #[arg(long, env = "JRQ_KILL_GRACE", default_value = "5s", value_parser = validate::parse_duration)]
+    /// Time between SIGTERM and SIGKILL when a task's process group must end. Range: 0s to 10m.
+    #[arg(long, env = "JRQ_KILL_GRACE", default_value = "5s", value_parser = validate::duration_in("0s", "10m"))]
     pub kill_grace: Duration,
 
-    /// Another process holding this name is dead once its heartbeat is older than this.
-    #[arg(long, env = "JRQ_TAKEOVER_AFTER", default_value = "30s", value_parser = validate::parse_positive_duration)]
+    /// Another process holding this name is dead once its heartbeat is older than this. Range: 1s to 1h.
+    #[arg(long, env = "JRQ_TAKEOVER_AFTER", default_value = "30s", value_parser = validate::duration_in("1s", "1h"))]
     pub takeover_after: Duration,
 
-    /// While the database is unreachable, keep pinging the watchdog this long.
-    #[arg(long, env = "JRQ_DB_GRACE", default_value = "30s", value_parser = validate::parse_duration)]
+    /// While the database is unreachable, keep pinging the watchdog this long. Range: 0s to 1h.
+    #[arg(long, env = "JRQ_DB_GRACE", default_value = "30s", value_parser = validate::duration_in("0s", "1h"))]
     pub db_grace: Duration,
 
     /// Backoff before the second attempt of a failed task; it doubles per attempt (with
-    /// ±20 % jitter).
-    #[arg(long, env = "JRQ_RETRY_BASE", default_value = "5s", value_parser = validate::parse_duration)]
+    /// ±20 % jitter). Range: 0s to 1d.
+    #[arg(long, env = "JRQ_RETRY_BASE", default_value = "5s", value_parser = validate::duration_in("0s", "1d"))]
     pub retry_base: Duration,
 
-    /// Longest retry backoff.
-    #[arg(long, env = "JRQ_RETRY_MAX", default_value = "10m", value_parser = validate::parse_duration)]
+    /// Longest retry backoff. Range: 0s to 7d.
+    #[arg(long, env = "JRQ_RETRY_MAX", default_value = "10m", value_parser = validate::duration_in("0s", "7d"))]
     pub retry_max: Duration,
 
-    /// Bytes kept from the end of an executor's stdout (the result) and stderr (the error).
-    #[arg(long, env = "JRQ_OUTPUT_LIMIT", default_value_t = DEFAULT_OUTPUT_LIMIT)]
+    /// Bytes kept from the end of an executor's stdout (the result) and stderr (the error). Range: 1 to 16MiB.
+    #[arg(long, env = "JRQ_OUTPUT_LIMIT", default_value_t = DEFAULT_OUTPUT_LIMIT, value_parser = validate::bytes_in(1, 16 << 20))]
     pub output_limit: usize,
 
     /// Serve only this run (UUID) and exit 0 once it is completed, error or archived.
@@ -86,8 +86,8 @@ pub struct WorkerArgs {
     pub run: Option<Uuid>,
 
     /// Exit 0 after this many claim rounds (running tasks are finished first). Also read
-    /// from WORKER_MAX_LOOPS. Default: no limit.
-    #[arg(long, env = "JRQ_MAX_LOOPS")]
+    /// from WORKER_MAX_LOOPS. Default: no limit. Range: 1 or more.
+    #[arg(long, env = "JRQ_MAX_LOOPS", value_parser = validate::count_in::<u64>(1, u64::MAX))]
     pub max_loops: Option<u64>,
 
     /// Log format: auto (journald under systemd, else text), text, json, journald.
@@ -101,10 +101,6 @@ pub struct WorkerArgs {
 
 fn parse_exec(s: &str) -> Result<ExecSpec, String> {
     s.parse()
-}
-
-fn parse_capacity(s: &str) -> Result<u32, String> {
-    validate::parse_at_least_one(s).map(|n| n as u32)
 }
 
 impl WorkerArgs {
