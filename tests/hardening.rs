@@ -898,7 +898,7 @@ fn every_duration_and_count_option_outside_its_range_is_refused_at_start() {
         ),
         (
             "jr-health-monitor",
-            &["--watch", "0s"],
+            &["--watch", "2d"],
             "out of range: give 1s to 1d",
         ),
         (
