@@ -24,9 +24,9 @@ use serde::Serialize;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::db::{runs, tasks, workers};
+use crate::db::{runs, tasks, workers, ServerId};
 use crate::error::Result;
-use crate::host;
+use crate::{host, procs};
 
 /// Default time a stale worker gets to drain after SIGTERM before SIGKILL (longer than
 /// the worker's default 20 s drain).
@@ -39,27 +39,13 @@ pub struct WorkerProcess {
     pub name: Option<String>,
     /// The run filter as written (may not be a valid id).
     pub run: Option<String>,
-    /// Which database it uses (see [`database_key`]); `None` when unreadable.
+    /// The server and database its environment points at; `None` when its environment
+    /// is hidden (see `env_hidden`) or holds no valid address.
     #[serde(skip)]
-    pub database: Option<String>,
-}
-
-/// Identifies the database a process was told to use: its `--database-url` or
-/// `DATABASE_URL`, else its libpq `PG*` variables.
-pub fn database_key(url: Option<&str>, env: &HashMap<String, String>) -> String {
-    match url.filter(|u| !u.trim().is_empty()) {
-        Some(u) => format!("url:{}", u.trim()),
-        None => {
-            let g = |k: &str| env.get(k).map(String::as_str).unwrap_or("");
-            format!(
-                "pg:{}|{}|{}|{}",
-                g("PGHOST"),
-                g("PGPORT"),
-                g("PGDATABASE"),
-                g("PGUSER")
-            )
-        }
-    }
+    pub server: Option<ServerId>,
+    /// Its environment could not be read: a worker makes itself non-dumpable, which hides
+    /// its environment from other processes of its user (root still sees it).
+    pub env_hidden: bool,
 }
 
 /// The value of `--flag v` or `--flag=v` in a command line.
@@ -92,53 +78,84 @@ pub fn parse_worker_args(
     (name, run)
 }
 
-fn read_nul_list(path: &str) -> Option<Vec<String>> {
-    let bytes = std::fs::read(path).ok()?;
-    Some(
-        bytes
-            .split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect(),
-    )
-}
-
 /// This host's worker processes (by executable), except this process itself.
 pub fn scan_processes() -> Vec<WorkerProcess> {
     let me = std::process::id() as i32;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    let mut out: Vec<WorkerProcess> = dir
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-        .filter(|pid| *pid != me && host::is_live_worker(*pid))
-        .map(|pid| {
-            let args = read_nul_list(&format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let env: HashMap<String, String> = read_nul_list(&format!("/proc/{pid}/environ"))
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|kv| {
-                    kv.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                })
-                .collect();
+    let mut out: Vec<WorkerProcess> = procs::all()
+        .into_iter()
+        .filter(|p| p.pid != me && p.state != 'Z' && host::is_live_worker(p.pid))
+        .map(|p| {
+            let args = procs::cmdline(p.pid).unwrap_or_default();
+            let env = procs::environ(p.pid).filter(|e| !e.is_empty());
+            let env_hidden = env.is_none();
+            let env = env.unwrap_or_default();
             let (name, run) = parse_worker_args(&args, &env);
-            let readable =
-                std::fs::metadata(format!("/proc/{pid}/environ")).is_ok() && !env.is_empty();
             let url =
                 flag_value(&args, "--database-url").or_else(|| env.get("DATABASE_URL").cloned());
-            let database = readable.then(|| database_key(url.as_deref(), &env));
+            let server = (!env_hidden)
+                .then(|| ServerId::from_env(url.as_deref(), &|k| env.get(k).cloned()).ok())
+                .flatten();
             WorkerProcess {
-                pid,
+                pid: p.pid,
                 name,
                 run,
-                database,
+                server,
+                env_hidden,
             }
         })
         .collect();
     out.sort_by_key(|p| p.pid);
     out
+}
+
+/// A worker process not judged: it uses another database, or nothing tells which.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub pid: i32,
+    pub name: Option<String>,
+    pub why: String,
+}
+
+/// Splits the host's worker processes into those of this database and the rest. A
+/// process registered here (this host, its pid) is this database's; else its environment
+/// decides, compared by server and database rather than as text (`localhost` is
+/// `127.0.0.1`); a process whose environment is hidden and that is not registered here is
+/// not judged. Names and runs the command line does not give come from the registry.
+pub fn this_databases(
+    all: Vec<WorkerProcess>,
+    own: &ServerId,
+    registered: &[workers::HostWorker],
+) -> (Vec<WorkerProcess>, Vec<Skipped>) {
+    let mut ours = vec![];
+    let mut skipped = vec![];
+    for mut p in all {
+        if let Some(row) = registered.iter().find(|r| r.pid == p.pid) {
+            p.name.get_or_insert_with(|| row.name.clone());
+            if p.run.is_none() {
+                p.run = row.run_id.map(|r| r.to_string());
+            }
+            ours.push(p);
+            continue;
+        }
+        let why = match &p.server {
+            Some(s) if s.same_database(own) => {
+                ours.push(p);
+                continue;
+            }
+            Some(_) => "uses another database".to_string(),
+            None if p.env_hidden => "its environment is hidden and no worker of this database \
+                                     is registered with its pid (another database, or still \
+                                     starting)"
+                .to_string(),
+            None => "its environment holds no valid database address".to_string(),
+        };
+        skipped.push(Skipped {
+            pid: p.pid,
+            name: p.name.clone(),
+            why,
+        });
+    }
+    (ours, skipped)
 }
 
 /// What to do about one process.
@@ -174,6 +191,8 @@ pub struct CleanupReport {
     pub host: String,
     pub force: bool,
     pub findings: Vec<Finding>,
+    /// Worker processes not judged: another database's, or unknown.
+    pub skipped: Vec<Skipped>,
     pub registry: Vec<RegistryFix>,
 }
 
@@ -375,6 +394,17 @@ pub fn render_text(r: &CleanupReport) -> String {
         }
         let _ = writeln!(s);
     }
+    for x in &r.skipped {
+        let name = x.name.as_deref().unwrap_or("?");
+        let _ = writeln!(s, "  skip  pid {} worker {name}: {}", x.pid, x.why);
+    }
+    if !r.skipped.is_empty() {
+        let _ = writeln!(
+            s,
+            "Not judged: {} worker process(es) of another database (or unknown)",
+            r.skipped.len()
+        );
+    }
     let stale = r
         .findings
         .iter()
@@ -457,27 +487,20 @@ pub async fn run(args: CleanupArgs) -> Result<()> {
     let mut client = crate::db::connect(&db).await?;
     crate::db::check_schema(&client).await?;
     let this_host = host::hostname();
-    let own_env: HashMap<String, String> = std::env::vars().collect();
-    let own_db = database_key(args.database_url.as_deref(), &own_env);
-    let all = scan_processes();
-    let others = all
-        .iter()
-        .filter(|p| p.database.as_ref().is_some_and(|d| *d != own_db))
-        .count();
-    if others > 0 {
+    let own = ServerId::from_env(args.database_url.as_deref(), &|k| std::env::var(k).ok())?;
+    let registered = workers::workers_registered_on_host(&client, &this_host).await?;
+    let (procs, skipped) = this_databases(scan_processes(), &own, &registered);
+    if !skipped.is_empty() {
         tracing::info!(
-            processes = others,
-            "workers of another database are not judged"
+            processes = skipped.len(),
+            "worker processes of another database (or unknown) are not judged"
         );
     }
-    let procs: Vec<WorkerProcess> = all
-        .into_iter()
-        .filter(|p| p.database.as_ref().is_none_or(|d| *d == own_db))
-        .collect();
     let mut report = CleanupReport {
         host: this_host.clone(),
         force: args.force,
         findings: assess(&client, &procs, &this_host).await?,
+        skipped,
         registry: vec![],
     };
     if args.force {

@@ -250,3 +250,109 @@ async fn registry_rows_of_gone_processes_are_released_only_with_force_and_once()
         .get(0);
     assert!(!online);
 }
+
+#[tokio::test]
+async fn workers_are_matched_by_server_not_by_the_text_of_their_address() {
+    // One server, reached as localhost by the workers and as 127.0.0.1 by the cleanup.
+    let cluster = common::PrivateCluster::start_with(&["--tcp"]);
+    let client = cluster.migrated().await;
+    let port = cluster.port();
+    let by_name = format!("host=localhost port={port} user=postgres dbname=postgres");
+    let by_ip = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+    let mut first = WorkerProc::start(&by_name, "addr_w", &["--exec", "noop"], &[]);
+    first.wait_log(T, "worker ready").await;
+    first.signal(Signal::SIGSTOP);
+    client
+        .execute(
+            "UPDATE jr_status SET last_seen = now() - interval '1 hour' WHERE jr_name = 'addr_w'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let second = WorkerProc::start(&by_name, "addr_w", &["--exec", "noop"], &[]);
+    second.wait_log(T, "worker ready").await;
+    let out = Run::from(
+        common::bin("jr-stale-cleanup")
+            .env("DATABASE_URL", &by_ip)
+            .output()
+            .unwrap(),
+    );
+    let text = out.ok();
+    assert!(
+        text.contains(&format!("STALE pid {} worker addr_w", first.pid())),
+        "the stray duplicate is found although its address is written differently: {text}"
+    );
+    // A worker of another database on the same host is listed as not judged.
+    let other = TestDb::new().await;
+    let w = WorkerProc::start(&other.url, "other_w", &["--exec", "noop"], &[]);
+    w.wait_log(T, "worker ready").await;
+    let out = Run::from(
+        common::bin("jr-stale-cleanup")
+            .env("DATABASE_URL", &by_ip)
+            .output()
+            .unwrap(),
+    );
+    let text = out.ok();
+    assert!(
+        text.contains(&format!(
+            "skip  pid {} worker other_w: uses another database",
+            w.pid()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("Not judged:"), "{text}");
+}
+
+#[tokio::test]
+async fn a_hidden_worker_is_judged_by_its_registry_row() {
+    // An ordinary user's worker hides its environment (its RUN_FILTER_ID too) from the
+    // cleanup running as the same user: the registry tells its run.
+    let cluster = common::PrivateCluster::start();
+    cluster.allow_other_users();
+    let client = cluster.migrated().await;
+    let run: String = client
+        .query_one("INSERT INTO jr_runs DEFAULT VALUES RETURNING id::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+    ];
+    let mut w = WorkerProc::start_wrapped(
+        &nobody,
+        "jr-queue-worker",
+        &cluster.url,
+        // A worker that runs programs protects itself from them.
+        &["--name", "hidden_w", "--exec", "/bin/true"],
+        &[("RUN_FILTER_ID", &run)],
+    );
+    w.wait_log(T, "worker ready").await;
+    w.signal(Signal::SIGSTOP);
+    client
+        .execute(
+            "UPDATE jr_runs SET status = 'completed' WHERE id = $1::text::uuid",
+            &[&run],
+        )
+        .await
+        .unwrap();
+    let mut cmd = std::process::Command::new(nobody[0]);
+    cmd.args(&nobody[1..])
+        .arg(common::bin_path("jr-stale-cleanup"))
+        .args(["--force", "--grace", "1s"])
+        .env("DATABASE_URL", &cluster.url)
+        .env_remove("RUST_LOG");
+    let out = Run::from(cmd.output().unwrap());
+    let text = out.ok();
+    assert!(
+        text.contains(&format!(
+            "STALE pid {} worker hidden_w: targeting run {run} (status: completed)",
+            w.pid()
+        )),
+        "{text}"
+    );
+    w.wait_exit(T).await;
+}

@@ -124,25 +124,7 @@ pub fn config_from_env(
     application_name: &str,
 ) -> Result<DbConfig> {
     let env = |name: &str| env(name).filter(|v| !v.is_empty());
-    let mut ssl = conninfo::SslKeys::default();
-    let mut cfg = match database_url.map(str::trim).filter(|s| !s.is_empty()) {
-        Some(url) => {
-            let invalid = |why: String| {
-                // Neither message ever echoes the string, so no password can leak.
-                Error::usage(format!(
-                    "DATABASE_URL is not a valid PostgreSQL address ({why}): use e.g. \
-                     postgres://USER@HOST:5432/DBNAME or 'host=HOST dbname=DBNAME'"
-                ))
-            };
-            let split = conninfo::split(url).map_err(invalid)?;
-            ssl = split.ssl;
-            split
-                .rest
-                .parse::<Config>()
-                .map_err(|e| invalid(describe_chain(&e)))?
-        }
-        None => config_from_pg_env(&env)?,
-    };
+    let (mut cfg, ssl) = address_from_env(database_url, &env)?;
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
     }
@@ -163,6 +145,92 @@ pub fn config_from_env(
     let home = env("HOME").map(PathBuf::from);
     let tls = TlsSettings::resolve(&given, home.as_deref())?;
     DbConfig::new(cfg, tls)
+}
+
+/// The address part of [`config_from_env`]: tokio-postgres's settings and the TLS keys
+/// as written, without reading any file.
+fn address_from_env(
+    database_url: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Config, conninfo::SslKeys)> {
+    match database_url.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(url) => {
+            let invalid = |why: String| {
+                // Neither message ever echoes the string, so no password can leak.
+                Error::usage(format!(
+                    "DATABASE_URL is not a valid PostgreSQL address ({why}): use e.g. \
+                     postgres://USER@HOST:5432/DBNAME or 'host=HOST dbname=DBNAME'"
+                ))
+            };
+            let split = conninfo::split(url).map_err(invalid)?;
+            let cfg = split
+                .rest
+                .parse::<Config>()
+                .map_err(|e| invalid(describe_chain(&e)))?;
+            Ok((cfg, split.ssl))
+        }
+        None => Ok((config_from_pg_env(env)?, conninfo::SslKeys::default())),
+    }
+}
+
+/// Which server and database an address reaches, however it is written: `localhost` and
+/// `127.0.0.1`, a socket directory by two paths, `postgres://` or `key=value`. For telling
+/// whether another process (a worker found in /proc) uses the same database as this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerId {
+    /// `ip:port` for each TCP address (host names resolved), `unix:PATH` for sockets.
+    endpoints: std::collections::BTreeSet<String>,
+    dbname: String,
+}
+
+impl ServerId {
+    /// The server an address (`DATABASE_URL`, else the `PG*` variables, read through
+    /// `env`) points at. Reads no file; resolves host names.
+    pub fn from_env(
+        database_url: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ServerId> {
+        let env = |name: &str| env(name).filter(|v| !v.is_empty());
+        let (cfg, _) = address_from_env(database_url, &env)?;
+        Ok(ServerId::of(&cfg))
+    }
+
+    /// The server a configuration points at.
+    pub fn of(cfg: &Config) -> ServerId {
+        use std::net::ToSocketAddrs;
+        let ports = cfg.get_ports();
+        let port_of = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        let mut endpoints = std::collections::BTreeSet::new();
+        for (i, h) in cfg.get_hosts().iter().enumerate() {
+            let port = port_of(i);
+            match h {
+                Host::Tcp(name) => match (name.as_str(), port).to_socket_addrs() {
+                    Ok(addrs) => endpoints.extend(addrs.map(|a| a.to_string())),
+                    Err(_) => {
+                        endpoints.insert(format!("{}:{port}", name.to_ascii_lowercase()));
+                    }
+                },
+                Host::Unix(dir) => {
+                    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+                    endpoints.insert(format!("unix:{}/.s.PGSQL.{port}", dir.display()));
+                }
+            }
+        }
+        for (i, ip) in cfg.get_hostaddrs().iter().enumerate() {
+            endpoints.insert(std::net::SocketAddr::new(*ip, port_of(i)).to_string());
+        }
+        let dbname = cfg
+            .get_dbname()
+            .or(cfg.get_user())
+            .unwrap_or_default()
+            .to_string();
+        ServerId { endpoints, dbname }
+    }
+
+    /// Whether both reach the same database: one endpoint in common, the same name.
+    pub fn same_database(&self, other: &ServerId) -> bool {
+        self.dbname == other.dbname && !self.endpoints.is_disjoint(&other.endpoints)
+    }
 }
 
 fn config_from_pg_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
@@ -534,6 +602,30 @@ mod tests {
         let back = config_from_env(Some(&c), &|_: &str| None, "t").unwrap();
         assert_eq!(back.tls(), cfg.tls());
         assert_eq!(back.pg.get_dbname(), Some("other"));
+    }
+
+    #[test]
+    fn one_server_however_it_is_written() {
+        let none = |_: &str| None;
+        let id = |url: &str| ServerId::from_env(Some(url), &none).unwrap();
+        let a = id("postgres://u@localhost:5432/jrq");
+        assert!(a.same_database(&id("host=127.0.0.1 port=5432 dbname=jrq user=other")));
+        assert!(!a.same_database(&id("postgres://u@localhost:5433/jrq")));
+        assert!(!a.same_database(&id("postgres://u@localhost:5432/other")));
+        let tmp = std::env::temp_dir();
+        let unix = |dir: &std::path::Path| {
+            let url = format!("host={} dbname=jrq", dir.display());
+            ServerId::from_env(Some(&url), &none).unwrap()
+        };
+        assert!(unix(&tmp).same_database(&unix(&tmp.join("."))));
+        assert!(!unix(&tmp).same_database(&a));
+        // The libpq variables, as another process had them.
+        let env = |k: &str| match k {
+            "PGHOST" => Some("127.0.0.1".to_string()),
+            "PGDATABASE" => Some("jrq".to_string()),
+            _ => None,
+        };
+        assert!(ServerId::from_env(None, &env).unwrap().same_database(&a));
     }
 
     #[test]

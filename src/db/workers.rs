@@ -567,6 +567,35 @@ pub async fn workers_on_host(
         .collect())
 }
 
+/// A worker registered on a host: its name, process and run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostWorker {
+    pub name: String,
+    pub pid: i32,
+    pub run_id: Option<Uuid>,
+}
+
+/// The workers registered on `host` with a process id (live or not).
+pub async fn workers_registered_on_host(
+    client: &impl GenericClient,
+    host: &str,
+) -> Result<Vec<HostWorker>> {
+    Ok(client
+        .query(
+            "SELECT jr_name, pid, run_id FROM jr_status \
+             WHERE kind = 'worker' AND host = $1 AND pid IS NOT NULL ORDER BY jr_name",
+            &[&host],
+        )
+        .await?
+        .iter()
+        .map(|r| HostWorker {
+            name: r.get(0),
+            pid: r.get(1),
+            run_id: r.get(2),
+        })
+        .collect())
+}
+
 /// Notes on a registry row what the health monitor did (shown by `jrq workers --json`).
 pub async fn workers_note(client: &impl GenericClient, name: &str, text: &str) -> Result<()> {
     client
