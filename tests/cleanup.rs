@@ -259,7 +259,7 @@ async fn workers_are_matched_by_server_not_by_the_text_of_their_address() {
     let port = cluster.port();
     let by_name = format!("host=localhost port={port} user=postgres dbname=postgres");
     let by_ip = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
-    let mut first = WorkerProc::start(&by_name, "addr_w", &["--exec", "noop"], &[]);
+    let first = WorkerProc::start(&by_name, "addr_w", &["--exec", "noop"], &[]);
     first.wait_log(T, "worker ready").await;
     first.signal(Signal::SIGSTOP);
     client
