@@ -904,7 +904,7 @@ fn every_duration_and_count_option_outside_its_range_is_refused_at_start() {
         (
             "jr-health-monitor",
             &["--max-load-per-core", "NaN"],
-            "out of range: give 0 to 1000",
+            "out of range: give a number of 0 or more",
         ),
         (
             "jr-stale-cleanup",
