@@ -315,13 +315,7 @@ async fn a_hidden_worker_is_judged_by_its_registry_row() {
         .await
         .unwrap()
         .get(0);
-    let nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--",
-    ];
+    let nobody = common::AS_NOBODY;
     let mut w = WorkerProc::start_wrapped(
         &nobody,
         "jr-queue-worker",

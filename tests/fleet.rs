@@ -123,7 +123,7 @@ async fn units_start_ready_run_the_psql_insert_and_restart_after_kill_9() {
         .unwrap();
     wait_status(client, 2, "in_progress").await;
     let escaped = left_behind(f._out.path(), 2, 1).await;
-    assert!(escaped.iter().all(|p| process_runs(*p)), "they run");
+    assert!(escaped.iter().all(|p| common::process_runs(*p)), "they run");
     let pid = main_pid(sd, WORKER);
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     sd.wait_prop(WORKER, "NRestarts", "1", T).await;
@@ -142,7 +142,7 @@ async fn units_start_ready_run_the_psql_insert_and_restart_after_kill_9() {
     let retry = left_behind(f._out.path(), 2, 2).await;
     for pid in escaped.into_iter().chain(retry) {
         wait_for(T, &format!("process {pid} to end"), || async {
-            !process_runs(pid)
+            !common::process_runs(pid)
         })
         .await;
     }
@@ -159,11 +159,6 @@ async fn left_behind(out: &std::path::Path, id: i64, attempt: i32) -> Vec<i32> {
         .map(|k| rec[k].as_i64().unwrap() as i32)
         .collect();
     pids
-}
-
-fn process_runs(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
 }
 
 #[tokio::test]

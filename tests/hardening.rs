@@ -249,13 +249,7 @@ async fn a_task_program_cannot_read_the_workers_environment_or_memory() {
     let snooper = dir.path().join("snoop.py");
     std::fs::write(&snooper, SNOOPER).unwrap();
     let exec = format!("/usr/bin/python3 {}", snooper.display());
-    let nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--",
-    ];
+    let nobody = common::AS_NOBODY;
     let args = [
         "--name",
         "jr_snoop",
@@ -294,12 +288,6 @@ async fn a_task_program_cannot_read_the_workers_environment_or_memory() {
     );
 }
 
-/// Whether a process runs (a zombie waiting to be reaped runs nothing).
-fn runs(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
-}
-
 /// The processes a task's program left, from its start record; killed when dropped so
 /// that a failing test leaves nothing behind.
 struct Left(Vec<i64>);
@@ -320,7 +308,7 @@ impl Left {
     async fn wait_gone(&self, what: &str) {
         for &pid in &self.0 {
             wait_for(T, &format!("{what}: process {pid} to end"), || async {
-                !runs(pid)
+                !common::process_runs(pid as i32)
             })
             .await;
         }
@@ -379,7 +367,10 @@ async fn what_a_task_started_ends_with_it_timeout_cancel_or_exit() {
     .await;
     exec_sql(&client, "NOTIFY jrq_worker, 'jr_tree'").await;
     let left = Left::read(out.path(), id, 1).await;
-    assert!(left.0.iter().all(|p| runs(*p)), "started");
+    assert!(
+        left.0.iter().all(|p| common::process_runs(*p as i32)),
+        "started"
+    );
     wait_status(&client, id, "failed").await;
     left.wait_gone("timeout").await;
 
@@ -420,7 +411,7 @@ async fn a_worker_killed_outside_systemd_leaves_nothing_running_once_restarted()
     first.signal(nix::sys::signal::Signal::SIGKILL);
     drop(first);
     assert!(
-        left.0.iter().all(|p| runs(*p)),
+        left.0.iter().all(|p| common::process_runs(*p as i32)),
         "without systemd, nothing ends them at once"
     );
     // The next instance takes the name over and ends what its predecessor's task left.

@@ -29,12 +29,6 @@ fn cpu_time(pid: i32) -> Duration {
     Duration::from_nanos(ticks * 1_000_000_000 / hz)
 }
 
-/// Whether the process still runs (not exited and waiting to be reaped).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
-}
-
 async fn status_of(client: &tokio_postgres::Client, id: i64) -> String {
     client
         .query_one("SELECT status FROM jr_work_queue WHERE id = $1", &[&id])
@@ -140,7 +134,7 @@ async fn no_program_spins_while_the_database_is_down() {
     eprintln!("{}", report.join("\n"));
     for (name, p) in &programs {
         assert!(
-            alive(p.pid()),
+            common::process_runs(p.pid()),
             "{name} exited during the outage; log:\n{}",
             p.log()
         );

@@ -76,17 +76,6 @@ async fn wait_file(path: &Path) {
     .await;
 }
 
-fn process_gone(pid: i64) -> bool {
-    // A zombie no one has reaped yet is gone for our purpose: it runs nothing.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
-}
-
 #[tokio::test]
 async fn runs_a_psql_task_with_payload_env_and_progress() {
     let db = TestDb::new().await;
@@ -296,7 +285,7 @@ async fn the_exit_code_contract() {
         rec["child_pid"].as_i64().unwrap(),
     );
     wait_for(T, "the executor and its child to be gone", || async {
-        process_gone(pid) && process_gone(child)
+        !common::process_runs(pid as i32) && !common::process_runs(child as i32)
     })
     .await;
 
@@ -313,7 +302,7 @@ async fn the_exit_code_contract() {
         rec["child_pid"].as_i64().unwrap(),
     );
     wait_for(T, "the cancelled executor to be gone", || async {
-        process_gone(pid) && process_gone(child)
+        !common::process_runs(pid as i32) && !common::process_runs(child as i32)
     })
     .await;
     assert_eq!(
@@ -437,7 +426,7 @@ async fn kill_9_and_restart_puts_the_task_back_and_it_completes_once() {
     wait_for(
         T,
         "the orphaned executor to die with its worker",
-        || async { process_gone(executor_pid) },
+        || async { !common::process_runs(executor_pid as i32) },
     )
     .await;
 

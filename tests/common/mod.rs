@@ -291,6 +291,23 @@ pub async fn next_datagram(
     }
 }
 
+/// Whether a process runs: it exists and has not exited (a zombie nobody has reaped yet
+/// runs nothing).
+pub fn process_runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
+}
+
+/// A command prefix that runs a program as the unprivileged user `nobody`, for tests of
+/// what one ordinary user's processes can do to another's (root could do anything).
+pub const AS_NOBODY: [&str; 5] = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--",
+];
+
 /// Writes `text` to a file in a fresh temp dir and returns the dir (keep it alive) and path.
 pub fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
