@@ -7,6 +7,7 @@ pub mod conninfo;
 pub mod events;
 pub mod listen;
 pub mod migrate;
+pub mod roles;
 pub mod runs;
 pub mod tasks;
 pub mod tls;
