@@ -196,9 +196,17 @@ async fn every_program_works_under_its_own_group_end_to_end() {
         "--heartbeat-interval",
         "200ms",
     ];
-    let mut w1 = WorkerProc::start(&worker.url, "w1", &args, &[]);
-    let mut w2 = WorkerProc::start(&worker.url, "w2", &args, &[]);
-    let mut w3 = WorkerProc::start(&worker.url, "w3", &args, &[]);
+    // Names of their own: the stale cleanup below judges every worker process of this host
+    // by its name.
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let (n1, n2, n3) = (
+        format!("w1-{tag}"),
+        format!("w2-{tag}"),
+        format!("w3-{tag}"),
+    );
+    let mut w1 = WorkerProc::start(&worker.url, &n1, &args, &[]);
+    let mut w2 = WorkerProc::start(&worker.url, &n2, &args, &[]);
+    let mut w3 = WorkerProc::start(&worker.url, &n3, &args, &[]);
     for w in [&w1, &w2, &w3] {
         w.wait_log(T, "worker ready").await;
     }
@@ -221,9 +229,9 @@ async fn every_program_works_under_its_own_group_end_to_end() {
     };
     let quick = enqueue(&["--title", "quick", "--run", &run, "--unique-key", "q"]);
     let long = r#"{"sleep": 300, "progress_every": 0.05}"#;
-    let l1 = enqueue(&["--title", "l1", "--target", "w1", "--payload", long]);
-    let l2 = enqueue(&["--title", "l2", "--target", "w2", "--payload", long]);
-    let l3 = enqueue(&["--title", "l3", "--target", "w3", "--payload", long]);
+    let l1 = enqueue(&["--title", "l1", "--target", &n1, "--payload", long]);
+    let l2 = enqueue(&["--title", "l2", "--target", &n2, "--payload", long]);
+    let l3 = enqueue(&["--title", "l3", "--target", &n3, "--payload", long]);
 
     // Routed by the assigner login, run by the worker login (claim, progress, finish).
     wait_status(&su, quick, "completed").await;
@@ -269,7 +277,7 @@ async fn every_program_works_under_its_own_group_end_to_end() {
     w2.signal(Signal::SIGKILL);
     assert_eq!(w2.wait_exit(T).await, None);
     su.batch_execute(&format!(
-        "UPDATE jr_status SET last_seen = now() - interval '1 hour' WHERE jr_name = 'w2'; \
+        "UPDATE jr_status SET last_seen = now() - interval '1 hour' WHERE jr_name = '{n2}'; \
          UPDATE jr_work_queue SET started_at = now() - interval '1 hour' WHERE id = {l2}"
     ))
     .await
@@ -284,7 +292,7 @@ async fn every_program_works_under_its_own_group_end_to_end() {
     assert!(matches!(out.code, Some(0) | Some(3)), "{out:#?}");
     assert!(has_event(&su, l2, "rescued", "health-monitor").await);
     let w2_status: String = su
-        .query_one("SELECT status FROM jr_status WHERE jr_name = 'w2'", &[])
+        .query_one("SELECT status FROM jr_status WHERE jr_name = $1", &[&n2])
         .await
         .unwrap()
         .get(0);
@@ -300,9 +308,9 @@ async fn every_program_works_under_its_own_group_end_to_end() {
     // puts its predecessor's task back; it runs again, and the admin login cancels it.
     w3.signal(Signal::SIGKILL);
     assert_eq!(w3.wait_exit(T).await, None);
-    let _w3b = WorkerProc::start(&worker.url, "w3", &args, &[]);
+    let _w3b = WorkerProc::start(&worker.url, &n3, &args, &[]);
     wait_for(T, "the restarted w3 to put its task back", || async {
-        has_event(&su, l3, "rescued", "w3").await
+        has_event(&su, l3, "rescued", &n3).await
     })
     .await;
     wait_for(T, "l3 to run again", || async {
@@ -314,7 +322,7 @@ async fn every_program_works_under_its_own_group_end_to_end() {
     let out = jrq_as(&admin.url, &["cancel", &l3.to_string()]);
     assert!(out.ok().contains("asked to end it"), "{out:#?}");
     wait_status(&su, l3, "cancelled").await;
-    assert!(has_event(&su, l3, "cancelled", "w3").await);
+    assert!(has_event(&su, l3, "cancelled", &n3).await);
 
     // The reader login reads everything a person reads...
     for a in [
