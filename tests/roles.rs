@@ -424,8 +424,10 @@ async fn postgres_refuses_a_worker_login_what_its_process_does_not_hold() {
     let w = common::connect_str(&login.url).await;
     let before = db.fingerprint().await;
 
-    // Plain writes, TRUNCATE and DDL.
+    // Plain writes (without a WHERE too: those need no right to read), TRUNCATE and DDL.
     for sql in [
+        "UPDATE jr_work_queue SET result = 'forged'".into(),
+        "DELETE FROM jr_work_queue".into(),
         format!("UPDATE jr_work_queue SET result = 'forged' WHERE id = {running}"),
         format!("UPDATE jr_work_queue SET status = 'pending' WHERE id = {assigned}"),
         format!("DELETE FROM jr_work_queue WHERE id = {pending}"),
