@@ -835,6 +835,16 @@ async fn jrq_roles_lists_attaches_and_detaches_and_refuses_bad_input_changing_no
     assert_eq!(membership().await, "jrq_reader,jrq_worker");
     // The reader's rights work for it now.
     jrq_as(&someone.url, &["status"]).ok();
+    // With CONNECT revoked from PUBLIC, an attached login still connects, another not.
+    let stranger = logins.create(&db.url, None).await;
+    su.batch_execute(&format!(
+        "REVOKE CONNECT ON DATABASE {} FROM PUBLIC",
+        jrq::db::quote_ident(&db.name).unwrap()
+    ))
+    .await
+    .unwrap();
+    jrq_as(&someone.url, &["status"]).ok();
+    jrq_as(&stranger.url, &["status"]).fails(1, "permission denied for database");
 
     let list = db.run(&["roles", "list", "--json"]).json();
     let reader = list["groups"]
