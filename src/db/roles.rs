@@ -84,20 +84,18 @@ pub async fn roles_list(client: &impl GenericClient) -> Result<RolesReport> {
                  CASE WHEN r.oid IS NULL THEN false \
                       ELSE has_table_privilege(r.oid, 'public.jrq_schema_history', 'SELECT') \
                  END, \
-                 coalesce((SELECT array_agg(m.rolname::text ORDER BY m.rolname) \
-                           FROM pg_auth_members am JOIN pg_roles m ON m.oid = am.member \
-                           WHERE am.roleid = r.oid), '{}'), \
-                 coalesce((SELECT array_agg(m.rolcanlogin ORDER BY m.rolname) \
-                           FROM pg_auth_members am JOIN pg_roles m ON m.oid = am.member \
-                           WHERE am.roleid = r.oid), '{}'), \
-                 coalesce((SELECT array_agg(m.rolinherit ORDER BY m.rolname) \
-                           FROM pg_auth_members am JOIN pg_roles m ON m.oid = am.member \
-                           WHERE am.roleid = r.oid), '{}'), \
-                 coalesce((SELECT array_agg(m.rolsuper ORDER BY m.rolname) \
-                           FROM pg_auth_members am JOIN pg_roles m ON m.oid = am.member \
-                           WHERE am.roleid = r.oid), '{}') \
+                 coalesce(m.names, '{}'), coalesce(m.login, '{}'), \
+                 coalesce(m.inherit, '{}'), coalesce(m.super, '{}') \
              FROM unnest($1::text[]) WITH ORDINALITY AS g(name, ord) \
-             LEFT JOIN pg_roles r ON r.rolname = g.name ORDER BY g.ord",
+             LEFT JOIN pg_roles r ON r.rolname = g.name \
+             LEFT JOIN LATERAL ( \
+                 SELECT array_agg(u.rolname::text ORDER BY u.rolname) AS names, \
+                        array_agg(u.rolcanlogin ORDER BY u.rolname) AS login, \
+                        array_agg(u.rolinherit ORDER BY u.rolname) AS inherit, \
+                        array_agg(u.rolsuper ORDER BY u.rolname) AS super \
+                 FROM pg_auth_members am JOIN pg_roles u ON u.oid = am.member \
+                 WHERE am.roleid = r.oid) m ON true \
+             ORDER BY g.ord",
             &[&names],
         )
         .await?;
