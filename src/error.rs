@@ -45,6 +45,10 @@ pub enum Error {
     #[error("{0}")]
     Conflict(String),
 
+    /// The database refused for lack of a privilege; says who may do it instead.
+    #[error("{0}")]
+    Denied(String),
+
     /// Input lines refused (a batch with bad lines and no --skip-invalid).
     #[error("{0}")]
     Rejected(String),

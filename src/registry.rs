@@ -78,18 +78,18 @@ pub(crate) fn decide(
     ))
 }
 
-/// Locks the name and decides; on a refusal nothing was written. Returns the verdict and
-/// the previous holder. The caller writes the registration (and, for a worker, puts back
-/// a dead predecessor's tasks) in the same transaction, then commits.
+/// Locks the name and decides; on a refusal nothing was written. The caller writes the
+/// registration (which, for a worker, puts back a dead predecessor's tasks) in the same
+/// transaction, then commits.
 pub(crate) async fn claim_name(
     txn: &Transaction<'_>,
     me: &Me<'_>,
     is_live: impl Fn(i32) -> bool,
-) -> Result<(Verdict, Option<workers::Holder>)> {
+) -> Result<Verdict> {
     let holder = workers::workers_lock(txn, me.name).await?;
     match decide(me, holder.as_ref(), is_live) {
         Verdict::Refuse(msg) => Err(Error::Conflict(msg)),
-        v => Ok((v, holder)),
+        v => Ok(v),
     }
 }
 
@@ -102,7 +102,6 @@ mod tests {
             kind: "worker".into(),
             host: host.into(),
             pid: Some(pid),
-            instance_id: None,
             boot_id: Some("boot1".into()),
             is_online: online,
             last_seen_age_s: Some(age),

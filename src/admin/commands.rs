@@ -7,10 +7,10 @@ use tokio_postgres::Client;
 
 use super::render;
 use super::{
-    CancelArgs, Cli, Command, EnqueueArgs, PruneArgs, RetryArgs, RunsCommand, ShowArgs, StatusArgs,
-    TasksArgs, WorkersArgs,
+    CancelArgs, Cli, Command, EnqueueArgs, PruneArgs, RetryArgs, RolesCommand, RunsCommand,
+    ShowArgs, StatusArgs, TasksArgs, WorkersArgs,
 };
-use crate::db::{self, events, migrate, runs, tasks, workers};
+use crate::db::{self, events, migrate, roles, runs, tasks, workers};
 use crate::error::{Error, Result};
 use crate::task::{default_created_by, NewTask, RunAfter};
 
@@ -37,6 +37,11 @@ pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Migrate = cli.command {
         let report = migrate::migrate(&mut client).await?;
         render::migrate(&report);
+        // The migration creates the groups only where this user may create roles.
+        let missing = roles::roles_missing(&client).await?;
+        if !missing.is_empty() {
+            render::groups_missing(&missing);
+        }
         return Ok(());
     }
     db::check_schema(&client).await?;
@@ -51,6 +56,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Runs(cmd) => runs_cmd(&mut client, cmd).await,
         Command::Workers(args) => list_workers(&client, &args).await,
         Command::Prune(args) => prune(&client, &args).await,
+        Command::Roles(cmd) => roles_cmd(&mut client, cmd).await,
     }
 }
 
@@ -358,4 +364,41 @@ async fn list_workers(client: &Client, args: &WorkersArgs) -> Result<()> {
 async fn prune(client: &Client, args: &PruneArgs) -> Result<()> {
     let report = tasks::tasks_prune(client, args.older_than).await?;
     render::prune(&report, args.json)
+}
+
+async fn roles_cmd(client: &mut Client, cmd: RolesCommand) -> Result<()> {
+    match cmd {
+        RolesCommand::List { json } => render::roles(&roles::roles_list(client).await?, json),
+        RolesCommand::Setup => {
+            let report = roles::roles_setup(client).await?;
+            render::roles_setup(&report);
+            if report.not_permitted.is_empty() {
+                return Ok(());
+            }
+            let sql: Vec<String> = report
+                .not_permitted
+                .iter()
+                .map(|g| format!("CREATE ROLE {g} NOLOGIN;"))
+                .collect();
+            Err(Error::Denied(format!(
+                "{} not created: this user may not create roles (CREATEROLE); have a DBA run \
+                 {} then run `jrq roles setup` again",
+                report.not_permitted.join(", "),
+                sql.join(" ")
+            )))
+        }
+        RolesCommand::Grant { group, login } => {
+            let report = roles::roles_grant(client, group, &login).await?;
+            render::roles_granted(&report);
+            Ok(())
+        }
+        RolesCommand::Revoke { group, login } => {
+            if roles::roles_revoke(client, group, &login).await? {
+                out!("'{login}' is no longer in {group}");
+            } else {
+                out!("'{login}' is not in {group}: nothing to do");
+            }
+            Ok(())
+        }
+    }
 }

@@ -54,6 +54,10 @@ pub enum Command {
     Workers(WorkersArgs),
     /// Delete finished tasks (completed, failed, cancelled) and their events.
     Prune(PruneArgs),
+    /// The database groups of least privilege, one per program: list them, create them
+    /// and grant their rights, attach a login user to one (see docs/security.md).
+    #[command(subcommand)]
+    Roles(RolesCommand),
 }
 
 /// Options of `jrq enqueue`.
@@ -247,6 +251,63 @@ pub struct PruneArgs {
     /// Print JSON instead of text.
     #[arg(long, env = "JRQ_JSON")]
     pub json: bool,
+}
+
+/// `jrq roles ...`
+#[derive(Debug, Subcommand)]
+pub enum RolesCommand {
+    /// The groups: whether they exist, their members, and whether this database granted
+    /// them their rights.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long, env = "JRQ_JSON")]
+        json: bool,
+    },
+    /// Create the missing groups (needs CREATEROLE) and grant each its program's rights in
+    /// this database (needs the owner of jrq's tables: the user that ran `jrq migrate`).
+    Setup,
+    /// Attach a login user to a group: it then has that program's rights, and may connect
+    /// to this database.
+    Grant {
+        /// worker, assigner, monitor, reader or admin (or jrq_worker, ...).
+        #[arg(value_parser = parse_group)]
+        group: &'static str,
+        /// An existing login role (CREATE ROLE NAME LOGIN ...).
+        #[arg(value_parser = parse_login)]
+        login: String,
+    },
+    /// Take a login user out of a group.
+    Revoke {
+        /// worker, assigner, monitor, reader or admin (or jrq_worker, ...).
+        #[arg(value_parser = parse_group)]
+        group: &'static str,
+        /// The login role.
+        #[arg(value_parser = parse_login)]
+        login: String,
+    },
+}
+
+fn parse_group(s: &str) -> Result<&'static str, String> {
+    crate::db::roles::group_named(s).ok_or_else(|| {
+        format!(
+            "'{s}' is not a jrq group: use worker, assigner, monitor, reader or admin \
+             (or {})",
+            crate::db::roles::group_names()
+        )
+    })
+}
+
+fn parse_login(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains('\0') {
+        return Err("a login role name is not empty and has no NUL character".into());
+    }
+    if crate::db::roles::GROUPS.iter().any(|(g, _)| *g == s) {
+        return Err(format!(
+            "'{s}' is a jrq group, not a login user: create a login (CREATE ROLE NAME LOGIN) \
+             and attach that"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_task_id(s: &str) -> Result<i64, String> {

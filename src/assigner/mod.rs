@@ -324,6 +324,7 @@ impl Assigner {
                 capacity: 1,
                 prefetch: 0,
                 run_id: None,
+                takeover_why: "",
             },
         )
         .await?;

@@ -7,6 +7,7 @@ pub mod conninfo;
 pub mod events;
 pub mod listen;
 pub mod migrate;
+pub mod roles;
 pub mod runs;
 pub mod tasks;
 pub mod tls;
@@ -102,6 +103,7 @@ impl DbConfig {
 /// Builds the connection settings: `DATABASE_URL` (a `postgres://` URL or a libpq
 /// `key=value` string) when given, else the libpq variables `PGHOST`, `PGPORT`, `PGUSER`,
 /// `PGPASSWORD`, `PGDATABASE`, `PGAPPNAME`, `PGCONNECT_TIMEOUT`, with libpq's defaults.
+/// `PGPASSWORD` also gives the password a `DATABASE_URL` does not carry.
 /// TLS comes from the address's `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, else from
 /// `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY` (also beside a `DATABASE_URL`,
 /// as in libpq), else libpq's defaults (`prefer`, files in `~/.postgresql`).
@@ -163,10 +165,17 @@ fn address_from_env(
                 ))
             };
             let split = conninfo::split(url).map_err(invalid)?;
-            let cfg = split
+            let mut cfg = split
                 .rest
                 .parse::<Config>()
                 .map_err(|e| invalid(describe_chain(&e)))?;
+            // As in libpq: PGPASSWORD gives the password an address lacks, so that the
+            // address can sit in a unit's environment file and the password apart.
+            if cfg.get_password().is_none() {
+                if let Some(pw) = env("PGPASSWORD") {
+                    cfg.password(pw);
+                }
+            }
             Ok((cfg, split.ssl))
         }
         None => Ok((config_from_pg_env(env)?, conninfo::SslKeys::default())),
@@ -626,6 +635,15 @@ mod tests {
             _ => None,
         };
         assert!(ServerId::from_env(None, &env).unwrap().same_database(&a));
+    }
+
+    #[test]
+    fn pgpassword_gives_the_password_an_address_lacks() {
+        let env = |k: &str| (k == "PGPASSWORD").then(|| "from-env".to_string());
+        let cfg = config_from_env(Some("host=db user=w dbname=q"), &env, "t").unwrap();
+        assert_eq!(cfg.pg.get_password(), Some(&b"from-env"[..]));
+        let cfg = config_from_env(Some("postgres://w:given@db/q"), &env, "t").unwrap();
+        assert_eq!(cfg.pg.get_password(), Some(&b"given"[..]));
     }
 
     #[test]

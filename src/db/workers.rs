@@ -7,7 +7,7 @@ use serde::Serialize;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::db::tasks::duration_ms;
+use crate::db::tasks::{duration_ms, Rescued};
 use crate::db::Statements;
 use crate::error::Result;
 
@@ -153,35 +153,28 @@ pub async fn workers_summary(
     })
 }
 
-/// Who holds a worker name in the registry now.
+/// Who holds a worker name in the registry now. Not its instance id: that fences the
+/// holder's writes, and a process that only asks about a name must not learn it.
 #[derive(Debug, Clone)]
 pub struct Holder {
     pub kind: String,
     pub host: String,
     pub pid: Option<i32>,
-    pub instance_id: Option<Uuid>,
     pub boot_id: Option<String>,
     pub is_online: bool,
     /// Seconds since the holder's last heartbeat (`None`: never).
     pub last_seen_age_s: Option<f64>,
 }
 
-/// Locks a name for the rest of the transaction and returns its holder. The name is
-/// locked, not only its row: a name nobody registered yet has no row to lock, and
-/// processes registering one new name at the same moment must still take turns (each
-/// then sees the one before it).
+/// Locks a name for the rest of the transaction and returns its holder (in
+/// `jrq_workers_lock`, migrations/V6). The name is locked, not only its row: a name nobody
+/// registered yet has no row to lock, and processes registering one new name at the same
+/// moment must still take turns (each then sees the one before it).
 pub async fn workers_lock(client: &impl GenericClient, name: &str) -> Result<Option<Holder>> {
-    client
-        .execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended('jrq registry name ' || $1, 0))",
-            &[&name],
-        )
-        .await?;
     let row = client
         .query_opt(
-            "SELECT kind, host, pid, instance_id, boot_id, is_online, \
-                    extract(epoch FROM now() - last_seen)::float8 \
-             FROM jr_status WHERE jr_name = $1 FOR UPDATE",
+            "SELECT kind, host, pid, boot_id, is_online, last_seen_age_s \
+             FROM jrq_workers_lock($1)",
             &[&name],
         )
         .await?;
@@ -189,10 +182,9 @@ pub async fn workers_lock(client: &impl GenericClient, name: &str) -> Result<Opt
         kind: r.get(0),
         host: r.get(1),
         pid: r.get(2),
-        instance_id: r.get(3),
-        boot_id: r.get(4),
-        is_online: r.get(5),
-        last_seen_age_s: r.get(6),
+        boot_id: r.get(3),
+        is_online: r.get(4),
+        last_seen_age_s: r.get(5),
     }))
 }
 
@@ -212,26 +204,40 @@ pub struct Registration<'a> {
     /// Tasks the assigner may queue here beyond `capacity`.
     pub prefetch: i32,
     pub run_id: Option<Uuid>,
+    /// For a worker: the error (and event details) given to each task its dead predecessor
+    /// left in progress, which this registration puts back.
+    pub takeover_why: &'a str,
+}
+
+/// What a registration replaced.
+#[derive(Debug, Clone, Default)]
+pub struct Registered {
+    /// The previous holder's host and instance (`None`: a new name). Its leases are gone
+    /// by the time this is known.
+    pub previous_host: Option<String>,
+    pub previous_instance: Option<Uuid>,
+    /// The predecessor's running tasks put back (a worker's registration only).
+    pub rescued: Vec<Rescued>,
 }
 
 /// Writes the registry row for a worker process: online, starting, load 0. The circuit
-/// breaker's state survives a restart (a crash-looping worker stays suspect).
-pub async fn workers_register(client: &impl GenericClient, r: &Registration<'_>) -> Result<()> {
-    client
-        .execute(
-            "INSERT INTO jr_status (jr_name, kind, host, pid, instance_id, invocation_id, \
-                 boot_id, providers, capacity, prefetch, current_load, is_online, status, \
-                 run_id, started_at, last_seen, status_text, updated_at) \
-             VALUES ($1, $10, $2, $3, $4, $5, $6, $7, $8, $11, 0, true, 'starting', $9, \
-                 now(), now(), 'starting', now()) \
-             ON CONFLICT (jr_name) DO UPDATE SET kind = $10, host = $2, pid = $3, \
-                 instance_id = $4, invocation_id = $5, boot_id = $6, providers = $7, \
-                 capacity = $8, prefetch = $11, current_load = 0, is_online = true, \
-                 status = 'starting', \
-                 run_id = $9, started_at = now(), last_seen = now(), \
-                 status_text = 'starting', updated_at = now()",
+/// breaker's state survives a restart (a crash-looping worker stays suspect). For a worker,
+/// the `in_progress` tasks of the name that this instance does not hold — a dead
+/// predecessor's — go back in the same statement (pending with the attempt counted, failed
+/// when it was the last, cancelled when a cancel was requested), each with a `rescued`
+/// event saying `takeover_why`. In `jrq_workers_register` (migrations/V6); call it after
+/// [`workers_lock`], in the same transaction, once the name may be taken.
+pub async fn workers_register(
+    client: &impl GenericClient,
+    r: &Registration<'_>,
+) -> Result<Registered> {
+    let row = client
+        .query_one(
+            "SELECT previous_host, previous_instance, rescued_ids, rescued_status \
+             FROM jrq_workers_register($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             &[
                 &r.name,
+                &r.kind,
                 &r.host,
                 &r.pid,
                 &r.instance,
@@ -239,13 +245,23 @@ pub async fn workers_register(client: &impl GenericClient, r: &Registration<'_>)
                 &r.boot_id,
                 &r.providers,
                 &r.capacity,
-                &r.run_id,
-                &r.kind,
                 &r.prefetch,
+                &r.run_id,
+                &r.takeover_why,
             ],
         )
         .await?;
-    Ok(())
+    let ids: Vec<i64> = row.get(2);
+    let statuses: Vec<String> = row.get(3);
+    Ok(Registered {
+        previous_host: row.get(0),
+        previous_instance: row.get(1),
+        rescued: ids
+            .into_iter()
+            .zip(statuses)
+            .map(|(id, to_status)| Rescued { id, to_status })
+            .collect(),
+    })
 }
 
 /// A worker's periodic report.
@@ -302,19 +318,12 @@ pub async fn workers_heartbeat(
     }))
 }
 
-const HEARTBEAT_SQL: &str = "WITH w AS ( \
-                 UPDATE jr_status SET last_seen = now(), current_load = $3, status = $4, \
-                     status_text = $5, is_online = true, updated_at = now() \
-                 WHERE jr_name = $1 AND instance_id = $2 RETURNING 1) \
-             SELECT (SELECT count(*) FROM w), \
-                 (SELECT status FROM jr_runs WHERE id = $6), \
-                 coalesce((SELECT array_agg(id) FROM jr_work_queue WHERE status = 'in_progress' \
-                     AND assigned_jr = $1 AND lease_instance = $2), '{}'), \
-                 coalesce((SELECT array_agg(id) FROM jr_work_queue WHERE status = 'in_progress' \
-                     AND assigned_jr = $1 AND lease_instance = $2 \
-                     AND cancel_requested_at IS NOT NULL), '{}')";
+/// The heartbeat, fenced by the instance in `jrq_workers_heartbeat` (migrations/V6).
+const HEARTBEAT_SQL: &str = "SELECT matched, run_status, held, cancel_requested \
+                 FROM jrq_workers_heartbeat($1, $2, $3, $4, $5, $6)";
 
-/// Marks this instance's registry row offline (a clean exit).
+/// Marks this instance's registry row offline (a clean exit), in
+/// `jrq_workers_set_offline` (migrations/V6).
 pub async fn workers_set_offline(
     client: &impl GenericClient,
     name: &str,
@@ -323,9 +332,7 @@ pub async fn workers_set_offline(
 ) -> Result<()> {
     client
         .execute(
-            "UPDATE jr_status SET is_online = false, status = 'offline', current_load = 0, \
-                 status_text = $3, updated_at = now() \
-             WHERE jr_name = $1 AND instance_id = $2",
+            "SELECT jrq_workers_set_offline($1, $2, $3)",
             &[&name, &instance, &status_text],
         )
         .await?;

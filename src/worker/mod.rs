@@ -282,8 +282,7 @@ impl Worker {
             boot_id: &self.boot_id,
             takeover_after: cfg.takeover_after,
         };
-        let (verdict, previous) =
-            registry::claim_name(&txn, &me, crate::host::is_live_worker).await?;
+        let verdict = registry::claim_name(&txn, &me, crate::host::is_live_worker).await?;
         let why = match verdict {
             registry::Verdict::TakeOver(why) => {
                 tracing::info!(worker = %cfg.name, reason = %why, "taking over the worker name");
@@ -291,20 +290,10 @@ impl Worker {
             }
             _ => "worker restarted: the previous instance died during this attempt".into(),
         };
-        // What the dead predecessor's tasks left running on this host (it was killed
-        // outside systemd, which would have ended its cgroup) goes before its tasks run
-        // again.
-        let predecessor = previous
-            .filter(|h| h.host == self.host && h.instance_id != Some(self.instance))
-            .and_then(|h| h.instance_id);
-        let rescued =
-            tasks::tasks_rescue_worker(&txn, &cfg.name, Some(self.instance), &cfg.name, &why)
-                .await?;
-        for r in &rescued {
-            tracing::warn!(task_id = r.id, to = %r.to_status, "put back a task the previous instance was running");
-        }
+        // The registration puts back what a dead predecessor was running, in the same
+        // transaction.
         let invocation = std::env::var("INVOCATION_ID").ok();
-        workers::workers_register(
+        let registered = workers::workers_register(
             &txn,
             &workers::Registration {
                 name: &cfg.name,
@@ -318,9 +307,19 @@ impl Worker {
                 capacity: cfg.capacity as i32,
                 prefetch: cfg.prefetch as i32,
                 run_id: cfg.run_id,
+                takeover_why: &why,
             },
         )
         .await?;
+        for r in &registered.rescued {
+            tracing::warn!(task_id = r.id, to = %r.to_status, "put back a task the previous instance was running");
+        }
+        // What the dead predecessor's tasks left running on this host (it was killed
+        // outside systemd, which would have ended its cgroup) goes before its tasks run
+        // again.
+        let predecessor = registered.previous_instance.filter(|i| {
+            registered.previous_host.as_deref() == Some(self.host.as_str()) && *i != self.instance
+        });
         txn.commit().await?;
         if let (Some(old), true) = (predecessor, self.handler.runs_programs()) {
             let ended = guard::end_processes_of_instance(old);
@@ -1036,8 +1035,8 @@ impl Session {
     /// Gives tasks assigned here but not started back to pending, so they go elsewhere.
     async fn unassign(&mut self) {
         let Some(conn) = &self.conn else { return };
-        match tasks::tasks_unassign_worker(&conn.client, &self.w.cfg.name, "worker stopping").await
-        {
+        let (name, instance) = (&self.w.cfg.name, self.w.instance);
+        match tasks::tasks_unassign_own(&conn.client, name, instance, "worker stopping").await {
             Ok(0) => {}
             Ok(n) => tracing::info!(tasks = n, "assigned tasks given back to pending"),
             Err(e) => self.db_error("giving back assigned tasks", &e),

@@ -63,27 +63,10 @@ fn claimed_from_row(r: &tokio_postgres::Row) -> ClaimedTask {
     }
 }
 
-const CLAIM_SQL: &str = "WITH c AS ( \
-                 SELECT id FROM jr_work_queue \
-                 WHERE status = 'assigned' AND assigned_jr = $1 \
-                   AND ($4::uuid IS NULL OR run_id = $4) \
-                 ORDER BY sacred_fire_priority DESC, priority, created_at, id \
-                 LIMIT $2 FOR UPDATE SKIP LOCKED), \
-             upd AS ( \
-                 UPDATE jr_work_queue q SET status = 'in_progress', started_at = now(), \
-                     attempts = q.attempts + 1, lease_instance = $3, progress_percent = 0, \
-                     result = NULL, error = NULL, updated_at = now() \
-                 FROM c WHERE q.id = c.id \
-                 RETURNING q.id, q.title, q.payload, q.attempts, q.max_attempts, q.run_id, \
-                     q.provider, (extract(epoch FROM q.timeout) * 1000)::int8 AS timeout_ms, \
-                     q.sacred_fire_priority, q.priority, q.created_at), \
-             ev AS ( \
-                 INSERT INTO jr_task_events \
-                     (task_id, actor, action, from_status, to_status, worker, attempt, details) \
-                 SELECT id, $1, 'started', 'assigned', 'in_progress', $1, attempts, \
-                     'attempt ' || attempts || ' of ' || max_attempts FROM upd) \
-             SELECT id, title, payload, attempts, max_attempts, run_id, provider, timeout_ms \
-             FROM upd ORDER BY sacred_fire_priority DESC, priority, created_at, id";
+/// The claim, fenced in `jrq_tasks_claim` (migrations/V6): only the process that holds the
+/// name may claim, and the worker's role has no rights on the tables themselves.
+const CLAIM_SQL: &str = "SELECT id, title, payload, attempts, max_attempts, run_id, provider, \
+                 timeout_ms FROM jrq_tasks_claim($1, $2, $3, $4)";
 
 /// How a running attempt ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,7 +216,7 @@ impl<'a> FinishParams<'a> {
         &'b self,
         worker: &'b &str,
         instance: &'b Uuid,
-    ) -> [&'b (dyn tokio_postgres::types::ToSql + Sync); 11] {
+    ) -> [&'b (dyn tokio_postgres::types::ToSql + Sync); 10] {
         [
             worker,
             instance,
@@ -245,7 +228,6 @@ impl<'a> FinishParams<'a> {
             &self.errors,
             &self.backoff_ms,
             &self.failures,
-            &CHANNEL_PENDING,
         ]
     }
 }
@@ -285,68 +267,12 @@ pub async fn tasks_finish_and_claim(
     ))
 }
 
-const FINISH_SQL: &str = "WITH f AS ( \
-                 SELECT * FROM unnest($3::int8[], $4::int4[], $5::text[], $6::text[], \
-                     $7::text[], $8::text[], $9::int8[], $10::bool[]) \
-                 AS f(id, attempt, to_status, action, result, error, backoff_ms, failure)), \
-             upd AS ( \
-                 UPDATE jr_work_queue q SET \
-                     status = CASE WHEN f.to_status = 'pending' \
-                         AND q.cancel_requested_at IS NOT NULL THEN 'cancelled' \
-                         ELSE f.to_status END, \
-                     completed_at = CASE WHEN f.to_status = 'pending' \
-                         AND q.cancel_requested_at IS NULL THEN NULL ELSE now() END, \
-                     progress_percent = CASE f.to_status WHEN 'completed' THEN 100 \
-                         WHEN 'pending' THEN 0 ELSE q.progress_percent END, \
-                     result = f.result, \
-                     error = f.error, \
-                     run_after = CASE WHEN f.to_status = 'pending' \
-                         THEN now() + f.backoff_ms * interval '1 millisecond' \
-                         ELSE q.run_after END, \
-                     attempts = CASE WHEN f.action = 'released' THEN q.attempts - 1 \
-                         ELSE q.attempts END, \
-                     assigned_jr = CASE WHEN f.to_status = 'pending' \
-                         AND q.cancel_requested_at IS NULL THEN NULL ELSE q.assigned_jr END, \
-                     assigned_at = CASE WHEN f.to_status = 'pending' \
-                         AND q.cancel_requested_at IS NULL THEN NULL ELSE q.assigned_at END, \
-                     lease_instance = NULL, \
-                     updated_at = now() \
-                 FROM f \
-                 WHERE q.id = f.id AND q.assigned_jr = $1 AND q.attempts = f.attempt \
-                   AND q.lease_instance = $2 AND q.status = 'in_progress' \
-                 RETURNING q.id, f.attempt, q.status AS to_status, \
-                     CASE WHEN q.status = 'cancelled' AND f.to_status = 'pending' \
-                         THEN 'cancelled' ELSE f.action END AS action, \
-                     f.failure, f.backoff_ms, \
-                     coalesce(f.error, '') || CASE WHEN q.status = 'cancelled' \
-                         AND f.to_status = 'pending' \
-                         THEN ' (a cancel was requested: cancelled, not retried)' \
-                         ELSE '' END AS details), \
-             ev AS ( \
-                 INSERT INTO jr_task_events \
-                     (task_id, actor, action, from_status, to_status, worker, attempt, details) \
-                 SELECT id, $1, action, 'in_progress', to_status, $1, attempt, \
-                     left(details, 500) || CASE WHEN action = 'retry_scheduled' \
-                         THEN ' (next attempt in ' || backoff_ms || ' ms)' ELSE '' END \
-                 FROM upd), \
-             w AS ( \
-                 UPDATE jr_status SET \
-                     tasks_completed = tasks_completed + \
-                         (SELECT count(*) FROM upd WHERE to_status = 'completed'), \
-                     tasks_failed = tasks_failed + (SELECT count(*) FROM upd WHERE failure), \
-                     consecutive_failures = CASE \
-                         WHEN EXISTS (SELECT 1 FROM upd WHERE to_status = 'completed') THEN 0 \
-                         ELSE consecutive_failures + (SELECT count(*) FROM upd WHERE failure) END, \
-                     last_failure_at = CASE WHEN EXISTS (SELECT 1 FROM upd WHERE failure) \
-                         THEN now() ELSE last_failure_at END, \
-                     updated_at = now() \
-                 WHERE jr_name = $1 AND instance_id = $2 \
-                   AND EXISTS (SELECT 1 FROM upd WHERE to_status = 'completed' OR failure)), \
-             n AS ( \
-                 SELECT pg_notify($11, 'capacity') FROM upd LIMIT 1) \
-             SELECT coalesce(array_agg(id), '{}'), (SELECT count(*) FROM n) FROM upd";
+/// The outcome batch, fenced row by row in `jrq_tasks_finish` (migrations/V6), which also
+/// updates the worker's counters and notifies [`CHANNEL_PENDING`](crate::db::CHANNEL_PENDING).
+const FINISH_SQL: &str = "SELECT jrq_tasks_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
-/// Records progress (0–100) of running attempts; fenced like every worker write.
+/// Records progress (0–100) of running attempts; fenced like every worker write (in
+/// `jrq_tasks_progress`, migrations/V6).
 pub async fn tasks_progress(
     client: &impl GenericClient,
     worker: &str,
@@ -361,10 +287,7 @@ pub async fn tasks_progress(
     let pct: Vec<i16> = progress.iter().map(|p| p.2).collect();
     client
         .execute(
-            "UPDATE jr_work_queue q SET progress_percent = f.pct, updated_at = now() \
-             FROM unnest($3::int8[], $4::int4[], $5::int2[]) AS f(id, attempt, pct) \
-             WHERE q.id = f.id AND q.assigned_jr = $1 AND q.attempts = f.attempt \
-               AND q.lease_instance = $2 AND q.status = 'in_progress'",
+            "SELECT jrq_tasks_progress($1, $2, $3, $4, $5)",
             &[&worker, &instance, &ids, &attempts, &pct],
         )
         .await?;
@@ -375,7 +298,8 @@ pub async fn tasks_progress(
 /// attempt stays counted), failed when that was its last attempt, or cancelled when a
 /// cancel was requested (the worker died before it could act on it: the request wins,
 /// the task does not run again). For `q`, the task table's alias; the caller sets the
-/// error.
+/// error. `jrq_workers_register` (migrations/V6) applies the same rules to the tasks a
+/// worker's dead predecessor left: a change here goes there too, in a new migration.
 pub(super) const RESCUE_SET: &str = "status = CASE \
         WHEN q.cancel_requested_at IS NOT NULL THEN 'cancelled' \
         WHEN q.attempts >= q.max_attempts THEN 'failed' ELSE 'pending' END, \
@@ -404,7 +328,9 @@ pub struct Rescued {
 /// Puts back the `in_progress` tasks of `worker` that `keep_instance` does not hold (a
 /// dead predecessor's; all of them when `keep_instance` is `None`): pending again with the
 /// attempt counted, or failed when its attempts are used up. One event each, by `actor`,
-/// saying `why`.
+/// saying `why`. Run by the stale cleanup (`None`, with the monitor's rights, which clear
+/// `lease_instance` but cannot read it); a starting worker's own takeover goes through
+/// [`workers_register`](crate::db::workers::workers_register).
 pub async fn tasks_rescue_worker(
     client: &impl GenericClient,
     worker: &str,
@@ -412,11 +338,15 @@ pub async fn tasks_rescue_worker(
     actor: &str,
     why: &str,
 ) -> Result<Vec<Rescued>> {
+    // Without an instance to keep, the statement does not name lease_instance at all.
+    let keep = match keep_instance {
+        Some(_) => "lease_instance IS DISTINCT FROM $2",
+        None => "$2::uuid IS NULL",
+    };
     let sql = format!(
         "WITH old AS ( \
              SELECT id FROM jr_work_queue \
-             WHERE status = 'in_progress' AND assigned_jr = $1 \
-               AND ($2::uuid IS NULL OR lease_instance IS DISTINCT FROM $2) \
+             WHERE status = 'in_progress' AND assigned_jr = $1 AND {keep} \
              FOR UPDATE), \
          upd AS ( \
              UPDATE jr_work_queue q SET {RESCUE_SET}, error = $4 || {USED_UP_SUFFIX} \
@@ -444,8 +374,8 @@ pub async fn tasks_rescue_worker(
         .collect())
 }
 
-/// Gives the tasks assigned to `worker` but not started back to pending (the worker is
-/// stopping), one event each. Returns how many.
+/// Gives the tasks assigned to `worker` but not started back to pending (its process is
+/// gone: the stale cleanup), one event each. Returns how many.
 pub async fn tasks_unassign_worker(
     client: &impl GenericClient,
     worker: &str,
@@ -465,6 +395,24 @@ pub async fn tasks_unassign_worker(
              n AS (SELECT pg_notify($3, 'unassign') FROM upd LIMIT 1) \
              SELECT count(*), (SELECT count(*) FROM n) FROM upd",
             &[&worker, &why, &CHANNEL_PENDING],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// Gives the tasks assigned to `worker` but not started back to pending because the
+/// worker is stopping, one event each; only while `instance` holds the name (fenced in
+/// `jrq_tasks_unassign_own`, migrations/V6). Returns how many.
+pub async fn tasks_unassign_own(
+    client: &impl GenericClient,
+    worker: &str,
+    instance: Uuid,
+    why: &str,
+) -> Result<u64> {
+    let row = client
+        .query_one(
+            "SELECT jrq_tasks_unassign_own($1, $2, $3)",
+            &[&worker, &instance, &why],
         )
         .await?;
     Ok(row.get::<_, i64>(0) as u64)
