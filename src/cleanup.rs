@@ -117,10 +117,12 @@ pub struct Skipped {
 }
 
 /// Splits the host's worker processes into those of this database and the rest. A
-/// process registered here (this host, its pid) is this database's; else its environment
-/// decides, compared by server and database rather than as text (`localhost` is
-/// `127.0.0.1`); a process whose environment is hidden and that is not registered here is
-/// not judged. Names and runs the command line does not give come from the registry.
+/// process's own environment, when readable, decides — compared by server and database
+/// rather than as text (`localhost` is `127.0.0.1`), and not overruled by a registry row
+/// (which anyone with write access to the table could forge). A process whose environment
+/// is hidden is this database's when it is registered here (this host, its pid, and the
+/// name its command line gives); otherwise it is not judged. Names and runs the command
+/// line does not give come from the registry.
 pub fn this_databases(
     all: Vec<WorkerProcess>,
     own: &ServerId,
@@ -129,31 +131,35 @@ pub fn this_databases(
     let mut ours = vec![];
     let mut skipped = vec![];
     for mut p in all {
-        if let Some(row) = registered.iter().find(|r| r.pid == p.pid) {
-            p.name.get_or_insert_with(|| row.name.clone());
-            if p.run.is_none() {
-                p.run = row.run_id.map(|r| r.to_string());
-            }
-            ours.push(p);
-            continue;
-        }
-        let why = match &p.server {
-            Some(s) if s.same_database(own) => {
-                ours.push(p);
-                continue;
-            }
-            Some(_) => "uses another database".to_string(),
-            None if p.env_hidden => "its environment is hidden and no worker of this database \
-                                     is registered with its pid (another database, or still \
-                                     starting)"
-                .to_string(),
-            None => "its environment holds no valid database address".to_string(),
+        let row = registered
+            .iter()
+            .find(|r| r.pid == p.pid && p.name.as_ref().is_none_or(|n| *n == r.name));
+        let why = match (&p.server, row) {
+            (Some(s), _) if !s.same_database(own) => Some("uses another database".to_string()),
+            (Some(_), _) | (None, Some(_)) => None,
+            (None, None) if p.env_hidden => Some(
+                "its environment is hidden and no worker of this database is registered \
+                 with its pid and name (another database, or still starting)"
+                    .to_string(),
+            ),
+            (None, None) => Some("its environment holds no valid database address".to_string()),
         };
-        skipped.push(Skipped {
-            pid: p.pid,
-            name: p.name.clone(),
-            why,
-        });
+        match why {
+            Some(why) => skipped.push(Skipped {
+                pid: p.pid,
+                name: p.name.clone(),
+                why,
+            }),
+            None => {
+                if let Some(row) = row {
+                    p.name.get_or_insert_with(|| row.name.clone());
+                    if p.run.is_none() {
+                        p.run = row.run_id.map(|r| r.to_string());
+                    }
+                }
+                ours.push(p);
+            }
+        }
     }
     (ours, skipped)
 }

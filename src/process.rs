@@ -14,6 +14,13 @@ pub fn block_on_main<T>(
     fut: impl Future<Output = Result<T>>,
     ok: impl FnOnce(T) -> u8,
 ) -> ExitCode {
+    // Every jrq program holds the database password (in its environment, in memory): none
+    // is dumpable, so a program of the same user — a task's executor, anything else that
+    // user runs — cannot read it from /proc/PID/environ or /proc/PID/mem.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("{program}: cannot protect its memory from other processes: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

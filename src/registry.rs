@@ -56,6 +56,13 @@ pub(crate) fn decide(
         return Verdict::TakeOver(format!("previous instance ({who}) had gone offline"));
     }
     let age = h.last_seen_age_s.unwrap_or(f64::INFINITY);
+    if age < -60.0 {
+        // A heartbeat a minute or more in the future was never written by a holder (every
+        // heartbeat is the database's now()): a hand-made row, not a live process.
+        return Verdict::TakeOver(format!(
+            "previous holder ({who}) has a heartbeat in the future"
+        ));
+    }
     if age > me.takeover_after.as_secs_f64() {
         return Verdict::TakeOver(format!("previous instance ({who}) silent for {age:.0}s"));
     }

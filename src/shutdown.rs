@@ -1,5 +1,6 @@
-//! One shutdown path for every daemon: the first SIGTERM or SIGINT asks for a graceful
-//! stop (drain), a second one for an immediate stop.
+//! One shutdown path for every daemon: the first SIGTERM, SIGINT or SIGHUP asks for a
+//! graceful stop (drain), a second one for an immediate stop. (SIGHUP's default would end
+//! the process at once, leaving its running tasks for the monitor to find.)
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -23,11 +24,12 @@ pub fn never() -> watch::Receiver<Shutdown> {
     rx
 }
 
-/// A watch that moves to [`Shutdown::Drain`] on the first SIGTERM/SIGINT and to
+/// A watch that moves to [`Shutdown::Drain`] on the first SIGTERM/SIGINT/SIGHUP and to
 /// [`Shutdown::Now`] on the second. Must be called inside a tokio runtime.
 pub fn from_signals() -> std::io::Result<watch::Receiver<Shutdown>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let (tx, rx) = watch::channel(Shutdown::Running);
     tokio::spawn(async move {
         let mut level = Shutdown::Running;
@@ -35,6 +37,7 @@ pub fn from_signals() -> std::io::Result<watch::Receiver<Shutdown>> {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
+                _ = hup.recv() => {}
             }
             level = if level == Shutdown::Running {
                 Shutdown::Drain

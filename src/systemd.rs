@@ -14,14 +14,21 @@ fn send(states: &[NotifyState]) {
     }
 }
 
+/// A status line as the protocol can carry it: it is one `KEY=value` line of a datagram,
+/// so a newline in it (from a task title) would add a line of its own — `WATCHDOG=trigger`,
+/// `STOPPING=1` — that systemd obeys. Control characters are shown escaped.
+fn one_line(status: &str) -> std::borrow::Cow<'_, str> {
+    crate::text::for_terminal(status, false)
+}
+
 /// `READY=1` with a status line.
 pub fn ready(status: &str) {
-    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    send(&[NotifyState::Ready, NotifyState::Status(&one_line(status))]);
 }
 
 /// `STATUS=...`: what `systemctl status` shows.
 pub fn status(status: &str) {
-    send(&[NotifyState::Status(status)]);
+    send(&[NotifyState::Status(&one_line(status))]);
 }
 
 /// `WATCHDOG=1`. Call only from the loop it vouches for, after its work succeeded.
@@ -31,7 +38,10 @@ pub fn watchdog() {
 
 /// `STOPPING=1` with a status line.
 pub fn stopping(status: &str) {
-    send(&[NotifyState::Stopping, NotifyState::Status(status)]);
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status(&one_line(status)),
+    ]);
 }
 
 /// The watchdog interval systemd expects pings within, when enabled for this process.

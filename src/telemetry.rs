@@ -70,13 +70,18 @@ pub fn init(format: LogFormat, default_level: &str) {
                 .json()
                 .with_env_filter(filter())
                 .with_writer(std::io::stderr)
+                .log_internal_errors(false)
                 .try_init();
         }
         LogFormat::Text | LogFormat::Auto => {
+            // A log line that cannot be written (stderr's reader went away) is dropped:
+            // reporting that error on stderr again would panic, and a daemon must not stop
+            // because nobody reads its log.
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(filter())
                 .with_writer(std::io::stderr)
                 .with_ansi(ansi)
+                .log_internal_errors(false)
                 .try_init();
         }
     }

@@ -70,7 +70,9 @@ pub fn truncate_bytes(s: &str, max: usize) -> &str {
 /// cursor, rewrite a line or set the window title. Newlines and tabs stay when
 /// `keep_newlines` is set (multi-line results), else they are escaped too.
 pub fn for_terminal(s: &str, keep_newlines: bool) -> Cow<'_, str> {
-    let bad = |c: char| c.is_control() && !(keep_newlines && (c == '\n' || c == '\t'));
+    let bad = |c: char| {
+        (c.is_control() && !(keep_newlines && (c == '\n' || c == '\t'))) || is_bidi_control(c)
+    };
     if !s.chars().any(bad) {
         return Cow::Borrowed(s);
     }
@@ -94,6 +96,12 @@ pub fn for_terminal(s: &str, keep_newlines: bool) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// The Unicode controls that reorder text (right-to-left overrides and isolates): shown
+/// raw, they make a terminal display a line other than the one printed.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -135,5 +143,6 @@ mod tests {
         assert_eq!(for_terminal("l1\nl2", true), "l1\nl2");
         assert_eq!(for_terminal("l1\nl2", false), "l1\\nl2");
         assert_eq!(for_terminal("\u{9b}2J", false), "\\u{9b}2J");
+        assert_eq!(for_terminal("abc\u{202e}fed", true), "abc\\u{202e}fed");
     }
 }

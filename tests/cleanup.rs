@@ -301,6 +301,40 @@ async fn workers_are_matched_by_server_not_by_the_text_of_their_address() {
         "{text}"
     );
     assert!(text.contains("Not judged:"), "{text}");
+    // A registry row forged in this database with that worker's pid does not make it ours:
+    // its own environment says which database it uses.
+    let done: String = client
+        .query_one(
+            "INSERT INTO jr_runs (status) VALUES ('completed') RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .execute(
+            "INSERT INTO jr_status (jr_name, host, pid, is_online, status, last_seen, run_id) \
+             VALUES ('other_w', $1, $2, true, 'idle', now(), $3::text::uuid)",
+            &[&jrq::host::hostname(), &w.pid(), &done],
+        )
+        .await
+        .unwrap();
+    let out = Run::from(
+        common::bin("jr-stale-cleanup")
+            .env("DATABASE_URL", &by_ip)
+            .args(["--force", "--grace", "1s"])
+            .output()
+            .unwrap(),
+    );
+    let text = out.ok();
+    assert!(
+        text.contains(&format!(
+            "skip  pid {} worker other_w: uses another database",
+            w.pid()
+        )),
+        "{text}"
+    );
+    assert!(alive(w.pid()), "another database's worker is never ended");
 }
 
 #[tokio::test]

@@ -226,6 +226,13 @@ try:
         print("LEAKED: the password is in the worker's environment")
 except OSError as e:
     print("environ:", type(e).__name__)
+for pid in os.listdir("/proc"):
+    if pid.isdigit() and int(pid) != os.getpid():
+        try:
+            if b"must-not-leak" in open(f"/proc/{pid}/environ", "rb").read():
+                print("LEAKED by", pid, open(f"/proc/{pid}/comm").read().strip())
+        except OSError:
+            pass
 try:
     with open(f"/proc/{ppid}/mem", "rb") as mem:
         start = int(open(f"/proc/{ppid}/maps").readline().split("-")[0], 16)
@@ -261,6 +268,15 @@ async fn a_task_program_cannot_read_the_workers_environment_or_memory() {
     let secret = [("PGPASSWORD", "must-not-leak")];
     let w = WorkerProc::start_wrapped(&nobody, "jr-queue-worker", &cluster.url, &args, &secret);
     w.wait_log(T, "worker ready").await;
+    // Every other jrq program of that user holds the password as well.
+    let assigner = WorkerProc::start_wrapped(
+        &nobody,
+        "jr-auto-assigner",
+        &cluster.url,
+        &["--name", "assigner.snoop"],
+        &secret,
+    );
+    assigner.wait_log(T, "assigner ready").await;
     let id = assigned_task(&client, "jr_snoop", &serde_json::json!({})).await;
     exec_sql(&client, "NOTIFY jrq_worker, 'jr_snoop'").await;
     wait_status(&client, id, "completed").await;
@@ -276,6 +292,10 @@ async fn a_task_program_cannot_read_the_workers_environment_or_memory() {
     assert!(
         result.contains("mem: PermissionError"),
         "the worker's memory must be out of reach: {result}"
+    );
+    assert!(
+        !result.contains("LEAKED"),
+        "no jrq program's environment is readable: {result}"
     );
     // Hidden as it is, the worker is still known to be alive: a second one is refused.
     let mut second =
@@ -690,6 +710,41 @@ async fn values_that_would_break_a_daemon_cannot_be_inserted_with_psql() {
             "INSERT INTO jr_status (jr_name, last_seen) VALUES ('w', 'infinity')",
             "jr_status_times_check",
         ),
+        // Finite but beyond what date arithmetic and programs can take.
+        (
+            "INSERT INTO jr_work_queue (title, started_at) VALUES ('t', '294276-12-31 23:59:00+00')",
+            "jr_work_queue_times_range_check",
+        ),
+        (
+            "INSERT INTO jr_status (jr_name, last_failure_at) VALUES ('w', '294276-12-31+00')",
+            "jr_status_times_range_check",
+        ),
+        (
+            "INSERT INTO jr_runs (created_at) VALUES ('200000-01-01+00')",
+            "jr_runs_times_range_check",
+        ),
+        // Counters at their limit: the next increment would fail every outcome write.
+        (
+            "INSERT INTO jr_status (jr_name, tasks_completed) VALUES ('w', 9223372036854775807)",
+            "jr_status_counters_check",
+        ),
+        (
+            "INSERT INTO jr_work_queue (title, status, assigned_jr, attempts, max_attempts) \
+             VALUES ('t', 'assigned', 'w', 2147483647, 2147483647)",
+            "jr_work_queue_max_attempts_check",
+        ),
+        (
+            "INSERT INTO jr_work_queue (title, attempts, max_attempts) VALUES ('t', 6, 3)",
+            "jr_work_queue_attempts_check",
+        ),
+        (
+            "INSERT INTO jr_status (jr_name, providers) VALUES ('w', '{claude,NULL}')",
+            "jr_status_providers_check",
+        ),
+        (
+            "INSERT INTO jr_status (jr_name, host) VALUES ('w', E'h\\nALERT: fake')",
+            "jr_status_host_check",
+        ),
     ] {
         let err = client.batch_execute(sql).await.unwrap_err();
         let db_err = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
@@ -741,6 +796,21 @@ async fn control_characters_reach_people_escaped_and_scripts_exact() {
         assert!(text.contains("pwn\\e]0;owned\\x07\\e[2J"), "{text}");
     }
     assert!(db.run(&["show", &id]).ok().contains("\\rhidden"));
+    // A row of the timeline stays one line; text that reorders the screen is escaped.
+    client
+        .execute(
+            "INSERT INTO jr_task_events (task_id, actor, action, details) \
+             VALUES ($1::text::int8, E'forged\\nALERT: x', 'note', E'abc\\u202efed')",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let text = db.run(&["show", &id]).ok().to_string();
+    assert!(!text.lines().any(|l| l.starts_with("ALERT")), "{text}");
+    assert!(
+        text.contains("forged\\nALERT: x") && text.contains("abc\\u{202e}fed"),
+        "{text}"
+    );
     let j = db.run(&["show", &id, "--json"]).json();
     assert_eq!(j["task"]["title"], title, "JSON is exact");
 }
@@ -927,4 +997,295 @@ fn every_duration_and_count_option_outside_its_range_is_refused_at_start() {
             "{binary} {args:?}: {out:#?}"
         );
     }
+}
+
+#[tokio::test]
+async fn stored_json_serde_cannot_read_and_used_up_attempts_fail_their_task_not_the_worker() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let w = WorkerProc::start(
+        &db.url,
+        "jr_json",
+        &["--exec", &test_executor(), "--poll-interval", "100ms"],
+        &[],
+    );
+    w.wait_log(T, "worker ready").await;
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let mut bad = vec![];
+    for payload in [r#"{"n": 1e400}"#, deep.as_str()] {
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO jr_work_queue (title, payload, status, assigned_jr) \
+                 VALUES ('t', $1::text::jsonb, 'assigned', 'jr_json') RETURNING id",
+                &[&payload],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        bad.push(id);
+    }
+    // Assigned with its attempts used up (a psql write can leave one).
+    let used_up: i64 = client
+        .query_one(
+            "INSERT INTO jr_work_queue (title, status, assigned_jr, attempts, max_attempts) \
+             VALUES ('t', 'assigned', 'jr_json', 3, 3) RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    exec_sql(&client, "NOTIFY jrq_worker, 'jr_json'").await;
+    for id in &bad {
+        wait_status(&client, *id, "failed").await;
+        let error = text_of(&client, *id, "error").await;
+        assert!(error.contains("cannot be read as JSON"), "{error}");
+    }
+    wait_status(&client, used_up, "failed").await;
+    assert!(text_of(&client, used_up, "error")
+        .await
+        .contains("no attempts left"));
+    let ok = assigned_task(&client, "jr_json", &serde_json::json!({})).await;
+    exec_sql(&client, "NOTIFY jrq_worker, 'jr_json'").await;
+    wait_status(&client, ok, "completed").await;
+    assert!(!w.log().contains("panicked"), "{}", w.log());
+    // jrq shows such a task too: its payload as the text it is.
+    let out = db.run(&["show", &bad[0].to_string()]);
+    assert!(
+        out.ok().contains("payload:      \"{\\\"n\\\": 1000000"),
+        "{out:?}"
+    );
+    db.run(&["show", &bad[1].to_string(), "--json"]).json();
+}
+
+#[tokio::test]
+async fn a_title_cannot_add_lines_to_the_workers_systemd_notifications() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    let _w = WorkerProc::start(
+        &db.url,
+        "jr_notify",
+        &["--exec", "sleep:5s", "--heartbeat-interval", "100ms"],
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    next_datagram(&sock, T, |m| m.contains("READY=1")).await;
+    let title = "pwn\nWATCHDOG=trigger\nWATCHDOG_USEC=1\nSTOPPING=1";
+    client
+        .execute(
+            "INSERT INTO jr_work_queue (title, status, assigned_jr) VALUES ($1, 'assigned', 'jr_notify')",
+            &[&title],
+        )
+        .await
+        .unwrap();
+    exec_sql(&client, "NOTIFY jrq_worker, 'jr_notify'").await;
+    let status = next_datagram(&sock, T, |m| m.contains("running 1/1")).await;
+    assert!(
+        status
+            .lines()
+            .all(|l| l.starts_with("STATUS=") || l == "WATCHDOG=1"),
+        "every line is one of the worker's own: {status:?}"
+    );
+    assert!(status.contains("pwn\\nWATCHDOG=trigger"), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_start_its_executor_gives_tasks_back_uncharged() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    // The program exists when the worker starts (a missing one is refused: exit 2) ...
+    let out = common::Run::from(
+        common::bin("jr-queue-worker")
+            .env("DATABASE_URL", &db.url)
+            .args(["--name", "w", "--exec", "/nonexistent/prog"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("is not an executable file"), "{out:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let prog = dir.path().join("prog");
+    std::fs::copy("/bin/true", &prog).unwrap();
+    let _w = WorkerProc::start(
+        &db.url,
+        "jr_gone",
+        &["--exec", prog.to_str().unwrap(), "--poll-interval", "100ms"],
+        &[],
+    );
+    // ... and then goes away.
+    wait_for(T, "the worker to register", || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM jr_status WHERE jr_name = 'jr_gone'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    std::fs::remove_file(&prog).unwrap();
+    let id = assigned_task(&client, "jr_gone", &serde_json::json!({})).await;
+    exec_sql(&client, "NOTIFY jrq_worker, 'jr_gone'").await;
+    wait_status(&client, id, "pending").await;
+    let row = client
+        .query_one(
+            "SELECT q.attempts, q.error, w.consecutive_failures FROM jr_work_queue q, jr_status w \
+             WHERE q.id = $1 AND w.jr_name = 'jr_gone'",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 0, "the attempt is not charged");
+    let error: String = row.get(1);
+    assert!(
+        error.contains("this worker cannot start its executor"),
+        "{error}"
+    );
+    assert_eq!(
+        row.get::<_, i32>(2),
+        1,
+        "the worker's circuit breaker counts it"
+    );
+}
+
+#[tokio::test]
+async fn sighup_drains_like_sigterm_and_a_closed_log_stops_nothing() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    // The worker's stderr is a pipe nobody reads any more.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let mut child = common::bin("jr-queue-worker")
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "info")
+        .args([
+            "--name",
+            "jr_hup",
+            "--exec",
+            "sleep:60s",
+            "--poll-interval",
+            "100ms",
+        ])
+        .args(["--log-format", "text", "--drain-timeout", "0s"])
+        .stderr(std::process::Stdio::from(write))
+        .spawn()
+        .unwrap();
+    let id = assigned_task(&client, "jr_hup", &serde_json::json!({})).await;
+    exec_sql(&client, "NOTIFY jrq_worker, 'jr_hup'").await;
+    wait_status(&client, id, "in_progress").await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_status(&client, id, "pending").await;
+    let deadline = std::time::Instant::now() + T;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "drained and exited on SIGHUP: {status:?}"
+    );
+    let attempts: i32 = client
+        .query_one("SELECT attempts FROM jr_work_queue WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 0, "given back, not charged");
+}
+
+#[tokio::test]
+async fn a_connection_the_server_never_answers_times_out() {
+    // A peer that accepts and then says nothing (a hung server, a broken proxy).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url =
+        format!("host=127.0.0.1 port={port} user=x dbname=x connect_timeout=1 sslmode=disable");
+    let mut child = common::bin("jrq")
+        .env("DATABASE_URL", &url)
+        .arg("status")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _held = listener.accept().unwrap();
+    let deadline = std::time::Instant::now() + T;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "jrq waits for ever");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("did not complete the connection"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_database_not_in_utf8_is_refused_by_migrate() {
+    let db = TestDb::empty().await;
+    let client = db.client().await;
+    let name = format!("{}_ascii", db.name);
+    let quoted = jrq::db::quote_ident(&name).unwrap();
+    exec_sql(
+        &client,
+        &format!("CREATE DATABASE {quoted} ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"),
+    )
+    .await;
+    let url = db.url.replace(&db.name, &name);
+    let out = common::Run::from(
+        common::bin("jrq")
+            .env("DATABASE_URL", &url)
+            .arg("migrate")
+            .output()
+            .unwrap(),
+    );
+    exec_sql(&client, &format!("DROP DATABASE {quoted}")).await;
+    out.fails(1, "uses the encoding SQL_ASCII: jrq needs UTF8");
+}
+
+#[tokio::test]
+async fn a_registry_row_with_a_heartbeat_in_the_future_is_not_alive() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    exec_sql(
+        &client,
+        "INSERT INTO jr_status (jr_name, host, is_online, status, last_seen, capacity) \
+         VALUES ('ghost', 'elsewhere', true, 'idle', now() + interval '10 years', 5); \
+         INSERT INTO jr_work_queue (title, status, assigned_jr, assigned_at) \
+         VALUES ('t', 'assigned', 'ghost', now())",
+    )
+    .await;
+    let workers = db.run(&["workers", "--json"]).json();
+    assert_eq!(workers[0]["alive"], false, "{workers}");
+    let mut monitor = common::bin("jr-health-monitor");
+    monitor
+        .env("DATABASE_URL", &db.url)
+        .args(["--manager", "none"]);
+    let _ = common::Run::from(monitor.output().unwrap());
+    let row = client
+        .query_one(
+            "SELECT w.is_online, q.status FROM jr_status w, jr_work_queue q WHERE w.jr_name = 'ghost'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0), "marked offline");
+    assert_eq!(row.get::<_, String>(1), "pending", "its task given back");
 }

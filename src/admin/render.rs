@@ -55,6 +55,17 @@ fn table(headers: &[&str]) -> Table {
     t
 }
 
+/// Adds a row whose cells hold text from the database: control characters are escaped
+/// per cell, so a newline cannot break a row in two nor an escape code reach the screen.
+fn add_row(t: &mut Table, cells: Vec<String>) {
+    t.add_row(
+        cells
+            .into_iter()
+            .map(|c| crate::text::for_terminal(&c, false).into_owned())
+            .collect::<Vec<String>>(),
+    );
+}
+
 fn right(t: &mut Table, cols: &[usize]) {
     for &i in cols {
         if let Some(c) = t.column_mut(i) {
@@ -246,20 +257,23 @@ pub fn tasks(rows: &[TaskListRow], json: bool) -> Result<()> {
         } else {
             r.priority.to_string()
         };
-        t.add_row(vec![
-            r.id.to_string(),
-            r.status.clone(),
-            pri,
-            truncate(&r.title, 40),
-            if r.provider.is_empty() {
-                "-".into()
-            } else {
-                r.provider.clone()
-            },
-            r.assigned_jr.clone().unwrap_or_else(|| "-".into()),
-            format!("{}/{}", r.attempts, r.max_attempts),
-            age(Some(r.created_at)),
-        ]);
+        add_row(
+            &mut t,
+            vec![
+                r.id.to_string(),
+                r.status.clone(),
+                pri,
+                truncate(&r.title, 40),
+                if r.provider.is_empty() {
+                    "-".into()
+                } else {
+                    r.provider.clone()
+                },
+                r.assigned_jr.clone().unwrap_or_else(|| "-".into()),
+                format!("{}/{}", r.attempts, r.max_attempts),
+                age(Some(r.created_at)),
+            ],
+        );
     }
     right(&mut t, &[0, 2]);
     print_table(&t);
@@ -343,14 +357,17 @@ pub fn show(task: &TaskRow, events: &[EventRow], json: bool) -> Result<()> {
     say!();
     say!("timeline:");
     let mut t = table(&["at", "actor", "action", "status", "attempt", "details"]);
-    t.add_row(vec![
-        task.created_at.format(EVENT_TIME).to_string(),
-        task.created_by.clone(),
-        "created".into(),
-        "pending".into(),
-        "-".into(),
-        format!("via {}", task.source),
-    ]);
+    add_row(
+        &mut t,
+        vec![
+            task.created_at.format(EVENT_TIME).to_string(),
+            task.created_by.clone(),
+            "created".into(),
+            "pending".into(),
+            "-".into(),
+            format!("via {}", task.source),
+        ],
+    );
     for e in events {
         let status = match (&e.from_status, &e.to_status) {
             (Some(f), Some(to)) if f != to => format!("{f} -> {to}"),
@@ -358,16 +375,19 @@ pub fn show(task: &TaskRow, events: &[EventRow], json: bool) -> Result<()> {
             (Some(f), None) => f.clone(),
             (None, None) => "-".into(),
         };
-        t.add_row(vec![
-            e.at.format(EVENT_TIME).to_string(),
-            e.actor.clone(),
-            e.action.clone(),
-            status,
-            e.attempt
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "-".into()),
-            truncate(&e.details, 80),
-        ]);
+        add_row(
+            &mut t,
+            vec![
+                e.at.format(EVENT_TIME).to_string(),
+                e.actor.clone(),
+                e.action.clone(),
+                status,
+                e.attempt
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                truncate(&e.details, 80),
+            ],
+        );
     }
     print_table(&t);
     Ok(())
@@ -398,16 +418,19 @@ pub fn runs(rows: &[RunRow], json: bool) -> Result<()> {
         "id", "name", "status", "tasks", "open", "done", "failed", "created",
     ]);
     for r in rows {
-        t.add_row(vec![
-            r.id.to_string(),
-            truncate(&r.name, 30),
-            r.status.clone(),
-            r.tasks_total.to_string(),
-            r.tasks_unfinished.to_string(),
-            r.tasks_completed.to_string(),
-            r.tasks_failed.to_string(),
-            age(Some(r.created_at)),
-        ]);
+        add_row(
+            &mut t,
+            vec![
+                r.id.to_string(),
+                truncate(&r.name, 30),
+                r.status.clone(),
+                r.tasks_total.to_string(),
+                r.tasks_unfinished.to_string(),
+                r.tasks_completed.to_string(),
+                r.tasks_failed.to_string(),
+                age(Some(r.created_at)),
+            ],
+        );
     }
     right(&mut t, &[3, 4, 5, 6]);
     print_table(&t);
@@ -457,21 +480,24 @@ pub fn workers(rows: &[WorkerRow], json: bool) -> Result<()> {
         } else {
             ("-".into(), "-".into())
         };
-        t.add_row(vec![
-            r.jr_name.clone(),
-            r.kind.clone(),
-            state,
-            load,
-            if r.providers.is_empty() {
-                "-".into()
-            } else {
-                r.providers.join(",")
-            },
-            r.host.clone(),
-            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            age(r.last_seen),
-            circuit,
-        ]);
+        add_row(
+            &mut t,
+            vec![
+                r.jr_name.clone(),
+                r.kind.clone(),
+                state,
+                load,
+                if r.providers.is_empty() {
+                    "-".into()
+                } else {
+                    r.providers.join(",")
+                },
+                r.host.clone(),
+                r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                age(r.last_seen),
+                circuit,
+            ],
+        );
     }
     print_table(&t);
     Ok(())
@@ -528,25 +554,28 @@ pub fn roles(r: &RolesReport, json: bool) -> Result<()> {
             })
             .collect();
         let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
-        t.add_row(vec![
-            g.name.clone(),
-            if g.exists && g.can_login {
-                "yes (can log in!)".into()
-            } else {
-                yes_no(g.exists)
-            },
-            if g.exists {
-                yes_no(g.granted_here)
-            } else {
-                "-".into()
-            },
-            if members.is_empty() {
-                "-".into()
-            } else {
-                members.join(", ")
-            },
-            g.program.clone(),
-        ]);
+        add_row(
+            &mut t,
+            vec![
+                g.name.clone(),
+                if g.exists && g.can_login {
+                    "yes (can log in!)".into()
+                } else {
+                    yes_no(g.exists)
+                },
+                if g.exists {
+                    yes_no(g.granted_here)
+                } else {
+                    "-".into()
+                },
+                if members.is_empty() {
+                    "-".into()
+                } else {
+                    members.join(", ")
+                },
+                g.program.clone(),
+            ],
+        );
     }
     print_table(&t);
     let missing: Vec<&str> = r

@@ -69,6 +69,22 @@ pub async fn migrate(client: &mut Client) -> Result<MigrateReport> {
 }
 
 async fn migrate_locked(client: &mut Client) -> Result<MigrateReport> {
+    // Tasks carry any text a program writes; a database in another encoding (SQL_ASCII
+    // stores bytes unchecked) hands the daemons text that is not UTF-8.
+    let row = client
+        .query_one(
+            "SELECT current_database(), pg_encoding_to_char(encoding) FROM pg_database \
+             WHERE datname = current_database()",
+            &[],
+        )
+        .await?;
+    let (database, encoding): (String, String) = (row.get(0), row.get(1));
+    if encoding != "UTF8" {
+        return Err(Error::Migration(format!(
+            "database '{database}' uses the encoding {encoding}: jrq needs UTF8 (create it \
+             with CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)"
+        )));
+    }
     let known = latest_version();
     if let Some(found) = current_version(client).await? {
         if found > known {

@@ -361,6 +361,28 @@ pub type Connection =
 /// tries without TLS first and with it when the server's pg_hba.conf refuses; `prefer`
 /// the other way round, also when TLS itself fails; every other mode makes one attempt.
 pub async fn open(cfg: &DbConfig) -> Result<(Client, Connection)> {
+    // tokio-postgres's connect_timeout covers the TCP connect only: a server (or a proxy)
+    // that accepts and then never answers would hang the caller — and a daemon's SIGTERM
+    // — for as long as the peer likes. The whole startup gets the limit (per attempt).
+    let limit = cfg
+        .pg
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    match tokio::time::timeout(limit * 2, open_unbounded(cfg)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Connect {
+            target: cfg.describe(),
+            reason: format!(
+                "the server did not complete the connection within {} (it accepted it, \
+                 then did not answer)",
+                crate::validate::format_duration(limit * 2)
+            ),
+        }),
+    }
+}
+
+async fn open_unbounded(cfg: &DbConfig) -> Result<(Client, Connection)> {
     use tokio_postgres::config::SslMode as Pg;
     let attempt = |mode: Pg| {
         let mut pg = cfg.pg.clone();

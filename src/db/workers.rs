@@ -54,7 +54,9 @@ pub async fn workers_list(
                     (SELECT count(*) FROM jr_work_queue q \
                      WHERE q.status = 'in_progress' AND q.assigned_jr = w.jr_name)::int4, \
                     is_online, \
-                    is_online AND last_seen > now() - $1::int8 * interval '1 millisecond', \
+                    coalesce(is_online AND last_seen BETWEEN \
+                        now() - $1::int8 * interval '1 millisecond' AND now() + interval '1 minute', \
+                        false), \
                     status, run_id, started_at, last_seen, \
                     extract(epoch FROM now() - last_seen)::float8, consecutive_failures, \
                     CASE WHEN circuit_open_until > now() THEN circuit_open_until END, \
@@ -127,7 +129,8 @@ pub async fn workers_summary(
                  SELECT kind, capacity, circuit_open_until, \
                         (SELECT count(*) FROM jr_work_queue q WHERE q.status = 'in_progress' \
                            AND q.assigned_jr = s.jr_name) AS current_load, \
-                        is_online AND last_seen > now() - $1::int8 * interval '1 millisecond' \
+                        is_online AND last_seen BETWEEN now() - $1::int8 * interval '1 millisecond' \
+                            AND now() + interval '1 minute' \
                             AS alive \
                  FROM jr_status s) \
              SELECT \
@@ -380,7 +383,8 @@ static CANDIDATES_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
         "WITH c AS MATERIALIZED ( \
              SELECT jr_name, providers, capacity, run_id, prefetch FROM jr_status \
              WHERE kind = 'worker' AND is_online AND status IN ('starting', 'idle', 'busy') \
-               AND last_seen > now() - $1::int8 * interval '1 millisecond' \
+               AND last_seen BETWEEN now() - $1::int8 * interval '1 millisecond' \
+                   AND now() + interval '1 minute' \
                AND NOT {} \
              ORDER BY jr_name) \
          SELECT jr_name, providers, capacity, run_id, prefetch FROM c \
@@ -499,11 +503,15 @@ pub async fn workers_mark_dead(
     let rows = client
         .query(
             "UPDATE jr_status SET is_online = false, status = 'lost', current_load = 0, \
-                 status_text = 'marked offline by the health monitor: silent for ' || \
-                     round(extract(epoch FROM now() - last_seen))::int8 || 's', \
+                 status_text = 'marked offline by the health monitor: ' || coalesce( \
+                     CASE WHEN last_seen > now() THEN 'its heartbeat is in the future' END, \
+                     'silent for ' || round(extract(epoch FROM now() - last_seen))::int8 || 's', \
+                     'no heartbeat ever'), \
                  updated_at = now() \
-             WHERE is_online AND last_seen < now() - $1::int8 * interval '1 millisecond' \
-             RETURNING jr_name, kind, host, extract(epoch FROM now() - last_seen)::float8",
+             WHERE is_online AND (last_seen IS NULL OR NOT last_seen BETWEEN \
+                 now() - $1::int8 * interval '1 millisecond' AND now() + interval '1 minute') \
+             RETURNING jr_name, kind, host, \
+                 coalesce(greatest(extract(epoch FROM now() - last_seen)::float8, 0), 0)",
             &[&duration_ms(dead_after)],
         )
         .await?;

@@ -221,7 +221,7 @@ impl Monitor {
             }
         }
         for a in r.rescued.iter().chain(r.overdue_failed.iter()) {
-            tracing::warn!(task_id = a.id, to = %a.to_status, why = %a.why, "acted on a running task");
+            tracing::warn!(task_id = a.id, to = %a.to_status, why = %crate::text::for_terminal(&a.why, false), "acted on a running task");
         }
         r.runs_finished = runs::runs_complete_finished(client).await?;
 
@@ -267,7 +267,7 @@ impl Monitor {
                 .restarts
                 .iter()
                 .any(|x| x.unit == "jr-auto-assigner.service");
-            if !local.is_empty() && !already {
+            if !local.is_empty() && !already && cfg.manager != Manager::None {
                 r.restarts.push(self.restart("jr-auto-assigner.service"));
             }
         }
@@ -394,7 +394,7 @@ impl Monitor {
             ),
             Err(e) => (false, format!("cannot run {}: {e}", cmd[0])),
         };
-        tracing::info!(unit, ok, detail = %detail, "restart");
+        tracing::info!(unit, ok, detail = %crate::text::for_terminal(&detail, false), "restart");
         Restart {
             unit: unit.into(),
             command: cmd,

@@ -100,7 +100,43 @@ pub struct WorkerArgs {
 }
 
 fn parse_exec(s: &str) -> Result<ExecSpec, String> {
-    s.parse()
+    let spec: ExecSpec = s.parse()?;
+    if let ExecSpec::Program { program, .. } = &spec {
+        find_program(program, std::env::var_os("PATH").as_deref())?;
+    }
+    Ok(spec)
+}
+
+/// Where `program` is (a path, or a name looked up in `path` as a shell would): a worker
+/// whose executor does not exist refuses to start, rather than taking tasks it cannot run.
+fn find_program(
+    program: &str,
+    path: Option<&std::ffi::OsStr>,
+) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = std::path::PathBuf::from(program);
+        return if runnable(&p) {
+            Ok(p)
+        } else {
+            Err(format!(
+                "executor '{program}' is not an executable file: give the program's path"
+            ))
+        };
+    }
+    let dirs = path.map(std::env::split_paths).into_iter().flatten();
+    for dir in dirs {
+        let p = dir.join(program);
+        if runnable(&p) {
+            return Ok(p);
+        }
+    }
+    Err(format!(
+        "executor '{program}' is not found in PATH: give its full path, or install it"
+    ))
 }
 
 impl WorkerArgs {
@@ -155,5 +191,24 @@ impl WorkerArgs {
         let db_cfg = crate::db::config_from(self.database_url.as_deref(), "jr-queue-worker")?;
         let handler = self.exec.handler(self.kill_grace, self.output_limit.max(1));
         Ok((cfg, db_cfg, handler))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executors_must_exist() {
+        let path = std::ffi::OsString::from("/nonexistent:/bin:/usr/bin");
+        assert!(find_program("sh", Some(&path)).is_ok());
+        assert!(find_program("/bin/sh", None).is_ok());
+        assert!(find_program("no-such-program-here", Some(&path))
+            .unwrap_err()
+            .contains("not found in PATH"));
+        assert!(find_program("/nonexistent/prog", None)
+            .unwrap_err()
+            .contains("not an executable file"));
+        assert!(find_program("/etc/passwd", None).is_err(), "not executable");
     }
 }

@@ -98,6 +98,10 @@ pub enum TaskOutcome {
     Retry(String),
     /// Failed for good.
     Failed(String),
+    /// Not started because of the worker, not the task (its program cannot be started
+    /// here): the task goes back without its attempt charged, and the worker's circuit
+    /// breaker counts it.
+    NotStarted(String),
 }
 
 /// A progress report from a running task.
@@ -297,8 +301,9 @@ impl Handler for Program {
     }
 }
 
-/// Variables an executor must not inherit: the database password and systemd's socket.
-const SCRUBBED_VARS: [&str; 2] = ["DATABASE_URL", "PGPASSWORD"];
+/// Variables an executor must not inherit: the database address and password, where the
+/// password file and the TLS client key are (systemd's socket is scrubbed too, below).
+const SCRUBBED_VARS: [&str; 4] = ["DATABASE_URL", "PGPASSWORD", "PGPASSFILE", "PGSSLKEY"];
 
 impl Program {
     async fn run_program(self, mut ctx: TaskContext) -> TaskOutcome {
@@ -357,9 +362,11 @@ impl Program {
                 ));
             }
             Err(e) => {
-                // Likely this worker's setup, not the task: another worker may succeed.
-                return TaskOutcome::Retry(format!(
-                    "cannot start executor '{}': {e}",
+                // This worker's setup or state (a missing program, no file descriptors
+                // left), not the task: another worker may succeed, so the task keeps its
+                // attempt.
+                return TaskOutcome::NotStarted(format!(
+                    "this worker cannot start its executor '{}': {e}",
                     self.program
                 ));
             }

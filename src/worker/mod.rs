@@ -735,7 +735,7 @@ impl Session {
                     worker = %self.w.cfg.name,
                     attempt = f.attempt,
                     outcome = f.finish.kind(),
-                    error = f.finish.error().unwrap_or(""),
+                    error = %crate::text::for_terminal(f.finish.error().unwrap_or(""), false),
                     "task finished"
                 );
             } else {
@@ -962,13 +962,27 @@ impl Session {
             run_id = ?t.run_id,
             worker = %cfg.name,
             attempt = t.attempt,
-            title = %t.title,
+            title = %crate::text::for_terminal(&t.title, false),
             "task started"
         );
+        let payload = match t.payload {
+            Ok(p) => p,
+            Err(why) => {
+                // Stored JSON no program could be given as it is: the task fails, the
+                // worker goes on.
+                tracing::warn!(task_id = t.id, error = %why, "task failed before it started");
+                self.unwritten.push(FinishedAttempt {
+                    task_id: t.id,
+                    attempt: t.attempt,
+                    finish: Finish::Failed { error: why },
+                });
+                return;
+            }
+        };
         let (ctx, stop) = TaskContext::new(
             t.id,
             t.title.clone(),
-            t.payload,
+            payload,
             t.attempt,
             t.max_attempts,
             t.run_id,
@@ -1254,6 +1268,9 @@ fn decide(
         ))),
         (Some(TaskOutcome::Retry(e)), None) => Some(attempt_failed(e)),
         (Some(TaskOutcome::Failed(e)), None) => Some(Finish::Failed { error: e }),
+        (Some(TaskOutcome::NotStarted(e)), None) => Some(Finish::NotStarted {
+            reason: format!("{e}: given back, attempt not charged"),
+        }),
         (None, None) => Some(attempt_failed("the task handler did not finish".into())),
     }
 }

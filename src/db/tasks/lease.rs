@@ -20,7 +20,8 @@ use crate::error::Result;
 pub struct ClaimedTask {
     pub id: i64,
     pub title: String,
-    pub payload: serde_json::Value,
+    /// The payload, or why it cannot be read (stored JSON serde_json refuses).
+    pub payload: std::result::Result<serde_json::Value, String>,
     /// This attempt's number (1 for the first).
     pub attempt: i32,
     pub max_attempts: i32,
@@ -54,7 +55,7 @@ fn claimed_from_row(r: &tokio_postgres::Row) -> ClaimedTask {
     ClaimedTask {
         id: r.get(0),
         title: r.get(1),
-        payload: r.get(2),
+        payload: r.get::<_, super::JsonText>(2).parse(),
         attempt: r.get(3),
         max_attempts: r.get(4),
         run_id: r.get(5),
@@ -82,6 +83,11 @@ pub enum Finish {
     /// Given back unfinished (worker shutdown): back to pending at once, the attempt not
     /// charged.
     Released { reason: String },
+    /// Not started, through the worker's own fault (its executor cannot be started: a
+    /// missing program, no file descriptors left): given back like `Released`, the attempt
+    /// not charged, but counted against the worker's circuit breaker, so a broken worker
+    /// stops getting tasks while the tasks keep their attempts for a worker that works.
+    NotStarted { reason: String },
 }
 
 impl Finish {
@@ -98,7 +104,9 @@ impl Finish {
             ),
             Finish::Failed { error } => ("failed", "failed", None, Some(error), 0),
             Finish::Cancelled { reason } => ("cancelled", "cancelled", None, Some(reason), 0),
-            Finish::Released { reason } => ("pending", "released", None, Some(reason), 0),
+            Finish::Released { reason } | Finish::NotStarted { reason } => {
+                ("pending", "released", None, Some(reason), 0)
+            }
         }
     }
 
@@ -133,12 +141,18 @@ impl Finish {
             Finish::Released { reason } => Finish::Released {
                 reason: storable(reason),
             },
+            Finish::NotStarted { reason } => Finish::NotStarted {
+                reason: storable(reason),
+            },
         }
     }
 
     /// Whether this counts as a failed attempt for the worker's circuit breaker.
     pub fn is_failure(&self) -> bool {
-        matches!(self, Finish::RetryLater { .. } | Finish::Failed { .. })
+        matches!(
+            self,
+            Finish::RetryLater { .. } | Finish::Failed { .. } | Finish::NotStarted { .. }
+        )
     }
 }
 

@@ -19,6 +19,49 @@ pub use lease::*;
 pub use rescue::*;
 pub use route::*;
 
+/// A `jsonb` (or `json`) value as its text, without parsing it. PostgreSQL stores JSON
+/// that serde_json refuses to parse — a number like `1e400`, nesting deeper than 128 — and
+/// such a payload, inserted with psql, must fail its task, not the program reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(pub String);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for JsonText {
+    fn from_sql(
+        ty: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let text = if *ty == tokio_postgres::types::Type::JSONB {
+            // The binary format: a version byte (1), then the text.
+            match raw.split_first() {
+                Some((1, rest)) => rest,
+                _ => return Err("unknown jsonb format version".into()),
+            }
+        } else {
+            raw
+        };
+        Ok(JsonText(std::str::from_utf8(text)?.to_string()))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        matches!(
+            *ty,
+            tokio_postgres::types::Type::JSONB | tokio_postgres::types::Type::JSON
+        )
+    }
+}
+
+impl JsonText {
+    /// The value, or why serde_json cannot read it.
+    pub fn parse(&self) -> std::result::Result<serde_json::Value, String> {
+        serde_json::from_str(&self.0).map_err(|e| {
+            format!(
+                "the payload cannot be read as JSON ({e}); jrq reads numbers that fit a \
+                 64-bit float and at most 128 levels of nesting"
+            )
+        })
+    }
+}
+
 /// Rows per INSERT statement in a bulk enqueue.
 const INSERT_CHUNK: usize = 5_000;
 
@@ -81,7 +124,11 @@ impl TaskRow {
             started_at: r.get("started_at"),
             completed_at: r.get("completed_at"),
             progress_percent: r.get("progress_percent"),
-            payload: r.get("payload"),
+            // Shown as it is stored: as JSON when serde_json reads it, else as its text.
+            payload: {
+                let text: JsonText = r.get("payload");
+                text.parse().unwrap_or(serde_json::Value::String(text.0))
+            },
             provider: r.get("provider"),
             target_jr: r.get("target_jr"),
             run_id: r.get("run_id"),

@@ -40,7 +40,8 @@ pub async fn tasks_rescue_stuck(
              FROM jr_work_queue q LEFT JOIN jr_status w ON w.jr_name = q.assigned_jr \
              WHERE q.status = 'in_progress' \
                AND (w.jr_name IS NULL OR NOT w.is_online \
-                    OR w.last_seen < now() - $2::int8 * interval '1 millisecond') \
+                    OR NOT w.last_seen BETWEEN now() - $2::int8 * interval '1 millisecond' \
+                        AND now() + interval '1 minute') \
                AND q.started_at < now() - $2::int8 * interval '1 millisecond' \
              FOR UPDATE OF q SKIP LOCKED), \
          upd AS ( \

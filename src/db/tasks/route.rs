@@ -121,7 +121,8 @@ pub async fn tasks_unassign_vanished(
                  FROM jr_work_queue q LEFT JOIN jr_status w ON w.jr_name = q.assigned_jr \
                  WHERE q.status = 'assigned' AND ( \
                      (w.jr_name IS NOT NULL AND NOT (w.is_online \
-                         AND w.last_seen > now() - $2::int8 * interval '1 millisecond')) \
+                         AND w.last_seen BETWEEN now() - $2::int8 * interval '1 millisecond' \
+                             AND now() + interval '1 minute')) \
                      OR (w.jr_name IS NULL \
                          AND q.assigned_at < now() - $2::int8 * interval '1 millisecond')) \
                  FOR UPDATE OF q SKIP LOCKED), \
@@ -162,7 +163,8 @@ pub async fn tasks_fail_unreachable_pins(
                    AND NOT EXISTS ( \
                        SELECT 1 FROM jr_status w \
                        WHERE w.jr_name = q.target_jr AND w.kind = 'worker' AND w.is_online \
-                         AND w.last_seen > now() - $2::int8 * interval '1 millisecond') \
+                         AND w.last_seen BETWEEN now() - $2::int8 * interval '1 millisecond' \
+                             AND now() + interval '1 minute') \
                  FOR UPDATE OF q SKIP LOCKED), \
              upd AS ( \
                  UPDATE jr_work_queue q SET status = 'failed', completed_at = now(), \
