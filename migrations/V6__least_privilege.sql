@@ -33,7 +33,11 @@
 -- The worker claims up to p_limit tasks assigned to p_worker, in the order of service, and
 -- starts them (one `started` event each). Only a process that holds the name — the
 -- registry row of p_worker carries p_instance — may claim.
-CREATE FUNCTION jrq_tasks_claim(p_worker text, p_limit bigint, p_instance uuid, p_run uuid)
+-- The claim starts only tasks with an attempt left: an assigned task whose attempts are
+-- used up (a psql write can leave one) fails at once, with an event, instead of running
+-- as "attempt 4 of 3" (or failing every claim once the count would pass its limit).
+CREATE FUNCTION jrq_tasks_claim(p_worker text, p_limit bigint, p_instance uuid,
+                                           p_run uuid)
 RETURNS TABLE (id bigint, title text, payload jsonb, attempts integer, max_attempts integer,
                run_id uuid, provider text, timeout_ms bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -42,18 +46,30 @@ AS $$
 BEGIN
     RETURN QUERY
     WITH c AS (
-        SELECT q.id FROM public.jr_work_queue q
+        SELECT q.id, q.attempts >= q.max_attempts AS used_up FROM public.jr_work_queue q
         WHERE q.status = 'assigned' AND q.assigned_jr = p_worker
           AND (p_run IS NULL OR q.run_id = p_run)
           AND EXISTS (SELECT 1 FROM public.jr_status s
                       WHERE s.jr_name = p_worker AND s.instance_id = p_instance)
         ORDER BY q.sacred_fire_priority DESC, q.priority, q.created_at, q.id
         LIMIT p_limit FOR UPDATE OF q SKIP LOCKED),
+    used_up AS (
+        UPDATE public.jr_work_queue q SET status = 'failed', completed_at = now(),
+            error = 'no attempts left: ' || q.attempts || ' of ' || q.max_attempts
+                || ' used before this claim', updated_at = now()
+        FROM c WHERE c.used_up AND q.id = c.id
+        RETURNING q.id, q.attempts),
+    used_up_ev AS (
+        INSERT INTO public.jr_task_events
+            (task_id, actor, action, from_status, to_status, worker, attempt, details)
+        SELECT u.id, p_worker, 'failed', 'assigned', 'failed', p_worker, u.attempts,
+            'no attempts left when claimed'
+        FROM used_up u),
     upd AS (
         UPDATE public.jr_work_queue q SET status = 'in_progress', started_at = now(),
             attempts = q.attempts + 1, lease_instance = p_instance, progress_percent = 0,
             result = NULL, error = NULL, updated_at = now()
-        FROM c WHERE q.id = c.id
+        FROM c WHERE NOT c.used_up AND q.id = c.id
         RETURNING q.id, q.title, q.payload, q.attempts, q.max_attempts, q.run_id, q.provider,
             (extract(epoch FROM q.timeout) * 1000)::int8 AS timeout_ms,
             q.sacred_fire_priority, q.priority, q.created_at),
@@ -152,6 +168,135 @@ $$;
 
 -- The worker records progress (0–100) of the attempts it runs, fenced like every outcome.
 -- Returns how many rows matched.
+-- The worker's hot cycle in one call: write a batch of outcomes, then claim what the freed
+-- capacity allows — one statement, so one round trip, one implicit transaction and one
+-- plan (no BEGIN/COMMIT around two calls, no function calling functions). It repeats the
+-- statements of jrq_tasks_finish and jrq_tasks_claim as CTEs: change them together. The
+-- finished and the claimed tasks are different rows (in_progress, assigned), and the
+-- limit is the capacity the outcomes free, so the two parts need no order between them.
+-- Each row carries the ids whose outcome matched; with nothing claimed, one row has them
+-- and NULL elsewhere.
+CREATE FUNCTION jrq_tasks_finish_and_claim(p_worker text, p_instance uuid, p_ids bigint[],
+    p_attempts integer[], p_to_status text[], p_actions text[], p_results text[],
+    p_errors text[], p_backoff_ms bigint[], p_failures boolean[], p_limit bigint, p_run uuid)
+RETURNS TABLE (finished bigint[], id bigint, title text, payload jsonb, attempts integer,
+               max_attempts integer, run_id uuid, provider text, timeout_ms bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH f AS (
+        SELECT * FROM unnest(p_ids, p_attempts, p_to_status, p_actions, p_results, p_errors,
+            p_backoff_ms, p_failures)
+        AS f(id, attempt, to_status, action, result, error, backoff_ms, failure)),
+    fin AS (
+        UPDATE public.jr_work_queue q SET
+            status = CASE WHEN f.to_status = 'pending'
+                AND q.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                ELSE f.to_status END,
+            completed_at = CASE WHEN f.to_status = 'pending'
+                AND q.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+            progress_percent = CASE f.to_status WHEN 'completed' THEN 100
+                WHEN 'pending' THEN 0 ELSE q.progress_percent END,
+            result = f.result,
+            error = f.error,
+            run_after = CASE WHEN f.to_status = 'pending'
+                THEN now() + f.backoff_ms * interval '1 millisecond'
+                ELSE q.run_after END,
+            attempts = CASE WHEN f.action = 'released' THEN q.attempts - 1
+                ELSE q.attempts END,
+            assigned_jr = CASE WHEN f.to_status = 'pending'
+                AND q.cancel_requested_at IS NULL THEN NULL ELSE q.assigned_jr END,
+            assigned_at = CASE WHEN f.to_status = 'pending'
+                AND q.cancel_requested_at IS NULL THEN NULL ELSE q.assigned_at END,
+            lease_instance = NULL,
+            updated_at = now()
+        FROM f
+        WHERE q.id = f.id AND q.assigned_jr = p_worker AND q.attempts = f.attempt
+          AND q.lease_instance = p_instance AND q.status = 'in_progress'
+        RETURNING q.id, f.attempt, q.status AS to_status,
+            CASE WHEN q.status = 'cancelled' AND f.to_status = 'pending'
+                THEN 'cancelled' ELSE f.action END AS action,
+            f.failure, f.backoff_ms,
+            coalesce(f.error, '') || CASE WHEN q.status = 'cancelled'
+                AND f.to_status = 'pending'
+                THEN ' (a cancel was requested: cancelled, not retried)'
+                ELSE '' END AS details),
+    w AS (
+        UPDATE public.jr_status SET
+            tasks_completed = tasks_completed +
+                (SELECT count(*) FROM fin WHERE fin.to_status = 'completed'),
+            tasks_failed = tasks_failed + (SELECT count(*) FROM fin WHERE fin.failure),
+            consecutive_failures = CASE
+                WHEN EXISTS (SELECT 1 FROM fin WHERE fin.to_status = 'completed') THEN 0
+                ELSE consecutive_failures + (SELECT count(*) FROM fin WHERE fin.failure) END,
+            last_failure_at = CASE WHEN EXISTS (SELECT 1 FROM fin WHERE fin.failure)
+                THEN now() ELSE last_failure_at END,
+            updated_at = now()
+        WHERE jr_name = p_worker AND instance_id = p_instance
+          AND EXISTS (SELECT 1 FROM fin WHERE fin.to_status = 'completed' OR fin.failure)),
+    n AS (
+        SELECT pg_notify('jrq_pending', 'capacity') FROM fin LIMIT 1),
+    c AS (
+        SELECT q.id, q.attempts >= q.max_attempts AS used_up FROM public.jr_work_queue q
+        WHERE q.status = 'assigned' AND q.assigned_jr = p_worker
+          AND (p_run IS NULL OR q.run_id = p_run)
+          AND EXISTS (SELECT 1 FROM public.jr_status s
+                      WHERE s.jr_name = p_worker AND s.instance_id = p_instance)
+        ORDER BY q.sacred_fire_priority DESC, q.priority, q.created_at, q.id
+        LIMIT p_limit FOR UPDATE OF q SKIP LOCKED),
+    used_up AS (
+        UPDATE public.jr_work_queue q SET status = 'failed', completed_at = now(),
+            error = 'no attempts left: ' || q.attempts || ' of ' || q.max_attempts
+                || ' used before this claim', updated_at = now()
+        FROM c WHERE c.used_up AND q.id = c.id
+        RETURNING q.id, q.attempts),
+    cl AS (
+        UPDATE public.jr_work_queue q SET status = 'in_progress', started_at = now(),
+            attempts = q.attempts + 1, lease_instance = p_instance, progress_percent = 0,
+            result = NULL, error = NULL, updated_at = now()
+        FROM c WHERE NOT c.used_up AND q.id = c.id
+        RETURNING q.id, q.title, q.payload, q.attempts, q.max_attempts, q.run_id, q.provider,
+            (extract(epoch FROM q.timeout) * 1000)::int8 AS timeout_ms,
+            q.sacred_fire_priority, q.priority, q.created_at),
+    -- One insert for every event, in the order things happened: the outcomes first, then
+    -- the starts their capacity made room for.
+    ev AS (
+        INSERT INTO public.jr_task_events
+            (task_id, actor, action, from_status, to_status, worker, attempt, details)
+        SELECT e.task_id, p_worker, e.action, e.from_status, e.to_status, p_worker,
+            e.attempt, e.details
+        FROM (
+            SELECT 1 AS ord, fin.id AS task_id, fin.action, 'in_progress' AS from_status,
+                fin.to_status, fin.attempt,
+                left(fin.details, 500) || CASE WHEN fin.action = 'retry_scheduled'
+                    THEN ' (next attempt in ' || fin.backoff_ms || ' ms)' ELSE '' END
+                    AS details
+            FROM fin
+            UNION ALL
+            SELECT 2, u.id, 'failed', 'assigned', 'failed', u.attempts,
+                'no attempts left when claimed'
+            FROM used_up u
+            UNION ALL
+            SELECT 3, cl.id, 'started', 'assigned', 'in_progress', cl.attempts,
+                'attempt ' || cl.attempts || ' of ' || cl.max_attempts
+            FROM cl) e
+        ORDER BY e.ord, e.task_id),
+    done AS (
+        SELECT coalesce(array_agg(fin.id), '{}') AS ids, (SELECT count(*) FROM n) AS notified
+        FROM fin)
+    -- The condition on `notified` makes the notification happen: an output nobody reads
+    -- would be left unevaluated, and the assigners would learn of the freed capacity only
+    -- at their next poll.
+    SELECT done.ids, cl.id, cl.title, cl.payload, cl.attempts, cl.max_attempts, cl.run_id,
+        cl.provider, cl.timeout_ms
+    FROM done LEFT JOIN cl ON true
+    WHERE done.notified >= 0
+    ORDER BY cl.sacred_fire_priority DESC, cl.priority, cl.created_at, cl.id;
+END;
+$$;
+
 CREATE FUNCTION jrq_tasks_progress(p_worker text, p_instance uuid, p_ids bigint[],
     p_attempts integer[], p_percent smallint[])
 RETURNS bigint
@@ -348,6 +493,8 @@ REVOKE EXECUTE ON FUNCTION
     jrq_tasks_claim(text, bigint, uuid, uuid),
     jrq_tasks_finish(text, uuid, bigint[], integer[], text[], text[], text[], text[],
         bigint[], boolean[]),
+    jrq_tasks_finish_and_claim(text, uuid, bigint[], integer[], text[], text[], text[],
+        text[], bigint[], boolean[], bigint, uuid),
     jrq_tasks_progress(text, uuid, bigint[], integer[], smallint[]),
     jrq_tasks_unassign_own(text, uuid, text),
     jrq_workers_heartbeat(text, uuid, integer, text, text, uuid),
@@ -411,6 +558,8 @@ BEGIN
             'public.jrq_tasks_claim(text, bigint, uuid, uuid), '
             'public.jrq_tasks_finish(text, uuid, bigint[], integer[], text[], text[], '
                 'text[], text[], bigint[], boolean[]), '
+            'public.jrq_tasks_finish_and_claim(text, uuid, bigint[], integer[], text[], '
+                'text[], text[], text[], bigint[], boolean[], bigint, uuid), '
             'public.jrq_tasks_progress(text, uuid, bigint[], integer[], smallint[]), '
             'public.jrq_tasks_unassign_own(text, uuid, text), '
             'public.jrq_workers_heartbeat(text, uuid, integer, text, text, uuid), '
@@ -432,6 +581,8 @@ BEGIN
             public.jrq_tasks_claim(text, bigint, uuid, uuid),
             public.jrq_tasks_finish(text, uuid, bigint[], integer[], text[], text[], text[],
                 text[], bigint[], boolean[]),
+            public.jrq_tasks_finish_and_claim(text, uuid, bigint[], integer[], text[], text[],
+                text[], text[], bigint[], boolean[], bigint, uuid),
             public.jrq_tasks_progress(text, uuid, bigint[], integer[], smallint[]),
             public.jrq_tasks_unassign_own(text, uuid, text),
             public.jrq_workers_heartbeat(text, uuid, integer, text, text, uuid),

@@ -5,7 +5,8 @@
 -- at their type's maximum made every outcome write fail ("bigint out of range"), and an
 -- assigned task at attempts = 2^31-1 made every claim of its worker fail; one NULL in a
 -- worker's providers array stopped every assigner; a newline in a host name forged lines
--- in the monitor's report. Stored rows are brought into range first.
+-- in the monitor's report. Stored rows are brought into range first. (A task whose
+-- attempts are used up when it is claimed fails at once: jrq_tasks_claim in V6.)
 
 -- Timestamps from year 1 to 9999.
 UPDATE jr_work_queue SET run_after = now() WHERE run_after >= '10000-01-01' OR run_after < '0001-01-01';
@@ -83,55 +84,3 @@ ALTER TABLE jr_status ADD CONSTRAINT jr_status_providers_check
 -- A host name is printed in reports and logs: no control characters.
 UPDATE jr_status SET host = regexp_replace(host, '[[:cntrl:]]', '?', 'g') WHERE host ~ '[[:cntrl:]]';
 ALTER TABLE jr_status ADD CONSTRAINT jr_status_host_check CHECK (host !~ '[[:cntrl:]]');
-
--- The claim starts only tasks with an attempt left: an assigned task whose attempts are
--- used up (a psql write can leave one) fails at once, with an event, instead of running
--- as "attempt 4 of 3" (or failing every claim once the count would pass its limit).
-CREATE OR REPLACE FUNCTION jrq_tasks_claim(p_worker text, p_limit bigint, p_instance uuid,
-                                           p_run uuid)
-RETURNS TABLE (id bigint, title text, payload jsonb, attempts integer, max_attempts integer,
-               run_id uuid, provider text, timeout_ms bigint)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-    RETURN QUERY
-    WITH c AS (
-        SELECT q.id FROM public.jr_work_queue q
-        WHERE q.status = 'assigned' AND q.assigned_jr = p_worker
-          AND (p_run IS NULL OR q.run_id = p_run)
-          AND EXISTS (SELECT 1 FROM public.jr_status s
-                      WHERE s.jr_name = p_worker AND s.instance_id = p_instance)
-        ORDER BY q.sacred_fire_priority DESC, q.priority, q.created_at, q.id
-        LIMIT p_limit FOR UPDATE OF q SKIP LOCKED),
-    used_up AS (
-        UPDATE public.jr_work_queue q SET status = 'failed', completed_at = now(),
-            error = 'no attempts left: ' || q.attempts || ' of ' || q.max_attempts
-                || ' used before this claim', updated_at = now()
-        FROM c WHERE q.id = c.id AND q.attempts >= q.max_attempts
-        RETURNING q.id, q.attempts),
-    used_up_ev AS (
-        INSERT INTO public.jr_task_events
-            (task_id, actor, action, from_status, to_status, worker, attempt, details)
-        SELECT u.id, p_worker, 'failed', 'assigned', 'failed', p_worker, u.attempts,
-            'no attempts left when claimed'
-        FROM used_up u),
-    upd AS (
-        UPDATE public.jr_work_queue q SET status = 'in_progress', started_at = now(),
-            attempts = q.attempts + 1, lease_instance = p_instance, progress_percent = 0,
-            result = NULL, error = NULL, updated_at = now()
-        FROM c WHERE q.id = c.id AND q.attempts < q.max_attempts
-        RETURNING q.id, q.title, q.payload, q.attempts, q.max_attempts, q.run_id, q.provider,
-            (extract(epoch FROM q.timeout) * 1000)::int8 AS timeout_ms,
-            q.sacred_fire_priority, q.priority, q.created_at),
-    ev AS (
-        INSERT INTO public.jr_task_events
-            (task_id, actor, action, from_status, to_status, worker, attempt, details)
-        SELECT upd.id, p_worker, 'started', 'assigned', 'in_progress', p_worker, upd.attempts,
-            'attempt ' || upd.attempts || ' of ' || upd.max_attempts
-        FROM upd)
-    SELECT upd.id, upd.title, upd.payload, upd.attempts, upd.max_attempts, upd.run_id,
-        upd.provider, upd.timeout_ms
-    FROM upd ORDER BY upd.sacred_fire_priority DESC, upd.priority, upd.created_at, upd.id;
-END;
-$$;

@@ -637,3 +637,31 @@ async fn prefetch_queues_tasks_beyond_capacity_but_runs_only_capacity() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn work_flows_on_notifications_alone_when_nobody_polls() {
+    // Polls ten minutes apart: the insert trigger wakes the assigner, the assigner wakes
+    // the worker, and each batch of outcomes tells the assigner that capacity freed up.
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let slow = ["--poll-interval", "10m"];
+    let _a = WorkerProc::assigner(&db.url, "assigner.quiet", &slow);
+    let w = WorkerProc::start(
+        &db.url,
+        "jr_quiet",
+        &["--exec", "noop", "--poll-interval", "10m"],
+        &[],
+    );
+    w.wait_log(T, "worker ready").await;
+    exec(
+        &client,
+        "INSERT INTO jr_work_queue (title) SELECT 't' || g FROM generate_series(1, 50) g",
+    )
+    .await;
+    wait_count(
+        &client,
+        "SELECT count(*) FROM jr_work_queue WHERE status = 'completed'",
+        50,
+    )
+    .await;
+}

@@ -540,7 +540,11 @@ async fn cancel_ends_queued_tasks_at_once_and_asks_the_worker_for_running_ones()
         .await
         .expect("the worker is notified")
         .unwrap();
-    assert_eq!(n.payload(), "w1");
+    assert_eq!(
+        n.payload(),
+        "cancel:w1",
+        "a cancel, not an assignment, for w1"
+    );
     assert!(db
         .run(&["cancel", "3"])
         .ok()

@@ -28,8 +28,12 @@ pub use tls::{SslMode, TlsSettings};
 
 /// Channel the insert trigger (and `jrq retry`) notify: pending tasks to route.
 pub const CHANNEL_PENDING: &str = "jrq_pending";
-/// Channel the assigner (and `jrq cancel`) notify; the payload is the worker name.
+/// Channel the assigner (and `jrq cancel`) notify: the payload is the worker name when
+/// tasks were assigned to it, [`CANCEL_PREFIX`] and the name when one of its running tasks
+/// is to be cancelled.
 pub const CHANNEL_WORKER: &str = "jrq_worker";
+/// Prefix of a cancel request's payload on [`CHANNEL_WORKER`] (names hold no `:`).
+pub const CANCEL_PREFIX: &str = "cancel:";
 /// Channel `jrq runs set` notifies; the payload is the run id.
 pub const CHANNEL_RUNS: &str = "jrq_runs";
 

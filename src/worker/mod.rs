@@ -553,10 +553,13 @@ impl Session {
     fn on_notification(&mut self, n: &Notification) {
         let name = &self.w.cfg.name;
         if n.channel() == db::CHANNEL_WORKER {
-            // Notifications for other workers cost nothing: no query.
-            if n.payload() == name {
+            // Notifications for other workers cost nothing: no query. Assignments wake a
+            // claim; a cancel request a heartbeat, which reads the cancel requests (a
+            // heartbeat on every assignment would double the worker's statements).
+            let payload = n.payload();
+            if payload == name {
                 self.wake = true;
-                // Also look for cancel requests at once.
+            } else if payload.strip_prefix(db::CANCEL_PREFIX) == Some(name.as_str()) {
                 self.next_heartbeat = Instant::now();
             }
         } else if n.channel() == db::CHANNEL_RUNS {

@@ -246,9 +246,10 @@ impl<'a> FinishParams<'a> {
     }
 }
 
-/// Writes an outcome batch and claims the next tasks in one transaction, pipelined: one
-/// round trip and one commit instead of two of each. Returns the ids whose outcome write
-/// matched (the others had lost their lease) and the tasks claimed.
+/// Writes an outcome batch and claims the next tasks in one statement
+/// (`jrq_tasks_finish_and_claim`): one round trip and one commit, where a claim and a
+/// finish apart take two of each. Returns the ids whose outcome write matched (the others
+/// had lost their lease) and the tasks claimed.
 pub async fn tasks_finish_and_claim(
     client: &tokio_postgres::Client,
     stmts: &Statements,
@@ -258,28 +259,35 @@ pub async fn tasks_finish_and_claim(
     limit: i64,
     run: Option<Uuid>,
 ) -> Result<(Vec<i64>, Vec<ClaimedTask>)> {
-    let finish = stmts.get(client, FINISH_SQL).await?;
-    let claim = stmts.get(client, CLAIM_SQL).await?;
+    let stmt = stmts.get(client, FINISH_AND_CLAIM_SQL).await?;
     let p = FinishParams::new(done);
-    let fparams = p.params(&worker, &instance);
-    let cparams: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-        [&worker, &limit, &instance, &run];
-    // Issued together, these go to the server as one pipeline.
-    let (begin, finished, claimed, commit) = tokio::join!(
-        client.batch_execute("BEGIN"),
-        client.query_one(&finish, &fparams),
-        client.query(&claim, &cparams),
-        client.batch_execute("COMMIT"),
-    );
-    begin?;
-    let finished = finished?;
-    let claimed = claimed?;
-    commit?;
-    Ok((
-        finished.get(0),
-        claimed.iter().map(claimed_from_row).collect(),
-    ))
+    let f = p.params(&worker, &instance);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
+        f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], &limit, &run,
+    ];
+    let rows = client.query(&stmt, &params).await?;
+    let finished: Vec<i64> = rows.first().map(|r| r.get(0)).unwrap_or_default();
+    let claimed = rows
+        .iter()
+        .filter(|r| r.get::<_, Option<i64>>(1).is_some())
+        .map(|r| ClaimedTask {
+            id: r.get(1),
+            title: r.get(2),
+            payload: r.get::<_, super::JsonText>(3).parse(),
+            attempt: r.get(4),
+            max_attempts: r.get(5),
+            run_id: r.get(6),
+            provider: r.get(7),
+            timeout: Duration::from_millis(r.get::<_, i64>(8).max(1) as u64),
+        })
+        .collect();
+    Ok((finished, claimed))
 }
+
+/// The worker's hot cycle in one call (migrations/V6).
+const FINISH_AND_CLAIM_SQL: &str = "SELECT finished, id, title, payload, attempts, \
+    max_attempts, run_id, provider, timeout_ms \
+    FROM jrq_tasks_finish_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 /// The outcome batch, fenced row by row in `jrq_tasks_finish` (migrations/V6), which also
 /// updates the worker's counters and notifies [`CHANNEL_PENDING`](crate::db::CHANNEL_PENDING).

@@ -631,8 +631,9 @@ pub async fn tasks_cancel(
             )
             .await?;
             if let Some(w) = &worker {
+                let payload = format!("{}{w}", crate::db::CANCEL_PREFIX);
                 client
-                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_WORKER, w])
+                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_WORKER, &payload])
                     .await?;
             }
             Ok(CancelOutcome::Requested)
