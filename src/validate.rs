@@ -127,9 +127,11 @@ pub fn check_worker_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("worker name is empty: use letters, digits, '_', '.', '-'".into());
     }
+    // The name is shown as given, control characters escaped: it may be anything.
+    let shown = crate::text::for_terminal(name, false);
     if name.len() > WORKER_NAME_MAX {
         return Err(format!(
-            "worker name '{name}' is {} characters long: at most {WORKER_NAME_MAX} are allowed",
+            "worker name '{shown}' is {} characters long: at most {WORKER_NAME_MAX} are allowed",
             name.len()
         ));
     }
@@ -138,7 +140,7 @@ pub fn check_worker_name(name: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
     {
         return Err(format!(
-            "worker name '{name}' contains {c:?}: use only letters, digits, '_', '.', '-'"
+            "worker name '{shown}' contains {c:?}: use only letters, digits, '_', '.', '-'"
         ));
     }
     Ok(())
@@ -242,6 +244,9 @@ mod tests {
         assert!(check_worker_name("bad name").unwrap_err().contains("' '"));
         assert!(check_worker_name("a;drop").is_err());
         assert!(check_worker_name("é").is_err());
+        assert!(!check_worker_name("a\x1b]0;x\x07")
+            .unwrap_err()
+            .contains('\x1b'));
     }
 
     #[test]

@@ -1289,3 +1289,26 @@ async fn a_registry_row_with_a_heartbeat_in_the_future_is_not_alive() {
     assert!(!row.get::<_, bool>(0), "marked offline");
     assert_eq!(row.get::<_, String>(1), "pending", "its task given back");
 }
+
+#[test]
+fn a_password_on_the_command_line_is_warned_about() {
+    let out = common::Run::from(
+        common::bin("jrq")
+            .args([
+                "--database-url",
+                "postgres://u:hunter2@/nonexistent-dir-jrq/x",
+                "status",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        out.stderr
+            .contains("the database password is on the command line"),
+        "{out:?}"
+    );
+    assert!(
+        !out.stderr.contains("hunter2"),
+        "never the password itself: {out:?}"
+    );
+}

@@ -112,11 +112,26 @@ impl DbConfig {
 /// `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY` (also beside a `DATABASE_URL`,
 /// as in libpq), else libpq's defaults (`prefer`, files in `~/.postgresql`).
 pub fn config_from(database_url: Option<&str>, application_name: &str) -> Result<DbConfig> {
-    config_from_env(
+    let cfg = config_from_env(
         database_url,
         &|name: &str| std::env::var(name).ok(),
         application_name,
-    )
+    )?;
+    // An address given as --database-url (not read from DATABASE_URL) is in this
+    // process's command line, which every local user can read in /proc/PID/cmdline.
+    let from_command_line = database_url.is_some_and(|u| {
+        std::env::var("DATABASE_URL").ok().as_deref() != Some(u) && !u.trim().is_empty()
+    });
+    let password_in_it =
+        || address_from_env(database_url, &|_| None).is_ok_and(|(c, _)| c.get_password().is_some());
+    if from_command_line && password_in_it() {
+        eprintln!(
+            "{application_name}: warning: the database password is on the command line, \
+             where every user of this host can read it (/proc/PID/cmdline): put the address \
+             in DATABASE_URL in an environment file of mode 600, or the password in PGPASSWORD"
+        );
+    }
+    Ok(cfg)
 }
 
 /// [`config_from`] with the environment read through `env` instead of from this process:
