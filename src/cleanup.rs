@@ -245,21 +245,17 @@ async fn judge(client: &Client, p: &WorkerProcess, this_host: &str) -> Result<Ve
             Some(s) => serving = format!("targeting run {run} (status: {s})"),
         }
     }
-    let holder = client
-        .query_opt(
-            "SELECT host, pid, is_online, \
-                 extract(epoch FROM now() - last_seen)::float8 < 60 \
-             FROM jr_status WHERE jr_name = $1 AND kind = 'worker'",
-            &[&name],
-        )
-        .await?;
-    let Some(h) = holder else {
+    let Some(h) = workers::workers_holder(client, name).await? else {
         return Ok(Verdict::Ok(format!(
             "{serving}; not registered yet (starting?)"
         )));
     };
-    let (h_host, h_pid, online, fresh): (String, Option<i32>, bool, Option<bool>) =
-        (h.get(0), h.get(1), h.get(2), h.get(3));
+    let workers::NameHolder {
+        host: h_host,
+        pid: h_pid,
+        is_online: online,
+        fresh,
+    } = h;
     if h_host == this_host && h_pid == Some(p.pid) {
         return Ok(Verdict::Ok(format!("{serving}; registered")));
     }
@@ -317,17 +313,13 @@ pub async fn fix_registry(
     boot_id: &str,
     force: bool,
 ) -> Result<Vec<RegistryFix>> {
-    let rows = client
-        .query(
-            "SELECT jr_name, pid, boot_id FROM jr_status \
-             WHERE kind = 'worker' AND host = $1 AND is_online ORDER BY jr_name",
-            &[&this_host],
-        )
-        .await?;
     let mut out = vec![];
-    for r in rows {
-        let (name, pid, row_boot): (String, Option<i32>, Option<String>) =
-            (r.get(0), r.get(1), r.get(2));
+    for row in workers::workers_online_on_host(client, this_host).await? {
+        let workers::OnlineWorker {
+            name,
+            pid,
+            boot_id: row_boot,
+        } = row;
         let why = if row_boot
             .as_deref()
             .is_some_and(|b| !b.is_empty() && b != boot_id)
@@ -349,26 +341,15 @@ pub async fn fix_registry(
             tasks_released: 0,
         };
         if force {
+            // The row is marked first: it stays locked, so a new instance registering
+            // meanwhile waits, and one that registered already is not touched.
             let txn = client.transaction().await?;
-            let still = txn
-                .query_opt(
-                    "SELECT 1 FROM jr_status WHERE jr_name = $1 AND host = $2 \
-                       AND pid IS NOT DISTINCT FROM $3 AND is_online FOR UPDATE",
-                    &[&name, &this_host, &pid],
-                )
-                .await?;
-            if still.is_some() {
-                let detail = format!("stale-cleanup: worker {why}");
+            let detail = format!("stale-cleanup: worker {why}");
+            let note = format!("marked offline: {detail}");
+            if workers::workers_mark_lost(&txn, &name, this_host, pid, &note).await? {
                 let rescued =
                     tasks::tasks_rescue_worker(&txn, &name, None, "stale-cleanup", &detail).await?;
                 let unassigned = tasks::tasks_unassign_worker(&txn, &name, &detail).await?;
-                workers::workers_note(&txn, &name, &format!("marked offline: {detail}")).await?;
-                txn.execute(
-                    "UPDATE jr_status SET is_online = false, status = 'lost', current_load = 0, \
-                         updated_at = now() WHERE jr_name = $1",
-                    &[&name],
-                )
-                .await?;
                 txn.commit().await?;
                 fix.done = true;
                 fix.tasks_released = rescued.len() as u64 + unassigned;

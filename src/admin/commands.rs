@@ -194,12 +194,7 @@ async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInpu
     run_ids.sort();
     run_ids.dedup();
     if !run_ids.is_empty() {
-        let known: std::collections::HashSet<uuid::Uuid> = txn
-            .query("SELECT id FROM jr_runs WHERE id = ANY($1)", &[&run_ids])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let known = runs::runs_existing(&txn, &run_ids).await?;
         let mut keep_tasks = vec![];
         let mut keep_lines = vec![];
         for (t, line) in input.tasks.into_iter().zip(input.lines) {

@@ -9,6 +9,7 @@ pub mod listen;
 pub mod migrate;
 pub mod roles;
 pub mod runs;
+pub mod server;
 pub mod tasks;
 pub mod tls;
 pub mod workers;

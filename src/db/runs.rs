@@ -135,6 +135,19 @@ pub async fn runs_status(client: &impl GenericClient, run: Uuid) -> Result<Optio
         .map(|r| r.get(0)))
 }
 
+/// Which of `ids` name runs that exist.
+pub async fn runs_existing(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>> {
+    Ok(client
+        .query("SELECT id FROM jr_runs WHERE id = ANY($1)", &[&ids])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// Marks `auto_complete` runs whose tasks are all finished: completed, or error when any
 /// task failed. Wakes the workers serving them. Returns (run id, new status).
 pub async fn runs_complete_finished(client: &impl GenericClient) -> Result<Vec<(Uuid, String)>> {

@@ -353,15 +353,6 @@ pub struct CircuitPolicy {
     pub max_cooldown: Duration,
 }
 
-/// SQL for "this worker's circuit is open now", with $K, $base_ms, $max_ms parameters.
-fn circuit_open_sql(k: &str, base: &str, max: &str) -> String {
-    format!(
-        "(consecutive_failures >= {k} AND last_failure_at IS NOT NULL AND \
-          last_failure_at + least({base}::float8 * power(2, least(consecutive_failures - {k}, 30)), \
-                                  {max}::float8) * interval '1 millisecond' > now())"
-    )
-}
-
 /// A worker that may take tasks now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -372,26 +363,24 @@ pub struct Candidate {
     pub run_id: Option<Uuid>,
 }
 
-/// Advisory lock namespace of the per-worker routing locks ("jrq" in ASCII).
-const ROUTING_LOCK_CLASS: i32 = 0x006a_7271;
+/// Advisory lock namespace of the per-worker routing locks ("jrq" in ASCII: 6976113, the
+/// number [`CANDIDATES_SQL`] spells out).
+pub const ROUTING_LOCK_CLASS: i32 = 0x006a_7271;
 
-static CANDIDATES_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    // The per-worker lock is a transaction-level advisory lock, not a row lock: a row lock
-    // would make the worker's own writes to its registry row (outcome counters,
-    // heartbeats) wait for the assigner's round, and the two would take turns.
-    format!(
-        "WITH c AS MATERIALIZED ( \
-             SELECT jr_name, providers, capacity, run_id, prefetch FROM jr_status \
-             WHERE kind = 'worker' AND is_online AND status IN ('starting', 'idle', 'busy') \
-               AND last_seen BETWEEN now() - $1::int8 * interval '1 millisecond' \
-                   AND now() + interval '1 minute' \
-               AND NOT {} \
-             ORDER BY jr_name) \
-         SELECT jr_name, providers, capacity, run_id, prefetch FROM c \
-         WHERE pg_try_advisory_xact_lock({ROUTING_LOCK_CLASS}, hashtext(jr_name))",
-        circuit_open_sql("$2", "$3", "$4")
-    )
-});
+/// The candidates, each guarded by a transaction-level advisory lock in the class
+/// [`ROUTING_LOCK_CLASS`] (written out in the statement). The lock is not a row lock: a row
+/// lock would make the worker's own writes to its registry row (outcome counters,
+/// heartbeats) wait for the assigner's round, and the two would take turns.
+const CANDIDATES_SQL: &str = "WITH c AS MATERIALIZED ( \
+        SELECT jr_name, providers, capacity, run_id, prefetch FROM jr_status \
+        WHERE kind = 'worker' AND is_online AND status IN ('starting', 'idle', 'busy') \
+          AND last_seen BETWEEN now() - $1::int8 * interval '1 millisecond' \
+              AND now() + interval '1 minute' \
+          AND NOT coalesce(jrq_circuit_open_until(last_failure_at, consecutive_failures, \
+              $2, $3, $4) > now(), false) \
+        ORDER BY jr_name) \
+    SELECT jr_name, providers, capacity, run_id, prefetch FROM c \
+    WHERE pg_try_advisory_xact_lock(6976113, hashtext(jr_name))";
 
 /// Takes, for the rest of the transaction, the workers that may take tasks: alive
 /// (online, heartbeat within `online_threshold`), not draining, circuit closed. Each is
@@ -403,7 +392,7 @@ pub async fn workers_lock_candidates(
     online_threshold: Duration,
     circuit: &CircuitPolicy,
 ) -> Result<Vec<Candidate>> {
-    let stmt = stmts.get(client, CANDIDATES_SQL.as_str()).await?;
+    let stmt = stmts.get(client, CANDIDATES_SQL).await?;
     let rows = client
         .query(
             &stmt,
@@ -453,28 +442,25 @@ pub async fn workers_update_circuits(
     client: &impl GenericClient,
     circuit: &CircuitPolicy,
 ) -> Result<(u64, u64)> {
-    let until =
-        "last_failure_at + least($2::float8 * power(2, least(consecutive_failures - $1, 30)), \
-                 $3::float8) * interval '1 millisecond'";
-    let sql = format!(
-        "WITH o AS ( \
-             UPDATE jr_status SET circuit_open_until = {until}, \
-                 circuit_reason = consecutive_failures || ' failed attempts in a row', \
-                 updated_at = now() \
-             WHERE kind = 'worker' AND consecutive_failures >= $1 AND last_failure_at IS NOT NULL \
-               AND circuit_open_until IS DISTINCT FROM {until} \
-             RETURNING 1), \
-         c AS ( \
-             UPDATE jr_status SET circuit_open_until = NULL, circuit_reason = NULL, \
-                 updated_at = now() \
-             WHERE kind = 'worker' AND consecutive_failures < $1 \
-               AND (circuit_open_until IS NOT NULL OR circuit_reason IS NOT NULL) \
-             RETURNING 1) \
-         SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM c)"
-    );
+    let sql = "WITH o AS ( \
+            UPDATE jr_status SET circuit_open_until = \
+                    jrq_circuit_open_until(last_failure_at, consecutive_failures, $1, $2, $3), \
+                circuit_reason = consecutive_failures || ' failed attempts in a row', \
+                updated_at = now() \
+            WHERE kind = 'worker' AND consecutive_failures >= $1 AND last_failure_at IS NOT NULL \
+              AND circuit_open_until IS DISTINCT FROM \
+                  jrq_circuit_open_until(last_failure_at, consecutive_failures, $1, $2, $3) \
+            RETURNING 1), \
+        c AS ( \
+            UPDATE jr_status SET circuit_open_until = NULL, circuit_reason = NULL, \
+                updated_at = now() \
+            WHERE kind = 'worker' AND consecutive_failures < $1 \
+              AND (circuit_open_until IS NOT NULL OR circuit_reason IS NOT NULL) \
+            RETURNING 1) \
+        SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM c)";
     let row = client
         .query_one(
-            &sql,
+            sql,
             &[
                 &circuit.failures,
                 &(duration_ms(circuit.cooldown) as f64),
@@ -611,6 +597,85 @@ pub async fn workers_registered_on_host(
         .collect())
 }
 
+/// Who a worker name is registered to, as the stale cleanup judges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameHolder {
+    pub host: String,
+    pub pid: Option<i32>,
+    pub is_online: bool,
+    /// Heartbeat within the last minute (`None`: never heartbeated).
+    pub fresh: Option<bool>,
+}
+
+/// The registry row of worker `name`, if any.
+pub async fn workers_holder(client: &impl GenericClient, name: &str) -> Result<Option<NameHolder>> {
+    Ok(client
+        .query_opt(
+            "SELECT host, pid, is_online, \
+                 extract(epoch FROM now() - last_seen)::float8 < 60 \
+             FROM jr_status WHERE jr_name = $1 AND kind = 'worker'",
+            &[&name],
+        )
+        .await?
+        .map(|r| NameHolder {
+            host: r.get(0),
+            pid: r.get(1),
+            is_online: r.get(2),
+            fresh: r.get(3),
+        }))
+}
+
+/// A worker registered as online on a host: its name, process and boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnlineWorker {
+    pub name: String,
+    pub pid: Option<i32>,
+    pub boot_id: Option<String>,
+}
+
+/// The workers registered as online on `host`, by name.
+pub async fn workers_online_on_host(
+    client: &impl GenericClient,
+    host: &str,
+) -> Result<Vec<OnlineWorker>> {
+    Ok(client
+        .query(
+            "SELECT jr_name, pid, boot_id FROM jr_status \
+             WHERE kind = 'worker' AND host = $1 AND is_online ORDER BY jr_name",
+            &[&host],
+        )
+        .await?
+        .iter()
+        .map(|r| OnlineWorker {
+            name: r.get(0),
+            pid: r.get(1),
+            boot_id: r.get(2),
+        })
+        .collect())
+}
+
+/// Marks `lost` the online worker `name` of `host` whose registry row still names process
+/// `pid` (it has not been taken over meanwhile), noting `why`; the row stays locked for
+/// the rest of the transaction. Whether it was marked. This host's health monitor then
+/// takes the row over (`workers_take_lost`).
+pub async fn workers_mark_lost(
+    client: &impl GenericClient,
+    name: &str,
+    host: &str,
+    pid: Option<i32>,
+    why: &str,
+) -> Result<bool> {
+    let n = client
+        .execute(
+            "UPDATE jr_status SET is_online = false, status = 'lost', current_load = 0, \
+                 status_text = $4, updated_at = now() \
+             WHERE jr_name = $1 AND host = $2 AND pid IS NOT DISTINCT FROM $3 AND is_online",
+            &[&name, &host, &pid, &why],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
 /// Notes on a registry row what the health monitor did (shown by `jrq workers --json`).
 pub async fn workers_note(client: &impl GenericClient, name: &str, text: &str) -> Result<()> {
     client
@@ -632,4 +697,14 @@ pub async fn workers_longest_silence(client: &impl GenericClient) -> Result<Opti
         )
         .await?
         .get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_routing_lock_class_is_the_one_the_statement_spells_out() {
+        assert!(CANDIDATES_SQL.contains(&format!("({ROUTING_LOCK_CLASS}, hashtext")));
+    }
 }

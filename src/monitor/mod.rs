@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::db::{runs, tasks, workers};
+use crate::db::{runs, server, tasks, workers};
 use crate::error::{Error, Result};
 use crate::validate::format_duration;
 
@@ -165,20 +165,14 @@ impl Monitor {
     /// One round. Holds an advisory lock for its duration; when another monitor holds it,
     /// returns a report with `skipped` set.
     pub async fn run_once(&self, client: &Client) -> Result<Report> {
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&MONITOR_LOCK_KEY])
-            .await?
-            .get(0);
-        if !got {
+        if !server::server_try_lock(client, MONITOR_LOCK_KEY).await? {
             return Ok(Report {
                 skipped: true,
                 ..Default::default()
             });
         }
         let result = self.round(client).await;
-        let unlocked = client
-            .execute("SELECT pg_advisory_unlock($1)", &[&MONITOR_LOCK_KEY])
-            .await;
+        let unlocked = server::server_unlock(client, MONITOR_LOCK_KEY).await;
         let report = result?;
         unlocked?;
         Ok(report)
@@ -237,16 +231,9 @@ impl Monitor {
         r.workers_circuit_open = w.circuit_open;
         r.assigners_alive = w.assigners;
         r.longest_silence_s = workers::workers_longest_silence(client).await?;
-        let row = client
-            .query_one(
-                "SELECT pg_notification_queue_usage(), \
-                     coalesce((SELECT n_dead_tup FROM pg_stat_user_tables \
-                               WHERE relname = 'jr_work_queue'), 0)",
-                &[],
-            )
-            .await?;
-        r.notify_queue_usage = row.get(0);
-        r.dead_tuples = row.get(1);
+        let health = server::server_queue_health(client).await?;
+        r.notify_queue_usage = health.notify_queue_usage;
+        r.dead_tuples = health.dead_tuples;
         r.load_per_core = load_per_core();
         r.memory_used = memory_used();
 
