@@ -348,7 +348,7 @@ pub async fn fix_registry(
             let note = format!("marked offline: {detail}");
             if workers::workers_mark_lost(&txn, &name, this_host, pid, &note).await? {
                 let rescued =
-                    tasks::tasks_rescue_worker(&txn, &name, None, "stale-cleanup", &detail).await?;
+                    tasks::tasks_rescue_worker(&txn, &name, "stale-cleanup", &detail).await?;
                 let unassigned = tasks::tasks_unassign_worker(&txn, &name, &detail).await?;
                 txn.commit().await?;
                 fix.done = true;

@@ -539,7 +539,7 @@ async fn a_late_completion_after_losing_the_lease_changes_nothing() {
     // Freeze the worker; give its task back, as the health monitor does for a silent
     // worker, and let another worker run it to the end.
     w1.signal(Signal::SIGSTOP);
-    let rescued = jrq::db::tasks::tasks_rescue_worker(&client, "jr1", None, "monitor", "silent")
+    let rescued = jrq::db::tasks::tasks_rescue_worker(&client, "jr1", "monitor", "silent")
         .await
         .unwrap();
     assert_eq!(rescued.len(), 1);

@@ -26,15 +26,6 @@ pub struct RunRow {
     pub tasks_cancelled: i64,
 }
 
-const RUN_SELECT: &str = "SELECT r.id, r.name, r.status, r.auto_complete, r.created_at, \
-        r.updated_at, r.finished_at, \
-        count(t.id), \
-        count(t.id) FILTER (WHERE t.status IN ('pending', 'assigned', 'in_progress')), \
-        count(t.id) FILTER (WHERE t.status = 'completed'), \
-        count(t.id) FILTER (WHERE t.status = 'failed'), \
-        count(t.id) FILTER (WHERE t.status = 'cancelled') \
-    FROM jr_runs r LEFT JOIN jr_work_queue t ON t.run_id = r.id";
-
 fn run_from_row(r: &tokio_postgres::Row) -> RunRow {
     RunRow {
         id: r.get(0),
@@ -67,26 +58,35 @@ pub async fn runs_create(
     Ok(row.get(0))
 }
 
+/// Runs with their tasks counted, newest first; `$1` picks one run, `$2` a status.
+const RUNS_SQL: &str = "SELECT r.id, r.name, r.status, r.auto_complete, r.created_at, \
+        r.updated_at, r.finished_at, \
+        count(t.id), \
+        count(t.id) FILTER (WHERE t.status IN ('pending', 'assigned', 'in_progress')), \
+        count(t.id) FILTER (WHERE t.status = 'completed'), \
+        count(t.id) FILTER (WHERE t.status = 'failed'), \
+        count(t.id) FILTER (WHERE t.status = 'cancelled') \
+    FROM jr_runs r LEFT JOIN jr_work_queue t ON t.run_id = r.id \
+    WHERE ($1::uuid IS NULL OR r.id = $1) AND ($2::text IS NULL OR r.status = $2) \
+    GROUP BY r.id ORDER BY r.created_at DESC, r.id LIMIT $3";
+
 /// Lists runs, newest first; `status` filters.
 pub async fn runs_list(
     client: &impl GenericClient,
     status: Option<RunStatus>,
     limit: i64,
 ) -> Result<Vec<RunRow>> {
-    let sql = format!(
-        "{RUN_SELECT} WHERE ($1::text IS NULL OR r.status = $1) \
-         GROUP BY r.id ORDER BY r.created_at DESC, r.id LIMIT $2"
-    );
     let status = status.map(|s| s.as_str());
-    let rows = client.query(&sql, &[&status, &limit]).await?;
+    let rows = client
+        .query(RUNS_SQL, &[&None::<Uuid>, &status, &limit])
+        .await?;
     Ok(rows.iter().map(run_from_row).collect())
 }
 
 /// One run, or a clear "no run" error.
 pub async fn runs_get(client: &impl GenericClient, id: Uuid) -> Result<RunRow> {
-    let sql = format!("{RUN_SELECT} WHERE r.id = $1 GROUP BY r.id");
     client
-        .query_opt(&sql, &[&id])
+        .query_opt(RUNS_SQL, &[&Some(id), &None::<&str>, &1i64])
         .await?
         .as_ref()
         .map(run_from_row)

@@ -316,28 +316,6 @@ pub async fn tasks_progress(
     Ok(())
 }
 
-/// The SET list that puts back a running task whose process is gone: pending again (the
-/// attempt stays counted), failed when that was its last attempt, or cancelled when a
-/// cancel was requested (the worker died before it could act on it: the request wins,
-/// the task does not run again). For `q`, the task table's alias; the caller sets the
-/// error. `jrq_workers_register` (migrations/V6) applies the same rules to the tasks a
-/// worker's dead predecessor left: a change here goes there too, in a new migration.
-pub(super) const RESCUE_SET: &str = "status = CASE \
-        WHEN q.cancel_requested_at IS NOT NULL THEN 'cancelled' \
-        WHEN q.attempts >= q.max_attempts THEN 'failed' ELSE 'pending' END, \
-    completed_at = CASE WHEN q.cancel_requested_at IS NOT NULL \
-        OR q.attempts >= q.max_attempts THEN now() END, \
-    assigned_jr = CASE WHEN q.cancel_requested_at IS NOT NULL \
-        OR q.attempts >= q.max_attempts THEN q.assigned_jr END, \
-    assigned_at = CASE WHEN q.cancel_requested_at IS NOT NULL \
-        OR q.attempts >= q.max_attempts THEN q.assigned_at END, \
-    run_after = now(), progress_percent = 0, lease_instance = NULL, updated_at = now()";
-
-/// Appended to a rescue's error: why the task did not go back to pending.
-pub(super) const USED_UP_SUFFIX: &str = "CASE \
-    WHEN q.cancel_requested_at IS NOT NULL THEN ' (a cancel was requested: cancelled)' \
-    WHEN q.attempts >= q.max_attempts THEN ' (attempts used up)' ELSE '' END";
-
 /// A task put back because the process running it is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rescued {
@@ -347,44 +325,26 @@ pub struct Rescued {
     pub to_status: String,
 }
 
-/// Puts back the `in_progress` tasks of `worker` that `keep_instance` does not hold (a
-/// dead predecessor's; all of them when `keep_instance` is `None`): pending again with the
-/// attempt counted, or failed when its attempts are used up. One event each, by `actor`,
-/// saying `why`. Run by the stale cleanup (`None`, with the monitor's rights, which clear
-/// `lease_instance` but cannot read it); a starting worker's own takeover goes through
-/// [`workers_register`](crate::db::workers::workers_register).
+/// Puts back every `in_progress` task of `worker` (its process is gone: the stale
+/// cleanup) through `jrq_tasks_rescue` (migrations/V6, the rules of every rescue): pending
+/// again with the attempt counted, failed when its attempts are used up, cancelled when a
+/// cancel was requested. One event each, by `actor`, saying `why`.
 pub async fn tasks_rescue_worker(
     client: &impl GenericClient,
     worker: &str,
-    keep_instance: Option<Uuid>,
     actor: &str,
     why: &str,
 ) -> Result<Vec<Rescued>> {
-    // Without an instance to keep, the statement does not name lease_instance at all.
-    let keep = match keep_instance {
-        Some(_) => "lease_instance IS DISTINCT FROM $2",
-        None => "$2::uuid IS NULL",
-    };
-    let sql = format!(
-        "WITH old AS ( \
-             SELECT id FROM jr_work_queue \
-             WHERE status = 'in_progress' AND assigned_jr = $1 AND {keep} \
-             FOR UPDATE), \
-         upd AS ( \
-             UPDATE jr_work_queue q SET {RESCUE_SET}, error = $4 || {USED_UP_SUFFIX} \
-             FROM old WHERE q.id = old.id \
-             RETURNING q.id, q.status, q.attempts), \
-         ev AS ( \
-             INSERT INTO jr_task_events \
-                 (task_id, actor, action, from_status, to_status, worker, attempt, details) \
-             SELECT id, $3, 'rescued', 'in_progress', status, $1, attempts, $4 FROM upd), \
-         n AS (SELECT pg_notify($5, 'rescue') FROM upd WHERE status = 'pending' LIMIT 1) \
-         SELECT id, status, (SELECT count(*) FROM n) FROM upd ORDER BY id"
-    );
     let rows = client
         .query(
-            &sql,
-            &[&worker, &keep_instance, &actor, &why, &CHANNEL_PENDING],
+            "WITH old AS ( \
+                 SELECT id FROM jr_work_queue \
+                 WHERE status = 'in_progress' AND assigned_jr = $1 ORDER BY id FOR UPDATE), \
+             ids AS (SELECT coalesce(array_agg(id ORDER BY id), '{}') AS a FROM old) \
+             SELECT r.id, r.status FROM ids, jrq_tasks_rescue(ids.a, \
+                 array_fill($1::text, ARRAY[cardinality(ids.a)]), \
+                 array_fill($3::text, ARRAY[cardinality(ids.a)]), $2) r",
+            &[&worker, &actor, &why],
         )
         .await?;
     Ok(rows

@@ -65,16 +65,6 @@ impl JsonText {
 /// Rows per INSERT statement in a bulk enqueue.
 const INSERT_CHUNK: usize = 5_000;
 
-/// The statuses that hold a unique key (see `jr_work_queue_unique_key_idx`).
-const UNFINISHED: &str = "('pending', 'assigned', 'in_progress')";
-
-/// Columns read into a [`TaskRow`].
-const TASK_COLUMNS: &str = "id, title, description, source, created_by, priority, \
-    sacred_fire_priority, status, assigned_jr, created_at, assigned_at, started_at, \
-    completed_at, progress_percent, payload, provider, target_jr, run_id, attempts, \
-    max_attempts, (extract(epoch FROM timeout) * 1000)::int8 AS timeout_ms, run_after, \
-    result, error, unique_key, cancel_requested_at, updated_at";
-
 /// One task as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskRow {
@@ -171,11 +161,9 @@ pub async fn tasks_insert(
         .collect();
     let mut held: HashMap<String, i64> = HashMap::new();
     if !keys.is_empty() {
-        let sql = format!(
-            "SELECT unique_key, id FROM jr_work_queue \
-             WHERE unique_key = ANY($1) AND status IN {UNFINISHED}"
-        );
-        for r in client.query(&sql, &[&keys]).await? {
+        let sql = "SELECT unique_key, id FROM jr_work_queue \
+             WHERE unique_key = ANY($1) AND status IN ('pending', 'assigned', 'in_progress')";
+        for r in client.query(sql, &[&keys]).await? {
             held.insert(r.get(0), r.get(1));
         }
     }
@@ -283,8 +271,8 @@ async fn insert_chunk(
         unique_key.push(t.unique_key.as_deref());
     }
     // `ord` orders the insert so that RETURNING maps rows back to their input lines.
-    let sql = format!(
-        "INSERT INTO jr_work_queue (title, description, source, created_by, priority, \
+    // The ON CONFLICT predicate is the unique index's (jr_work_queue_unique_key_idx).
+    let sql = "INSERT INTO jr_work_queue (title, description, source, created_by, priority, \
              sacred_fire_priority, payload, provider, target_jr, run_id, max_attempts, \
              timeout, run_after, unique_key) \
          SELECT title, description, source, created_by, priority, urgent, payload, provider, \
@@ -296,13 +284,13 @@ async fn insert_chunk(
              AS u(ord, title, description, source, created_by, priority, urgent, payload, \
                   provider, target, run_id, max_attempts, timeout_ms, delay_ms, run_at, unique_key) \
          ORDER BY ord \
-         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN {UNFINISHED} \
+         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
+             AND status IN ('pending', 'assigned', 'in_progress') \
          DO NOTHING \
-         RETURNING id, unique_key"
-    );
+         RETURNING id, unique_key";
     let rows = client
         .query(
-            &sql,
+            sql,
             &[
                 &ord,
                 &title,
@@ -372,7 +360,8 @@ pub struct TaskFilter {
     pub limit: i64,
 }
 
-/// Characters of a title a list carries (`jrq show` has all of it).
+/// Characters of a title a list carries (`jrq show` has all of it); `tasks_list`'s
+/// statement spells the number out.
 pub const LIST_TITLE_CHARS: i32 = 200;
 
 /// One task in a list: what a person scans a list for. Payload, description, result and
@@ -399,22 +388,17 @@ pub struct TaskListRow {
 
 /// Lists tasks, newest first.
 pub async fn tasks_list(client: &impl GenericClient, f: &TaskFilter) -> Result<Vec<TaskListRow>> {
-    let sql = format!(
-        "SELECT id, left(title, {LIST_TITLE_CHARS}), status, priority, sacred_fire_priority, \
+    let sql = "SELECT id, left(title, 200), status, priority, sacred_fire_priority, \
              provider, assigned_jr, target_jr, run_id, attempts, max_attempts, \
              progress_percent, created_at, started_at, completed_at FROM jr_work_queue \
          WHERE ($1::text IS NULL OR status = $1) \
            AND ($2::text IS NULL OR assigned_jr = $2) \
            AND ($3::uuid IS NULL OR run_id = $3) \
            AND ($4::text IS NULL OR provider = $4) \
-         ORDER BY id DESC LIMIT $5"
-    );
+         ORDER BY id DESC LIMIT $5";
     let status = f.status.map(|s| s.as_str());
     let rows = client
-        .query(
-            &sql,
-            &[&status, &f.worker, &f.run_id, &f.provider, &f.limit],
-        )
+        .query(sql, &[&status, &f.worker, &f.run_id, &f.provider, &f.limit])
         .await?;
     Ok(rows
         .iter()
@@ -440,9 +424,16 @@ pub async fn tasks_list(client: &impl GenericClient, f: &TaskFilter) -> Result<V
 
 /// One task, or `None`.
 pub async fn tasks_get(client: &impl GenericClient, id: i64) -> Result<Option<TaskRow>> {
-    let sql = format!("SELECT {TASK_COLUMNS} FROM jr_work_queue WHERE id = $1");
     Ok(client
-        .query_opt(&sql, &[&id])
+        .query_opt(
+            "SELECT id, title, description, source, created_by, priority, \
+                 sacred_fire_priority, status, assigned_jr, created_at, assigned_at, started_at, \
+                 completed_at, progress_percent, payload, provider, target_jr, run_id, attempts, \
+                 max_attempts, (extract(epoch FROM timeout) * 1000)::int8 AS timeout_ms, \
+                 run_after, result, error, unique_key, cancel_requested_at, updated_at \
+             FROM jr_work_queue WHERE id = $1",
+            &[&id],
+        )
         .await?
         .as_ref()
         .map(TaskRow::from_row))
@@ -462,19 +453,21 @@ fn no_such_task(id: i64) -> Error {
 /// Puts one failed or cancelled task back to pending with a fresh attempt budget. Run in
 /// a transaction: the change, its event and the assigners' wake-up commit together.
 pub async fn tasks_retry(client: &impl GenericClient, id: i64, actor: &str) -> Result<TaskRow> {
-    let sql = format!(
-        "WITH old AS ( \
+    // The same reset as tasks_retry_all_failed's: a fresh attempt budget.
+    let sql = "WITH old AS ( \
              SELECT id, status FROM jr_work_queue \
              WHERE id = $1 AND status IN ('failed', 'cancelled') FOR UPDATE), \
          upd AS ( \
-             UPDATE jr_work_queue q SET {RESET_TO_PENDING} \
+             UPDATE jr_work_queue q SET status = 'pending', attempts = 0, run_after = now(), \
+                 assigned_jr = NULL, assigned_at = NULL, started_at = NULL, \
+                 completed_at = NULL, progress_percent = 0, result = NULL, error = NULL, \
+                 cancel_requested_at = NULL, lease_instance = NULL, updated_at = now() \
              FROM old WHERE q.id = old.id RETURNING q.id, old.status AS from_status) \
          INSERT INTO jr_task_events (task_id, actor, action, from_status, to_status, details) \
          SELECT id, $2, 'retried', from_status, 'pending', 'retried by hand' FROM upd \
-         RETURNING task_id"
-    );
+         RETURNING task_id";
     let rows = client
-        .query(&sql, &[&id, &actor])
+        .query(sql, &[&id, &actor])
         .await
         .map_err(|e| retry_error(&e, id))?;
     if rows.is_empty() {
@@ -487,12 +480,6 @@ pub async fn tasks_retry(client: &impl GenericClient, id: i64, actor: &str) -> R
     notify_pending(client, "retry").await?;
     tasks_get_existing(client, id).await
 }
-
-/// The SET list that puts a task back to pending with a fresh attempt budget.
-const RESET_TO_PENDING: &str = "status = 'pending', attempts = 0, run_after = now(), \
-    assigned_jr = NULL, assigned_at = NULL, started_at = NULL, completed_at = NULL, \
-    progress_percent = 0, result = NULL, error = NULL, cancel_requested_at = NULL, \
-    lease_instance = NULL, updated_at = now()";
 
 fn retry_error(e: &tokio_postgres::Error, id: i64) -> Error {
     if sqlstate(e) == Some("23505") {
@@ -519,18 +506,21 @@ pub async fn tasks_retry_all_failed(
     client: &impl GenericClient,
     actor: &str,
 ) -> Result<RetryAllReport> {
-    let sql = format!(
-        "WITH old AS ( \
+    // The same reset as tasks_retry's: a fresh attempt budget.
+    let sql = "WITH old AS ( \
              SELECT id, status FROM jr_work_queue q \
              WHERE status = 'failed' \
                AND (unique_key IS NULL OR ( \
-                    NOT EXISTS (SELECT 1 FROM jr_work_queue o \
-                                WHERE o.unique_key = q.unique_key AND o.status IN {UNFINISHED}) \
+                    NOT EXISTS (SELECT 1 FROM jr_work_queue o WHERE o.unique_key = q.unique_key \
+                                AND o.status IN ('pending', 'assigned', 'in_progress')) \
                     AND id = (SELECT max(f.id) FROM jr_work_queue f \
                               WHERE f.unique_key = q.unique_key AND f.status = 'failed'))) \
              FOR UPDATE SKIP LOCKED), \
          upd AS ( \
-             UPDATE jr_work_queue q SET {RESET_TO_PENDING} \
+             UPDATE jr_work_queue q SET status = 'pending', attempts = 0, run_after = now(), \
+                 assigned_jr = NULL, assigned_at = NULL, started_at = NULL, \
+                 completed_at = NULL, progress_percent = 0, result = NULL, error = NULL, \
+                 cancel_requested_at = NULL, lease_instance = NULL, updated_at = now() \
              FROM old WHERE q.id = old.id RETURNING q.id, old.status AS from_status), \
          ev AS ( \
              INSERT INTO jr_task_events (task_id, actor, action, from_status, to_status, details) \
@@ -538,9 +528,8 @@ pub async fn tasks_retry_all_failed(
              FROM upd) \
          SELECT (SELECT count(*) FROM upd), \
                 (SELECT count(*) FROM jr_work_queue WHERE status = 'failed' \
-                   AND id NOT IN (SELECT id FROM upd))"
-    );
-    let row = client.query_one(&sql, &[&actor]).await?;
+                   AND id NOT IN (SELECT id FROM upd))";
+    let row = client.query_one(sql, &[&actor]).await?;
     let retried = row.get::<_, i64>(0) as u64;
     if retried > 0 {
         notify_pending(client, "retry").await?;

@@ -6,8 +6,6 @@ use serde::Serialize;
 use tokio_postgres::GenericClient;
 
 use super::duration_ms;
-use super::lease::{RESCUE_SET, USED_UP_SUFFIX};
-use crate::db::CHANNEL_PENDING;
 use crate::error::Result;
 
 /// A running task the monitor acted on.
@@ -21,45 +19,40 @@ pub struct Acted {
 }
 
 /// Puts back `in_progress` tasks whose worker stopped heartbeating more than `stuck_after`
-/// ago (or went offline, or never registered): pending again with the attempt counted, or
-/// failed when that was the last attempt. One `rescued` event each. Tasks of workers that
+/// ago (or went offline, or never registered), through `jrq_tasks_rescue` (migrations/V6,
+/// the rules of every rescue). One `rescued` event each. Tasks of workers that
 /// still heartbeat are slow, not stuck, and are left alone.
 pub async fn tasks_rescue_stuck(
     client: &impl GenericClient,
     actor: &str,
     stuck_after: Duration,
 ) -> Result<Vec<Acted>> {
-    let sql = format!(
-        "WITH stuck AS ( \
-             SELECT q.id, q.assigned_jr, \
-                 CASE WHEN w.jr_name IS NULL THEN 'is not registered' \
-                      WHEN NOT w.is_online THEN 'is offline' \
-                      ELSE 'has been silent for ' || \
-                           round(extract(epoch FROM now() - w.last_seen))::int8 || 's' \
-                 END AS why \
-             FROM jr_work_queue q LEFT JOIN jr_status w ON w.jr_name = q.assigned_jr \
-             WHERE q.status = 'in_progress' \
-               AND (w.jr_name IS NULL OR NOT w.is_online \
-                    OR NOT w.last_seen BETWEEN now() - $2::int8 * interval '1 millisecond' \
-                        AND now() + interval '1 minute') \
-               AND q.started_at < now() - $2::int8 * interval '1 millisecond' \
-             FOR UPDATE OF q SKIP LOCKED), \
-         upd AS ( \
-             UPDATE jr_work_queue q SET {RESCUE_SET}, \
-                 error = 'stuck: worker ''' || stuck.assigned_jr || ''' ' || stuck.why \
-                     || {USED_UP_SUFFIX} \
-             FROM stuck WHERE q.id = stuck.id \
-             RETURNING q.id, stuck.assigned_jr, q.status, q.attempts, q.error), \
-         ev AS ( \
-             INSERT INTO jr_task_events \
-                 (task_id, actor, action, from_status, to_status, worker, attempt, details) \
-             SELECT id, $1, 'rescued', 'in_progress', status, assigned_jr, attempts, error \
-             FROM upd), \
-         n AS (SELECT pg_notify($3, 'rescue') FROM upd WHERE status = 'pending' LIMIT 1) \
-         SELECT id, assigned_jr, status, error, (SELECT count(*) FROM n) FROM upd ORDER BY id"
-    );
     let rows = client
-        .query(&sql, &[&actor, &duration_ms(stuck_after), &CHANNEL_PENDING])
+        .query(
+            "WITH stuck AS ( \
+                 SELECT q.id, q.assigned_jr, \
+                     'stuck: worker ''' || q.assigned_jr || ''' ' || \
+                     CASE WHEN w.jr_name IS NULL THEN 'is not registered' \
+                          WHEN NOT w.is_online THEN 'is offline' \
+                          ELSE 'has been silent for ' || \
+                               round(extract(epoch FROM now() - w.last_seen))::int8 || 's' \
+                     END AS why \
+                 FROM jr_work_queue q LEFT JOIN jr_status w ON w.jr_name = q.assigned_jr \
+                 WHERE q.status = 'in_progress' \
+                   AND (w.jr_name IS NULL OR NOT w.is_online \
+                        OR NOT w.last_seen BETWEEN now() - $2::int8 * interval '1 millisecond' \
+                            AND now() + interval '1 minute') \
+                   AND q.started_at < now() - $2::int8 * interval '1 millisecond' \
+                 ORDER BY q.id \
+                 FOR UPDATE OF q SKIP LOCKED), \
+             s AS (SELECT coalesce(array_agg(id ORDER BY id), '{}') AS ids, \
+                       coalesce(array_agg(assigned_jr ORDER BY id), '{}') AS workers, \
+                       coalesce(array_agg(why ORDER BY id), '{}') AS whys \
+                   FROM stuck) \
+             SELECT r.id, r.worker, r.status, r.error \
+             FROM s, jrq_tasks_rescue(s.ids, s.workers, s.whys, $1) r",
+            &[&actor, &duration_ms(stuck_after)],
+        )
         .await?;
     Ok(rows
         .iter()
