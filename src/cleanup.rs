@@ -239,7 +239,7 @@ async fn judge(client: &Client, p: &WorkerProcess, this_host: &str) -> Result<Ve
                     "targeting run {run}, which no longer exists"
                 )))
             }
-            Some(s) if s != "active" => {
+            Some(s) if s.is_terminal() => {
                 return Ok(Verdict::Stale(format!("targeting run {run} (status: {s})")))
             }
             Some(s) => serving = format!("targeting run {run} (status: {s})"),
@@ -514,7 +514,7 @@ pub async fn run(args: CleanupArgs) -> Result<()> {
     report.registry = fix_registry(&mut client, &this_host, &host::boot_id(), args.force).await?;
     if args.json {
         let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| crate::Error::io("cannot encode the report", std::io::Error::other(e)))?;
+            .map_err(|e| crate::Error::encode("the report", e))?;
         crate::process::print_out(&format!("{text}\n"));
     } else {
         // Names and run ids in it come from other processes' command lines.

@@ -49,6 +49,15 @@ pub enum Error {
     #[error("{0}")]
     Denied(String),
 
+    /// Another process took this daemon's name over (its registry row names another
+    /// instance now): this one stops.
+    #[error("{0}")]
+    NameLost(String),
+
+    /// A report or result could not be encoded (JSON).
+    #[error("cannot encode {what}: {reason}")]
+    Encode { what: String, reason: String },
+
     /// Input lines refused (a batch with bad lines and no --skip-invalid).
     #[error("{0}")]
     Rejected(String),
@@ -112,6 +121,22 @@ impl Error {
                 .iter()
                 .any(|class| code.starts_with(class)),
             _ => false,
+        }
+    }
+
+    /// A JSON encoding error, saying what was being encoded.
+    pub fn encode(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        Error::Encode {
+            what: what.into(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// The SQLSTATE of a database error, if the server sent one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Db { sqlstate, .. } => sqlstate.as_deref(),
+            _ => None,
         }
     }
 

@@ -11,7 +11,7 @@ use crate::db::migrate::MigrateReport;
 use crate::db::roles::{GrantReport, RolesReport, SetupReport};
 use crate::db::runs::RunRow;
 use crate::db::tasks::{PruneReport, RetryAllReport, TaskListRow, TaskRow, TaskSummary};
-use crate::db::workers::{WorkerRow, WorkerSummary};
+use crate::db::workers::{WorkerRow, WorkerStatus, WorkerSummary};
 use crate::error::{Error, Result};
 use crate::validate::format_duration;
 
@@ -37,8 +37,8 @@ macro_rules! esay {
 }
 
 fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(v)
-        .map_err(|e| Error::io("cannot write JSON", std::io::Error::other(e)))?;
+    let text =
+        serde_json::to_string_pretty(v).map_err(|e| Error::encode("the output as JSON", e))?;
     // JSON stays exact: its strings carry control characters escaped already.
     crate::process::print_out(&format!("{text}\n"));
     Ok(())
@@ -261,7 +261,7 @@ pub fn tasks(rows: &[TaskListRow], json: bool) -> Result<()> {
             &mut t,
             vec![
                 r.id.to_string(),
-                r.status.clone(),
+                r.status.to_string(),
                 pri,
                 truncate(&r.title, 40),
                 if r.provider.is_empty() {
@@ -423,7 +423,7 @@ pub fn runs(rows: &[RunRow], json: bool) -> Result<()> {
             vec![
                 r.id.to_string(),
                 truncate(&r.name, 30),
-                r.status.clone(),
+                r.status.to_string(),
                 r.tasks_total.to_string(),
                 r.tasks_unfinished.to_string(),
                 r.tasks_completed.to_string(),
@@ -458,10 +458,10 @@ pub fn workers(rows: &[WorkerRow], json: bool) -> Result<()> {
     ]);
     for r in rows {
         // Not alive: 'lost' (waiting for its host's monitor to restart it) or offline.
-        let state = if r.alive || r.status == "lost" {
-            r.status.clone()
+        let state = if r.alive || r.status == WorkerStatus::Lost {
+            r.status
         } else {
-            "offline".into()
+            WorkerStatus::Offline
         };
         let circuit = match (&r.circuit_open_until, &r.circuit_reason) {
             (Some(until), reason) => format!(
@@ -485,7 +485,7 @@ pub fn workers(rows: &[WorkerRow], json: bool) -> Result<()> {
             vec![
                 r.jr_name.clone(),
                 r.kind.clone(),
-                state,
+                state.to_string(),
                 load,
                 if r.providers.is_empty() {
                     "-".into()

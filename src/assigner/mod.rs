@@ -385,7 +385,7 @@ impl Assigner {
                             last = m;
                             ok = true;
                         }
-                        Err(HeartbeatError::LostName(msg)) => return Err(Error::Conflict(msg)),
+                        Err(HeartbeatError::LostName(msg)) => return Err(Error::NameLost(msg)),
                         Err(HeartbeatError::Db(e)) => {
                             tracing::warn!(error = %e, "maintenance failed");
                             if c.client.is_closed() {

@@ -144,8 +144,7 @@ pub fn write_json(r: &Results, path: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     }
-    let text = serde_json::to_string_pretty(r)
-        .map_err(|e| Error::io("cannot encode results", std::io::Error::other(e)))?;
+    let text = serde_json::to_string_pretty(r).map_err(|e| Error::encode("the results", e))?;
     std::fs::write(path, text).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
 

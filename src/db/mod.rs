@@ -562,6 +562,29 @@ impl Statements {
     }
 }
 
+/// Reads a status column (text, CHECKed by the schema) as its enum.
+macro_rules! status_from_sql {
+    ($t:ty) => {
+        impl<'a> tokio_postgres::types::FromSql<'a> for $t {
+            fn from_sql(
+                ty: &tokio_postgres::types::Type,
+                raw: &'a [u8],
+            ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+                let text = <&str as tokio_postgres::types::FromSql>::from_sql(ty, raw)?;
+                Ok(text.parse::<$t>()?)
+            }
+
+            fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+                <&str as tokio_postgres::types::FromSql>::accepts(ty)
+            }
+        }
+    };
+}
+
+status_from_sql!(crate::task::TaskStatus);
+status_from_sql!(crate::task::RunStatus);
+status_from_sql!(workers::WorkerStatus);
+
 /// Checks that the database carries exactly the schema this binary knows.
 pub async fn check_schema(client: &Client) -> Result<()> {
     let known = migrate::latest_version();

@@ -14,7 +14,7 @@ use crate::task::RunStatus;
 pub struct RunRow {
     pub id: Uuid,
     pub name: String,
-    pub status: String,
+    pub status: RunStatus,
     pub auto_complete: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -128,7 +128,7 @@ pub async fn runs_set_status(
 }
 
 /// The status of a run, or `None` if there is no such run.
-pub async fn runs_status(client: &impl GenericClient, run: Uuid) -> Result<Option<String>> {
+pub async fn runs_status(client: &impl GenericClient, run: Uuid) -> Result<Option<RunStatus>> {
     Ok(client
         .query_opt("SELECT status FROM jr_runs WHERE id = $1", &[&run])
         .await?

@@ -15,6 +15,62 @@ use crate::error::Result;
 /// heartbeats at the worker's default interval (5 s).
 pub const DEFAULT_ONLINE_THRESHOLD: Duration = Duration::from_secs(15);
 
+/// Where a registered worker (or assigner) is in its life. Enforced by a CHECK constraint
+/// on `jr_status.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerStatus {
+    Starting,
+    Idle,
+    Busy,
+    Draining,
+    /// Stopped on purpose, or marked offline and taken over by its host's monitor.
+    Offline,
+    /// Gone without meaning to: its host's monitor takes it over (migrations/V4).
+    Lost,
+}
+
+impl WorkerStatus {
+    /// Every status.
+    pub const ALL: [WorkerStatus; 6] = [
+        WorkerStatus::Starting,
+        WorkerStatus::Idle,
+        WorkerStatus::Busy,
+        WorkerStatus::Draining,
+        WorkerStatus::Offline,
+        WorkerStatus::Lost,
+    ];
+
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerStatus::Starting => "starting",
+            WorkerStatus::Idle => "idle",
+            WorkerStatus::Busy => "busy",
+            WorkerStatus::Draining => "draining",
+            WorkerStatus::Offline => "offline",
+            WorkerStatus::Lost => "lost",
+        }
+    }
+}
+
+impl std::fmt::Display for WorkerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for WorkerStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        WorkerStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("'{s}' is not a worker status"))
+    }
+}
+
 /// One registered worker.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkerRow {
@@ -30,7 +86,7 @@ pub struct WorkerRow {
     pub is_online: bool,
     /// `is_online` and a heartbeat within the online threshold.
     pub alive: bool,
-    pub status: String,
+    pub status: WorkerStatus,
     pub run_id: Option<Uuid>,
     pub started_at: Option<DateTime<Utc>>,
     pub last_seen: Option<DateTime<Utc>>,
@@ -283,7 +339,7 @@ pub struct Heartbeat<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct HeartbeatReply {
     /// The status of the run the worker serves (`None`: no run, or the run is gone).
-    pub run_status: Option<String>,
+    pub run_status: Option<crate::task::RunStatus>,
     /// Tasks this instance holds a lease on.
     pub held: Vec<i64>,
     /// Held tasks with a cancel request.

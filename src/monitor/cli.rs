@@ -141,8 +141,8 @@ async fn round(monitor: &Monitor, db: &crate::db::DbConfig, args: &MonitorArgs) 
     crate::db::check_schema(&client).await?;
     let report = monitor.run_once(&client).await?;
     if args.json {
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| Error::io("cannot encode the report", std::io::Error::other(e)))?;
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::encode("the report", e))?;
         crate::process::print_out(&format!("{text}\n"));
     } else {
         // Names and texts in it come from the database: no control characters through.

@@ -255,9 +255,9 @@ impl Worker {
                         "there is no run {run}: check the id with `jrq runs list`"
                     )))
                 }
-                Some(s) if s != "active" => {
+                Some(s) if s.is_terminal() => {
                     tracing::info!(run_id = %run, status = %s, "the run is already over: exiting");
-                    return Ok(Exit::RunFinished(s));
+                    return Ok(Exit::RunFinished(s.to_string()));
                 }
                 Some(_) => {}
             }
@@ -862,7 +862,7 @@ impl Session {
 
     fn on_heartbeat_reply(&mut self, reply: workers::HeartbeatReply) {
         if let Some(run) = self.cfg().run_id {
-            self.on_run_status(run, reply.run_status.clone());
+            self.on_run_status(run, reply.run_status);
         }
         for id in &reply.cancel_requested {
             self.stop_task(*id, StopReason::Cancelled);
@@ -898,12 +898,12 @@ impl Session {
         }
     }
 
-    fn on_run_status(&mut self, run: Uuid, status: Option<String>) {
+    fn on_run_status(&mut self, run: Uuid, status: Option<crate::task::RunStatus>) {
         if self.mode != Mode::Serving {
             return;
         }
-        let status = status.unwrap_or_else(|| "deleted".into());
-        if status != "active" {
+        if status.is_none_or(|s| s.is_terminal()) {
+            let status = status.map_or("deleted".to_string(), |s| s.to_string());
             tracing::info!(run_id = %run, status = %status, "the run is over: finishing running tasks, then exiting");
             self.mode = Mode::Finishing(Exit::RunFinished(status));
         }
@@ -1142,7 +1142,7 @@ impl Session {
             );
         }
         let exit = match (&self.lost_name, &self.mode) {
-            (Some(msg), _) => Err(Error::Conflict(msg.clone())),
+            (Some(msg), _) => Err(Error::NameLost(msg.clone())),
             (None, Mode::Finishing(e)) => Ok(e.clone()),
             (None, _) => Ok(Exit::Drained),
         };

@@ -75,7 +75,7 @@ pub struct TaskRow {
     pub created_by: String,
     pub priority: i32,
     pub sacred_fire_priority: bool,
-    pub status: String,
+    pub status: TaskStatus,
     pub assigned_jr: Option<String>,
     pub created_at: DateTime<Utc>,
     pub assigned_at: Option<DateTime<Utc>>,
@@ -371,7 +371,7 @@ pub struct TaskListRow {
     pub id: i64,
     /// The first [`LIST_TITLE_CHARS`] characters.
     pub title: String,
-    pub status: String,
+    pub status: TaskStatus,
     pub priority: i32,
     pub sacred_fire_priority: bool,
     pub provider: String,
