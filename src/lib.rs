@@ -14,8 +14,6 @@
 
 pub mod admin;
 pub mod assigner;
-#[cfg(feature = "bench")]
-pub mod bench;
 pub mod cgroup;
 pub mod cleanup;
 pub mod db;

@@ -1,11 +1,15 @@
-//! The benchmark (`scripts/bench`, binary `jrq-bench`): throughput, latency, backlog
-//! scale, fleet scale, footprint, and the machine's own ceiling measured with pgbench —
-//! on the real binaries and a real PostgreSQL. Every figure is the median of `--runs`
-//! runs with min and max. Writes a JSON file and regenerates `docs/benchmarks.md` and its
-//! plots.
+//! `jrq-bench`, the benchmark behind `scripts/bench`: throughput, latency, backlog scale,
+//! fleet scale, footprint, and the machine's own ceiling measured with pgbench — on the
+//! real binaries and a real PostgreSQL. Every figure is the median of `--runs` runs with
+//! min and max. Writes a JSON file and regenerates `docs/benchmarks.md` and its plots.
+//!
+//! A crate of its own, outside the library: it uses jrq's public API and its own SQL.
 
-pub mod fleet;
-pub mod report;
+mod error;
+mod fleet;
+mod report;
+
+use std::process::ExitCode;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -14,9 +18,9 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use crate::db;
 use crate::error::{Error, Result};
 use fleet::Fleet;
+use jrq::db;
 
 /// jrq-bench — measures the fleet on this machine and writes docs/benchmarks.md.
 #[derive(Debug, Parser)]
@@ -209,7 +213,7 @@ impl Ctx {
 
     /// A connection to `url`, with the TLS settings it names.
     async fn connect(url: &str) -> Result<Client> {
-        db::connect(&db::config_from(Some(url), "jrq-bench")?).await
+        Ok(db::connect(&db::config_from(Some(url), "jrq-bench")?).await?)
     }
 
     /// A fresh, migrated database: its address and a client.
@@ -266,7 +270,7 @@ async fn wait_count(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(Error::Conflict(format!(
+            return Err(Error::Bench(format!(
                 "benchmark stalled: {sql} reached {n} of {want}"
             )));
         }
@@ -300,7 +304,7 @@ pub async fn run(args: BenchArgs) -> Result<Results> {
     for b in ["jr-queue-worker", "jr-auto-assigner"] {
         if !ctx.bin_dir.join(b).exists() {
             return Err(Error::usage(format!(
-                "{} is missing beside jrq-bench: build with `cargo build --release --features bench --bins`",
+                "{} is missing beside jrq-bench: build with `cargo build --release --workspace --bins`",
                 b
             )));
         }
@@ -442,8 +446,8 @@ async fn throughput(ctx: &mut Ctx) -> Result<Vec<ThroughputRow>> {
         let mut tput = vec![];
         for _ in 0..ctx.runs {
             let (url, mut client) = ctx.fresh_db().await?;
-            let tasks: Vec<crate::task::NewTask> = (0..n)
-                .map(|i| crate::task::NewTask::new(format!("bench {i}")))
+            let tasks: Vec<jrq::task::NewTask> = (0..n)
+                .map(|i| jrq::task::NewTask::new(format!("bench {i}")))
                 .collect();
             let t0 = Instant::now();
             let txn = client.transaction().await?;
@@ -723,8 +727,8 @@ async fn fleet_scale(ctx: &mut Ctx, report_rows: bool) -> Result<Vec<FleetRow>> 
             ctx.footprint.assigner_idle_kib = fleet.assigner_pid.map(fleet::rss_kib).unwrap_or(0);
         }
         // Idle round time: the same round the assigner runs, measured in-process.
-        let mut probe = crate::assigner::Assigner::new(
-            crate::assigner::AssignerConfig {
+        let mut probe = jrq::assigner::Assigner::new(
+            jrq::assigner::AssignerConfig {
                 name: "bench-probe".into(),
                 ..Default::default()
             },
@@ -732,7 +736,7 @@ async fn fleet_scale(ctx: &mut Ctx, report_rows: bool) -> Result<Vec<FleetRow>> 
         );
         let mut pc = Ctx::connect(&url).await?;
         db::tune_session(&pc).await?;
-        let stmts = crate::db::Statements::default();
+        let stmts = jrq::db::Statements::default();
         let mut times = vec![];
         for _ in 0..30 {
             let t = Instant::now();
@@ -815,7 +819,7 @@ async fn ceiling(ctx: &mut Ctx) -> Result<Vec<CeilingRow>> {
                 .and_then(|l| l.split_whitespace().nth(2))
                 .and_then(|v| v.parse::<f64>().ok())
                 .ok_or_else(|| {
-                    Error::Conflict(format!(
+                    Error::Bench(format!(
                         "pgbench gave no tps: {}",
                         String::from_utf8_lossy(&o.stderr)
                     ))
@@ -836,4 +840,38 @@ async fn ceiling(ctx: &mut Ctx) -> Result<Vec<CeilingRow>> {
     let _ = std::fs::remove_dir_all(&dir);
     ctx.drop_db(&url).await?;
     Ok(out)
+}
+
+fn main() -> ExitCode {
+    let args = BenchArgs::parse();
+    jrq::telemetry::init_stderr("warn");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("jrq-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = args.json.clone();
+    let docs = args.docs.clone();
+    let result = runtime.block_on(async {
+        let results = run(args).await?;
+        report::write_json(&results, &json)?;
+        report::write_docs(&results, &docs)?;
+        Ok::<_, Error>(())
+    });
+    match result {
+        Ok(()) => {
+            eprintln!(
+                "jrq-bench: wrote {} and {}/benchmarks.md",
+                json.display(),
+                docs.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("jrq-bench: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

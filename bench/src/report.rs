@@ -156,12 +156,12 @@ pub fn write_docs(r: &Results, dir: &Path) -> Result<()> {
     let mut plots = vec![];
     if let Some(l) = &r.latency {
         let path = dir.join("bench-latency.png");
-        plot_latency(l, &path, fonts).map_err(|e| Error::Conflict(format!("latency plot: {e}")))?;
+        plot_latency(l, &path, fonts).map_err(|e| Error::Bench(format!("latency plot: {e}")))?;
         plots.push("bench-latency.png");
     }
     if !r.backlog.is_empty() {
         let path = dir.join("bench-backlog.png");
-        plot_backlog(r, &path, fonts).map_err(|e| Error::Conflict(format!("backlog plot: {e}")))?;
+        plot_backlog(r, &path, fonts).map_err(|e| Error::Bench(format!("backlog plot: {e}")))?;
         plots.push("bench-backlog.png");
     }
     let notes = std::fs::read_to_string(dir.join("benchmarks-notes.md")).unwrap_or_default();
