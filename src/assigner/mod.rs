@@ -18,17 +18,18 @@ pub mod plan;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_postgres::{Client, Notification};
 use uuid::Uuid;
 
+use crate::daemon::link::{Conn, Link};
+use crate::daemon::liveness::Liveness;
+use crate::daemon::runner::{self, Beat, Component, Ctx};
+use crate::daemon::shutdown::{Shutdown, ShutdownSignal};
 use crate::db::workers::CircuitPolicy;
 use crate::db::{self, tasks, workers};
 use crate::error::{Error, Result};
 use crate::registry;
-use crate::shutdown::Shutdown;
-use crate::systemd;
 use crate::validate::format_duration;
 
 /// Default most tasks routed per round.
@@ -51,8 +52,6 @@ pub const DEFAULT_CIRCUIT_MAX_COOLDOWN: Duration = Duration::from_secs(600);
 pub const DEFAULT_DB_GRACE: Duration = Duration::from_secs(30);
 /// Default heartbeat age after which another process's claim on the name is dead.
 pub const DEFAULT_TAKEOVER_AFTER: Duration = Duration::from_secs(30);
-
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// The assigner's settings. Every field has a documented default.
 #[derive(Debug, Clone)]
@@ -287,17 +286,6 @@ impl Assigner {
         })
     }
 
-    async fn connect(&self) -> Result<Conn> {
-        let (client, notes) = db::listen::listen(&self.db_cfg, &[db::CHANNEL_PENDING]).await?;
-        db::check_schema(&client).await?;
-        db::tune_session(&client).await?;
-        Ok(Conn {
-            client,
-            notes,
-            stmts: db::Statements::default(),
-        })
-    }
-
     async fn register(&self, client: &mut Client) -> Result<()> {
         let txn = client.transaction().await?;
         let me = registry::Me {
@@ -333,154 +321,28 @@ impl Assigner {
     }
 
     /// Runs until shutdown. Errors are startup failures or the loss of the name.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<Shutdown>) -> Result<()> {
+    pub async fn run(mut self, shutdown: ShutdownSignal) -> Result<()> {
         self.cfg.validate()?;
-        if let Some(wd) = systemd::watchdog_interval() {
-            if self.cfg.heartbeat_interval > wd / 2 {
-                self.cfg.heartbeat_interval = (wd / 2).max(Duration::from_millis(100));
-            }
-        }
-        let mut first = self.connect().await?;
-        self.register(&mut first.client).await?;
-        let mut conn = Some(first);
-        let mut last_db_ok = Instant::now();
-        let mut next_heartbeat = Instant::now();
-        let mut next_round = Instant::now();
-        let mut next_reconnect = Instant::now();
-        let mut reconnect_delay = Duration::from_millis(100);
-        let mut wake = true;
-        let mut ready = false;
-        let mut last = Maintenance::default();
-        let mut last_round = RoundOutcome::default();
-        let mut last_status = String::new();
-
-        loop {
-            if *shutdown.borrow() != Shutdown::Running {
-                break;
-            }
-            if conn.is_none() && Instant::now() >= next_reconnect {
-                match self.connect().await {
-                    Ok(c) => {
-                        tracing::info!("database connection restored");
-                        conn = Some(c);
-                        reconnect_delay = Duration::from_millis(100);
-                        // Notifications sent meanwhile are gone: look at once.
-                        wake = true;
-                        next_heartbeat = Instant::now();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = %format_duration(reconnect_delay), "reconnect failed");
-                        next_reconnect = Instant::now() + reconnect_delay;
-                        reconnect_delay = (reconnect_delay * 2).min(RECONNECT_MAX);
-                    }
-                }
-            }
-            // Maintenance and heartbeat; the watchdog is pinged only after they succeed.
-            if Instant::now() >= next_heartbeat {
-                next_heartbeat = Instant::now() + self.cfg.heartbeat_interval;
-                let mut ok = false;
-                if let Some(c) = &conn {
-                    match self.heartbeat(c, &last, &last_round).await {
-                        Ok(m) => {
-                            last = m;
-                            ok = true;
-                        }
-                        Err(HeartbeatError::LostName(msg)) => return Err(Error::NameLost(msg)),
-                        Err(HeartbeatError::Db(e)) => {
-                            tracing::warn!(error = %e, "maintenance failed");
-                            if c.client.is_closed() {
-                                conn = None;
-                                next_reconnect = Instant::now() + reconnect_delay;
-                            }
-                        }
-                    }
-                }
-                if ok {
-                    last_db_ok = Instant::now();
-                    if ready {
-                        systemd::watchdog();
-                    }
-                } else if ready && last_db_ok.elapsed() < self.cfg.db_grace {
-                    systemd::watchdog();
-                }
-            }
-            if (wake || Instant::now() >= next_round) && conn.is_some() {
-                wake = false;
-                next_round = Instant::now() + self.cfg.poll_interval;
-                let c = conn.as_mut().expect("checked");
-                let round_start = Instant::now();
-                match self.run_once(&mut c.client, &c.stmts).await {
-                    Ok(r) => {
-                        last_db_ok = Instant::now();
-                        if r.assigned > 0 {
-                            tracing::debug!(
-                                assigned = r.assigned,
-                                unplaced = r.unplaced,
-                                elapsed_us = round_start.elapsed().as_micros() as u64,
-                                "round"
-                            );
-                            // There may be more: go again at once.
-                            wake = true;
-                        }
-                        last_round = r;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "routing round failed");
-                        if c.client.is_closed() {
-                            conn = None;
-                            next_reconnect = Instant::now() + reconnect_delay;
-                        }
-                    }
-                }
-            }
-            if !ready {
-                let text = status_text(&last, &last_round, conn.is_none());
-                systemd::ready(&text);
-                ready = true;
-                last_status = text;
-                tracing::info!(name = %self.cfg.name, "assigner ready");
-            }
-            let text = status_text(&last, &last_round, conn.is_none());
-            if text != last_status {
-                systemd::status(&text);
-                last_status = text;
-            }
-            // Rounds need the connection: without one, only the heartbeat (which pings the
-            // watchdog within the grace) and the reconnect are reasons to wake. A round
-            // deadline or a wake-up left from before the loss would be in the past and spin
-            // the loop until the database is back.
-            let until = if conn.is_some() {
-                if wake {
-                    continue;
-                }
-                next_heartbeat.min(next_round)
-            } else {
-                next_heartbeat.min(next_reconnect)
-            };
-            tokio::select! {
-                _ = shutdown.changed() => {}
-                note = next_note(&mut conn) => match note {
-                    Some(_) => wake = true,
-                    None => {
-                        tracing::warn!("database connection lost; reconnecting");
-                        conn = None;
-                        next_reconnect = Instant::now() + reconnect_delay;
-                    }
-                },
-                _ = tokio::time::sleep_until(until) => {}
-            }
-        }
-        if let Some(c) = &conn {
-            if let Err(e) =
-                workers::workers_set_offline(&c.client, &self.cfg.name, self.instance, "stopped")
-                    .await
-            {
-                tracing::warn!(error = %e, "could not mark the assigner offline");
-            }
-        }
-        systemd::stopping("stopping");
-        tracing::info!("assigner stopped");
-        Ok(())
+        self.cfg.heartbeat_interval =
+            Liveness::heartbeat_interval(self.cfg.heartbeat_interval, &self.cfg.name);
+        let mut link = Link::open(self.db_cfg.clone(), &[db::CHANNEL_PENDING]).await?;
+        let conn = link.conn_mut().ok_or_else(|| Error::Db {
+            message: "the connection closed before registration".into(),
+            sqlstate: None,
+        })?;
+        self.register(&mut conn.client).await?;
+        let db_grace = self.cfg.db_grace;
+        let now = Instant::now();
+        let daemon = AssignerDaemon {
+            a: self,
+            wake: true,
+            next_round: now,
+            stop: false,
+            lost_name: None,
+            last: Maintenance::default(),
+            last_round: RoundOutcome::default(),
+        };
+        runner::run(daemon, link, db_grace, shutdown).await
     }
 
     async fn heartbeat(
@@ -525,17 +387,141 @@ enum HeartbeatError {
     LostName(String),
 }
 
-/// The database connection, which also LISTENs, and its prepared statements.
-struct Conn {
-    client: Client,
-    notes: mpsc::UnboundedReceiver<Notification>,
-    stmts: db::Statements,
+/// The assigner as the runner drives it: rounds when woken (an insert, freed capacity, a
+/// poll), maintenance with every heartbeat.
+struct AssignerDaemon {
+    a: Assigner,
+    /// A round is due at once (a notification, a reconnect, a round that assigned).
+    wake: bool,
+    next_round: Instant,
+    stop: bool,
+    lost_name: Option<String>,
+    last: Maintenance,
+    last_round: RoundOutcome,
 }
 
-async fn next_note(conn: &mut Option<Conn>) -> Option<Notification> {
-    match conn {
-        Some(c) => c.notes.recv().await,
-        None => std::future::pending().await,
+impl Component for AssignerDaemon {
+    type Event = ();
+    type Exit = ();
+
+    fn heartbeat_interval(&self) -> Duration {
+        self.a.cfg.heartbeat_interval
+    }
+
+    async fn heartbeat(&mut self, ctx: &mut Ctx<'_>) -> Beat {
+        let Some(conn) = ctx.link.conn() else {
+            return Beat::Failed;
+        };
+        match self.a.heartbeat(conn, &self.last, &self.last_round).await {
+            Ok(m) => {
+                self.last = m;
+                Beat::Ok
+            }
+            Err(HeartbeatError::LostName(msg)) => {
+                tracing::error!("{msg}");
+                self.lost_name = Some(msg);
+                Beat::LostName
+            }
+            Err(HeartbeatError::Db(e)) => {
+                ctx.link.failed("maintenance", &e);
+                Beat::Failed
+            }
+        }
+    }
+
+    async fn tick(&mut self, ctx: &mut Ctx<'_>) {
+        if self.stop || !(self.wake || Instant::now() >= self.next_round) {
+            return;
+        }
+        let Some(conn) = ctx.link.conn_mut() else {
+            return;
+        };
+        self.wake = false;
+        self.next_round = Instant::now() + self.a.cfg.poll_interval;
+        let round_start = Instant::now();
+        match self.a.run_once(&mut conn.client, &conn.stmts).await {
+            Ok(r) => {
+                ctx.live.db_ok();
+                if r.assigned > 0 {
+                    tracing::debug!(
+                        assigned = r.assigned,
+                        unplaced = r.unplaced,
+                        elapsed_us = round_start.elapsed().as_micros() as u64,
+                        "round"
+                    );
+                    // There may be more: go again at once.
+                    self.wake = true;
+                }
+                self.last_round = r;
+            }
+            Err(e) => {
+                ctx.link.failed("routing round", &e);
+            }
+        }
+    }
+
+    fn on_ready(&self) {
+        tracing::info!(name = %self.a.cfg.name, "assigner ready");
+    }
+
+    fn on_notification(&mut self, _n: &Notification, _ctx: &mut Ctx<'_>) {
+        self.wake = true;
+    }
+
+    fn on_reconnected(&mut self) {
+        // Notifications sent meanwhile are gone: look at once.
+        self.wake = true;
+    }
+
+    async fn next_event(&mut self) {
+        std::future::pending::<()>().await
+    }
+
+    fn on_event(&mut self, _e: ()) {}
+
+    async fn on_shutdown(&mut self, level: Shutdown, _ctx: &mut Ctx<'_>) {
+        if level != Shutdown::Running {
+            self.stop = true;
+        }
+    }
+
+    fn again_now(&self, connected: bool) -> bool {
+        self.wake && connected && !self.stop
+    }
+
+    fn wake_at(&self, connected: bool) -> Option<Instant> {
+        // Rounds need the connection: without one, the runner's heartbeat and reconnect
+        // timers are the only reasons to wake.
+        connected.then_some(self.next_round)
+    }
+
+    fn status_text(&self, db_down_for: Option<Duration>) -> String {
+        status_text(&self.last, &self.last_round, db_down_for.is_some())
+    }
+
+    fn done(&self) -> bool {
+        self.stop || self.lost_name.is_some()
+    }
+
+    async fn finish(self, link: &mut Link, live: &mut Liveness) -> Result<()> {
+        if let Some(msg) = self.lost_name {
+            return Err(Error::NameLost(msg));
+        }
+        if let Some(c) = link.conn() {
+            if let Err(e) = workers::workers_set_offline(
+                &c.client,
+                &self.a.cfg.name,
+                self.a.instance,
+                "stopped",
+            )
+            .await
+            {
+                tracing::warn!(error = %e, "could not mark the assigner offline");
+            }
+        }
+        live.stopping("stopping");
+        tracing::info!("assigner stopped");
+        Ok(())
     }
 }
 

@@ -1,0 +1,229 @@
+//! The worker's outcome buffer: attempts that ended, waiting to be written — in one batch,
+//! fenced row by row, with the next claim riding along when there is room. An outcome
+//! the database refuses never holds back the others: the batch is written outcome by
+//! outcome, and one still refused becomes a failure that names the cause.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::supervise::unstorable_outcome;
+use crate::daemon::link::Link;
+use crate::daemon::liveness::Liveness;
+use crate::db::tasks::{self, ClaimedTask, FinishedAttempt};
+use crate::error::Error;
+
+/// The wait before a failed write is tried again.
+const RETRY_WRITE: Duration = Duration::from_secs(1);
+
+/// Who writes: the fence of every outcome and claim.
+pub(super) struct Fence<'a> {
+    pub name: &'a str,
+    pub instance: Uuid,
+    pub run: Option<Uuid>,
+}
+
+/// Outcomes not yet written.
+pub(super) struct Outcomes {
+    unwritten: Vec<FinishedAttempt>,
+    /// After a failed write, the next try waits until this.
+    next_write: Instant,
+    /// Since when writes have been failing (`None`: they succeed).
+    failing_since: Option<Instant>,
+}
+
+impl Outcomes {
+    pub fn new() -> Self {
+        Outcomes {
+            unwritten: vec![],
+            next_write: Instant::now(),
+            failing_since: None,
+        }
+    }
+
+    pub fn push(&mut self, f: FinishedAttempt) {
+        self.unwritten.push(f);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.unwritten.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.unwritten.len()
+    }
+
+    /// Whether a write is due (something to write, and no failed write to wait out).
+    pub fn due(&self) -> bool {
+        !self.unwritten.is_empty() && Instant::now() >= self.next_write
+    }
+
+    /// When the next write is due, if there is anything to write.
+    pub fn next_write(&self) -> Option<Instant> {
+        (!self.unwritten.is_empty()).then_some(self.next_write)
+    }
+
+    /// The next write may go at once (the way out does not wait out a backoff).
+    pub fn write_now(&mut self) {
+        self.next_write = Instant::now();
+    }
+
+    /// How long writes have been failing.
+    pub fn failing_for(&self) -> Option<Duration> {
+        self.failing_since.map(|t| t.elapsed())
+    }
+
+    /// Whether outcomes get written: false once writes have failed for longer than
+    /// `grace`. Then the watchdog is no longer pinged — a worker that cannot record what
+    /// its tasks did is not healthy, however well it heartbeats.
+    pub fn healthy(&self, grace: Duration) -> bool {
+        self.failing_for().is_none_or(|d| d < grace)
+    }
+
+    /// Writes the buffer, when a write is due and the connection is up. With `claim`
+    /// (the free slots), the next claim rides in the same statement; the tasks claimed
+    /// come back (`None`: no claim was made).
+    pub async fn write(
+        &mut self,
+        link: &mut Link,
+        live: &mut Liveness,
+        fence: &Fence<'_>,
+        claim: Option<i64>,
+    ) -> Option<Vec<ClaimedTask>> {
+        if !self.due() {
+            return None;
+        }
+        let conn = link.conn()?;
+        let result = match claim {
+            Some(limit) => {
+                tasks::tasks_finish_and_claim(
+                    &conn.client,
+                    &conn.stmts,
+                    fence.name,
+                    fence.instance,
+                    &self.unwritten,
+                    limit,
+                    fence.run,
+                )
+                .await
+            }
+            None => tasks::tasks_finish(
+                &conn.client,
+                &conn.stmts,
+                fence.name,
+                fence.instance,
+                &self.unwritten,
+            )
+            .await
+            .map(|applied| (applied, vec![])),
+        };
+        match result {
+            Ok((applied, claimed)) => {
+                let done = std::mem::take(&mut self.unwritten);
+                self.written(done, &applied, fence.name);
+                live.db_ok();
+                claim.map(|_| claimed)
+            }
+            // One outcome the database refuses (a value it cannot store, a constraint)
+            // must not hold back the others: write each alone.
+            Err(e) if e.is_refused_data() => {
+                tracing::warn!(
+                    error = %e,
+                    tasks = self.unwritten.len(),
+                    "the database refused a batch of outcomes: writing each alone"
+                );
+                self.write_alone(link, live, fence).await;
+                None
+            }
+            Err(e) => {
+                self.failed(link, &e);
+                None
+            }
+        }
+    }
+
+    /// Writes the unwritten outcomes one by one. An outcome the database refuses is
+    /// replaced by a failure that states the cause, so the task ends and says why; any
+    /// other error keeps the rest for the next try.
+    async fn write_alone(&mut self, link: &mut Link, live: &mut Liveness, fence: &Fence<'_>) {
+        let mut pending = std::mem::take(&mut self.unwritten).into_iter();
+        let mut failure = None;
+        for mut f in pending.by_ref() {
+            let Some(conn) = link.conn() else {
+                self.unwritten.push(f);
+                break;
+            };
+            let mut replaced = false;
+            loop {
+                let one = std::slice::from_ref(&f);
+                let written =
+                    tasks::tasks_finish(&conn.client, &conn.stmts, fence.name, fence.instance, one)
+                        .await;
+                match written {
+                    Ok(applied) => {
+                        self.written(vec![f], &applied, fence.name);
+                        live.db_ok();
+                        break;
+                    }
+                    Err(e) if e.is_refused_data() && !replaced => {
+                        tracing::error!(
+                            task_id = f.task_id,
+                            attempt = f.attempt,
+                            outcome = f.finish.kind(),
+                            error = %e,
+                            "the database refused this outcome: the task fails with the cause"
+                        );
+                        f.finish = unstorable_outcome(&f.finish, &e);
+                        replaced = true;
+                    }
+                    Err(e) => {
+                        self.unwritten.push(f);
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        self.unwritten.extend(pending);
+        if let Some(e) = failure {
+            self.failed(link, &e);
+        }
+    }
+
+    /// Logs outcomes the database took (`applied`: the ids whose fenced write matched).
+    fn written(&mut self, done: Vec<FinishedAttempt>, applied: &[i64], worker: &str) {
+        let applied: HashSet<i64> = applied.iter().copied().collect();
+        for f in done {
+            if applied.contains(&f.task_id) {
+                tracing::info!(
+                    task_id = f.task_id,
+                    worker,
+                    attempt = f.attempt,
+                    outcome = f.finish.kind(),
+                    error = %crate::text::for_terminal(f.finish.error().unwrap_or(""), false),
+                    "task finished"
+                );
+            } else {
+                tracing::warn!(
+                    task_id = f.task_id,
+                    attempt = f.attempt,
+                    "lease lost before the outcome was written: left to the new owner"
+                );
+            }
+        }
+        if self.unwritten.is_empty() {
+            self.failing_since = None;
+        }
+    }
+
+    fn failed(&mut self, link: &mut Link, e: &Error) {
+        self.failing_since.get_or_insert_with(Instant::now);
+        self.next_write = Instant::now() + RETRY_WRITE;
+        link.failed("writing task outcomes", e);
+    }
+}
