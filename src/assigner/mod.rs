@@ -420,7 +420,7 @@ impl Component for AssignerDaemon {
             Err(HeartbeatError::LostName(msg)) => {
                 tracing::error!("{msg}");
                 self.lost_name = Some(msg);
-                Beat::LostName
+                Beat::End
             }
             Err(HeartbeatError::Db(e)) => {
                 ctx.link.failed("maintenance", &e);

@@ -30,6 +30,8 @@ pub struct Conn {
 pub struct Link {
     db: DbConfig,
     channels: &'static [&'static str],
+    /// Whether the session is tuned for the daemons' hot statements.
+    tuned: bool,
     conn: Option<Conn>,
     delay: Duration,
     next_attempt: Instant,
@@ -39,10 +41,21 @@ impl Link {
     /// Connects (an error here is a failed start), LISTENs on `channels`, checks the schema
     /// and tunes the session for the daemons' statements.
     pub async fn open(db: DbConfig, channels: &'static [&'static str]) -> Result<Link> {
-        let conn = connect(&db, channels).await?;
+        Link::start(db, channels, true).await
+    }
+
+    /// Like [`Link::open`], without notifications and with the planner's defaults: for a
+    /// daemon whose statements read whole tables (the watching monitor's statistics).
+    pub async fn open_plain(db: DbConfig) -> Result<Link> {
+        Link::start(db, &[], false).await
+    }
+
+    async fn start(db: DbConfig, channels: &'static [&'static str], tuned: bool) -> Result<Link> {
+        let conn = connect(&db, channels, tuned).await?;
         Ok(Link {
             db,
             channels,
+            tuned,
             conn: Some(conn),
             delay: RECONNECT_FIRST,
             next_attempt: Instant::now(),
@@ -109,7 +122,7 @@ impl Link {
         if self.conn.is_some() {
             return true;
         }
-        match connect(&self.db, self.channels).await {
+        match connect(&self.db, self.channels, self.tuned).await {
             Ok(c) => {
                 tracing::info!("database connection restored");
                 self.conn = Some(c);
@@ -141,10 +154,12 @@ impl Link {
     }
 }
 
-async fn connect(db: &DbConfig, channels: &[&str]) -> Result<Conn> {
+async fn connect(db: &DbConfig, channels: &[&str], tuned: bool) -> Result<Conn> {
     let (client, notes) = db::listen::listen(db, channels).await?;
     db::check_schema(&client).await?;
-    db::tune_session(&client).await?;
+    if tuned {
+        db::tune_session(&client).await?;
+    }
     Ok(Conn {
         client,
         notes,

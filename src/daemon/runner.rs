@@ -36,9 +36,9 @@ pub enum Beat {
     /// The database did not take it (down, or an error): the watchdog is pinged only
     /// within the grace.
     Failed,
-    /// Another process holds the daemon's name now: the loop ends (the component's
-    /// `finish` says why).
-    LostName,
+    /// The daemon cannot go on — another process holds its name now, or its first round
+    /// failed: the loop ends (the component's `finish` says why).
+    End,
 }
 
 /// What a component may touch while the runner calls it.
@@ -207,7 +207,7 @@ pub async fn run<C: Component>(
 }
 
 /// A heartbeat round (when the connection is up) and the watchdog's ping as it went.
-/// Whether the name was lost.
+/// Whether the loop ends.
 async fn beat<C: Component>(c: &mut C, ctx: &mut Ctx<'_>) -> bool {
     *ctx.heartbeat_at = Instant::now() + c.heartbeat_interval();
     let beat = if ctx.link.is_up() {
@@ -215,7 +215,7 @@ async fn beat<C: Component>(c: &mut C, ctx: &mut Ctx<'_>) -> bool {
     } else {
         Beat::Failed
     };
-    if beat == Beat::LostName {
+    if beat == Beat::End {
         return true;
     }
     let healthy = c.healthy();

@@ -43,6 +43,8 @@ pub async fn listen(
     for ch in channels {
         sql.push_str(&format!("LISTEN {};", quote_ident(ch)?));
     }
-    client.batch_execute(&sql).await?;
+    if !sql.is_empty() {
+        client.batch_execute(&sql).await?;
+    }
     Ok((client, rx))
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use super::watch::Output;
 use super::{Manager, Monitor, MonitorConfig, EXIT_UNHEALTHY};
 use crate::error::{Error, Result};
 use crate::telemetry::LogFormat;
@@ -109,51 +110,25 @@ pub async fn run(args: MonitorArgs) -> Result<u8> {
         },
         max_memory: share("--max-memory", args.max_memory)?,
         manager: args.manager,
-        systemctl: args.systemctl.clone(),
+        systemctl: args.systemctl,
         ..Default::default()
     };
     let db = crate::db::config_from(args.database_url.as_deref(), "jr-health-monitor")?;
     let monitor = Monitor::new(cfg);
-    let Some(every) = args.watch else {
-        return round(&monitor, &db, &args).await;
+    let out = Output {
+        json: args.json,
+        textfile: args.textfile,
     };
-    // Watching: the first round's error ends the program (as a daemon's failed start
-    // does); later ones — a database outage, a restart — are logged, and the next round
-    // tries again, so a watching monitor rides out what the other daemons ride out.
-    let mut shutdown = crate::shutdown::from_signals()
-        .map_err(|e| Error::io("cannot install signal handlers", e))?;
-    round(&monitor, &db, &args).await?;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            // Stopped on purpose: a clean exit, whatever the last round found.
-            _ = shutdown.changed() => return Ok(0),
-        }
-        if let Err(e) = round(&monitor, &db, &args).await {
-            tracing::warn!(error = %e, retry_in = %validate::format_duration(every), "monitor round failed");
-        }
+    if let Some(every) = args.watch {
+        let shutdown = crate::shutdown::from_signals()
+            .map_err(|e| Error::io("cannot install signal handlers", e))?;
+        return super::watch::watch(monitor, db, out, every, shutdown).await;
     }
-}
-
-/// One round: connect, check the schema, act, report; the exit status it calls for.
-async fn round(monitor: &Monitor, db: &crate::db::DbConfig, args: &MonitorArgs) -> Result<u8> {
-    let client = crate::db::connect(db).await?;
+    // One round: connect, check the schema, act, report.
+    let client = crate::db::connect(&db).await?;
     crate::db::check_schema(&client).await?;
     let report = monitor.run_once(&client).await?;
-    if args.json {
-        let text =
-            serde_json::to_string_pretty(&report).map_err(|e| Error::encode("the report", e))?;
-        crate::process::print_out(&format!("{text}\n"));
-    } else {
-        // Names and texts in it come from the database: no control characters through.
-        crate::process::print_out(&crate::text::for_terminal(
-            &super::render_text(&report),
-            true,
-        ));
-    }
-    if let (Some(path), false) = (&args.textfile, report.skipped) {
-        super::write_atomically(path, &super::render_prometheus(&report))?;
-    }
+    out.publish(&report)?;
     Ok(if report.unhealthy() {
         EXIT_UNHEALTHY
     } else {

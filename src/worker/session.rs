@@ -428,7 +428,7 @@ impl Component for Session {
                 tracing::error!("{msg}");
                 self.stop_all(StopReason::LeaseLost);
                 self.lost_name = Some(msg);
-                Beat::LostName
+                Beat::End
             }
             Err(e) => {
                 ctx.link.failed("heartbeat", &e);
