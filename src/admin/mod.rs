@@ -76,7 +76,7 @@ pub struct EnqueueArgs {
     #[arg(long, env = "JRQ_PAYLOAD_FILE", value_name = "FILE")]
     pub payload_file: Option<PathBuf>,
     /// Priority: a non-negative integer, lower is more urgent.
-    #[arg(long, env = "JRQ_PRIORITY", default_value = "5", value_parser = validate::parse_priority, allow_hyphen_values = true)]
+    #[arg(long, env = "JRQ_PRIORITY", default_value_t = crate::task::DEFAULT_PRIORITY, value_parser = validate::parse_priority, allow_hyphen_values = true)]
     pub priority: i32,
     /// Jump the line (sets sacred_fire_priority): served before every non-urgent task.
     #[arg(long, env = "JRQ_URGENT")]
@@ -92,10 +92,10 @@ pub struct EnqueueArgs {
     #[arg(long, env = "JRQ_RUN", value_parser = validate::parse_run_id)]
     pub run: Option<Uuid>,
     /// Attempts before the task fails for good. Range: 1 to 1000.
-    #[arg(long, env = "JRQ_MAX_ATTEMPTS", default_value = "3", value_parser = validate::parse_max_attempts, allow_hyphen_values = true)]
+    #[arg(long, env = "JRQ_MAX_ATTEMPTS", default_value_t = crate::task::DEFAULT_MAX_ATTEMPTS, value_parser = validate::parse_max_attempts, allow_hyphen_values = true)]
     pub max_attempts: i32,
     /// How long one attempt may run (e.g. 90s, 30m, 2h). Range: 1ms to 365d.
-    #[arg(long, env = "JRQ_TIMEOUT", default_value = "30m", value_parser = validate::duration_in("1ms", "365d"))]
+    #[arg(long, env = "JRQ_TIMEOUT", default_value = crate::validate::format_duration(crate::task::DEFAULT_TIMEOUT), value_parser = validate::duration_in("1ms", "365d"))]
     pub timeout: Duration,
     /// Do not start the task before this delay has passed (e.g. 10m). Default: at once. Range: 0s to 3650d.
     #[arg(long, env = "JRQ_DELAY", value_parser = validate::duration_in("0s", "3650d"), conflicts_with = "run_at")]
@@ -134,7 +134,7 @@ pub struct StatusArgs {
     #[arg(long, env = "JRQ_WINDOW", default_value = "24h", value_parser = validate::duration_in("1m", "365d"))]
     pub window: Duration,
     /// A worker silent for longer than this counts as offline. Range: 1s to 1h.
-    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "15s", value_parser = validate::duration_in("1s", "1h"))]
+    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = crate::validate::format_duration(crate::db::workers::DEFAULT_ONLINE_THRESHOLD), value_parser = validate::duration_in("1s", "1h"))]
     pub online_threshold: Duration,
     /// Print JSON instead of text.
     #[arg(long, env = "JRQ_JSON")]
@@ -235,7 +235,7 @@ pub enum RunsCommand {
 #[derive(Debug, Args)]
 pub struct WorkersArgs {
     /// A worker silent for longer than this counts as offline. Range: 1s to 1h.
-    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "15s", value_parser = validate::duration_in("1s", "1h"))]
+    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = crate::validate::format_duration(crate::db::workers::DEFAULT_ONLINE_THRESHOLD), value_parser = validate::duration_in("1s", "1h"))]
     pub online_threshold: Duration,
     /// Print JSON instead of text.
     #[arg(long, env = "JRQ_JSON")]

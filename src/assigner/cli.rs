@@ -20,47 +20,47 @@ pub struct AssignerArgs {
     pub name: Option<String>,
 
     /// Most tasks routed per round. Range: 1 to 10000.
-    #[arg(long, env = "JRQ_BATCH_SIZE", default_value = "500", value_parser = validate::count_in::<i32>(1, 10000))]
+    #[arg(long, env = "JRQ_BATCH_SIZE", default_value_t = super::DEFAULT_BATCH_SIZE as i32, value_parser = validate::count_in::<i32>(1, 10000))]
     pub batch_size: i32,
 
     /// Time between rounds when no notification arrives. Range: 10ms to 1h.
-    #[arg(long, env = "JRQ_POLL_INTERVAL", default_value = "2s", value_parser = validate::duration_in("10ms", "1h"))]
+    #[arg(long, env = "JRQ_POLL_INTERVAL", default_value = crate::validate::format_duration(super::DEFAULT_POLL_INTERVAL), value_parser = validate::duration_in("10ms", "1h"))]
     pub poll_interval: Duration,
 
     /// Time between heartbeats and maintenance (and watchdog pings); lowered to half of
     /// WatchdogSec when that is shorter. Range: 100ms to 5m.
-    #[arg(long, env = "JRQ_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = validate::duration_in("100ms", "5m"))]
+    #[arg(long, env = "JRQ_HEARTBEAT_INTERVAL", default_value = crate::validate::format_duration(crate::daemon::defaults::HEARTBEAT_INTERVAL), value_parser = validate::duration_in("100ms", "5m"))]
     pub heartbeat_interval: Duration,
 
     /// A worker whose heartbeat is older than this is not online: it gets no tasks, and
     /// the tasks assigned to it but not started go back to pending. Range: 1s to 1h.
-    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = "15s", value_parser = validate::duration_in("1s", "1h"))]
+    #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = crate::validate::format_duration(crate::db::workers::DEFAULT_ONLINE_THRESHOLD), value_parser = validate::duration_in("1s", "1h"))]
     pub online_threshold: Duration,
 
     /// A task pinned to a worker that is not online waits this long (from when it became
     /// ready), then fails with "target worker 'NAME' is not online". Range: 0s to 1d.
-    #[arg(long, env = "JRQ_PIN_GRACE", default_value = "60s", value_parser = validate::duration_in("0s", "1d"))]
+    #[arg(long, env = "JRQ_PIN_GRACE", default_value = crate::validate::format_duration(super::DEFAULT_PIN_GRACE), value_parser = validate::duration_in("0s", "1d"))]
     pub pin_grace: Duration,
 
     /// Consecutive failed attempts that open a worker's circuit (it gets no new tasks). Range: 1 to 1000.
-    #[arg(long, env = "JRQ_CIRCUIT_FAILURES", default_value = "3", value_parser = validate::count_in::<i32>(1, 1000))]
+    #[arg(long, env = "JRQ_CIRCUIT_FAILURES", default_value_t = super::DEFAULT_CIRCUIT_FAILURES, value_parser = validate::count_in::<i32>(1, 1000))]
     pub circuit_failures: i32,
 
     /// Cool-down of an open circuit after the last failure; doubles with each further
     /// failure, resets on a success. Range: 0s to 1d.
-    #[arg(long, env = "JRQ_CIRCUIT_COOLDOWN", default_value = "30s", value_parser = validate::duration_in("0s", "1d"))]
+    #[arg(long, env = "JRQ_CIRCUIT_COOLDOWN", default_value = crate::validate::format_duration(super::DEFAULT_CIRCUIT_COOLDOWN), value_parser = validate::duration_in("0s", "1d"))]
     pub circuit_cooldown: Duration,
 
     /// Longest circuit cool-down. Range: 0s to 7d.
-    #[arg(long, env = "JRQ_CIRCUIT_MAX_COOLDOWN", default_value = "10m", value_parser = validate::duration_in("0s", "7d"))]
+    #[arg(long, env = "JRQ_CIRCUIT_MAX_COOLDOWN", default_value = crate::validate::format_duration(super::DEFAULT_CIRCUIT_MAX_COOLDOWN), value_parser = validate::duration_in("0s", "7d"))]
     pub circuit_max_cooldown: Duration,
 
     /// While the database is unreachable, keep pinging the watchdog this long. Range: 0s to 1h.
-    #[arg(long, env = "JRQ_DB_GRACE", default_value = "30s", value_parser = validate::duration_in("0s", "1h"))]
+    #[arg(long, env = "JRQ_DB_GRACE", default_value = crate::validate::format_duration(crate::daemon::defaults::DB_GRACE), value_parser = validate::duration_in("0s", "1h"))]
     pub db_grace: Duration,
 
     /// Another process holding this name is dead once its heartbeat is older than this. Range: 1s to 1h.
-    #[arg(long, env = "JRQ_TAKEOVER_AFTER", default_value = "30s", value_parser = validate::duration_in("1s", "1h"))]
+    #[arg(long, env = "JRQ_TAKEOVER_AFTER", default_value = crate::validate::format_duration(crate::daemon::defaults::TAKEOVER_AFTER), value_parser = validate::duration_in("1s", "1h"))]
     pub takeover_after: Duration,
 
     /// Log format: auto (journald under systemd, else text), text, json, journald.
@@ -93,5 +93,25 @@ impl AssignerArgs {
         cfg.validate()?;
         let db = crate::db::config_from(self.database_url.as_deref(), "jr-auto-assigner")?;
         Ok((cfg, db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn the_options_default_to_the_config_defaults() {
+        let (cfg, _) = AssignerArgs::try_parse_from(["jr-auto-assigner", "--name", "a"])
+            .unwrap()
+            .into_parts()
+            .unwrap();
+        let d = AssignerConfig {
+            name: "a".into(),
+            ..AssignerConfig::default()
+        };
+        assert_eq!(cfg, d);
     }
 }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_postgres::{Client, Notification};
 use uuid::Uuid;
 
+use crate::daemon::defaults;
 use crate::daemon::link::{Conn, Link};
 use crate::daemon::liveness::Liveness;
 use crate::daemon::runner::{self, Beat, Component, Ctx};
@@ -37,7 +38,7 @@ pub const DEFAULT_BATCH_SIZE: i64 = 500;
 /// Default time between rounds when no notification arrives.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// Default time between heartbeats and maintenance (and watchdog pings).
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = defaults::HEARTBEAT_INTERVAL;
 /// Default heartbeat age beyond which a worker is not online.
 pub const DEFAULT_ONLINE_THRESHOLD: Duration = workers::DEFAULT_ONLINE_THRESHOLD;
 /// Default time a pinned task waits for its offline target before it fails.
@@ -49,12 +50,12 @@ pub const DEFAULT_CIRCUIT_COOLDOWN: Duration = Duration::from_secs(30);
 /// Default longest cool-down.
 pub const DEFAULT_CIRCUIT_MAX_COOLDOWN: Duration = Duration::from_secs(600);
 /// Default time the watchdog is still pinged while the database is unreachable.
-pub const DEFAULT_DB_GRACE: Duration = Duration::from_secs(30);
+pub const DEFAULT_DB_GRACE: Duration = defaults::DB_GRACE;
 /// Default heartbeat age after which another process's claim on the name is dead.
-pub const DEFAULT_TAKEOVER_AFTER: Duration = Duration::from_secs(30);
+pub const DEFAULT_TAKEOVER_AFTER: Duration = defaults::TAKEOVER_AFTER;
 
 /// The assigner's settings. Every field has a documented default.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssignerConfig {
     /// Registry name; defaults to `assigner.<host>`.
     pub name: String,

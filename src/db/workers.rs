@@ -399,7 +399,7 @@ pub async fn workers_set_offline(
 }
 
 /// The circuit breaker's settings (owned by the assigner).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CircuitPolicy {
     /// Consecutive failed attempts that open the circuit.
     pub failures: i32,

@@ -20,38 +20,38 @@ use crate::validate;
 pub struct MonitorArgs {
     /// A running task whose worker's heartbeat is older than this is stuck: it goes back
     /// to pending (attempt counted), or fails when its attempts are used up. Range: 1s to 1d.
-    #[arg(long, env = "JRQ_STUCK_AFTER", default_value = "60s", value_parser = validate::duration_in("1s", "1d"))]
+    #[arg(long, env = "JRQ_STUCK_AFTER", default_value = crate::validate::format_duration(super::DEFAULT_STUCK_AFTER), value_parser = validate::duration_in("1s", "1d"))]
     pub stuck_after: Duration,
     /// A running task past its own timeout plus this, with a live worker, is failed. Range: 0s to 1d.
-    #[arg(long, env = "JRQ_TIMEOUT_GRACE", default_value = "60s", value_parser = validate::duration_in("0s", "1d"))]
+    #[arg(long, env = "JRQ_TIMEOUT_GRACE", default_value = crate::validate::format_duration(super::DEFAULT_TIMEOUT_GRACE), value_parser = validate::duration_in("0s", "1d"))]
     pub timeout_grace: Duration,
     /// A worker (or assigner) silent longer than this is marked offline; when it lives on
     /// this host its unit is restarted. Range: 1s to 1d.
-    #[arg(long, env = "JRQ_DEAD_AFTER", default_value = "60s", value_parser = validate::duration_in("1s", "1d"))]
+    #[arg(long, env = "JRQ_DEAD_AFTER", default_value = crate::validate::format_duration(super::DEFAULT_DEAD_AFTER), value_parser = validate::duration_in("1s", "1d"))]
     pub dead_after: Duration,
     /// Alert when a worker marked offline had not responded for longer than this. Range: 1s to 30d.
-    #[arg(long, env = "JRQ_SILENT_ALERT", default_value = "5m", value_parser = validate::duration_in("1s", "30d"))]
+    #[arg(long, env = "JRQ_SILENT_ALERT", default_value = crate::validate::format_duration(super::DEFAULT_SILENT_ALERT), value_parser = validate::duration_in("1s", "30d"))]
     pub silent_alert: Duration,
     /// Window of the failure rate. Range: 1m to 30d.
-    #[arg(long, env = "JRQ_FAILURE_WINDOW", default_value = "1h", value_parser = validate::duration_in("1m", "30d"))]
+    #[arg(long, env = "JRQ_FAILURE_WINDOW", default_value = crate::validate::format_duration(super::DEFAULT_FAILURE_WINDOW), value_parser = validate::duration_in("1m", "30d"))]
     pub failure_window: Duration,
     /// Alert above this failure rate, in percent. Range: 0 to 100.
-    #[arg(long, env = "JRQ_MAX_FAILURE_RATE", default_value = "50")]
+    #[arg(long, env = "JRQ_MAX_FAILURE_RATE", default_value_t = super::DEFAULT_MAX_FAILURE_RATE * 100.0)]
     pub max_failure_rate: f64,
     /// Alert when a ready task has waited longer than this. Range: 1s to 30d.
-    #[arg(long, env = "JRQ_MAX_PENDING_AGE", default_value = "15m", value_parser = validate::duration_in("1s", "30d"))]
+    #[arg(long, env = "JRQ_MAX_PENDING_AGE", default_value = crate::validate::format_duration(super::DEFAULT_MAX_PENDING_AGE), value_parser = validate::duration_in("1s", "30d"))]
     pub max_pending_age: Duration,
     /// Alert above this usage of PostgreSQL's notification queue, in percent. Range: 0 to 100.
-    #[arg(long, env = "JRQ_MAX_NOTIFY_QUEUE", default_value = "50")]
+    #[arg(long, env = "JRQ_MAX_NOTIFY_QUEUE", default_value_t = super::DEFAULT_MAX_NOTIFY_QUEUE * 100.0)]
     pub max_notify_queue: f64,
     /// Alert above this many dead row versions in jr_work_queue. Range: 0 or more.
-    #[arg(long, env = "JRQ_MAX_DEAD_TUPLES", default_value = "1000000", value_parser = validate::count_in::<i64>(0, i64::MAX as u64))]
+    #[arg(long, env = "JRQ_MAX_DEAD_TUPLES", default_value_t = super::DEFAULT_MAX_DEAD_TUPLES, value_parser = validate::count_in::<i64>(0, i64::MAX as u64))]
     pub max_dead_tuples: i64,
     /// Alert above this 1-minute load average per core. Range: 0 or more.
-    #[arg(long, env = "JRQ_MAX_LOAD_PER_CORE", default_value = "3.0")]
+    #[arg(long, env = "JRQ_MAX_LOAD_PER_CORE", default_value_t = super::DEFAULT_MAX_LOAD_PER_CORE)]
     pub max_load_per_core: f64,
     /// Alert above this memory use, in percent. Range: 0 to 100.
-    #[arg(long, env = "JRQ_MAX_MEMORY", default_value = "90")]
+    #[arg(long, env = "JRQ_MAX_MEMORY", default_value_t = super::DEFAULT_MAX_MEMORY * 100.0)]
     pub max_memory: f64,
     /// Which systemd manager restarts local units: user, system, none.
     #[arg(long, env = "JRQ_MANAGER", value_enum, default_value = "user")]
@@ -88,31 +88,39 @@ fn share(name: &str, pct: f64) -> Result<f64> {
     Ok(pct / 100.0)
 }
 
+impl MonitorArgs {
+    /// The monitor's settings the options give.
+    pub fn config(&self) -> Result<MonitorConfig> {
+        let args = self;
+        Ok(MonitorConfig {
+            stuck_after: args.stuck_after,
+            timeout_grace: args.timeout_grace,
+            dead_after: args.dead_after,
+            silent_alert: args.silent_alert,
+            failure_window: args.failure_window,
+            max_failure_rate: share("--max-failure-rate", args.max_failure_rate)?,
+            max_pending_age: args.max_pending_age,
+            max_notify_queue: share("--max-notify-queue", args.max_notify_queue)?,
+            max_dead_tuples: args.max_dead_tuples,
+            max_load_per_core: match args.max_load_per_core {
+                x if x.is_finite() && x >= 0.0 => x,
+                x => {
+                    return Err(Error::usage(format!(
+                        "--max-load-per-core {x} is out of range: give a number of 0 or more"
+                    )))
+                }
+            },
+            max_memory: share("--max-memory", args.max_memory)?,
+            manager: args.manager,
+            systemctl: args.systemctl.clone(),
+            ..Default::default()
+        })
+    }
+}
+
 /// Runs the monitor as the options say; returns the exit status.
 pub async fn run(args: MonitorArgs) -> Result<u8> {
-    let cfg = MonitorConfig {
-        stuck_after: args.stuck_after,
-        timeout_grace: args.timeout_grace,
-        dead_after: args.dead_after,
-        silent_alert: args.silent_alert,
-        failure_window: args.failure_window,
-        max_failure_rate: share("--max-failure-rate", args.max_failure_rate)?,
-        max_pending_age: args.max_pending_age,
-        max_notify_queue: share("--max-notify-queue", args.max_notify_queue)?,
-        max_dead_tuples: args.max_dead_tuples,
-        max_load_per_core: match args.max_load_per_core {
-            x if x.is_finite() && x >= 0.0 => x,
-            x => {
-                return Err(Error::usage(format!(
-                    "--max-load-per-core {x} is out of range: give a number of 0 or more"
-                )))
-            }
-        },
-        max_memory: share("--max-memory", args.max_memory)?,
-        manager: args.manager,
-        systemctl: args.systemctl,
-        ..Default::default()
-    };
+    let cfg = args.config()?;
     let db = crate::db::config_from(args.database_url.as_deref(), "jr-health-monitor")?;
     let monitor = Monitor::new(cfg);
     let out = Output {
@@ -134,4 +142,48 @@ pub async fn run(args: MonitorArgs) -> Result<u8> {
     } else {
         0
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn the_options_default_to_the_config_defaults() {
+        let cfg = MonitorArgs::try_parse_from(["jr-health-monitor"])
+            .unwrap()
+            .config()
+            .unwrap();
+        let d = MonitorConfig::default();
+        assert_eq!(
+            (
+                cfg.stuck_after,
+                cfg.timeout_grace,
+                cfg.dead_after,
+                cfg.silent_alert
+            ),
+            (d.stuck_after, d.timeout_grace, d.dead_after, d.silent_alert)
+        );
+        assert_eq!(
+            (cfg.failure_window, cfg.max_pending_age, cfg.max_dead_tuples),
+            (d.failure_window, d.max_pending_age, d.max_dead_tuples)
+        );
+        assert_eq!(
+            (
+                cfg.max_failure_rate,
+                cfg.max_notify_queue,
+                cfg.max_load_per_core,
+                cfg.max_memory
+            ),
+            (
+                d.max_failure_rate,
+                d.max_notify_queue,
+                d.max_load_per_core,
+                d.max_memory
+            )
+        );
+        assert_eq!((cfg.manager, cfg.systemctl), (d.manager, d.systemctl));
+    }
 }

@@ -33,47 +33,47 @@ pub struct WorkerArgs {
     pub providers: Vec<String>,
 
     /// Tasks run at once. Range: 1 to 10000.
-    #[arg(long, env = "JRQ_CAPACITY", default_value = "1", value_parser = validate::count_in::<u32>(1, 10000))]
+    #[arg(long, env = "JRQ_CAPACITY", default_value_t = super::DEFAULT_CAPACITY, value_parser = validate::count_in::<u32>(1, 10000))]
     pub capacity: u32,
 
     /// Tasks the assigner may queue at this worker beyond --capacity, so that short tasks
     /// do not wait for an assigner round between them. Keep 0 for long agent tasks. Range: 0 to 10000.
-    #[arg(long, env = "JRQ_PREFETCH", default_value = "0", value_parser = validate::count_in::<u32>(0, 10000))]
+    #[arg(long, env = "JRQ_PREFETCH", default_value_t = super::DEFAULT_PREFETCH, value_parser = validate::count_in::<u32>(0, 10000))]
     pub prefetch: u32,
 
     /// Time between heartbeats (and systemd watchdog pings); lowered to half of
     /// WatchdogSec when that is shorter. Range: 100ms to 5m.
-    #[arg(long, env = "JRQ_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = validate::duration_in("100ms", "5m"))]
+    #[arg(long, env = "JRQ_HEARTBEAT_INTERVAL", default_value = crate::validate::format_duration(crate::daemon::defaults::HEARTBEAT_INTERVAL), value_parser = validate::duration_in("100ms", "5m"))]
     pub heartbeat_interval: Duration,
 
     /// Time between claim polls when no notification arrives. Range: 10ms to 1h.
-    #[arg(long, env = "JRQ_POLL_INTERVAL", default_value = "5s", value_parser = validate::duration_in("10ms", "1h"))]
+    #[arg(long, env = "JRQ_POLL_INTERVAL", default_value = crate::validate::format_duration(super::DEFAULT_POLL_INTERVAL), value_parser = validate::duration_in("10ms", "1h"))]
     pub poll_interval: Duration,
 
     /// After SIGTERM, time running tasks get to finish before they are ended and given
     /// back (keep it well under systemd's TimeoutStopSec). Range: 0s to 1h.
-    #[arg(long, env = "JRQ_DRAIN_TIMEOUT", default_value = "20s", value_parser = validate::duration_in("0s", "1h"))]
+    #[arg(long, env = "JRQ_DRAIN_TIMEOUT", default_value = crate::validate::format_duration(super::DEFAULT_DRAIN_TIMEOUT), value_parser = validate::duration_in("0s", "1h"))]
     pub drain_timeout: Duration,
 
     /// Time between SIGTERM and SIGKILL when a task's process group must end. Range: 0s to 10m.
-    #[arg(long, env = "JRQ_KILL_GRACE", default_value = "5s", value_parser = validate::duration_in("0s", "10m"))]
+    #[arg(long, env = "JRQ_KILL_GRACE", default_value = crate::validate::format_duration(super::DEFAULT_KILL_GRACE), value_parser = validate::duration_in("0s", "10m"))]
     pub kill_grace: Duration,
 
     /// Another process holding this name is dead once its heartbeat is older than this. Range: 1s to 1h.
-    #[arg(long, env = "JRQ_TAKEOVER_AFTER", default_value = "30s", value_parser = validate::duration_in("1s", "1h"))]
+    #[arg(long, env = "JRQ_TAKEOVER_AFTER", default_value = crate::validate::format_duration(crate::daemon::defaults::TAKEOVER_AFTER), value_parser = validate::duration_in("1s", "1h"))]
     pub takeover_after: Duration,
 
     /// While the database is unreachable, keep pinging the watchdog this long. Range: 0s to 1h.
-    #[arg(long, env = "JRQ_DB_GRACE", default_value = "30s", value_parser = validate::duration_in("0s", "1h"))]
+    #[arg(long, env = "JRQ_DB_GRACE", default_value = crate::validate::format_duration(crate::daemon::defaults::DB_GRACE), value_parser = validate::duration_in("0s", "1h"))]
     pub db_grace: Duration,
 
     /// Backoff before the second attempt of a failed task; it doubles per attempt (with
     /// ±20 % jitter). Range: 0s to 1d.
-    #[arg(long, env = "JRQ_RETRY_BASE", default_value = "5s", value_parser = validate::duration_in("0s", "1d"))]
+    #[arg(long, env = "JRQ_RETRY_BASE", default_value = crate::validate::format_duration(super::DEFAULT_RETRY_BASE), value_parser = validate::duration_in("0s", "1d"))]
     pub retry_base: Duration,
 
     /// Longest retry backoff. Range: 0s to 7d.
-    #[arg(long, env = "JRQ_RETRY_MAX", default_value = "10m", value_parser = validate::duration_in("0s", "7d"))]
+    #[arg(long, env = "JRQ_RETRY_MAX", default_value = crate::validate::format_duration(super::DEFAULT_RETRY_MAX), value_parser = validate::duration_in("0s", "7d"))]
     pub retry_max: Duration,
 
     /// Bytes kept from the end of an executor's stdout (the result) and stderr (the error). Range: 1 to 16MiB.
@@ -197,6 +197,13 @@ impl WorkerArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_options_default_to_the_config_defaults() {
+        let args = WorkerArgs::try_parse_from(["jr-queue-worker", "--name", "w", "--exec", "noop"]);
+        let (cfg, _, _) = args.unwrap().into_parts().unwrap();
+        assert_eq!(cfg, WorkerConfig::new("w"));
+    }
 
     #[test]
     fn executors_must_exist() {

@@ -39,6 +39,8 @@ use session::Session;
 
 /// Default number of tasks run at once.
 pub const DEFAULT_CAPACITY: u32 = 1;
+/// Default number of tasks queued at a worker beyond its capacity.
+pub const DEFAULT_PREFETCH: u32 = 0;
 /// Default time between heartbeats (and watchdog pings).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = defaults::HEARTBEAT_INTERVAL;
 /// Default time between claim polls when no notification arrives.
@@ -57,7 +59,7 @@ pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(5);
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(600);
 
 /// What a worker does and how fast. Every field has a documented default.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerConfig {
     /// The worker's name (the systemd instance name): letters, digits, `_`, `.`, `-`.
     pub name: String,
@@ -98,7 +100,7 @@ impl WorkerConfig {
             name: name.into(),
             providers: vec![],
             capacity: DEFAULT_CAPACITY,
-            prefetch: 0,
+            prefetch: DEFAULT_PREFETCH,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             poll_interval: DEFAULT_POLL_INTERVAL,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
