@@ -17,6 +17,7 @@ pub mod executor;
 pub mod guard;
 mod outcomes;
 mod session;
+mod slots;
 mod supervise;
 
 use std::sync::Arc;

@@ -2,42 +2,29 @@
 //! attempts, the claim, progress coalescing, the heartbeat and what it reads back (the
 //! run, the leases held, cancel requests), the drain, and the way out.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_postgres::Notification;
 use uuid::Uuid;
 
-use super::executor::{self, StopReason, TaskContext};
+use super::executor::StopReason;
 use super::guard;
 use super::outcomes::{Fence, Outcomes};
-use super::supervise::{supervise, Done, Policy};
+use super::slots::{Event, Slots};
+use super::supervise::Done;
 use super::{Exit, Worker, WorkerConfig};
+
+mod leave;
 use crate::daemon::link::Link;
 use crate::daemon::liveness::Liveness;
 use crate::daemon::runner::{Beat, Component, Ctx};
 use crate::daemon::shutdown::Shutdown;
 use crate::db::tasks::{self, ClaimedTask, Finish, FinishedAttempt};
 use crate::db::{self, runs, workers};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::task::RunStatus;
 use crate::validate::format_duration;
-
-/// How often coalesced progress reports are written.
-const PROGRESS_FLUSH: Duration = Duration::from_millis(500);
-/// How long the final writes may take when the database is unreachable at exit.
-const FINAL_WRITE_BUDGET: Duration = Duration::from_secs(10);
-
-/// A task this process is running.
-struct Running {
-    attempt: i32,
-    title: String,
-    stop: Arc<watch::Sender<Option<StopReason>>>,
-    handle: tokio::task::JoinHandle<()>,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Mode {
@@ -49,26 +36,11 @@ enum Mode {
     Draining { deadline: Instant },
 }
 
-/// What the worker's own sources deliver to the loop.
-pub(super) enum Event {
-    /// An attempt ended.
-    Done(Done),
-    /// A running attempt reported progress.
-    Progress(executor::Progress),
-}
-
 /// The running state of a registered worker.
 pub(super) struct Session {
     w: Worker,
-    running: HashMap<i64, Running>,
+    slots: Slots,
     outcomes: Outcomes,
-    /// Progress reported since the last write, per attempt.
-    progress: HashMap<(i64, i32), i16>,
-    last_progress_flush: Instant,
-    done_tx: mpsc::UnboundedSender<Done>,
-    done_rx: mpsc::UnboundedReceiver<Done>,
-    progress_tx: mpsc::UnboundedSender<executor::Progress>,
-    progress_rx: mpsc::UnboundedReceiver<executor::Progress>,
     mode: Mode,
     /// A claim is due at once (assigned tasks were announced, or the connection is back).
     wake: bool,
@@ -81,19 +53,11 @@ pub(super) struct Session {
 
 impl Session {
     pub(super) fn new(w: Worker) -> Session {
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let now = Instant::now();
         Session {
             w,
-            running: HashMap::new(),
+            slots: Slots::new(),
             outcomes: Outcomes::new(),
-            progress: HashMap::new(),
-            last_progress_flush: now,
-            done_tx,
-            done_rx,
-            progress_tx,
-            progress_rx,
             mode: Mode::Serving,
             wake: true,
             next_poll: now,
@@ -108,14 +72,11 @@ impl Session {
     }
 
     fn free(&self) -> usize {
-        (self.cfg().capacity as usize).saturating_sub(self.running.len())
+        (self.cfg().capacity as usize).saturating_sub(self.slots.len())
     }
 
     fn on_done(&mut self, d: Done) {
-        if let Some(r) = self.running.remove(&d.task_id) {
-            debug_assert_eq!(r.attempt, d.attempt);
-        }
-        self.progress.retain(|(id, _), _| *id != d.task_id);
+        self.slots.ended(&d);
         match d.finish {
             Some(finish) => self.outcomes.push(FinishedAttempt {
                 task_id: d.task_id,
@@ -147,32 +108,10 @@ impl Session {
         }
     }
 
-    async fn flush_progress(&mut self, ctx: &mut Ctx<'_>) {
-        if self.progress.is_empty() || self.last_progress_flush.elapsed() < PROGRESS_FLUSH {
-            return;
-        }
-        let Some(conn) = ctx.link.conn() else { return };
-        let items: Vec<(i64, i32, i16)> = self
-            .progress
-            .iter()
-            .map(|((id, a), p)| (*id, *a, *p))
-            .collect();
-        let written =
-            tasks::tasks_progress(&conn.client, &self.w.cfg.name, self.w.instance, &items).await;
-        // Tried again after the usual flush interval, not at once.
-        self.last_progress_flush = Instant::now();
-        match written {
-            Ok(()) => self.progress.clear(),
-            Err(e) => {
-                ctx.link.failed("writing progress", &e);
-            }
-        }
-    }
-
     fn heartbeat_status(&self) -> &'static str {
         match self.mode {
             Mode::Draining { .. } => "draining",
-            _ if self.running.is_empty() => "idle",
+            _ if self.slots.is_empty() => "idle",
             _ => "busy",
         }
     }
@@ -182,22 +121,9 @@ impl Session {
             self.on_run_status(run, reply.run_status);
         }
         for id in &reply.cancel_requested {
-            self.stop_task(*id, StopReason::Cancelled);
+            self.slots.stop(*id, StopReason::Cancelled);
         }
-        let held: HashSet<i64> = reply.held.iter().copied().collect();
-        let lost: Vec<i64> = self
-            .running
-            .keys()
-            .copied()
-            .filter(|id| !held.contains(id))
-            .collect();
-        for id in lost {
-            tracing::warn!(
-                task_id = id,
-                "lease lost (the task was rescued elsewhere): stopping it here"
-            );
-            self.stop_task(id, StopReason::LeaseLost);
-        }
+        self.slots.stop_unheld(&reply.held);
     }
 
     /// At the top of every claim, a run-scoped worker checks its run: once the run is
@@ -281,7 +207,7 @@ impl Session {
         }
     }
 
-    fn spawn(&mut self, t: ClaimedTask) {
+    fn spawn(&mut self, mut t: ClaimedTask) {
         let cfg = &self.w.cfg;
         tracing::info!(
             task_id = t.id,
@@ -291,7 +217,8 @@ impl Session {
             title = %crate::text::for_terminal(&t.title, false),
             "task started"
         );
-        let payload = match t.payload {
+        // The payload moves to the attempt; the rest of the row stays for its slot.
+        let payload = match std::mem::replace(&mut t.payload, Ok(serde_json::Value::Null)) {
             Ok(p) => p,
             Err(why) => {
                 // Stored JSON no program could be given as it is: the task fails, the
@@ -305,57 +232,8 @@ impl Session {
                 return;
             }
         };
-        let (ctx, stop) = TaskContext::new(
-            t.id,
-            t.title.clone(),
-            payload,
-            t.attempt,
-            t.max_attempts,
-            t.run_id,
-            cfg.name.clone(),
-            self.w.instance,
-            t.timeout,
-            self.progress_tx.clone(),
-        );
-        let stop = Arc::new(stop);
-        let policy = Policy {
-            timeout: t.timeout,
-            kill_grace: cfg.kill_grace,
-            retry_base: cfg.retry_base,
-            retry_max: cfg.retry_max,
-        };
-        let handle = tokio::spawn(supervise(
-            self.w.handler.clone(),
-            ctx,
-            stop.clone(),
-            policy,
-            self.done_tx.clone(),
-        ));
-        self.running.insert(
-            t.id,
-            Running {
-                attempt: t.attempt,
-                title: t.title,
-                stop,
-                handle,
-            },
-        );
-    }
-
-    fn stop_task(&mut self, id: i64, reason: StopReason) {
-        if let Some(r) = self.running.get(&id) {
-            if r.stop.borrow().is_none() {
-                tracing::info!(task_id = id, reason = %reason, "stopping task");
-                r.stop.send_replace(Some(reason));
-            }
-        }
-    }
-
-    fn stop_all(&mut self, reason: StopReason) {
-        let ids: Vec<i64> = self.running.keys().copied().collect();
-        for id in ids {
-            self.stop_task(id, reason);
-        }
+        self.slots
+            .start(&t, payload, self.w.handler.clone(), cfg, self.w.instance);
     }
 
     async fn begin_drain(&mut self, level: Shutdown, ctx: &mut Ctx<'_>) {
@@ -364,25 +242,12 @@ impl Session {
         } else {
             self.cfg().drain_timeout
         };
-        tracing::info!(running = self.running.len(), drain = %format_duration(timeout), "shutting down: no more claims");
+        tracing::info!(running = self.slots.len(), drain = %format_duration(timeout), "shutting down: no more claims");
         self.mode = Mode::Draining {
             deadline: Instant::now() + timeout,
         };
         self.unassign(ctx.link).await;
         ctx.heartbeat_now();
-    }
-
-    /// Gives tasks assigned here but not started back to pending, so they go elsewhere.
-    async fn unassign(&mut self, link: &mut Link) {
-        let Some(conn) = link.conn() else { return };
-        let (name, instance) = (&self.w.cfg.name, self.w.instance);
-        match tasks::tasks_unassign_own(&conn.client, name, instance, "worker stopping").await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(tasks = n, "assigned tasks given back to pending"),
-            Err(e) => {
-                link.failed("giving back assigned tasks", &e);
-            }
-        }
     }
 }
 
@@ -404,7 +269,7 @@ impl Component for Session {
         let hb = workers::Heartbeat {
             name: &self.w.cfg.name,
             instance: self.w.instance,
-            load: self.running.len() as i32,
+            load: self.slots.len() as i32,
             status: self.heartbeat_status(),
             status_text: &text,
             run_id: self.w.cfg.run_id,
@@ -426,7 +291,7 @@ impl Component for Session {
                     self.w.cfg.name
                 );
                 tracing::error!("{msg}");
-                self.stop_all(StopReason::LeaseLost);
+                self.slots.stop_all(StopReason::LeaseLost);
                 self.lost_name = Some(msg);
                 Beat::End
             }
@@ -439,12 +304,13 @@ impl Component for Session {
 
     async fn tick(&mut self, ctx: &mut Ctx<'_>) {
         if let Mode::Draining { deadline } = self.mode {
-            if Instant::now() >= deadline && !self.running.is_empty() {
-                self.stop_all(StopReason::Shutdown);
+            if Instant::now() >= deadline && !self.slots.is_empty() {
+                self.slots.stop_all(StopReason::Shutdown);
             }
         }
         self.write_outcomes(ctx).await;
-        self.flush_progress(ctx).await;
+        let (name, instance) = (&self.w.cfg.name, self.w.instance);
+        self.slots.flush_progress(ctx.link, name, instance).await;
         if self.wake || Instant::now() >= self.next_poll {
             self.claim(ctx).await;
         }
@@ -491,26 +357,18 @@ impl Component for Session {
     }
 
     async fn next_event(&mut self) -> Event {
-        tokio::select! {
-            Some(d) = self.done_rx.recv() => Event::Done(d),
-            Some(p) = self.progress_rx.recv() => Event::Progress(p),
-        }
+        self.slots.next_event().await
     }
 
     fn on_event(&mut self, e: Event) {
         match e {
             Event::Done(d) => {
                 self.on_done(d);
-                while let Ok(d) = self.done_rx.try_recv() {
+                while let Some(d) = self.slots.more_done() {
                     self.on_done(d);
                 }
             }
-            Event::Progress(p) => {
-                self.progress.insert((p.task_id, p.attempt), p.percent);
-                while let Ok(p) = self.progress_rx.try_recv() {
-                    self.progress.insert((p.task_id, p.attempt), p.percent);
-                }
-            }
+            Event::Progress(p) => self.slots.note_progress(p),
         }
     }
 
@@ -537,15 +395,15 @@ impl Component for Session {
         }
         if let Mode::Draining { deadline } = self.mode {
             // Once passed, the stopped tasks report back through the done channel.
-            if !self.running.is_empty() && deadline > now {
+            if !self.slots.is_empty() && deadline > now {
                 at(deadline);
             }
         }
         // Writes wait for a connection: without one, their timers are not reasons to wake
         // (a past deadline here would spin the loop until the database is back).
         if connected {
-            if !self.progress.is_empty() {
-                at(self.last_progress_flush + PROGRESS_FLUSH);
+            if let Some(p) = self.slots.next_progress_flush() {
+                at(p);
             }
             if let Some(w) = self.outcomes.next_write() {
                 at(w);
@@ -556,7 +414,7 @@ impl Component for Session {
 
     fn status_text(&self, db_down_for: Option<Duration>) -> String {
         let cap = self.cfg().capacity;
-        let n = self.running.len();
+        let n = self.slots.len();
         let verb = match &self.mode {
             Mode::Draining { .. } => "draining",
             Mode::Finishing(Exit::RunFinished(_)) => "run over, finishing",
@@ -565,8 +423,8 @@ impl Component for Session {
             Mode::Serving => "running",
         };
         let mut text = format!("{verb} {n}/{cap}");
-        if let Some((id, r)) = self.running.iter().min_by_key(|(id, _)| **id) {
-            let title: String = r.title.chars().take(60).collect();
+        if let Some((id, title)) = self.slots.first() {
+            let title: String = title.chars().take(60).collect();
             text.push_str(&format!(": #{id} '{title}'"));
             if n > 1 {
                 text.push_str(&format!(" and {} more", n - 1));
@@ -598,82 +456,11 @@ impl Component for Session {
         self.lost_name.is_some()
             || match &self.mode {
                 Mode::Serving => false,
-                Mode::Finishing(_) | Mode::Draining { .. } => self.running.is_empty(),
+                Mode::Finishing(_) | Mode::Draining { .. } => self.slots.is_empty(),
             }
     }
 
-    /// The way out: wait for stopped tasks, write every outcome, give back assigned
-    /// tasks, go offline, STOPPING=1.
-    async fn finish(mut self, link: &mut Link, live: &mut Liveness) -> Result<Exit> {
-        // Tasks asked to stop get the kill grace (and a little) to report back.
-        let hard = Instant::now() + self.cfg().kill_grace + Duration::from_secs(2);
-        while !self.running.is_empty() {
-            match tokio::time::timeout_at(hard, self.done_rx.recv()).await {
-                Ok(Some(d)) => self.on_done(d),
-                _ => break,
-            }
-        }
-        for (id, r) in self.running.drain() {
-            // A handler that ignored the stop: abort it and give its task back.
-            r.handle.abort();
-            self.outcomes.push(FinishedAttempt {
-                task_id: id,
-                attempt: r.attempt,
-                finish: Finish::Released {
-                    reason: "worker shutting down (handler did not stop in time)".into(),
-                },
-            });
-        }
-        let deadline = Instant::now() + FINAL_WRITE_BUDGET;
-        loop {
-            if !link.is_up() {
-                link.reconnect_now().await;
-            }
-            self.outcomes.write_now();
-            let fence = Fence {
-                name: &self.w.cfg.name,
-                instance: self.w.instance,
-                run: self.w.cfg.run_id,
-            };
-            let _ = self.outcomes.write(link, live, &fence, None).await;
-            if self.outcomes.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep_until((Instant::now() + link.retry_delay()).min(deadline)).await;
-        }
-        if !self.outcomes.is_empty() {
-            tracing::error!(
-                tasks = self.outcomes.len(),
-                "could not write the last outcomes: the health monitor will put these tasks back"
-            );
-        }
-        let exit = match (&self.lost_name, &self.mode) {
-            (Some(msg), _) => Err(Error::NameLost(msg.clone())),
-            (None, Mode::Finishing(e)) => Ok(e.clone()),
-            (None, _) => Ok(Exit::Drained),
-        };
-        if self.lost_name.is_none() {
-            self.unassign(link).await;
-            if let Some(conn) = link.conn() {
-                let why = match &exit {
-                    Ok(Exit::RunFinished(s)) => format!("exited: run {s}"),
-                    Ok(Exit::MaxLoops) => "exited: max loops reached".into(),
-                    _ => "exited: stopped".into(),
-                };
-                if let Err(e) = workers::workers_set_offline(
-                    &conn.client,
-                    &self.w.cfg.name,
-                    self.w.instance,
-                    &why,
-                )
-                .await
-                {
-                    tracing::warn!(error = %e, "could not mark the worker offline");
-                }
-            }
-        }
-        live.stopping("stopping");
-        tracing::info!(outcome = ?exit, "worker stopped");
-        exit
+    async fn finish(self, link: &mut Link, live: &mut Liveness) -> Result<Exit> {
+        self.leave(link, live).await
     }
 }

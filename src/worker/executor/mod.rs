@@ -1,0 +1,303 @@
+//! How a task runs: a [`Handler`]. The worker ships three — `noop`, `sleep:<duration>`
+//! and [`Program`] (any executable and its arguments, started without a shell) — and a
+//! Rust program embedding the worker can give its own.
+//!
+//! ## The executor program contract
+//!
+//! - stdin: the task's JSON payload, then end of file.
+//! - environment: `JR_TASK_ID`, `JR_TASK_TITLE` (its first [`TITLE_ENV_MAX`] bytes),
+//!   `JR_ATTEMPT` (1 for the first), `JR_MAX_ATTEMPTS`, `JR_RUN_ID` (empty without a
+//!   run), `JR_WORKER`, `JR_WORKER_INSTANCE` (the worker process's instance id), plus the
+//!   worker's own environment minus `DATABASE_URL`, `PGPASSWORD` and systemd's notify
+//!   variables. The worker's own environment and memory are out of the program's reach
+//!   although it runs as the same user (the worker is not dumpable, see [`crate::worker::guard`]).
+//! - its own process group; when the task must stop (timeout, cancel, lost lease, end of
+//!   the drain) the group and every other process the task started — also those that
+//!   left the group (`setsid`) or were orphaned (a double fork) — get SIGTERM, then
+//!   SIGKILL after the kill grace. When the program exits, whatever it left running is
+//!   killed too: no orphans.
+//! - exit status:
+//!   - `0`: success — the task is completed; the tail of stdout is its result.
+//!   - `75` (EX_TEMPFAIL): retryable failure — the task goes back to pending after a
+//!     backoff while attempts remain, else it fails.
+//!   - any other status: permanent failure — the task fails at once; the tail of stderr
+//!     is its error.
+//!   - killed by the kernel's OOM killer (the worker's memory cgroup — its unit's
+//!     `MemoryMax` — counted an OOM kill while the task ran, and the program died of a
+//!     signal or exited with a status other than 0 and 75): permanent failure, with an
+//!     error that names the limit. Running it again would hit the same limit. (A
+//!     program that handles the kill and exits 75 gets its retry.)
+//!   - killed by any other signal (a crash, someone's `kill`) or timed out: the program
+//!     could not say, so the attempt is treated as retryable.
+//! - the program (and what it starts) is the OOM killer's preferred victim within the
+//!   unit (`oom_score_adj` raised to [`EXECUTOR_OOM_SCORE_ADJ`]): a task that outgrows
+//!   the memory limit ends, the worker that supervises it does not.
+//! - progress: a stdout line `JRQ-PROGRESS: N` (N from 0 to 100, optionally with `%`)
+//!   sets the task's `progress_percent`; such lines are not part of the result.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::validate;
+
+mod program;
+pub use program::Program;
+
+/// The `oom_score_adj` executors start with (the worker keeps its own): when memory runs
+/// out, the kernel ends a task rather than the worker.
+pub const EXECUTOR_OOM_SCORE_ADJ: &std::ffi::CStr = c"500";
+
+/// Exit status with which an executor program asks for a retry (EX_TEMPFAIL).
+pub const EXIT_RETRY: i32 = 75;
+/// Prefix of a progress line on an executor's stdout.
+pub const PROGRESS_PREFIX: &str = "JRQ-PROGRESS:";
+/// Most bytes of the title given to an executor in `JR_TASK_TITLE` (the whole title is in
+/// the task, `jrq show`): the kernel refuses to start a program whose environment holds
+/// one string over 128 KiB.
+pub const TITLE_ENV_MAX: usize = 4096;
+/// Default bytes kept from the end of an executor's stdout (result) and stderr (error).
+pub const DEFAULT_OUTPUT_LIMIT: usize = 16 * 1024;
+
+/// Why the worker asks a running task to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The attempt ran past the task's timeout.
+    Timeout,
+    /// `jrq cancel` asked for it.
+    Cancelled,
+    /// The worker no longer holds the task's lease (it was rescued and may run elsewhere).
+    LeaseLost,
+    /// The worker is shutting down and the drain time is over.
+    Shutdown,
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StopReason::Timeout => "timed out",
+            StopReason::Cancelled => "cancelled",
+            StopReason::LeaseLost => "lease lost",
+            StopReason::Shutdown => "worker shutting down",
+        })
+    }
+}
+
+/// How a handler says its attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskOutcome {
+    /// Done; the text is stored as the task's result.
+    Completed(String),
+    /// Failed, worth another attempt (after a backoff, while attempts remain).
+    Retry(String),
+    /// Failed for good.
+    Failed(String),
+    /// Not started because of the worker, not the task (its program cannot be started
+    /// here): the task goes back without its attempt charged, and the worker's circuit
+    /// breaker counts it.
+    NotStarted(String),
+}
+
+/// A progress report from a running task.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub task_id: i64,
+    pub attempt: i32,
+    pub percent: i16,
+}
+
+/// What a handler knows about the attempt it runs.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    pub id: i64,
+    pub title: String,
+    pub payload: serde_json::Value,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub run_id: Option<Uuid>,
+    pub worker: String,
+    /// The worker process instance running the attempt (it fences the attempt's writes).
+    pub worker_instance: Uuid,
+    pub timeout: Duration,
+    stop: watch::Receiver<Option<StopReason>>,
+    progress: mpsc::UnboundedSender<Progress>,
+}
+
+impl TaskContext {
+    /// A context and the sender that stops it; for the worker and for tests of handlers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: i64,
+        title: String,
+        payload: serde_json::Value,
+        attempt: i32,
+        max_attempts: i32,
+        run_id: Option<Uuid>,
+        worker: String,
+        worker_instance: Uuid,
+        timeout: Duration,
+        progress: mpsc::UnboundedSender<Progress>,
+    ) -> (TaskContext, watch::Sender<Option<StopReason>>) {
+        let (tx, rx) = watch::channel(None);
+        (
+            TaskContext {
+                id,
+                title,
+                payload,
+                attempt,
+                max_attempts,
+                run_id,
+                worker,
+                worker_instance,
+                timeout,
+                stop: rx,
+                progress,
+            },
+            tx,
+        )
+    }
+
+    /// Resolves once the worker asks this task to stop. A handler should then end its
+    /// work promptly; the worker stops waiting for it after the kill grace.
+    pub async fn stopped(&mut self) -> StopReason {
+        loop {
+            if let Some(r) = *self.stop.borrow_and_update() {
+                return r;
+            }
+            if self.stop.changed().await.is_err() {
+                // The worker dropped the task: treat as shutdown.
+                return StopReason::Shutdown;
+            }
+        }
+    }
+
+    /// Reports progress (0–100).
+    pub fn progress(&self, percent: u8) {
+        let _ = self.progress.send(Progress {
+            task_id: self.id,
+            attempt: self.attempt,
+            percent: i16::from(percent.min(100)),
+        });
+    }
+}
+
+/// Runs one attempt of a task.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs the attempt described by `ctx` to its end. Watch [`TaskContext::stopped`].
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, TaskOutcome>;
+
+    /// Whether tasks run as other programs. The worker then guards itself from them and
+    /// keeps track of what they leave behind (see [`super::guard`]).
+    fn runs_programs(&self) -> bool {
+        false
+    }
+}
+
+/// Completes every task at once (tests, benchmarks).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Noop;
+
+impl Handler for Noop {
+    fn run(&self, _ctx: TaskContext) -> BoxFuture<'static, TaskOutcome> {
+        Box::pin(async { TaskOutcome::Completed(String::new()) })
+    }
+}
+
+/// Completes every task after a fixed time (tests, benchmarks).
+#[derive(Debug, Clone, Copy)]
+pub struct Sleep(pub Duration);
+
+impl Handler for Sleep {
+    fn run(&self, mut ctx: TaskContext) -> BoxFuture<'static, TaskOutcome> {
+        let d = self.0;
+        Box::pin(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => TaskOutcome::Completed(String::new()),
+                r = ctx.stopped() => TaskOutcome::Retry(format!("stopped: {r}")),
+            }
+        })
+    }
+}
+
+/// What `--exec` names: a built-in or a program with its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecSpec {
+    Noop,
+    Sleep(Duration),
+    Program { program: String, args: Vec<String> },
+}
+
+impl FromStr for ExecSpec {
+    type Err = String;
+
+    /// `noop`, `sleep:<duration>`, or a program and its arguments split like a shell
+    /// would split words (quotes allowed) — but no shell runs it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s == "noop" {
+            return Ok(ExecSpec::Noop);
+        }
+        if let Some(d) = s.strip_prefix("sleep:") {
+            return validate::parse_duration(d).map(ExecSpec::Sleep);
+        }
+        let words = shell_words::split(s)
+            .map_err(|e| format!("cannot split executor '{s}' into words ({e})"))?;
+        let mut words = words.into_iter();
+        let program = words.next().ok_or_else(|| {
+            "no executor given: use noop, sleep:<duration>, or a program and its arguments"
+                .to_string()
+        })?;
+        Ok(ExecSpec::Program {
+            program,
+            args: words.collect(),
+        })
+    }
+}
+
+impl ExecSpec {
+    /// The handler for this spec.
+    pub fn handler(&self, kill_grace: Duration, output_limit: usize) -> Arc<dyn Handler> {
+        match self {
+            ExecSpec::Noop => Arc::new(Noop),
+            ExecSpec::Sleep(d) => Arc::new(Sleep(*d)),
+            ExecSpec::Program { program, args } => Arc::new(Program {
+                program: program.clone(),
+                args: args.clone(),
+                kill_grace,
+                output_limit,
+                memory: crate::cgroup::MemoryCgroup::own(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_specs() {
+        assert_eq!("noop".parse::<ExecSpec>().unwrap(), ExecSpec::Noop);
+        assert_eq!(
+            "sleep:50ms".parse::<ExecSpec>().unwrap(),
+            ExecSpec::Sleep(Duration::from_millis(50))
+        );
+        assert!("sleep:soon".parse::<ExecSpec>().is_err());
+        assert_eq!(
+            "/usr/bin/python3 'my script.py' --fast"
+                .parse::<ExecSpec>()
+                .unwrap(),
+            ExecSpec::Program {
+                program: "/usr/bin/python3".into(),
+                args: vec!["my script.py".into(), "--fast".into()]
+            }
+        );
+        assert!("".parse::<ExecSpec>().is_err());
+        assert!("'unclosed".parse::<ExecSpec>().is_err());
+    }
+}
