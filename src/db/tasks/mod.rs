@@ -1,6 +1,6 @@
 //! SQL on `jr_work_queue`, the task table.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -9,12 +9,14 @@ use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
 use crate::db::{events, CHANNEL_PENDING, CHANNEL_WORKER};
-use crate::error::{constraint, sqlstate, Error, Result};
-use crate::task::{NewTask, RunAfter, TaskStatus};
+use crate::error::{sqlstate, Error, Result};
+use crate::task::TaskStatus;
 
+mod insert;
 mod lease;
 mod rescue;
 mod route;
+pub use insert::*;
 pub use lease::*;
 pub use rescue::*;
 pub use route::*;
@@ -61,9 +63,6 @@ impl JsonText {
         })
     }
 }
-
-/// Rows per INSERT statement in a bulk enqueue.
-const INSERT_CHUNK: usize = 5_000;
 
 /// One task as stored.
 #[derive(Debug, Clone, Serialize)]
@@ -132,216 +131,6 @@ impl TaskRow {
             cancel_requested_at: r.get("cancel_requested_at"),
             updated_at: r.get("updated_at"),
         }
-    }
-}
-
-/// What happened to one task of an insert.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InsertOutcome {
-    /// Inserted with this id.
-    Inserted(i64),
-    /// Not inserted: an unfinished task already holds the unique key.
-    Duplicate { key: String, existing: Option<i64> },
-}
-
-/// Inserts tasks in bulk (one statement per few thousand rows, one notification per
-/// statement). The outcomes come back in input order. A task whose unique key an
-/// unfinished task already holds — in the table or earlier in `tasks` — is not inserted
-/// and reported as a duplicate. Run inside a transaction to make the whole batch atomic.
-pub async fn tasks_insert(
-    client: &impl GenericClient,
-    tasks: &[NewTask],
-) -> Result<Vec<InsertOutcome>> {
-    let mut outcomes: Vec<Option<InsertOutcome>> = vec![None; tasks.len()];
-
-    // Keys held by unfinished tasks already in the table.
-    let keys: Vec<&str> = tasks
-        .iter()
-        .filter_map(|t| t.unique_key.as_deref())
-        .collect();
-    let mut held: HashMap<String, i64> = HashMap::new();
-    if !keys.is_empty() {
-        let sql = "SELECT unique_key, id FROM jr_work_queue \
-             WHERE unique_key = ANY($1) AND status IN ('pending', 'assigned', 'in_progress')";
-        for r in client.query(sql, &[&keys]).await? {
-            held.insert(r.get(0), r.get(1));
-        }
-    }
-    let mut seen: HashSet<&str> = HashSet::new();
-    let mut to_insert: Vec<usize> = Vec::with_capacity(tasks.len());
-    for (i, t) in tasks.iter().enumerate() {
-        if let Some(k) = t.unique_key.as_deref() {
-            if let Some(id) = held.get(k) {
-                outcomes[i] = Some(InsertOutcome::Duplicate {
-                    key: k.to_string(),
-                    existing: Some(*id),
-                });
-                continue;
-            }
-            if !seen.insert(k) {
-                outcomes[i] = Some(InsertOutcome::Duplicate {
-                    key: k.to_string(),
-                    existing: None,
-                });
-                continue;
-            }
-        }
-        to_insert.push(i);
-    }
-
-    for chunk in to_insert.chunks(INSERT_CHUNK) {
-        let rows = insert_chunk(client, tasks, chunk).await?;
-        // Rows come back in insertion order; a key that lost a race with a concurrent
-        // insert is skipped by ON CONFLICT and reported as a duplicate.
-        let mut returned = rows.into_iter().peekable();
-        for &i in chunk {
-            let t = &tasks[i];
-            match returned.peek() {
-                Some((_, ord)) if *ord == i as i64 => {
-                    let (id, _) = returned.next().expect("peeked");
-                    outcomes[i] = Some(InsertOutcome::Inserted(id));
-                }
-                _ => {
-                    outcomes[i] = Some(InsertOutcome::Duplicate {
-                        key: t.unique_key.clone().unwrap_or_default(),
-                        existing: None,
-                    })
-                }
-            }
-        }
-    }
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.expect("every task has an outcome"))
-        .collect())
-}
-
-/// Inserts the tasks at `idx` with one statement; returns (id, input index) in order.
-async fn insert_chunk(
-    client: &impl GenericClient,
-    tasks: &[NewTask],
-    idx: &[usize],
-) -> Result<Vec<(i64, i64)>> {
-    let n = idx.len();
-    let mut ord = Vec::with_capacity(n);
-    let mut title = Vec::with_capacity(n);
-    let mut description = Vec::with_capacity(n);
-    let mut source = Vec::with_capacity(n);
-    let mut created_by = Vec::with_capacity(n);
-    let mut priority = Vec::with_capacity(n);
-    let mut urgent = Vec::with_capacity(n);
-    let mut payload = Vec::with_capacity(n);
-    let mut provider = Vec::with_capacity(n);
-    let mut target = Vec::with_capacity(n);
-    let mut run_id = Vec::with_capacity(n);
-    let mut max_attempts = Vec::with_capacity(n);
-    let mut timeout_ms = Vec::with_capacity(n);
-    let mut delay_ms: Vec<i64> = Vec::with_capacity(n);
-    let mut run_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
-    let mut unique_key = Vec::with_capacity(n);
-    for &i in idx {
-        let t = &tasks[i];
-        ord.push(i as i64);
-        title.push(t.title.as_str());
-        description.push(t.description.as_str());
-        source.push(t.source.as_str());
-        created_by.push(t.created_by.as_str());
-        priority.push(t.priority);
-        urgent.push(t.urgent);
-        payload.push(&t.payload);
-        provider.push(t.provider.as_str());
-        target.push(t.target.as_deref());
-        run_id.push(t.run_id);
-        max_attempts.push(t.max_attempts);
-        timeout_ms.push(duration_ms(t.timeout));
-        match t.run_after {
-            RunAfter::Now => {
-                delay_ms.push(0);
-                run_at.push(None);
-            }
-            RunAfter::Delay(d) => {
-                delay_ms.push(duration_ms(d));
-                run_at.push(None);
-            }
-            RunAfter::At(at) => {
-                delay_ms.push(0);
-                run_at.push(Some(at));
-            }
-        }
-        unique_key.push(t.unique_key.as_deref());
-    }
-    // `ord` orders the insert so that RETURNING maps rows back to their input lines.
-    // The ON CONFLICT predicate is the unique index's (jr_work_queue_unique_key_idx).
-    let sql = "INSERT INTO jr_work_queue (title, description, source, created_by, priority, \
-             sacred_fire_priority, payload, provider, target_jr, run_id, max_attempts, \
-             timeout, run_after, unique_key) \
-         SELECT title, description, source, created_by, priority, urgent, payload, provider, \
-             target, run_id, max_attempts, timeout_ms * interval '1 millisecond', \
-             COALESCE(run_at, now() + delay_ms * interval '1 millisecond'), unique_key \
-         FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
-             $7::bool[], $8::jsonb[], $9::text[], $10::text[], $11::uuid[], $12::int4[], \
-             $13::int8[], $14::int8[], $15::timestamptz[], $16::text[]) \
-             AS u(ord, title, description, source, created_by, priority, urgent, payload, \
-                  provider, target, run_id, max_attempts, timeout_ms, delay_ms, run_at, unique_key) \
-         ORDER BY ord \
-         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
-             AND status IN ('pending', 'assigned', 'in_progress') \
-         DO NOTHING \
-         RETURNING id, unique_key";
-    let rows = client
-        .query(
-            sql,
-            &[
-                &ord,
-                &title,
-                &description,
-                &source,
-                &created_by,
-                &priority,
-                &urgent,
-                &payload,
-                &provider,
-                &target,
-                &run_id,
-                &max_attempts,
-                &timeout_ms,
-                &delay_ms,
-                &run_at,
-                &unique_key,
-            ],
-        )
-        .await
-        .map_err(|e| insert_error(&e))?;
-    // Identity values grow in insertion order; the skipped rows are the ones whose key is
-    // missing from RETURNING.
-    let returned_keys: HashSet<Option<String>> = rows
-        .iter()
-        .filter_map(|r| r.get::<_, Option<String>>(1).map(Some))
-        .collect();
-    let mut ids = rows.iter().map(|r| r.get::<_, i64>(0));
-    let mut out = Vec::with_capacity(rows.len());
-    for &i in idx {
-        let skipped = match tasks[i].unique_key.as_deref() {
-            Some(k) => !returned_keys.contains(&Some(k.to_string())),
-            None => false,
-        };
-        if !skipped {
-            if let Some(id) = ids.next() {
-                out.push((id, i as i64));
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn insert_error(e: &tokio_postgres::Error) -> Error {
-    match (sqlstate(e), constraint(e)) {
-        (Some("23503"), _) => Error::NotFound(
-            "a task names a run that does not exist: create it with `jrq runs create` \
-             or check the id with `jrq runs list`"
-                .into(),
-        ),
-        _ => Error::from_pg(e),
     }
 }
 

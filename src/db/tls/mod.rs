@@ -21,18 +21,19 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{
-    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore,
-    SignatureScheme,
-};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ClientConfig;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::error::{describe_chain, Error, Result};
+use crate::error::{Error, Result};
+
+mod explain;
+mod verify;
+
+pub(crate) use explain::{explain, is_tls_failure};
+use verify::{webpki_verifier, ChainOnly, Unverified};
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,7 +317,7 @@ fn read_file(what: &str, path: &Path) -> Result<Vec<u8>> {
     })
 }
 
-fn read_certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+pub(super) fn read_certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let bytes = read_file(what, path)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<std::result::Result<_, _>>()
@@ -365,279 +366,6 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
              (PKCS#8, RSA or EC)",
             path.display()
         ))
-    })
-}
-
-fn webpki_verifier(
-    root: &RootCert,
-    provider: &Arc<CryptoProvider>,
-) -> Result<Arc<WebPkiServerVerifier>> {
-    let mut roots = RootCertStore::empty();
-    match root {
-        RootCert::None => {}
-        RootCert::File(path) => {
-            for cert in read_certs("sslrootcert", path)? {
-                roots.add(cert).map_err(|e| {
-                    Error::usage(format!(
-                        "sslrootcert file {} holds a certificate that is not a usable CA \
-                         certificate: {e}",
-                        path.display()
-                    ))
-                })?;
-            }
-        }
-        RootCert::System => {
-            let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
-            if roots.is_empty() {
-                return Err(Error::usage(
-                    "sslrootcert=system found no trusted CA certificates on this machine: \
-                     install them (apt-get install ca-certificates), or set SSL_CERT_FILE to \
-                     a PEM file of CA certificates",
-                ));
-            }
-        }
-    }
-    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| Error::usage(format!("the CA certificates cannot be used: {e}")))
-}
-
-/// `prefer`/`require`/`allow` without a CA certificate: the server's certificate is not
-/// checked (as in libpq), but its handshake signatures are.
-#[derive(Debug)]
-struct Unverified {
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain up to a trusted CA, not the host name. webpki checks the chain
-/// first and the name last, so a name error means the chain passed.
-#[derive(Debug)]
-struct ChainOnly {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// The rustls error somewhere in a connection error's chain of causes.
-fn rustls_error(e: &tokio_postgres::Error) -> Option<&rustls::Error> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(r) = err.downcast_ref::<rustls::Error>() {
-            return Some(r);
-        }
-        if let Some(r) = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(r);
-        }
-        cur = err.source();
-    }
-    None
-}
-
-/// The server answered the SSL request with "no" (tokio-postgres's `Require`).
-pub(crate) fn server_refused_ssl(e: &tokio_postgres::Error) -> bool {
-    describe_chain(e).contains("server does not support TLS")
-}
-
-/// A failure of TLS itself (handshake, certificate, alert), after which `prefer` tries
-/// again without it.
-pub(crate) fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
-    e.to_string() == "error performing TLS handshake" || rustls_error(e).is_some()
-}
-
-/// The names a certificate is for, from rustls's `DnsName("x")` / `IpAddress(1.2.3.4)`.
-fn presented_names(presented: &[String]) -> String {
-    let names: Vec<String> = presented
-        .iter()
-        .map(|p| {
-            let inner = p
-                .strip_prefix("DnsName(\"")
-                .and_then(|s| s.strip_suffix("\")"))
-                .or_else(|| {
-                    p.strip_prefix("IpAddress(")
-                        .and_then(|s| s.strip_suffix(')'))
-                })
-                .unwrap_or(p);
-            format!("'{inner}'")
-        })
-        .collect();
-    if names.is_empty() {
-        "no host name at all".into()
-    } else {
-        names.join(", ")
-    }
-}
-
-fn server_name(n: &ServerName<'_>) -> String {
-    match n {
-        ServerName::DnsName(d) => d.as_ref().to_string(),
-        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn when(t: &UnixTime) -> String {
-    chrono::DateTime::from_timestamp(t.as_secs() as i64, 0)
-        .map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
-        .unwrap_or_else(|| format!("{} s after 1970", t.as_secs()))
-}
-
-/// A TLS failure in words an operator can act on, or `None` when `e` is not about TLS.
-pub(crate) fn explain(tls: &TlsSettings, e: &tokio_postgres::Error) -> Option<String> {
-    let mode = tls.mode;
-    if server_refused_ssl(e) {
-        return Some(format!(
-            "the server does not support SSL (sslmode={mode}): turn ssl on in the server's \
-             postgresql.conf, or use sslmode=prefer to allow an unencrypted connection"
-        ));
-    }
-    if describe_chain(e).contains("no hostname provided for TLS handshake") {
-        return Some(
-            "TLS needs the server's host name: give host=NAME (hostaddr= alone is not enough)"
-                .into(),
-        );
-    }
-    let r = rustls_error(e)?;
-    let root = tls.describe_root();
-    let client = match &tls.client_cert {
-        Some(c) => format!("sslcert={}", c.cert.display()),
-        None => "no sslcert".into(),
-    };
-    Some(match r {
-        rustls::Error::InvalidCertificate(c) => match c {
-            CertificateError::UnknownIssuer => format!(
-                "the server's certificate is not signed by a trusted CA ({root}): point \
-                 sslrootcert at the CA certificate that signed it (a managed database's \
-                 provider publishes it)"
-            ),
-            CertificateError::NotValidForNameContext {
-                expected,
-                presented,
-            } => format!(
-                "the server's certificate is for {}, not '{}' (sslmode={mode}): connect with \
-                 a host name the certificate names",
-                presented_names(presented),
-                server_name(expected)
-            ),
-            CertificateError::NotValidForName => format!(
-                "the server's certificate is not for this host name (sslmode={mode}): connect \
-                 with a host name the certificate names"
-            ),
-            CertificateError::ExpiredContext { not_after, .. } => format!(
-                "the server's certificate expired on {}: the server needs a renewed certificate",
-                when(not_after)
-            ),
-            CertificateError::Expired => {
-                "the server's certificate has expired: the server needs a renewed certificate"
-                    .into()
-            }
-            CertificateError::NotValidYetContext { not_before, .. } => format!(
-                "the server's certificate is valid only from {}: check this machine's clock",
-                when(not_before)
-            ),
-            CertificateError::NotValidYet => {
-                "the server's certificate is not valid yet: check this machine's clock".into()
-            }
-            other => format!("the server's certificate was refused ({other:?}, {root})"),
-        },
-        rustls::Error::AlertReceived(a) => match a {
-            AlertDescription::UnknownCA
-            | AlertDescription::BadCertificate
-            | AlertDescription::CertificateUnknown
-            | AlertDescription::CertificateRequired
-            | AlertDescription::UnsupportedCertificate
-            | AlertDescription::CertificateExpired
-            | AlertDescription::CertificateRevoked
-            | AlertDescription::AccessDenied => format!(
-                "the server refused this client's certificate (TLS alert {a:?}, {client}): use \
-                 a client certificate signed by a CA the server trusts (its ssl_ca_file)"
-            ),
-            other => format!("the server ended the TLS handshake (TLS alert {other:?})"),
-        },
-        other => format!("the TLS handshake failed: {other}"),
     })
 }
 

@@ -1,0 +1,150 @@
+//! The registry as the assigner reads it: the candidates for a round, locked per
+//! provider; their loads; the circuit breaker.
+
+use std::time::Duration;
+
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::db::tasks::duration_ms;
+use crate::db::Statements;
+use crate::error::Result;
+
+/// The circuit breaker's settings (owned by the assigner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitPolicy {
+    /// Consecutive failed attempts that open the circuit.
+    pub failures: i32,
+    /// Cool-down after the K-th failure; doubles with each further failure.
+    pub cooldown: Duration,
+    /// Longest cool-down.
+    pub max_cooldown: Duration,
+}
+
+/// A worker that may take tasks now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub name: String,
+    pub providers: Vec<String>,
+    pub capacity: i32,
+    pub prefetch: i32,
+    pub run_id: Option<Uuid>,
+}
+
+/// Advisory lock namespace of the per-worker routing locks ("jrq" in ASCII: 6976113, the
+/// number [`CANDIDATES_SQL`] spells out).
+pub const ROUTING_LOCK_CLASS: i32 = 0x006a_7271;
+
+/// The candidates, each guarded by a transaction-level advisory lock in the class
+/// [`ROUTING_LOCK_CLASS`] (written out in the statement). The lock is not a row lock: a row
+/// lock would make the worker's own writes to its registry row (outcome counters,
+/// heartbeats) wait for the assigner's round, and the two would take turns.
+const CANDIDATES_SQL: &str = "WITH c AS MATERIALIZED ( \
+        SELECT jr_name, providers, capacity, run_id, prefetch FROM jr_status \
+        WHERE kind = 'worker' AND is_online AND status IN ('starting', 'idle', 'busy') \
+          AND last_seen BETWEEN now() - $1::int8 * interval '1 millisecond' \
+              AND now() + interval '1 minute' \
+          AND NOT coalesce(jrq_circuit_open_until(last_failure_at, consecutive_failures, \
+              $2, $3, $4) > now(), false) \
+        ORDER BY jr_name) \
+    SELECT jr_name, providers, capacity, run_id, prefetch FROM c \
+    WHERE pg_try_advisory_xact_lock(6976113, hashtext(jr_name))";
+
+/// Takes, for the rest of the transaction, the workers that may take tasks: alive
+/// (online, heartbeat within `online_threshold`), not draining, circuit closed. Each is
+/// guarded by a per-worker advisory lock held until the transaction ends; workers another
+/// assigner holds are skipped: two assigners never fill one worker at once.
+pub async fn workers_lock_candidates(
+    client: &impl GenericClient,
+    stmts: &Statements,
+    online_threshold: Duration,
+    circuit: &CircuitPolicy,
+) -> Result<Vec<Candidate>> {
+    let stmt = stmts.get(client, CANDIDATES_SQL).await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &duration_ms(online_threshold),
+                &circuit.failures,
+                &(duration_ms(circuit.cooldown) as f64),
+                &(duration_ms(circuit.max_cooldown) as f64),
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Candidate {
+            name: r.get(0),
+            providers: r.get(1),
+            capacity: r.get(2),
+            run_id: r.get(3),
+            prefetch: r.get(4),
+        })
+        .collect())
+}
+
+/// Tasks assigned to or running on each named worker. Run it after locking the workers:
+/// its snapshot then sees every assignment committed by whoever held the locks before.
+pub async fn workers_loads(
+    client: &impl GenericClient,
+    stmts: &Statements,
+    names: &[String],
+) -> Result<std::collections::HashMap<String, i32>> {
+    let stmt = stmts.get(client, LOADS_SQL).await?;
+    let rows = client.query(&stmt, &[&names]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+const LOADS_SQL: &str = "SELECT n, \
+                 (SELECT count(*) FROM jr_work_queue WHERE status = 'assigned' \
+                    AND assigned_jr = n)::int4 + \
+                 (SELECT count(*) FROM jr_work_queue WHERE status = 'in_progress' \
+                    AND assigned_jr = n)::int4 \
+             FROM unnest($1::text[]) AS n";
+
+/// Records the circuit breaker's state for people (`jrq workers`): opens the circuit of
+/// workers with K or more consecutive failures (until when, and why) and clears it for
+/// the others. Returns (opened, closed) counts of rows changed.
+pub async fn workers_update_circuits(
+    client: &impl GenericClient,
+    circuit: &CircuitPolicy,
+) -> Result<(u64, u64)> {
+    let sql = "WITH o AS ( \
+            UPDATE jr_status SET circuit_open_until = \
+                    jrq_circuit_open_until(last_failure_at, consecutive_failures, $1, $2, $3), \
+                circuit_reason = consecutive_failures || ' failed attempts in a row', \
+                updated_at = now() \
+            WHERE kind = 'worker' AND consecutive_failures >= $1 AND last_failure_at IS NOT NULL \
+              AND circuit_open_until IS DISTINCT FROM \
+                  jrq_circuit_open_until(last_failure_at, consecutive_failures, $1, $2, $3) \
+            RETURNING 1), \
+        c AS ( \
+            UPDATE jr_status SET circuit_open_until = NULL, circuit_reason = NULL, \
+                updated_at = now() \
+            WHERE kind = 'worker' AND consecutive_failures < $1 \
+              AND (circuit_open_until IS NOT NULL OR circuit_reason IS NOT NULL) \
+            RETURNING 1) \
+        SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM c)";
+    let row = client
+        .query_one(
+            sql,
+            &[
+                &circuit.failures,
+                &(duration_ms(circuit.cooldown) as f64),
+                &(duration_ms(circuit.max_cooldown) as f64),
+            ],
+        )
+        .await?;
+    Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_routing_lock_class_is_the_one_the_statement_spells_out() {
+        assert!(CANDIDATES_SQL.contains(&format!("({ROUTING_LOCK_CLASS}, hashtext")));
+    }
+}
