@@ -5,22 +5,11 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{test_executor, wait_for, TestDb, WorkerProc};
+use common::{count, exec, test_executor, wait_for, TestDb, WorkerProc};
 use nix::sys::signal::Signal;
 use tokio_postgres::Client;
 
 const T: Duration = Duration::from_secs(30);
-
-async fn exec(client: &Client, sql: &str) {
-    client
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-}
-
-async fn count(client: &Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
 
 async fn wait_count(client: &Client, sql: &str, want: i64) {
     wait_for(T, &format!("{sql} = {want}"), || async {

@@ -4,20 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{s, temp_file, TestDb};
+use common::{count, exec, s, temp_file, TestDb};
 use serde_json::Value;
 use tokio_postgres::Client;
-
-async fn exec(client: &Client, sql: &str) {
-    client
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-}
-
-async fn count(client: &Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
 
 fn id_of(out: &common::Run) -> i64 {
     out.ok()

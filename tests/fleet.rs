@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{test_executor, wait_for, TestDb, UserSystemd};
+use common::{status_of, test_executor, wait_for, wait_status_within, TestDb, UserSystemd};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio_postgres::Client;
@@ -16,21 +16,6 @@ const T: Duration = Duration::from_secs(60);
 /// starve each other's watchdogs and stop timeouts.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const WORKER: &str = "jr-queue-worker@it_triad_jr.service";
-
-async fn status_of(client: &Client, id: i64) -> String {
-    client
-        .query_one("SELECT status FROM jr_work_queue WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn wait_status(client: &Client, id: i64, want: &str) {
-    wait_for(T, &format!("task {id} {want}"), || async {
-        status_of(client, id).await == want
-    })
-    .await;
-}
 
 /// A private systemd user manager with the units installed against a fresh database, one
 /// at a time. (Fields drop in order: the manager and its units first, the database last.)
@@ -103,7 +88,7 @@ async fn units_start_ready_run_the_psql_insert_and_restart_after_kill_9() {
         )
         .await
         .unwrap();
-    wait_status(client, 1, "completed").await;
+    wait_status_within(T, client, 1, "completed").await;
     let assigned: String = client
         .query_one("SELECT assigned_jr FROM jr_work_queue WHERE id = 1", &[])
         .await
@@ -121,7 +106,7 @@ async fn units_start_ready_run_the_psql_insert_and_restart_after_kill_9() {
         )
         .await
         .unwrap();
-    wait_status(client, 2, "in_progress").await;
+    wait_status_within(T, client, 2, "in_progress").await;
     let escaped = left_behind(f._out.path(), 2, 1).await;
     assert!(escaped.iter().all(|p| common::process_runs(*p)), "they run");
     let pid = main_pid(sd, WORKER);
@@ -129,7 +114,7 @@ async fn units_start_ready_run_the_psql_insert_and_restart_after_kill_9() {
     sd.wait_prop(WORKER, "NRestarts", "1", T).await;
     sd.wait_prop(WORKER, "ActiveState", "active", T).await;
     assert_ne!(main_pid(sd, WORKER), pid);
-    wait_status(client, 2, "completed").await;
+    wait_status_within(T, client, 2, "completed").await;
     let attempts: i32 = client
         .query_one("SELECT attempts FROM jr_work_queue WHERE id = 2", &[])
         .await
@@ -210,7 +195,7 @@ async fn systemctl_stop_drains_and_loses_no_task() {
         )
         .await
         .unwrap();
-    wait_status(client, 1, "in_progress").await;
+    wait_status_within(T, client, 1, "in_progress").await;
     let stopped = sd.ctl(&["stop", WORKER]);
     stopped.ok();
     assert_eq!(sd.prop(WORKER, "ActiveState"), "inactive");
@@ -252,7 +237,7 @@ async fn a_healthy_busy_worker_under_cpu_quota_is_not_killed() {
         )
         .await
         .unwrap();
-    wait_status(client, 1, "completed").await;
+    wait_status_within(T, client, 1, "completed").await;
     let row = client
         .query_one("SELECT attempts FROM jr_work_queue WHERE id = 1", &[])
         .await
@@ -288,7 +273,7 @@ async fn a_task_past_memory_max_fails_out_of_memory_and_the_worker_carries_on() 
         )
         .await
         .unwrap();
-    wait_status(client, 1, "failed").await;
+    wait_status_within(T, client, 1, "failed").await;
     let row = client
         .query_one(
             "SELECT attempts, error FROM jr_work_queue WHERE id = 1",
@@ -304,7 +289,7 @@ async fn a_task_past_memory_max_fails_out_of_memory_and_the_worker_carries_on() 
     );
     assert_eq!(row.get::<_, i32>(0), 1, "not retried into the same wall");
     // The worker was not the victim: same process, and it goes on with the next task.
-    wait_status(client, 2, "completed").await;
+    wait_status_within(T, client, 2, "completed").await;
     assert_eq!(main_pid(sd, WORKER), pid, "{}", sd.log(WORKER));
     assert_eq!(sd.prop(WORKER, "NRestarts"), "0");
     assert_eq!(sd.prop(WORKER, "ActiveState"), "active");
@@ -451,7 +436,7 @@ async fn the_installer_installs_starts_updates_and_uninstalls() {
         )
         .await
         .unwrap();
-    wait_status(&client, 1, "completed").await;
+    wait_status_within(T, &client, 1, "completed").await;
 
     // Again, without the environment: the settings are kept, nothing restarts.
     let pid = main_pid(&sd, WORKER);

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{next_datagram, test_executor, wait_for, TestDb, WorkerProc};
+use common::{next_datagram, status_of, test_executor, wait_for, wait_status, TestDb, WorkerProc};
 use tokio_postgres::Client;
 
 const T: Duration = Duration::from_secs(30);
@@ -16,21 +16,6 @@ async fn exec_sql(client: &Client, sql: &str) {
         .batch_execute(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-}
-
-async fn status_of(client: &Client, id: i64) -> String {
-    client
-        .query_one("SELECT status FROM jr_work_queue WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn wait_status(client: &Client, id: i64, want: &str) {
-    wait_for(T, &format!("task {id} to be {want}"), || async {
-        status_of(client, id).await == want
-    })
-    .await;
 }
 
 /// Inserts a task assigned to `worker` with `payload`, like an operator with psql.

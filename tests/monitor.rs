@@ -5,15 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{Run, TestDb};
+use common::{exec, Run, TestDb};
 use tokio_postgres::Client;
-
-async fn exec(client: &Client, sql: &str) {
-    client
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-}
 
 /// The host name workers on this machine register with.
 fn here() -> String {

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{wait_for, PrivateCluster, WorkerProc};
+use common::{status_of, wait_for, PrivateCluster, WorkerProc};
 
 const T: Duration = Duration::from_secs(30);
 /// How long the server stays down (the issue asks for at least 10 s).
@@ -27,14 +27,6 @@ fn cpu_time(pid: i32) -> Duration {
         .unwrap()
         .unwrap_or(100) as u64;
     Duration::from_nanos(ticks * 1_000_000_000 / hz)
-}
-
-async fn status_of(client: &tokio_postgres::Client, id: i64) -> String {
-    client
-        .query_one("SELECT status FROM jr_work_queue WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 async fn enqueue(client: &tokio_postgres::Client, payload: &str) -> i64 {

@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{test_executor, wait_for, PrivateCluster, Run, TestDb, WorkerProc};
+use common::{
+    status_of, test_executor, wait_for, wait_status, PrivateCluster, Run, TestDb, WorkerProc,
+};
 use nix::sys::signal::Signal;
 use tokio_postgres::Client;
 
@@ -102,21 +104,6 @@ fn id_of(out: &Run) -> i64 {
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("not an id: {out:#?}"))
-}
-
-async fn status_of(client: &Client, id: i64) -> String {
-    client
-        .query_one("SELECT status FROM jr_work_queue WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn wait_status(client: &Client, id: i64, want: &str) {
-    wait_for(T, &format!("task {id} to be {want}"), || async {
-        status_of(client, id).await == want
-    })
-    .await;
 }
 
 /// (action, actor) of a task's events, oldest first.

@@ -6,47 +6,15 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{next_datagram, test_executor, wait_for, FakeAssigner, TestDb, WorkerProc};
+use common::{
+    assigned_task, exec, next_datagram, status_of, test_executor, wait_for, wait_status,
+    FakeAssigner, TestDb, WorkerProc,
+};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tokio_postgres::Client;
 
 const T: Duration = Duration::from_secs(30);
-
-async fn exec(client: &Client, sql: &str) {
-    client
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-}
-
-async fn status_of(client: &Client, id: i64) -> String {
-    client
-        .query_one("SELECT status FROM jr_work_queue WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn wait_status(client: &Client, id: i64, want: &str) {
-    wait_for(T, &format!("task {id} to be {want}"), || async {
-        status_of(client, id).await == want
-    })
-    .await;
-}
-
-/// Inserts a task assigned to `worker` with `payload`, like an operator with psql.
-async fn assigned_task(client: &Client, worker: &str, payload: &str) -> i64 {
-    client
-        .query_one(
-            "INSERT INTO jr_work_queue (title, payload, status, assigned_jr, assigned_at) \
-             VALUES ('t', $1::text::jsonb, 'assigned', $2, now()) RETURNING id",
-            &[&payload, &worker],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
 
 async fn events(client: &Client, id: i64) -> Vec<(String, String, String)> {
     client

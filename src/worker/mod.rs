@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod executor;
 pub mod guard;
+mod once;
 mod outcomes;
 mod session;
 mod slots;
@@ -155,6 +156,7 @@ pub enum Exit {
     MaxLoops,
 }
 
+pub use once::Round;
 pub use supervise::retry_backoff;
 
 /// The worker daemon. See the module docs.

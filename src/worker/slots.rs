@@ -209,6 +209,15 @@ impl Slots {
         }
     }
 
+    /// The next end (waits for ever while nothing runs).
+    pub async fn next_done(&mut self) -> Done {
+        match self.done_rx.recv().await {
+            Some(d) => d,
+            // The slots hold a sender: the channel cannot close.
+            None => std::future::pending().await,
+        }
+    }
+
     /// The next end, or `None` once `deadline` passed.
     pub async fn done_until(&mut self, deadline: Instant) -> Option<Done> {
         tokio::time::timeout_at(deadline, self.done_rx.recv())

@@ -255,6 +255,62 @@ impl Run {
     }
 }
 
+/// How long a test waits for what should happen soon.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Runs SQL statements; panics with the statement when they fail.
+pub async fn exec(client: &Client, sql: &str) {
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+}
+
+/// The single number a query returns.
+pub async fn count(client: &Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .get(0)
+}
+
+/// A task's status.
+pub async fn status_of(client: &Client, id: i64) -> String {
+    client
+        .query_one("SELECT status FROM jr_work_queue WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits (up to [`WAIT`]) until task `id` has status `want`.
+pub async fn wait_status(client: &Client, id: i64, want: &str) {
+    wait_status_within(WAIT, client, id, want).await
+}
+
+/// Waits up to `timeout` until task `id` has status `want`.
+pub async fn wait_status_within(timeout: Duration, client: &Client, id: i64, want: &str) {
+    wait_for(timeout, &format!("task {id} to be {want}"), || async {
+        status_of(client, id).await == want
+    })
+    .await;
+}
+
+/// Inserts a task assigned to `worker` with the JSON `payload`, as an operator would with
+/// psql (no assigner needed).
+pub async fn assigned_task(client: &Client, worker: &str, payload: &str) -> i64 {
+    client
+        .query_one(
+            "INSERT INTO jr_work_queue (title, payload, status, assigned_jr, assigned_at) \
+             VALUES ('t', $1::text::jsonb, 'assigned', $2, now()) RETURNING id",
+            &[&payload, &worker],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Polls `cond` until it holds or `timeout` passes.
 pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut cond: F)
 where
