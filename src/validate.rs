@@ -35,6 +35,8 @@ pub fn duration_in(
     max: &'static str,
 ) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
     move |s: &str| {
+        // Invariant: the bounds are literals of this crate's option definitions, parsed
+        // by every CLI test that builds the options (an invalid one fails them all).
         let lo = parse_duration(min).expect("a valid lower bound");
         let hi = parse_duration(max).expect("a valid upper bound");
         let d = if lo.is_zero() {

@@ -207,7 +207,7 @@ async fn a_monitor_round_marks_the_silent_and_rescues_their_tasks() {
     let offline: Vec<&str> = r.marked_offline.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(offline, ["w_silent"]);
     assert_eq!(r.rescued.len(), 1, "{:?}", r.rescued);
-    assert_eq!(r.rescued[0].to_status, "pending");
+    assert_eq!(r.rescued[0].to_status, jrq::task::TaskStatus::Pending);
     assert_eq!(
         count(
             &client,

@@ -47,7 +47,11 @@ pub async fn run(cli: Cli) -> Result<()> {
     db::check_schema(&client).await?;
     match cli.command {
         Command::Migrate => unreachable!("handled above"),
-        Command::Enqueue(args) => enqueue(&mut client, &args, new_tasks.expect("read above")).await,
+        Command::Enqueue(args) => match new_tasks {
+            Some(input) => enqueue(&mut client, &args, input).await,
+            // Read above for every enqueue.
+            None => unreachable!("the enqueue input is read before connecting"),
+        },
         Command::Status(args) => status(&client, &args).await,
         Command::Tasks(args) => list_tasks(&client, &args).await,
         Command::Show(args) => show(&client, &args).await,
@@ -294,7 +298,10 @@ async fn retry(client: &mut Client, args: &RetryArgs) -> Result<()> {
         render::retry_all(&report);
         return Ok(());
     }
-    let id = args.id.expect("clap requires an id or --all-failed");
+    let Some(id) = args.id else {
+        // clap requires one of the two; this is what it would say.
+        return Err(Error::usage("give a task id or --all-failed"));
+    };
     let task = tasks::tasks_retry(&txn, id, ACTOR).await?;
     txn.commit().await?;
     out!(

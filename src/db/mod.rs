@@ -16,7 +16,7 @@ pub mod tls;
 pub mod workers;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, GenericClient, Socket, Statement};
@@ -217,7 +217,12 @@ pub struct Statements {
 impl Statements {
     /// The prepared statement for `sql` on this connection.
     pub async fn get(&self, client: &impl GenericClient, sql: &'static str) -> Result<Statement> {
-        if let Some(s) = self.cache.lock().expect("statement cache").get(sql) {
+        if let Some(s) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(sql)
+        {
             return Ok(s.clone());
         }
         let stmt = client.prepare(sql).await?;

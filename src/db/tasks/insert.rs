@@ -74,12 +74,9 @@ pub async fn tasks_insert(
         let mut returned = rows.into_iter().peekable();
         for &i in chunk {
             let t = &tasks[i];
-            match returned.peek() {
-                Some((_, ord)) if *ord == i as i64 => {
-                    let (id, _) = returned.next().expect("peeked");
-                    outcomes[i] = Some(InsertOutcome::Inserted(id));
-                }
-                _ => {
+            match returned.next_if(|(_, ord)| *ord == i as i64) {
+                Some((id, _)) => outcomes[i] = Some(InsertOutcome::Inserted(id)),
+                None => {
                     outcomes[i] = Some(InsertOutcome::Duplicate {
                         key: t.unique_key.clone().unwrap_or_default(),
                         existing: None,
@@ -90,6 +87,8 @@ pub async fn tasks_insert(
     }
     Ok(outcomes
         .into_iter()
+        // Invariant: each index is either a duplicate found before the inserts or in
+        // `to_insert`, whose every index the loop above gives an outcome.
         .map(|o| o.expect("every task has an outcome"))
         .collect())
 }

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::duration_ms;
 use crate::db::{Statements, CHANNEL_PENDING};
 use crate::error::Result;
+use crate::task::TaskStatus;
 
 /// A task a worker has claimed and now runs.
 #[derive(Debug, Clone, Serialize)]
@@ -322,7 +323,7 @@ pub struct Rescued {
     pub id: i64,
     /// `pending`; `failed` when the attempt that died was the last one; `cancelled` when
     /// a cancel was requested.
-    pub to_status: String,
+    pub to_status: TaskStatus,
 }
 
 /// Puts back every `in_progress` task of `worker` (its process is gone: the stale
@@ -347,13 +348,14 @@ pub async fn tasks_rescue_worker(
             &[&worker, &actor, &why],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Rescued {
-            id: r.get(0),
-            to_status: r.get(1),
+    rows.iter()
+        .map(|r| {
+            Ok(Rescued {
+                id: r.get(0),
+                to_status: r.try_get(1)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Gives the tasks assigned to `worker` but not started back to pending (its process is

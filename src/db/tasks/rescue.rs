@@ -7,6 +7,7 @@ use tokio_postgres::GenericClient;
 
 use super::duration_ms;
 use crate::error::Result;
+use crate::task::TaskStatus;
 
 /// A running task the monitor acted on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -14,7 +15,7 @@ pub struct Acted {
     pub id: i64,
     pub worker: Option<String>,
     /// The status it has now.
-    pub to_status: String,
+    pub to_status: TaskStatus,
     pub why: String,
 }
 
@@ -54,15 +55,16 @@ pub async fn tasks_rescue_stuck(
             &[&actor, &duration_ms(stuck_after)],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Acted {
-            id: r.get(0),
-            worker: r.get(1),
-            to_status: r.get(2),
-            why: r.get(3),
+    rows.iter()
+        .map(|r| {
+            Ok(Acted {
+                id: r.get(0),
+                worker: r.get(1),
+                to_status: r.try_get(2)?,
+                why: r.get(3),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Fails `in_progress` tasks that ran past their own timeout plus `grace` although their
@@ -102,7 +104,7 @@ pub async fn tasks_fail_overdue(
         .map(|r| Acted {
             id: r.get(0),
             worker: r.get(1),
-            to_status: "failed".into(),
+            to_status: TaskStatus::Failed,
             why: r.get(2),
         })
         .collect())

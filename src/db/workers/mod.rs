@@ -317,7 +317,7 @@ pub async fn workers_register(
         )
         .await?;
     let ids: Vec<i64> = row.get(2);
-    let statuses: Vec<String> = row.get(3);
+    let statuses: Vec<crate::task::TaskStatus> = row.try_get(3)?;
     Ok(Registered {
         previous_host: row.get(0),
         previous_instance: row.get(1),

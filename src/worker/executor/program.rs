@@ -133,6 +133,7 @@ impl Program {
                 let _ = s.shutdown().await;
             }
         });
+        // Invariant: both were set to Stdio::piped() above, and are taken once, here.
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let progress = ctx.progress.clone();
