@@ -474,12 +474,6 @@ impl Component for AssignerDaemon {
         self.wake = true;
     }
 
-    async fn next_event(&mut self) {
-        std::future::pending::<()>().await
-    }
-
-    fn on_event(&mut self, _e: ()) {}
-
     async fn on_shutdown(&mut self, level: Shutdown, _ctx: &mut Ctx<'_>) {
         if level != Shutdown::Running {
             self.stop = true;

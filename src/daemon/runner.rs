@@ -78,16 +78,19 @@ pub trait Component {
     fn on_ready(&self) {}
 
     /// A notification on one of the channels the link listens on.
-    fn on_notification(&mut self, n: &Notification, ctx: &mut Ctx<'_>);
+    fn on_notification(&mut self, _n: &Notification, _ctx: &mut Ctx<'_>) {}
 
     /// The connection is back: notifications sent meanwhile are lost.
-    fn on_reconnected(&mut self);
+    fn on_reconnected(&mut self) {}
 
-    /// The next event of the component's own sources; pending when it has none.
-    fn next_event(&mut self) -> impl Future<Output = Self::Event>;
+    /// The next event of the component's own sources; pending when it has none (the
+    /// default: a component without sources of its own).
+    fn next_event(&mut self) -> impl Future<Output = Self::Event> {
+        std::future::pending()
+    }
 
     /// Handles an event.
-    fn on_event(&mut self, e: Self::Event);
+    fn on_event(&mut self, _e: Self::Event) {}
 
     /// The shutdown level rose.
     fn on_shutdown(&mut self, level: Shutdown, ctx: &mut Ctx<'_>) -> impl Future<Output = ()>;

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_postgres::Notification;
 
 use super::{render_prometheus, render_text, write_atomically, Monitor, Report};
 use crate::daemon::link::Link;
@@ -124,16 +123,6 @@ impl Component for Watch {
     }
 
     async fn tick(&mut self, _ctx: &mut Ctx<'_>) {}
-
-    fn on_notification(&mut self, _n: &Notification, _ctx: &mut Ctx<'_>) {}
-
-    fn on_reconnected(&mut self) {}
-
-    async fn next_event(&mut self) {
-        std::future::pending::<()>().await
-    }
-
-    fn on_event(&mut self, _e: ()) {}
 
     async fn on_shutdown(&mut self, level: Shutdown, _ctx: &mut Ctx<'_>) {
         if level != Shutdown::Running {

@@ -49,19 +49,21 @@ pub async fn tasks_claim(
     let rows = client
         .query(&stmt, &[&worker, &limit, &instance, &run])
         .await?;
-    Ok(rows.iter().map(claimed_from_row).collect())
+    Ok(rows.iter().map(|r| claimed_from_row(r, 0)).collect())
 }
 
-fn claimed_from_row(r: &tokio_postgres::Row) -> ClaimedTask {
+/// A claimed task from the columns `id, title, payload, attempts, max_attempts, run_id,
+/// provider, timeout_ms` of a row, starting at column `at`.
+fn claimed_from_row(r: &tokio_postgres::Row, at: usize) -> ClaimedTask {
     ClaimedTask {
-        id: r.get(0),
-        title: r.get(1),
-        payload: r.get::<_, super::JsonText>(2).parse(),
-        attempt: r.get(3),
-        max_attempts: r.get(4),
-        run_id: r.get(5),
-        provider: r.get(6),
-        timeout: Duration::from_millis(r.get::<_, i64>(7).max(1) as u64),
+        id: r.get(at),
+        title: r.get(at + 1),
+        payload: r.get::<_, super::JsonText>(at + 2).parse(),
+        attempt: r.get(at + 3),
+        max_attempts: r.get(at + 4),
+        run_id: r.get(at + 5),
+        provider: r.get(at + 6),
+        timeout: Duration::from_millis(r.get::<_, i64>(at + 7).max(1) as u64),
     }
 }
 
@@ -271,16 +273,7 @@ pub async fn tasks_finish_and_claim(
     let claimed = rows
         .iter()
         .filter(|r| r.get::<_, Option<i64>>(1).is_some())
-        .map(|r| ClaimedTask {
-            id: r.get(1),
-            title: r.get(2),
-            payload: r.get::<_, super::JsonText>(3).parse(),
-            attempt: r.get(4),
-            max_attempts: r.get(5),
-            run_id: r.get(6),
-            provider: r.get(7),
-            timeout: Duration::from_millis(r.get::<_, i64>(8).max(1) as u64),
-        })
+        .map(|r| claimed_from_row(r, 1))
         .collect();
     Ok((finished, claimed))
 }
