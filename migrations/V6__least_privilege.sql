@@ -389,56 +389,6 @@ BEGIN
 END;
 $$;
 
--- Putting back running tasks whose process is gone, in one place: the health monitor
--- (tasks of a silent worker), the stale cleanup (tasks of a worker whose process is gone)
--- and a worker taking over its name (its dead predecessor's) call it with the ids they
--- locked, the worker each ran on, and why. A task goes back to pending with its attempt
--- counted; it fails when that was its last attempt; it is cancelled when a cancel was
--- requested (the worker died before it could act on it: the request wins, the task does
--- not run again). One event each; one notification when any went back to pending. Runs
--- with the caller's rights.
-CREATE FUNCTION jrq_tasks_rescue(p_ids bigint[], p_workers text[], p_whys text[],
-    p_actor text)
-RETURNS TABLE (id bigint, worker text, status text, error text)
-LANGUAGE sql VOLATILE
-AS $$
-    WITH r AS (
-        SELECT * FROM unnest(p_ids, p_workers, p_whys) AS r(id, worker, why)),
-    upd AS (
-        UPDATE public.jr_work_queue q SET
-            status = CASE
-                WHEN q.cancel_requested_at IS NOT NULL THEN 'cancelled'
-                WHEN q.attempts >= q.max_attempts THEN 'failed' ELSE 'pending' END,
-            completed_at = CASE WHEN q.cancel_requested_at IS NOT NULL
-                OR q.attempts >= q.max_attempts THEN now() END,
-            assigned_jr = CASE WHEN q.cancel_requested_at IS NOT NULL
-                OR q.attempts >= q.max_attempts THEN q.assigned_jr END,
-            assigned_at = CASE WHEN q.cancel_requested_at IS NOT NULL
-                OR q.attempts >= q.max_attempts THEN q.assigned_at END,
-            run_after = now(), progress_percent = 0, lease_instance = NULL,
-            updated_at = now(),
-            error = r.why || CASE
-                WHEN q.cancel_requested_at IS NOT NULL
-                    THEN ' (a cancel was requested: cancelled)'
-                WHEN q.attempts >= q.max_attempts THEN ' (attempts used up)'
-                ELSE '' END
-        FROM r WHERE q.id = r.id AND q.status = 'in_progress'
-        RETURNING q.id, r.worker, q.status, q.attempts, q.error),
-    ev AS (
-        INSERT INTO public.jr_task_events
-            (task_id, actor, action, from_status, to_status, worker, attempt, details)
-        SELECT upd.id, p_actor, 'rescued', 'in_progress', upd.status, upd.worker,
-            upd.attempts, upd.error
-        FROM upd),
-    n AS (
-        SELECT pg_notify('jrq_pending', 'rescue') FROM upd
-        WHERE upd.status = 'pending' LIMIT 1)
-    -- The condition on n makes the notification happen (an unread output would not).
-    SELECT upd.id, upd.worker, upd.status, upd.error FROM upd
-    WHERE (SELECT count(*) FROM n) >= 0
-    ORDER BY upd.id
-$$;
-
 -- Writes the registry row of a starting worker (or assigner) process: online, starting,
 -- load 0; the circuit breaker's state survives. For a worker, the tasks the previous
 -- instance of the name left in progress go back in the same statement — pending again
@@ -461,6 +411,7 @@ DECLARE
     v_instance uuid;
     v_ids bigint[] := '{}';
     v_status text[] := '{}';
+    v_notified bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended('jrq registry name ' || p_name, 0));
     SELECT s.host, s.instance_id INTO v_host, v_instance
@@ -482,14 +433,40 @@ BEGIN
             SELECT q.id FROM public.jr_work_queue q
             WHERE q.status = 'in_progress' AND q.assigned_jr = p_name
               AND q.lease_instance IS DISTINCT FROM p_instance
-            ORDER BY q.id
             FOR UPDATE OF q),
-        ids AS (SELECT coalesce(array_agg(old.id ORDER BY old.id), '{}') AS a FROM old)
-        SELECT coalesce(array_agg(r.id ORDER BY r.id), '{}'),
-            coalesce(array_agg(r.status ORDER BY r.id), '{}')
-        INTO v_ids, v_status
-        FROM ids, public.jrq_tasks_rescue(ids.a, array_fill(p_name, ARRAY[cardinality(ids.a)]),
-            array_fill(p_takeover_why, ARRAY[cardinality(ids.a)]), p_name) r;
+        upd AS (
+            UPDATE public.jr_work_queue q SET
+                status = CASE
+                    WHEN q.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                    WHEN q.attempts >= q.max_attempts THEN 'failed' ELSE 'pending' END,
+                completed_at = CASE WHEN q.cancel_requested_at IS NOT NULL
+                    OR q.attempts >= q.max_attempts THEN now() END,
+                assigned_jr = CASE WHEN q.cancel_requested_at IS NOT NULL
+                    OR q.attempts >= q.max_attempts THEN q.assigned_jr END,
+                assigned_at = CASE WHEN q.cancel_requested_at IS NOT NULL
+                    OR q.attempts >= q.max_attempts THEN q.assigned_at END,
+                run_after = now(), progress_percent = 0, lease_instance = NULL,
+                updated_at = now(),
+                error = p_takeover_why || CASE
+                    WHEN q.cancel_requested_at IS NOT NULL
+                        THEN ' (a cancel was requested: cancelled)'
+                    WHEN q.attempts >= q.max_attempts THEN ' (attempts used up)'
+                    ELSE '' END
+            FROM old WHERE q.id = old.id
+            RETURNING q.id, q.status, q.attempts),
+        ev AS (
+            INSERT INTO public.jr_task_events
+                (task_id, actor, action, from_status, to_status, worker, attempt, details)
+            SELECT upd.id, p_name, 'rescued', 'in_progress', upd.status, p_name, upd.attempts,
+                p_takeover_why
+            FROM upd),
+        n AS (SELECT pg_notify('jrq_pending', 'rescue') FROM upd
+              WHERE upd.status = 'pending' LIMIT 1)
+        SELECT coalesce(array_agg(upd.id ORDER BY upd.id), '{}'),
+            coalesce(array_agg(upd.status ORDER BY upd.id), '{}'),
+            (SELECT count(*) FROM n)
+        INTO v_ids, v_status, v_notified
+        FROM upd;
     END IF;
     RETURN QUERY SELECT v_host, v_instance, v_ids, v_status;
 END;

@@ -84,18 +84,3 @@ ALTER TABLE jr_status ADD CONSTRAINT jr_status_providers_check
 -- A host name is printed in reports and logs: no control characters.
 UPDATE jr_status SET host = regexp_replace(host, '[[:cntrl:]]', '?', 'g') WHERE host ~ '[[:cntrl:]]';
 ALTER TABLE jr_status ADD CONSTRAINT jr_status_host_check CHECK (host !~ '[[:cntrl:]]');
-
--- The circuit breaker's formula, in one place (the assigner's candidate query and the
--- circuit states it records both use it): a worker with K or more consecutive failed
--- attempts takes no new task until its last failure plus the cool-down, doubled for
--- each failure past K (at most 2^30 times), capped at the longest cool-down. NULL: the
--- circuit is closed. A plain SQL function, so it is inlined into the statements.
-CREATE FUNCTION jrq_circuit_open_until(p_last_failure timestamptz, p_failures integer,
-    p_k integer, p_cooldown_ms float8, p_max_cooldown_ms float8)
-RETURNS timestamptz LANGUAGE sql STABLE PARALLEL SAFE
-AS $$
-    SELECT CASE WHEN p_failures >= p_k AND p_last_failure IS NOT NULL THEN
-        p_last_failure + least(p_cooldown_ms * power(2, least(p_failures - p_k, 30)),
-                               p_max_cooldown_ms) * interval '1 millisecond'
-    END
-$$;

@@ -6,15 +6,21 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{assigned_task, count, exec, status_of, TestDb};
 use futures_util::future::BoxFuture;
 use jrq::assigner::{Assigner, AssignerConfig};
 use jrq::cleanup::{Cleanup, CleanupConfig, Verdict, WorkerProcess};
+use jrq::daemon::link::Link;
+use jrq::daemon::liveness::Liveness;
+use jrq::daemon::runner::{self, Beat, Component, Ctx};
+use jrq::daemon::shutdown::{Shutdown, ShutdownSignal};
 use jrq::db::{ServerId, Statements};
 use jrq::monitor::{Manager, Monitor, MonitorConfig};
 use jrq::worker::executor::Noop;
 use jrq::worker::{Handler, Round, TaskContext, TaskOutcome, Worker, WorkerConfig};
+use tokio::time::Instant;
 use tokio_postgres::Client;
 
 async fn enqueue(client: &Client, n: usize) {
@@ -190,6 +196,14 @@ async fn a_monitor_round_marks_the_silent_and_rescues_their_tasks() {
            ('w_silent', 'worker', 'elsewhere', true, 'busy', now() - interval '2 minutes')",
     )
     .await;
+    client
+        .execute(
+            "INSERT INTO jr_status (jr_name, kind, host, is_online, status, last_seen) \
+             VALUES ('w_lost_here', 'worker', $1, false, 'lost', now() - interval '1 hour')",
+            &[&host],
+        )
+        .await
+        .unwrap();
     exec(
         &client,
         "INSERT INTO jr_work_queue (title, status, assigned_jr, attempts, started_at) VALUES \
@@ -199,7 +213,7 @@ async fn a_monitor_round_marks_the_silent_and_rescues_their_tasks() {
     .await;
     let monitor = Monitor::new(MonitorConfig {
         manager: Manager::None,
-        host,
+        host: host.clone(),
         ..MonitorConfig::default()
     });
     let r = monitor.run_once(&client).await.unwrap();
@@ -218,6 +232,15 @@ async fn a_monitor_round_marks_the_silent_and_rescues_their_tasks() {
         "a live worker's task is left alone"
     );
     assert!(r.restarts.is_empty(), "manager none restarts nothing");
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM jr_status WHERE jr_name = 'w_lost_here' AND status = 'lost'"
+        )
+        .await,
+        1,
+        "manager none leaves a lost row of this host for a monitor that may restart it"
+    );
 
     // The next round finds nothing more to do.
     let r = monitor.run_once(&client).await.unwrap();
@@ -324,4 +347,78 @@ async fn a_cleanup_round_judges_processes_and_releases_rows_of_gone_ones() {
         .await,
         1
     );
+}
+
+/// A component that always has more work at once (as a busy assigner does): the runner
+/// never waits, yet must hear the shutdown.
+struct Busy {
+    ticks: u64,
+    stop: bool,
+}
+
+impl Component for Busy {
+    type Event = ();
+    type Exit = u64;
+
+    fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
+
+    async fn heartbeat(&mut self, _ctx: &mut Ctx<'_>) -> Beat {
+        Beat::Ok
+    }
+
+    async fn tick(&mut self, _ctx: &mut Ctx<'_>) {
+        self.ticks += 1;
+        // Yield as a real round's statements would.
+        tokio::task::yield_now().await;
+    }
+
+    async fn on_shutdown(&mut self, level: Shutdown, _ctx: &mut Ctx<'_>) {
+        self.stop |= level != Shutdown::Running;
+    }
+
+    fn again_now(&self, _connected: bool) -> bool {
+        true
+    }
+
+    fn wake_at(&self, _connected: bool) -> Option<Instant> {
+        None
+    }
+
+    fn status_text(&self, _db_down_for: Option<Duration>) -> String {
+        "busy".into()
+    }
+
+    fn done(&self) -> bool {
+        self.stop
+    }
+
+    async fn finish(self, _link: &mut Link, _live: &mut Liveness) -> jrq::Result<u64> {
+        Ok(self.ticks)
+    }
+}
+
+#[tokio::test]
+async fn the_runner_hears_a_shutdown_while_the_component_has_work_at_once() {
+    let db = TestDb::new().await;
+    let link = Link::open(db.config(), &[]).await.unwrap();
+    let (tx, shutdown) = ShutdownSignal::channel();
+    let run = tokio::spawn(runner::run(
+        Busy {
+            ticks: 0,
+            stop: false,
+        },
+        link,
+        Duration::from_secs(30),
+        shutdown,
+    ));
+    tokio::task::yield_now().await;
+    tx.send(Shutdown::Drain).unwrap();
+    let ticks = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the runner stops after a shutdown, however busy")
+        .unwrap()
+        .unwrap();
+    assert!(ticks >= 1, "it ran: {ticks} ticks");
 }

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!   heartbeat + first tick -> READY=1
-//!   loop: reconnect when due (then: look at once, heartbeat at once)
+//!   loop: a shutdown signal raised? -> the component hears it; done? -> finish
+//!         reconnect when due (then: look at once, heartbeat at once)
 //!         tick (the component's due work)
 //!         heartbeat when due -> WATCHDOG=1 only if it succeeded and the component is healthy
 //!         done? -> finish
@@ -158,11 +159,15 @@ pub async fn run<C: Component>(
     let text = c.status_text(None);
     live.ready(&text);
     c.on_ready();
-    let level = shutdown.level();
-    if level != Shutdown::Running {
-        c.on_shutdown(level, &mut ctx!()).await;
-    }
     loop {
+        // A signal is heard at the top of every turn, also when the component has work
+        // at once and the loop does not wait (a busy assigner must still stop).
+        if let Some(level) = shutdown.raised() {
+            c.on_shutdown(level, &mut ctx!()).await;
+        }
+        if c.done() {
+            break;
+        }
         if link.reconnect_if_due().await {
             c.on_reconnected();
             heartbeat_at = Instant::now();

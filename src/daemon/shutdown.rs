@@ -38,6 +38,14 @@ impl ShutdownSignal {
         *self.rx.borrow()
     }
 
+    /// The new level when it rose since it was last seen (without waiting).
+    pub fn raised(&mut self) -> Option<Shutdown> {
+        match self.rx.has_changed() {
+            Ok(true) => Some(*self.rx.borrow_and_update()),
+            _ => None,
+        }
+    }
+
     /// Resolves with the new level once it changes. Pending for ever when it cannot change
     /// any more.
     pub async fn changed(&mut self) -> Shutdown {

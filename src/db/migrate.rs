@@ -117,3 +117,39 @@ fn describe_refinery_error(e: &refinery::Error) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod released {
+    use super::migrations;
+
+    /// Checksums of the migrations that have been released (refinery's, as recorded in
+    /// `jrq_schema_history`). A released migration never changes — a database migrated
+    /// by an older binary would refuse the new one, or miss what was added to it: a
+    /// change goes in a new migration. Add a line here when a migration is released.
+    const RELEASED: [(i32, u64); 7] = [
+        (1, 7283025288544651009),
+        (2, 15561595384879818704),
+        (3, 1072207000028334306),
+        (4, 2182057150456426329),
+        (5, 525078323954132777),
+        (6, 11469895850146458289),
+        (7, 5033402778369171211),
+    ];
+
+    #[test]
+    fn released_migrations_never_change() {
+        let runner = migrations::runner();
+        for (version, checksum) in RELEASED {
+            let m = runner
+                .get_migrations()
+                .iter()
+                .find(|m| m.version() == version)
+                .unwrap_or_else(|| panic!("released migration V{version} is missing"));
+            assert_eq!(
+                m.checksum(),
+                checksum,
+                "V{version} was released and has changed: restore it, and put the change in a new migration"
+            );
+        }
+    }
+}

@@ -228,7 +228,7 @@ impl Statements {
         let stmt = client.prepare(sql).await?;
         self.cache
             .lock()
-            .expect("statement cache")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(sql, stmt.clone());
         Ok(stmt)
     }

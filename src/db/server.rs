@@ -21,6 +21,14 @@ pub async fn server_unlock(client: &impl GenericClient, key: i64) -> Result<()> 
     Ok(())
 }
 
+/// Releases every session-level advisory lock this connection holds.
+pub async fn server_unlock_all(client: &impl GenericClient) -> Result<()> {
+    client
+        .execute("SELECT pg_advisory_unlock_all()", &[])
+        .await?;
+    Ok(())
+}
+
 /// What the server says about the queue's health.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct QueueHealth {

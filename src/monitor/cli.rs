@@ -68,7 +68,10 @@ pub struct MonitorArgs {
     pub textfile: Option<PathBuf>,
     /// Repeat every INTERVAL instead of one round (for use without systemd's timer). Only
     /// the first round's error ends the program; a later failed round (the database
-    /// restarting, say) is logged and the next one tries again. SIGTERM ends it (exit 0). Range: 1s to 1d.
+    /// restarting, say) is logged, the connection comes back with the daemons' backoff,
+    /// and a round runs at once when it does. Under systemd it notifies like the other
+    /// daemons (READY, WATCHDOG after each round that worked, STATUS). SIGTERM ends it
+    /// (exit 0). Range: 1s to 1d.
     #[arg(long, env = "JRQ_WATCH", value_name = "INTERVAL", value_parser = validate::duration_in("1s", "1d"))]
     pub watch: Option<Duration>,
     /// Log format: auto, text, json, journald.

@@ -181,6 +181,12 @@ impl Monitor {
         Ok(report)
     }
 
+    /// Releases the round's lock on a connection that goes on after a failed round (a
+    /// connection that closes releases it by itself).
+    pub async fn release(&self, client: &Client) -> Result<()> {
+        server::server_unlock_all(client).await
+    }
+
     async fn round(&self, client: &Client) -> Result<Report> {
         let cfg = &self.cfg;
         let actor = cfg.actor.as_str();

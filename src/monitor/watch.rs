@@ -113,8 +113,13 @@ impl Component for Watch {
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = %format_duration(self.every), "monitor round failed");
-                // A closed connection goes back to the link's reconnects.
-                if ctx.link.conn().is_none_or(|c| c.client.is_closed()) {
+                // A closed connection goes back to the link's reconnects; one that goes on
+                // must not keep the round's lock (other monitors would skip for ever).
+                let released = match ctx.link.conn() {
+                    Some(c) if !c.client.is_closed() => self.monitor.release(&c.client).await,
+                    _ => Err(e),
+                };
+                if released.is_err() {
                     ctx.link.lost("monitor round");
                 }
                 Beat::Failed

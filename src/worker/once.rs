@@ -37,7 +37,10 @@ impl Worker {
     }
 
     /// One round: claims up to `capacity` tasks assigned to this worker, runs them at once
-    /// and to their end (each under its timeout), and writes their outcomes.
+    /// and to their end (each under its timeout), and writes their outcomes in one
+    /// statement. An error (the database away, or refusing an outcome it cannot store)
+    /// fails the round: its tasks stay in progress under this instance until the health
+    /// monitor puts them back. (The daemon keeps such outcomes and writes them one by one.)
     pub async fn run_once(&self, client: &Client, stmts: &Statements) -> Result<Round> {
         let cfg = &self.cfg;
         let claimed = tasks::tasks_claim(

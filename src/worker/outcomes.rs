@@ -202,7 +202,7 @@ impl Outcomes {
             if applied.contains(&f.task_id) {
                 tracing::info!(
                     task_id = f.task_id,
-                    worker,
+                    worker = %worker,
                     attempt = f.attempt,
                     outcome = f.finish.kind(),
                     error = %crate::text::for_terminal(f.finish.error().unwrap_or(""), false),
