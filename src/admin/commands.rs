@@ -61,6 +61,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Workers(args) => list_workers(&client, &args).await,
         Command::Prune(args) => prune(&client, &args).await,
         Command::Roles(cmd) => roles_cmd(&mut client, cmd).await,
+        Command::Providers(cmd) => super::governor::providers_cmd(&client, cmd).await,
+        Command::Pause(args) => super::governor::pause(&client, &args).await,
+        Command::Resume(args) => super::governor::resume(&client, &args).await,
     }
 }
 
@@ -269,7 +272,8 @@ async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInpu
 async fn status(client: &Client, args: &StatusArgs) -> Result<()> {
     let t = tasks::tasks_summary(client, args.window).await?;
     let w = workers::workers_summary(client, args.online_threshold).await?;
-    render::status(&t, &w, args.json)
+    let held = super::governor::held(client).await?;
+    render::status(&t, &w, &held, args.json)
 }
 
 async fn list_tasks(client: &Client, args: &TasksArgs) -> Result<()> {
@@ -287,7 +291,8 @@ async fn list_tasks(client: &Client, args: &TasksArgs) -> Result<()> {
 async fn show(client: &Client, args: &ShowArgs) -> Result<()> {
     let task = tasks::tasks_get_existing(client, args.id).await?;
     let events = events::events_for_task(client, args.id).await?;
-    render::show(&task, &events, args.json)
+    let waiting = super::governor::waiting(client, &task).await?;
+    render::show(&task, &events, waiting.as_deref(), args.json)
 }
 
 async fn retry(client: &mut Client, args: &RetryArgs) -> Result<()> {

@@ -4,6 +4,7 @@
 //! comes from `--database-url` / `DATABASE_URL` or the libpq `PG*` variables.
 
 mod commands;
+mod governor;
 mod render;
 
 use std::path::PathBuf;
@@ -58,6 +59,15 @@ pub enum Command {
     /// and grant their rights, attach a login user to one (see docs/security.md).
     #[command(subcommand)]
     Roles(RolesCommand),
+    /// Fleet-wide limits per provider (at most N running, at most N starts a minute) and
+    /// their fallbacks; a provider without limits needs no row.
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
+    /// Stop new assignments to a provider, a run, a worker or everything; running tasks
+    /// finish. Shown by `jrq status` until `jrq resume`.
+    Pause(PauseArgs),
+    /// End a pause set by `jrq pause` (or by a provider that ran out of quota).
+    Resume(ScopeArgs),
 }
 
 /// Options of `jrq enqueue`.
@@ -251,6 +261,119 @@ pub struct PruneArgs {
     /// Print JSON instead of text.
     #[arg(long, env = "JRQ_JSON")]
     pub json: bool,
+}
+
+/// `jrq providers ...`
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCommand {
+    /// Set a provider's limits (options not given stay as they are).
+    Set {
+        /// The provider, as tasks (--provider) and workers (--provider) name it.
+        #[arg(value_parser = parse_provider)]
+        name: String,
+        /// At most N of its tasks assigned + running across the fleet; `none` removes the
+        /// limit. Range: 0 to 1000000.
+        #[arg(long, value_name = "N|none", value_parser = parse_cap(0), allow_hyphen_values = true)]
+        max_running: Option<Cap>,
+        /// At most N of its tasks started per minute across the fleet (a token bucket in
+        /// the database: starts spread over the minute, in bursts of N/30, at least 1);
+        /// `none` removes the limit. Range: 1 to 1000000.
+        #[arg(long, value_name = "N|none", value_parser = parse_cap(1), allow_hyphen_values = true)]
+        max_starts_per_minute: Option<Cap>,
+        /// Providers whose workers may take its tasks while it is paused (tasks whose
+        /// payload has "fallback": true), separated by commas; an empty value removes them.
+        #[arg(long, value_name = "OTHER[,OTHER]")]
+        fallback: Option<String>,
+    },
+    /// The providers: limits, tasks running and pending, pauses.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long, env = "JRQ_JSON")]
+        json: bool,
+    },
+    /// Remove a provider's limits (its pause, if any, stays until `jrq resume`).
+    Unset {
+        #[arg(value_parser = parse_provider)]
+        name: String,
+    },
+}
+
+/// Which scope a pause is about: exactly one.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ScopeArgs {
+    /// A provider's tasks.
+    #[arg(long, value_parser = parse_provider)]
+    pub provider: Option<String>,
+    /// A run's tasks (its id).
+    #[arg(long, value_parser = validate::parse_run_id)]
+    pub run: Option<Uuid>,
+    /// One worker (it finishes what it runs and takes nothing new).
+    #[arg(long, value_parser = validate::parse_worker_name)]
+    pub worker: Option<String>,
+    /// Every task.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl ScopeArgs {
+    /// (scope, target) as `jr_pauses` stores them.
+    pub fn scope(&self) -> (&'static str, String) {
+        if let Some(p) = &self.provider {
+            ("provider", p.clone())
+        } else if let Some(r) = self.run {
+            ("run", r.to_string())
+        } else if let Some(w) = &self.worker {
+            ("worker", w.clone())
+        } else {
+            ("all", String::new())
+        }
+    }
+}
+
+/// Options of `jrq pause`.
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Why, for the others (shown by `jrq status` and `jrq providers list`).
+    #[arg(long, env = "JRQ_REASON", default_value = "")]
+    pub reason: String,
+    /// End the pause by itself after this long (e.g. 30m). Default: until `jrq resume`.
+    /// Range: 1s to 365d.
+    #[arg(long = "for", value_name = "DURATION", value_parser = validate::duration_in("1s", "365d"))]
+    pub duration: Option<Duration>,
+}
+
+fn parse_provider(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() || t.len() > 200 || t.contains(',') || t.chars().any(char::is_control) {
+        return Err(format!(
+            "'{}' is not a provider name: give a name without commas or control characters \
+             (at most 200 bytes), as tasks and workers use it",
+            crate::text::for_terminal(s, false)
+        ));
+    }
+    Ok(t.to_string())
+}
+
+/// A limit, or `none` (no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap(pub Option<i32>);
+
+/// A parser of `N` (at least `min`, at most 1000000) or `none`.
+fn parse_cap(min: i32) -> impl Fn(&str) -> Result<Cap, String> + Clone + Send + Sync {
+    move |s: &str| {
+        if s.trim().eq_ignore_ascii_case("none") {
+            return Ok(Cap(None));
+        }
+        match s.trim().parse::<i32>() {
+            Ok(n) if (min..=1_000_000).contains(&n) => Ok(Cap(Some(n))),
+            _ => Err(format!(
+                "'{s}' is not a limit: give a whole number from {min} to 1000000, or none"
+            )),
+        }
+    }
 }
 
 /// `jrq roles ...`

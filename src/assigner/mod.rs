@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod plan;
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -28,7 +29,7 @@ use crate::daemon::liveness::Liveness;
 use crate::daemon::runner::{self, Beat, Component, Ctx};
 use crate::daemon::shutdown::{Shutdown, ShutdownSignal};
 use crate::db::workers::CircuitPolicy;
-use crate::db::{self, tasks, workers};
+use crate::db::{self, providers, tasks, workers};
 use crate::error::{Error, Result};
 use crate::registry;
 use crate::validate::format_duration;
@@ -136,7 +137,7 @@ impl AssignerConfig {
 }
 
 /// What one routing round did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RoundOutcome {
     /// Tasks assigned.
     pub assigned: u64,
@@ -146,6 +147,9 @@ pub struct RoundOutcome {
     pub workers: u64,
     /// Free slots left after the round.
     pub free_left: u64,
+    /// What the governor held back: "provider 'claude' at its limit 8/8", "everything
+    /// paused by alice: upgrade", one line each.
+    pub held: Vec<String>,
 }
 
 /// What one maintenance pass did.
@@ -197,6 +201,14 @@ impl Assigner {
     ) -> Result<RoundOutcome> {
         let cfg = &self.cfg;
         let txn = client.transaction().await?;
+        let pauses = providers::pauses_active(&txn, stmts).await?;
+        if let Some(p) = &pauses.all {
+            txn.commit().await?;
+            return Ok(RoundOutcome {
+                held: vec![format!("everything {}", p.describe())],
+                ..Default::default()
+            });
+        }
         let cands =
             workers::workers_lock_candidates(&txn, stmts, cfg.online_threshold, &cfg.circuit)
                 .await?;
@@ -213,7 +225,7 @@ impl Assigner {
                 capacity: c.capacity + c.prefetch.max(0),
                 run_id: c.run_id,
             })
-            .filter(|s| s.load < s.capacity)
+            .filter(|s| s.load < s.capacity && !pauses.workers.contains_key(&s.name))
             .collect();
         let free: i64 = slots.iter().map(|s| i64::from(s.capacity - s.load)).sum();
         let mut out = RoundOutcome {
@@ -227,20 +239,59 @@ impl Assigner {
         let mut providers: Vec<String> = slots
             .iter()
             .flat_map(|s| s.providers.iter().cloned())
+            .filter(|p| !pauses.providers.contains_key(p))
             .collect();
         providers.sort();
         providers.dedup();
+        // The governor: the limited providers' rows stay locked to the commit, so several
+        // assigners never exceed a limit together. A provider with no room is left out of
+        // the pending query, or its tasks would fill the batch and starve the others.
+        let budgets = providers::providers_lock_budgets(&txn, stmts, &providers).await?;
+        let mut room: HashMap<String, i64> = HashMap::new();
+        for b in &budgets {
+            if let Some(why) = b.holding() {
+                out.held.push(format!("provider '{}' {why}", b.name));
+            }
+            room.insert(b.name.clone(), b.room());
+        }
+        providers.retain(|p| room.get(p).is_none_or(|r| *r > 0));
+        for (name, p) in &pauses.providers {
+            out.held.push(format!("provider '{name}' {}", p.describe()));
+        }
+        for (name, p) in &pauses.workers {
+            out.held.push(format!("worker '{name}' {}", p.describe()));
+        }
+        let paused_runs: Vec<Uuid> = pauses.runs.keys().copied().collect();
+        for (run, p) in &pauses.runs {
+            out.held.push(format!("run {run} {}", p.describe()));
+        }
+        out.held.sort();
         let free_names: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
         let pending = tasks::tasks_pending_for_routing(
             &txn,
             stmts,
             &providers,
             &free_names,
+            &paused_runs,
             free.min(cfg.batch_size),
         )
         .await?;
-        let plan = plan::plan(&pending, &mut slots, &mut self.rr);
+        let plan = plan::plan(&pending, &mut slots, &mut room, &mut self.rr);
         out.assigned = tasks::tasks_assign(&txn, stmts, &self.cfg.name, &plan).await?;
+        let assigned: HashSet<i64> = plan.iter().map(|a| a.task_id).collect();
+        let mut started: HashMap<&str, usize> = HashMap::new();
+        for t in pending.iter().filter(|t| assigned.contains(&t.id)) {
+            *started.entry(t.provider.as_str()).or_default() += 1;
+        }
+        let spent: Vec<(String, f64)> = budgets
+            .iter()
+            .filter(|b| b.max_starts_per_minute.is_some())
+            .map(|b| {
+                let n = started.get(b.name.as_str()).copied().unwrap_or(0);
+                (b.name.clone(), b.tokens - n as f64)
+            })
+            .collect();
+        providers::providers_spend(&txn, stmts, &spent).await?;
         txn.commit().await?;
         out.unplaced = (pending.len() - plan.len()) as u64;
         out.free_left = (free as u64).saturating_sub(out.assigned);
@@ -537,6 +588,9 @@ fn status_text(m: &Maintenance, r: &RoundOutcome, db_down: bool) -> String {
     );
     if m.pending > 0 && r.free_left == 0 {
         text.push_str("; fleet full: tasks wait");
+    }
+    if !r.held.is_empty() {
+        text.push_str(&format!("; holding: {}", r.held.join(", ")));
     }
     if db_down {
         text.push_str("; database unreachable");

@@ -7,7 +7,11 @@
 //! - **run**: a task of run R goes to workers serving R or serving no particular run; a
 //!   task without a run goes only to workers serving no particular run.
 //! - **capacity**: only workers with `load < capacity` (load = assigned + running).
+//! - **provider budget**: a provider with a fleet-wide limit (`jr_providers`) gets at most
+//!   its room this round (what its running limit and its start rate leave).
 //! - among those, the **least loaded** by `load / capacity`; ties go round-robin.
+
+use std::collections::HashMap;
 
 use uuid::Uuid;
 
@@ -46,15 +50,24 @@ impl Slot {
     }
 }
 
-/// Assigns what can be assigned; the rest stays pending. `rr` is the round-robin cursor,
-/// kept by the caller across rounds.
-pub fn plan(tasks: &[PendingTask], slots: &mut [Slot], rr: &mut usize) -> Vec<Assignment> {
+/// Assigns what can be assigned; the rest stays pending. `room` is what each limited
+/// provider may still start (spent as tasks are assigned); `rr` is the round-robin
+/// cursor, kept by the caller across rounds.
+pub fn plan(
+    tasks: &[PendingTask],
+    slots: &mut [Slot],
+    room: &mut HashMap<String, i64>,
+    rr: &mut usize,
+) -> Vec<Assignment> {
     let n = slots.len();
     let mut out = Vec::new();
     if n == 0 {
         return out;
     }
     for t in tasks {
+        if room.get(&t.provider).is_some_and(|r| *r <= 0) {
+            continue;
+        }
         let mut best: Option<usize> = None;
         for k in 0..n {
             let i = (*rr + k) % n;
@@ -78,6 +91,9 @@ pub fn plan(tasks: &[PendingTask], slots: &mut [Slot], rr: &mut usize) -> Vec<As
         };
         s.load += 1;
         *rr = (i + 1) % n;
+        if let Some(r) = room.get_mut(&t.provider) {
+            *r -= 1;
+        }
         out.push(Assignment {
             task_id: t.id,
             worker: s.name.clone(),
@@ -115,11 +131,27 @@ mod tests {
     }
 
     #[test]
+    fn a_provider_budget_caps_its_tasks_and_leaves_the_others_alone() {
+        let mut slots = vec![slot("a", &["claude", "codex"], 10, 0)];
+        let tasks = vec![
+            task(1, "claude", None),
+            task(2, "claude", None),
+            task(3, "codex", None),
+            task(4, "claude", None),
+            task(5, "", None),
+        ];
+        let mut room = HashMap::from([("claude".to_string(), 1)]);
+        let a = plan(&tasks, &mut slots, &mut room, &mut 0);
+        assert_eq!(by_worker(&a), [(1, "a"), (3, "a"), (5, "a")]);
+        assert_eq!(room["claude"], 0);
+    }
+
+    #[test]
     fn least_loaded_by_ratio_and_never_past_capacity() {
         let mut slots = vec![slot("a", &[], 1, 0), slot("b", &[], 3, 0)];
         let tasks: Vec<_> = (1..=6).map(|i| task(i, "", None)).collect();
         let mut rr = 0;
-        let a = plan(&tasks, &mut slots, &mut rr);
+        let a = plan(&tasks, &mut slots, &mut HashMap::new(), &mut rr);
         assert_eq!(a.len(), 4, "capacity 1 + 3");
         let to_a = a.iter().filter(|x| x.worker == "a").count();
         assert_eq!(to_a, 1);
@@ -138,7 +170,7 @@ mod tests {
         ];
         let tasks: Vec<_> = (1..=6).map(|i| task(i, "", None)).collect();
         let mut rr = 0;
-        let a = plan(&tasks, &mut slots, &mut rr);
+        let a = plan(&tasks, &mut slots, &mut HashMap::new(), &mut rr);
         let names: Vec<&str> = a.iter().map(|x| x.worker.as_str()).collect();
         assert_eq!(names, ["a", "b", "c", "a", "b", "c"]);
     }
@@ -163,7 +195,7 @@ mod tests {
             in_run,
         ];
         let mut rr = 0;
-        let a = plan(&tasks, &mut slots, &mut rr);
+        let a = plan(&tasks, &mut slots, &mut HashMap::new(), &mut rr);
         let got = by_worker(&a);
         assert!(got.contains(&(1, "claude_w")));
         assert!(got.contains(&(3, "plain")));
@@ -179,6 +211,12 @@ mod tests {
             .starts_with("pinned"));
         // A task without a run never goes to a run-scoped worker.
         let mut only_scoped = vec![slots[2].clone()];
-        assert!(plan(&[task(9, "", None)], &mut only_scoped, &mut 0).is_empty());
+        assert!(plan(
+            &[task(9, "", None)],
+            &mut only_scoped,
+            &mut HashMap::new(),
+            &mut 0
+        )
+        .is_empty());
     }
 }

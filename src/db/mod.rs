@@ -8,6 +8,7 @@ pub mod conninfo;
 pub mod events;
 pub mod listen;
 pub mod migrate;
+pub mod providers;
 pub mod roles;
 pub mod runs;
 pub mod server;

@@ -183,7 +183,11 @@ pub async fn roles_setup(client: &Client) -> Result<SetupReport> {
             _ => report.not_permitted.push(name),
         }
     }
-    match client.query_one("SELECT jrq_grant_groups()", &[]).await {
+    // The governor's tables (V9) have their grants in a function of their own.
+    match client
+        .query_one("SELECT jrq_grant_groups(), jrq_grant_governor()", &[])
+        .await
+    {
         Ok(row) => report.granted = row.get(0),
         Err(e) if sqlstate(&e) == Some("42501") => {
             let user = current_user(client).await?;

@@ -127,7 +127,14 @@ impl TestDb {
     pub async fn fingerprint(&self) -> String {
         let client = self.client().await;
         let mut out = String::new();
-        for table in ["jr_work_queue", "jr_task_events", "jr_runs", "jr_status"] {
+        for table in [
+            "jr_work_queue",
+            "jr_task_events",
+            "jr_runs",
+            "jr_status",
+            "jr_providers",
+            "jr_pauses",
+        ] {
             let exists: bool = client
                 .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
                 .await

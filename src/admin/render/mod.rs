@@ -108,7 +108,9 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+mod providers;
 mod roles;
+pub use providers::{provider_set, providers};
 pub use roles::{groups_missing, roles, roles_granted, roles_setup};
 
 pub fn migrate(r: &MigrateReport) {
@@ -150,6 +152,8 @@ struct StatusJson<'a> {
     failed_in_window: i64,
     failure_rate: Option<f64>,
     workers: WorkersJson,
+    /// What the governor holds back: pauses, providers at their limits.
+    held: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -164,7 +168,7 @@ struct WorkersJson {
     assigners: i64,
 }
 
-pub fn status(t: &TaskSummary, w: &WorkerSummary, json: bool) -> Result<()> {
+pub fn status(t: &TaskSummary, w: &WorkerSummary, held: &[String], json: bool) -> Result<()> {
     let total: i64 = t.by_status.iter().map(|(_, n)| n).sum();
     if json {
         return print_json(&StatusJson {
@@ -186,6 +190,7 @@ pub fn status(t: &TaskSummary, w: &WorkerSummary, json: bool) -> Result<()> {
                 load: w.load,
                 assigners: w.assigners,
             },
+            held,
         });
     }
     let pct = |n: i64| {
@@ -239,6 +244,9 @@ pub fn status(t: &TaskSummary, w: &WorkerSummary, json: bool) -> Result<()> {
         w.capacity
     );
     say!("assigners:       {} alive", w.assigners);
+    for h in held {
+        say!("held:            {h}");
+    }
     Ok(())
 }
 
@@ -286,11 +294,17 @@ pub fn tasks(rows: &[TaskListRow], json: bool) -> Result<()> {
 struct ShowJson<'a> {
     task: &'a TaskRow,
     events: &'a [EventRow],
+    /// Why a pending task waits on the governor, when it does.
+    waiting: Option<&'a str>,
 }
 
-pub fn show(task: &TaskRow, events: &[EventRow], json: bool) -> Result<()> {
+pub fn show(task: &TaskRow, events: &[EventRow], waiting: Option<&str>, json: bool) -> Result<()> {
     if json {
-        return print_json(&ShowJson { task, events });
+        return print_json(&ShowJson {
+            task,
+            events,
+            waiting,
+        });
     }
     let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
     say!("task {}: {}", task.id, task.title);
@@ -302,6 +316,9 @@ pub fn show(task: &TaskRow, events: &[EventRow], json: bool) -> Result<()> {
         task.status,
         task.progress_percent
     );
+    if let Some(w) = waiting {
+        say!("  {w}");
+    }
     say!(
         "  priority:     {}{}",
         task.priority,

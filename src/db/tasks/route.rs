@@ -27,6 +27,7 @@ pub async fn tasks_pending_for_routing(
     stmts: &Statements,
     providers: &[String],
     workers: &[String],
+    paused_runs: &[Uuid],
     limit: i64,
 ) -> Result<Vec<PendingTask>> {
     let stmt = stmts
@@ -36,11 +37,14 @@ pub async fn tasks_pending_for_routing(
              WHERE status = 'pending' AND run_after <= now() \
                AND (provider = '' OR provider = ANY($1)) \
                AND (target_jr IS NULL OR target_jr = ANY($2)) \
+               AND (run_id IS NULL OR NOT run_id = ANY($4)) \
              ORDER BY sacred_fire_priority DESC, priority, created_at, id \
              LIMIT $3 FOR UPDATE SKIP LOCKED",
         )
         .await?;
-    let rows = client.query(&stmt, &[&providers, &workers, &limit]).await?;
+    let rows = client
+        .query(&stmt, &[&providers, &workers, &limit, &paused_runs])
+        .await?;
     Ok(rows
         .iter()
         .map(|r| PendingTask {

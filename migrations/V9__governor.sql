@@ -1,0 +1,72 @@
+-- The provider governor: fleet-wide limits per provider, and pauses.
+--
+-- jr_providers: a provider with no row has no limits. max_running bounds the provider's
+-- tasks assigned + in progress across the fleet; max_starts_per_minute bounds how many
+-- the assigners hand out per minute — a token bucket kept here (tokens, tokens_at), so it
+-- holds across assigners and restarts. An assigner's round locks the rows of the limited
+-- providers it routes (FOR UPDATE, in name order) before it counts, so several assigners
+-- never exceed a limit together.
+CREATE TABLE jr_providers (
+    name                  text PRIMARY KEY
+                          CONSTRAINT jr_providers_name_check
+                          CHECK (name <> '' AND name !~ '[[:cntrl:],]' AND length(name) <= 200),
+    max_running           integer CONSTRAINT jr_providers_max_running_check
+                          CHECK (max_running BETWEEN 0 AND 1000000),
+    max_starts_per_minute integer CONSTRAINT jr_providers_max_starts_check
+                          CHECK (max_starts_per_minute BETWEEN 1 AND 1000000),
+    -- Providers whose workers may take this provider's tasks while it is paused (only
+    -- tasks that allow it: payload "fallback": true).
+    fallback              text[] NOT NULL DEFAULT '{}'
+                          CONSTRAINT jr_providers_fallback_check
+                          CHECK (array_position(fallback, NULL) IS NULL),
+    tokens                float8 NOT NULL DEFAULT 0,
+    tokens_at             timestamptz NOT NULL DEFAULT now(),
+    updated_by            text NOT NULL DEFAULT '',
+    created_at            timestamptz NOT NULL DEFAULT now(),
+    updated_at            timestamptz NOT NULL DEFAULT now()
+);
+
+-- jr_pauses: a paused scope gets no new assignments; running tasks finish. scope 'all'
+-- (target ''), 'provider', 'run' (target: the run id) or 'worker'. until NULL: until
+-- `jrq resume`; otherwise until then (a provider that refused for lack of quota).
+CREATE TABLE jr_pauses (
+    scope      text NOT NULL CONSTRAINT jr_pauses_scope_check
+               CHECK (scope IN ('all', 'provider', 'run', 'worker')),
+    target     text NOT NULL DEFAULT ''
+               CONSTRAINT jr_pauses_target_check
+               CHECK ((scope = 'all') = (target = '') AND target !~ '[[:cntrl:]]'
+                      AND length(target) <= 200),
+    until      timestamptz,
+    reason     text NOT NULL DEFAULT ''
+               CONSTRAINT jr_pauses_reason_check CHECK (length(reason) <= 1000),
+    set_by     text NOT NULL DEFAULT '',
+    set_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, target)
+);
+
+-- The rights of the groups on these tables (the groups of V6; call it after
+-- jrq_grant_groups, as `jrq roles setup` does).
+CREATE FUNCTION jrq_grant_governor() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_assigner') THEN
+        GRANT SELECT ON public.jr_providers, public.jr_pauses TO jrq_assigner;
+        GRANT UPDATE (tokens, tokens_at) ON public.jr_providers TO jrq_assigner;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_monitor') THEN
+        GRANT SELECT ON public.jr_providers, public.jr_pauses TO jrq_monitor;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_reader') THEN
+        GRANT SELECT ON public.jr_providers, public.jr_pauses TO jrq_reader;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_admin') THEN
+        GRANT SELECT, INSERT, UPDATE, DELETE ON public.jr_providers, public.jr_pauses
+            TO jrq_admin;
+    END IF;
+END;
+$$;
+
+REVOKE EXECUTE ON FUNCTION jrq_grant_governor() FROM PUBLIC;
+
+SELECT jrq_grant_governor();

@@ -1,0 +1,188 @@
+//! `jrq providers`, `jrq pause`, `jrq resume`, and what `jrq status` and `jrq show` say
+//! about a task the governor holds back.
+
+use chrono::Utc;
+use tokio_postgres::Client;
+
+use super::{PauseArgs, ProvidersCommand, ScopeArgs};
+use crate::db::providers::{self, Pause, Pauses, ProviderChange, ProviderRow};
+use crate::db::Statements;
+use crate::error::Result;
+use crate::task::TaskStatus;
+
+/// Who the CLI's writes name.
+fn actor() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "jrq".into())
+}
+
+pub async fn providers_cmd(client: &Client, cmd: ProvidersCommand) -> Result<()> {
+    match cmd {
+        ProvidersCommand::Set {
+            name,
+            max_running,
+            max_starts_per_minute,
+            fallback,
+        } => {
+            let fallback: Option<Vec<String>> = fallback.map(|f| {
+                f.split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect()
+            });
+            if let Some(f) = &fallback {
+                if f.contains(&name) {
+                    return Err(crate::Error::usage(format!(
+                        "provider '{name}' cannot be its own fallback"
+                    )));
+                }
+            }
+            let change = ProviderChange {
+                max_running: max_running.map(|c| c.0),
+                max_starts_per_minute: max_starts_per_minute.map(|c| c.0),
+                fallback: fallback.as_deref(),
+            };
+            let row = providers::providers_set(client, &name, &change, &actor()).await?;
+            super::render::provider_set(&row);
+            Ok(())
+        }
+        ProvidersCommand::List { json } => {
+            let rows = providers::providers_list(client).await?;
+            let pauses = providers::pauses_active(client, &Statements::default()).await?;
+            super::render::providers(&rows, &pauses, json)
+        }
+        ProvidersCommand::Unset { name } => {
+            if providers::providers_unset(client, &name).await? {
+                crate::process::print_out(&format!("provider '{name}' has no limits now\n"));
+            } else {
+                crate::process::print_out(&format!(
+                    "provider '{name}' had no limits: nothing changed\n"
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn pause(client: &Client, args: &PauseArgs) -> Result<()> {
+    let (scope, target) = args.scope.scope();
+    let until = match args.duration {
+        Some(d) => Some(
+            Utc::now()
+                + chrono::Duration::from_std(d)
+                    .map_err(|_| crate::Error::usage("--for is too long: give at most 365d"))?,
+        ),
+        None => None,
+    };
+    providers::pauses_set(client, scope, &target, until, args.reason.trim(), &actor()).await?;
+    let p = Pause {
+        scope: scope.into(),
+        target,
+        until,
+        reason: args.reason.trim().into(),
+        set_by: actor(),
+        set_at: Utc::now(),
+    };
+    crate::process::print_out(&crate::text::for_terminal(
+        &format!(
+            "{} {}: no new assignments; running tasks finish (jrq resume ends it)\n",
+            p.what(),
+            p.describe()
+        ),
+        true,
+    ));
+    Ok(())
+}
+
+pub async fn resume(client: &Client, args: &ScopeArgs) -> Result<()> {
+    let (scope, target) = args.scope();
+    let what = Pause {
+        scope: scope.into(),
+        target: target.clone(),
+        until: None,
+        reason: String::new(),
+        set_by: String::new(),
+        set_at: Utc::now(),
+    }
+    .what();
+    let text = if providers::pauses_clear(client, scope, &target).await? {
+        format!("{what} resumed: assignments start again with the next round\n")
+    } else {
+        format!("{what} was not paused: nothing changed\n")
+    };
+    crate::process::print_out(&crate::text::for_terminal(&text, true));
+    Ok(())
+}
+
+/// Why a pending task waits on the governor, when it does: "waiting: provider 'claude' at
+/// its limit 8/8", "waiting: run … paused by alice: …".
+pub fn waiting_reason(
+    status: TaskStatus,
+    provider: &str,
+    run: Option<uuid::Uuid>,
+    rows: &[ProviderRow],
+    pauses: &Pauses,
+) -> Option<String> {
+    if status != TaskStatus::Pending {
+        return None;
+    }
+    if let Some(p) = &pauses.all {
+        return Some(format!("waiting: everything {}", p.describe()));
+    }
+    if let Some(p) = pauses.providers.get(provider) {
+        return Some(format!("waiting: provider '{provider}' {}", p.describe()));
+    }
+    if let Some(p) = run.and_then(|r| pauses.runs.get(&r)) {
+        return Some(format!("waiting: {} {}", p.what(), p.describe()));
+    }
+    let row = rows.iter().find(|r| r.name == provider)?;
+    let m = row.max_running?;
+    (row.running >= i64::from(m)).then(|| {
+        format!(
+            "waiting: provider '{provider}' at its limit {}/{m}",
+            row.running
+        )
+    })
+}
+
+/// What `jrq status` lists as held: pauses, and providers at their limits with tasks
+/// waiting.
+pub async fn held(client: &Client) -> Result<Vec<String>> {
+    let rows = providers::providers_list(client).await?;
+    let pauses = providers::pauses_active(client, &Statements::default()).await?;
+    let mut out: Vec<String> = pauses
+        .iter()
+        .map(|p| format!("{} {}", p.what(), p.describe()))
+        .collect();
+    for r in &rows {
+        if let Some(m) = r.max_running {
+            if r.running >= i64::from(m) && r.pending > 0 && !pauses.providers.contains_key(&r.name)
+            {
+                out.push(format!(
+                    "waiting: provider '{}' at its limit {}/{m} ({} pending)",
+                    r.name, r.running, r.pending
+                ));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// What `jrq show` says about a pending task the governor holds back.
+pub async fn waiting(client: &Client, task: &crate::db::tasks::TaskRow) -> Result<Option<String>> {
+    if task.status != TaskStatus::Pending {
+        return Ok(None);
+    }
+    let rows = providers::providers_list(client).await?;
+    let pauses = providers::pauses_active(client, &Statements::default()).await?;
+    Ok(waiting_reason(
+        task.status,
+        &task.provider,
+        task.run_id,
+        &rows,
+        &pauses,
+    ))
+}

@@ -1,0 +1,394 @@
+//! SQL on `jr_providers` (fleet-wide limits per provider) and `jr_pauses` (scopes that get
+//! no new assignments): the CLI's writes, and what an assigner's round reads.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::db::Statements;
+use crate::error::{Error, Result};
+
+/// A provider's limits as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProviderRow {
+    pub name: String,
+    pub max_running: Option<i32>,
+    pub max_starts_per_minute: Option<i32>,
+    pub fallback: Vec<String>,
+    /// Its tasks assigned + in progress now.
+    pub running: i64,
+    /// Its tasks pending now.
+    pub pending: i64,
+    pub updated_by: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What `jrq providers set` changes: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderChange<'a> {
+    /// `Some(None)` removes the limit.
+    pub max_running: Option<Option<i32>>,
+    pub max_starts_per_minute: Option<Option<i32>>,
+    pub fallback: Option<&'a [String]>,
+}
+
+/// Creates or changes a provider's row; returns it.
+pub async fn providers_set(
+    client: &impl GenericClient,
+    name: &str,
+    change: &ProviderChange<'_>,
+    actor: &str,
+) -> Result<ProviderRow> {
+    let (set_running, running) = split(change.max_running);
+    let (set_starts, starts) = split(change.max_starts_per_minute);
+    let fallback: Option<Vec<String>> = change.fallback.map(<[String]>::to_vec);
+    client
+        .execute(
+            "INSERT INTO jr_providers AS p (name, max_running, max_starts_per_minute, \
+                 fallback, tokens, updated_by) \
+             VALUES ($1, $3, $5, coalesce($6::text[], '{}'), coalesce($5, 0), $7) \
+             ON CONFLICT (name) DO UPDATE SET \
+                 max_running = CASE WHEN $2 THEN $3 ELSE p.max_running END, \
+                 max_starts_per_minute = CASE WHEN $4 THEN $5 \
+                     ELSE p.max_starts_per_minute END, \
+                 fallback = coalesce($6::text[], p.fallback), \
+                 updated_by = $7, updated_at = now()",
+            &[
+                &name,
+                &set_running,
+                &running,
+                &set_starts,
+                &starts,
+                &fallback,
+                &actor,
+            ],
+        )
+        .await
+        .map_err(|e| match crate::error::sqlstate(&e) {
+            Some("23514") => Error::usage(format!(
+                "provider '{name}' cannot be stored: {}",
+                crate::error::describe_pg_error(&e)
+            )),
+            _ => Error::from_pg(&e),
+        })?;
+    providers_list(client)
+        .await?
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| Error::NotFound(format!("provider '{name}' vanished meanwhile")))
+}
+
+fn split(v: Option<Option<i32>>) -> (bool, Option<i32>) {
+    match v {
+        Some(x) => (true, x),
+        None => (false, None),
+    }
+}
+
+/// Removes a provider's row (its limits); whether there was one.
+pub async fn providers_unset(client: &impl GenericClient, name: &str) -> Result<bool> {
+    Ok(client
+        .execute("DELETE FROM jr_providers WHERE name = $1", &[&name])
+        .await?
+        > 0)
+}
+
+/// Every provider with a row, and every provider a task or a worker names, with their
+/// counts (a provider without a row has no limits).
+pub async fn providers_list(client: &impl GenericClient) -> Result<Vec<ProviderRow>> {
+    let rows = client
+        .query(
+            "WITH names AS ( \
+                 SELECT name FROM jr_providers \
+                 UNION SELECT DISTINCT provider FROM jr_work_queue \
+                     WHERE provider <> '' AND status IN ('pending', 'assigned', 'in_progress') \
+                 UNION SELECT DISTINCT unnest(providers) FROM jr_status WHERE kind = 'worker'), \
+             counts AS ( \
+                 SELECT provider, \
+                     count(*) FILTER (WHERE status IN ('assigned', 'in_progress')) AS running, \
+                     count(*) FILTER (WHERE status = 'pending') AS pending \
+                 FROM jr_work_queue WHERE status IN ('pending', 'assigned', 'in_progress') \
+                 GROUP BY provider) \
+             SELECT n.name, p.max_running, p.max_starts_per_minute, \
+                 coalesce(p.fallback, '{}'), coalesce(c.running, 0), coalesce(c.pending, 0), \
+                 coalesce(p.updated_by, ''), coalesce(p.updated_at, now()) \
+             FROM names n LEFT JOIN jr_providers p ON p.name = n.name \
+                 LEFT JOIN counts c ON c.provider = n.name \
+             WHERE n.name <> '' ORDER BY n.name",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ProviderRow {
+            name: r.get(0),
+            max_running: r.get(1),
+            max_starts_per_minute: r.get(2),
+            fallback: r.get(3),
+            running: r.get(4),
+            pending: r.get(5),
+            updated_by: r.get(6),
+            updated_at: r.get(7),
+        })
+        .collect())
+}
+
+/// A limited provider as a routing round sees it, its row locked for the round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    pub name: String,
+    pub max_running: Option<i32>,
+    pub running: i64,
+    pub max_starts_per_minute: Option<i32>,
+    /// Starts the token bucket allows now (whole tokens).
+    pub starts_allowed: Option<i64>,
+    /// Tokens after the refill, before this round's starts.
+    pub tokens: f64,
+}
+
+impl Budget {
+    /// How many more of its tasks this round may assign.
+    pub fn room(&self) -> i64 {
+        let running = self
+            .max_running
+            .map_or(i64::MAX, |m| (i64::from(m) - self.running).max(0));
+        running.min(self.starts_allowed.unwrap_or(i64::MAX))
+    }
+
+    /// Why it holds its tasks back, when it does: "at its limit 8/8", "at its start rate
+    /// 30/min".
+    pub fn holding(&self) -> Option<String> {
+        if let Some(m) = self.max_running {
+            if self.running >= i64::from(m) {
+                return Some(format!("at its limit {}/{m}", self.running));
+            }
+        }
+        match (self.max_starts_per_minute, self.starts_allowed) {
+            (Some(n), Some(0)) => Some(format!("at its start rate {n}/min")),
+            _ => None,
+        }
+    }
+}
+
+/// Locks the rows of the limited providers among `providers` (in name order, so that
+/// assigners take them in one order) and reads their budgets: running counts, and the
+/// token bucket refilled to now.
+pub async fn providers_lock_budgets(
+    client: &impl GenericClient,
+    stmts: &Statements,
+    providers: &[String],
+) -> Result<Vec<Budget>> {
+    // The lock first, in a statement of its own: the counts must be read after it is
+    // granted, with a snapshot that sees what the assigner that held it committed (a
+    // statement's snapshot is taken when it starts, before it waits for a lock).
+    let stmt = stmts.get(client, LOCK_LIMITED_SQL).await?;
+    let locked: Vec<String> = client
+        .query(&stmt, &[&providers])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if locked.is_empty() {
+        return Ok(vec![]);
+    }
+    let stmt = stmts.get(client, BUDGETS_SQL).await?;
+    let rows = client.query(&stmt, &[&locked]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let tokens: Option<f64> = r.get(4);
+            Budget {
+                name: r.get(0),
+                max_running: r.get(1),
+                running: r.get(2),
+                max_starts_per_minute: r.get(3),
+                starts_allowed: tokens.map(|t| t.floor().max(0.0) as i64),
+                tokens: tokens.unwrap_or(0.0),
+            }
+        })
+        .collect())
+}
+
+/// Locks the limited providers' rows, in name order.
+const LOCK_LIMITED_SQL: &str = "SELECT name FROM jr_providers \
+     WHERE name = ANY($1) AND (max_running IS NOT NULL OR max_starts_per_minute IS NOT NULL) \
+     ORDER BY name FOR UPDATE";
+
+/// The budgets of locked providers. The token bucket holds two seconds' worth of starts,
+/// at least one: a burst the default poll interval refills, so that starts spread over
+/// the minute.
+const BUDGETS_SQL: &str = "SELECT p.name, p.max_running, \
+         (SELECT count(*) FROM jr_work_queue q \
+          WHERE q.status = 'assigned' AND q.provider = p.name) + \
+         (SELECT count(*) FROM jr_work_queue q \
+          WHERE q.status = 'in_progress' AND q.provider = p.name), \
+         p.max_starts_per_minute, \
+         CASE WHEN p.max_starts_per_minute IS NOT NULL THEN \
+             least(greatest(1, ceil(p.max_starts_per_minute / 30.0)), \
+                   p.tokens + extract(epoch FROM clock_timestamp() - p.tokens_at)::float8 \
+                       * p.max_starts_per_minute / 60.0) END \
+     FROM jr_providers p WHERE p.name = ANY($1) ORDER BY p.name";
+
+/// Spends the starts a round made from the providers' buckets (`tokens` as the round read
+/// them, minus `started`).
+pub async fn providers_spend(
+    client: &impl GenericClient,
+    stmts: &Statements,
+    spent: &[(String, f64)],
+) -> Result<()> {
+    if spent.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = spent.iter().map(|(n, _)| n.as_str()).collect();
+    let tokens: Vec<f64> = spent.iter().map(|(_, t)| *t).collect();
+    let stmt = stmts
+        .get(
+            client,
+            "UPDATE jr_providers p SET tokens = s.tokens, tokens_at = clock_timestamp() \
+             FROM unnest($1::text[], $2::float8[]) AS s(name, tokens) WHERE p.name = s.name",
+        )
+        .await?;
+    client.execute(&stmt, &[&names, &tokens]).await?;
+    Ok(())
+}
+
+/// A paused scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pause {
+    /// `all`, `provider`, `run` or `worker`.
+    pub scope: String,
+    /// The provider, run id or worker name; empty for `all`.
+    pub target: String,
+    /// `None`: until `jrq resume`.
+    pub until: Option<DateTime<Utc>>,
+    pub reason: String,
+    pub set_by: String,
+    pub set_at: DateTime<Utc>,
+}
+
+impl Pause {
+    /// "provider 'claude'", "run 3f…", "worker 'w1'", "everything".
+    pub fn what(&self) -> String {
+        match self.scope.as_str() {
+            "all" => "everything".into(),
+            "run" => format!("run {}", self.target),
+            s => format!("{s} '{}'", self.target),
+        }
+    }
+
+    /// "paused by alice: maintenance", "paused until 15:00 UTC (rate-limited by …)".
+    pub fn describe(&self) -> String {
+        let mut s = match self.until {
+            Some(t) => format!("paused until {}", t.format("%Y-%m-%d %H:%M:%S UTC")),
+            None => "paused".to_string(),
+        };
+        if !self.set_by.is_empty() {
+            s.push_str(&format!(" by {}", self.set_by));
+        }
+        if !self.reason.is_empty() {
+            s.push_str(&format!(": {}", self.reason));
+        }
+        s
+    }
+}
+
+/// The pauses in force now, by scope.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pauses {
+    pub all: Option<Pause>,
+    pub providers: HashMap<String, Pause>,
+    pub runs: HashMap<Uuid, Pause>,
+    pub workers: HashMap<String, Pause>,
+}
+
+impl Pauses {
+    pub fn is_empty(&self) -> bool {
+        self.all.is_none()
+            && self.providers.is_empty()
+            && self.runs.is_empty()
+            && self.workers.is_empty()
+    }
+
+    /// Every pause, for lists.
+    pub fn iter(&self) -> impl Iterator<Item = &Pause> {
+        self.all
+            .iter()
+            .chain(self.providers.values())
+            .chain(self.runs.values())
+            .chain(self.workers.values())
+    }
+}
+
+/// The pauses in force now (a timed one that ran out is not).
+pub async fn pauses_active(client: &impl GenericClient, stmts: &Statements) -> Result<Pauses> {
+    let stmt = stmts
+        .get(
+            client,
+            "SELECT scope, target, until, reason, set_by, set_at FROM jr_pauses \
+             WHERE until IS NULL OR until > now() ORDER BY scope, target",
+        )
+        .await?;
+    let mut out = Pauses::default();
+    for r in client.query(&stmt, &[]).await? {
+        let p = Pause {
+            scope: r.get(0),
+            target: r.get(1),
+            until: r.get(2),
+            reason: r.get(3),
+            set_by: r.get(4),
+            set_at: r.get(5),
+        };
+        match p.scope.as_str() {
+            "all" => out.all = Some(p),
+            "provider" => {
+                out.providers.insert(p.target.clone(), p);
+            }
+            "run" => {
+                // A target that is not a run id pauses nothing (the CLI checks it).
+                if let Ok(id) = Uuid::parse_str(&p.target) {
+                    out.runs.insert(id, p);
+                }
+            }
+            _ => {
+                out.workers.insert(p.target.clone(), p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Pauses a scope (again: the new reason and time replace the old).
+pub async fn pauses_set(
+    client: &impl GenericClient,
+    scope: &str,
+    target: &str,
+    until: Option<DateTime<Utc>>,
+    reason: &str,
+    actor: &str,
+) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO jr_pauses (scope, target, until, reason, set_by) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (scope, target) DO UPDATE SET until = EXCLUDED.until, \
+                 reason = EXCLUDED.reason, set_by = EXCLUDED.set_by, set_at = now()",
+            &[&scope, &target, &until, &reason, &actor],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Ends a pause; whether there was one in force.
+pub async fn pauses_clear(client: &impl GenericClient, scope: &str, target: &str) -> Result<bool> {
+    Ok(client
+        .query_opt(
+            "DELETE FROM jr_pauses WHERE scope = $1 AND target = $2 \
+             RETURNING until IS NULL OR until > now()",
+            &[&scope, &target],
+        )
+        .await?
+        .is_some_and(|r| r.get(0)))
+}

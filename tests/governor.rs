@@ -1,0 +1,269 @@
+//! The provider governor against a real database and the real binaries: fleet-wide
+//! running limits held by several assigners together, the start rate over a measured
+//! minute, pauses of a provider and of a worker, and the CLI's refusals.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{count, status_of, wait_for, wait_status, TestDb, WorkerProc, WAIT};
+use tokio_postgres::Client;
+
+async fn enqueue(client: &Client, provider: &str, n: usize) -> Vec<i64> {
+    let mut ids = vec![];
+    for i in 0..n {
+        ids.push(
+            client
+                .query_one(
+                    "INSERT INTO jr_work_queue (title, provider) VALUES ($1, $2) RETURNING id",
+                    &[&format!("{provider} {i}"), &provider],
+                )
+                .await
+                .unwrap()
+                .get(0),
+        );
+    }
+    ids
+}
+
+fn worker(db: &TestDb, name: &str, providers: &str, capacity: &str, exec: &str) -> WorkerProc {
+    WorkerProc::start(
+        &db.url,
+        name,
+        &[
+            "--exec",
+            exec,
+            "--provider",
+            providers,
+            "--capacity",
+            capacity,
+            "--poll-interval",
+            "200ms",
+            "--heartbeat-interval",
+            "1s",
+        ],
+        &[],
+    )
+}
+
+fn assigner(db: &TestDb, name: &str) -> WorkerProc {
+    WorkerProc::assigner(
+        &db.url,
+        name,
+        &["--poll-interval", "200ms", "--heartbeat-interval", "1s"],
+    )
+}
+
+const ACTIVE_CLAUDE: &str = "SELECT count(*) FROM jr_work_queue \
+     WHERE provider = 'claude' AND status IN ('assigned', 'in_progress')";
+
+#[tokio::test]
+async fn two_assigners_never_run_more_of_a_provider_than_its_limit() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    db.run(&["providers", "set", "claude", "--max-running", "4"])
+        .ok();
+    let _workers: Vec<WorkerProc> = ["w_a", "w_b", "w_c"]
+        .iter()
+        .map(|n| worker(&db, n, "claude", "3", "sleep:300ms"))
+        .collect();
+    let _a1 = assigner(&db, "assigner.one");
+    let _a2 = assigner(&db, "assigner.two");
+    enqueue(&client, "claude", 30).await;
+
+    // Sample until the queue drains: never more than 4 assigned + running.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut most = 0;
+    let mut samples = 0;
+    loop {
+        let active = count(&client, ACTIVE_CLAUDE).await;
+        most = most.max(active);
+        samples += 1;
+        assert!(
+            active <= 4,
+            "{active} claude tasks assigned + running (limit 4)"
+        );
+        let done = count(
+            &client,
+            "SELECT count(*) FROM jr_work_queue WHERE status = 'completed'",
+        )
+        .await;
+        if done == 30 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue did not drain: {done}/30"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        most, 4,
+        "the limit was reached ({samples} samples), not just respected"
+    );
+    let out = db.run(&["providers", "list"]);
+    assert!(out.ok().contains("claude"), "{out:#?}");
+}
+
+#[tokio::test]
+async fn the_start_rate_holds_over_a_measured_minute() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    db.run(&[
+        "providers",
+        "set",
+        "claude",
+        "--max-starts-per-minute",
+        "30",
+    ])
+    .ok();
+    let _w = worker(&db, "w_rate", "claude", "10", "noop");
+    let _a = assigner(&db, "assigner.rate");
+    enqueue(&client, "claude", 80).await;
+    let assigned = || async {
+        count(
+            &client,
+            "SELECT count(*) FROM jr_task_events WHERE action = 'assigned'",
+        )
+        .await
+    };
+    wait_for(WAIT, "the first start", || async { assigned().await > 0 }).await;
+    let first: chrono::DateTime<chrono::Utc> = client
+        .query_one(
+            "SELECT min(at) FROM jr_task_events WHERE action = 'assigned'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // The measured minute: everything assigned within 60 s of the first start.
+    let window_end = first + chrono::Duration::seconds(60);
+    wait_for(Duration::from_secs(90), "a minute of starts", || async {
+        chrono::Utc::now() > window_end + chrono::Duration::seconds(1)
+    })
+    .await;
+    let in_minute: i64 = client
+        .query_one(
+            "SELECT count(*) FROM jr_task_events WHERE action = 'assigned' AND at < $1",
+            &[&window_end],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        (29..=31).contains(&in_minute),
+        "{in_minute} starts in the measured minute (limit 30/min, ±1 bucket)"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_provider_waits_while_the_others_flow_and_resume_restarts_it() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let _w = worker(&db, "w_mixed", "claude,codex", "4", "noop");
+    let _a = assigner(&db, "assigner.pause");
+    let out = db.run(&[
+        "pause",
+        "--provider",
+        "claude",
+        "--reason",
+        "429 from upstream",
+    ]);
+    assert!(out.ok().contains("provider 'claude' paused"), "{out:#?}");
+    let claude = enqueue(&client, "claude", 3).await;
+    let codex = enqueue(&client, "codex", 3).await;
+    for id in &codex {
+        wait_status(&client, *id, "completed").await;
+    }
+    for id in &claude {
+        assert_eq!(status_of(&client, *id).await, "pending");
+    }
+    let show = db.run(&["show", &claude[0].to_string()]);
+    assert!(
+        show.ok().contains("waiting: provider 'claude' paused by"),
+        "{show:#?}"
+    );
+    assert!(show.ok().contains("429 from upstream"), "{show:#?}");
+    let status = db.run(&["status"]);
+    assert!(status.ok().contains("held:"), "{status:#?}");
+    let list = db.run(&["providers", "list", "--json"]).json();
+    let row = list["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "claude")
+        .unwrap()
+        .clone();
+    assert_eq!(row["pause"]["reason"], "429 from upstream", "{list:#}");
+    assert_eq!(row["pending"], 3, "{list:#}");
+
+    let out = db.run(&["resume", "--provider", "claude"]);
+    assert!(out.ok().contains("resumed"), "{out:#?}");
+    for id in &claude {
+        wait_status(&client, *id, "completed").await;
+    }
+    let out = db.run(&["resume", "--provider", "claude"]);
+    assert!(out.ok().contains("was not paused"), "{out:#?}");
+}
+
+#[tokio::test]
+async fn a_paused_worker_takes_nothing_new_and_a_global_pause_stops_all() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let _w1 = worker(&db, "w_paused", "claude", "4", "noop");
+    let _w2 = worker(&db, "w_free", "claude", "4", "noop");
+    db.run(&["pause", "--worker", "w_paused"]).ok();
+    let _a = assigner(&db, "assigner.wpause");
+    let ids = enqueue(&client, "claude", 8).await;
+    for id in &ids {
+        wait_status(&client, *id, "completed").await;
+    }
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM jr_task_events WHERE action = 'assigned' AND worker = 'w_paused'"
+        )
+        .await,
+        0,
+        "the paused worker got nothing"
+    );
+
+    db.run(&["pause", "--all", "--reason", "upgrade"]).ok();
+    let held = enqueue(&client, "", 2).await;
+    // Two assigner rounds (poll 200 ms) with nothing assigned.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for id in &held {
+        assert_eq!(status_of(&client, *id).await, "pending");
+    }
+    db.run(&["resume", "--all"]).ok();
+    for id in &held {
+        wait_status(&client, *id, "completed").await;
+    }
+}
+
+#[tokio::test]
+async fn the_cli_refuses_bad_governor_input_changing_nothing() {
+    let db = TestDb::new().await;
+    let before = db.fingerprint().await;
+    db.run(&["providers", "set", "a,b", "--max-running", "1"])
+        .fails(2, "is not a provider name");
+    db.run(&["providers", "set", "claude", "--max-running", "-1"])
+        .fails(2, "is not a limit");
+    db.run(&["providers", "set", "claude", "--max-starts-per-minute", "0"])
+        .fails(2, "is not a limit");
+    db.run(&["providers", "set", "claude", "--fallback", "claude"])
+        .fails(2, "cannot be its own fallback");
+    db.run(&["pause"]).fails(2, "required");
+    db.run(&["pause", "--provider", "x", "--worker", "y"])
+        .fails(2, "cannot be used with");
+    db.run(&["pause", "--run", "not-a-uuid"]).fails(2, "run");
+    assert_eq!(db.fingerprint().await, before);
+
+    // `none` removes a limit; unset removes the row.
+    db.run(&["providers", "set", "claude", "--max-running", "3"])
+        .ok();
+    let out = db.run(&["providers", "set", "claude", "--max-running", "none"]);
+    assert!(out.ok().contains("max running -"), "{out:#?}");
+    let out = db.run(&["providers", "unset", "claude"]);
+    assert!(out.ok().contains("has no limits now"), "{out:#?}");
+}
