@@ -44,12 +44,48 @@ CREATE TABLE jr_pauses (
     PRIMARY KEY (scope, target)
 );
 
+-- A worker whose executor said the provider refused (exit 76) pauses the provider of
+-- each such task it holds, fenced like its outcomes, until the time given: fleet-wide,
+-- before the task goes back to pending (so no other worker burns an attempt on it). A
+-- pause set by hand (no end) is left as it is; a timed one is only ever extended.
+CREATE FUNCTION jrq_providers_refused(p_worker text, p_instance uuid, p_ids bigint[],
+    p_attempts integer[], p_until timestamptz[], p_whys text[])
+RETURNS TABLE (provider text, until timestamptz)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH f AS (
+        SELECT * FROM unnest(p_ids, p_attempts, p_until, p_whys) AS f(id, attempt, until, why)),
+    t AS (
+        SELECT q.provider, max(f.until) AS until,
+            (array_agg('rate-limited by worker ' || p_worker || ', task ' || q.id || ': '
+                || left(f.why, 300) ORDER BY f.until DESC))[1] AS reason
+        FROM public.jr_work_queue q JOIN f ON f.id = q.id
+        WHERE q.assigned_jr = p_worker AND q.lease_instance = p_instance
+          AND q.attempts = f.attempt AND q.status = 'in_progress'
+          AND q.provider <> '' AND length(q.provider) <= 200
+          AND q.provider !~ '[[:cntrl:]]'
+        GROUP BY q.provider)
+    INSERT INTO public.jr_pauses AS p (scope, target, until, reason, set_by)
+    SELECT 'provider', t.provider, t.until, t.reason, left(p_worker, 200) FROM t
+    ON CONFLICT (scope, target) DO UPDATE SET until = EXCLUDED.until,
+        reason = EXCLUDED.reason, set_by = EXCLUDED.set_by, set_at = now()
+        WHERE p.until IS NOT NULL AND p.until < EXCLUDED.until
+    RETURNING p.target, p.until
+$$;
+
+REVOKE EXECUTE ON FUNCTION jrq_providers_refused(text, uuid, bigint[], integer[],
+    timestamptz[], text[]) FROM PUBLIC;
+
 -- The rights of the groups on these tables (the groups of V6; call it after
 -- jrq_grant_groups, as `jrq roles setup` does).
 CREATE FUNCTION jrq_grant_governor() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_worker') THEN
+        GRANT EXECUTE ON FUNCTION public.jrq_providers_refused(text, uuid, bigint[],
+            integer[], timestamptz[], text[]) TO jrq_worker;
+    END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_assigner') THEN
         GRANT SELECT ON public.jr_providers, public.jr_pauses TO jrq_assigner;
         GRANT UPDATE (tokens, tokens_at) ON public.jr_providers TO jrq_assigner;

@@ -267,3 +267,124 @@ async fn the_cli_refuses_bad_governor_input_changing_nothing() {
     let out = db.run(&["providers", "unset", "claude"]);
     assert!(out.ok().contains("has no limits now"), "{out:#?}");
 }
+
+#[tokio::test]
+async fn a_refusing_provider_parks_its_tasks_uncharged_until_it_resets() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("refused-once");
+    let exec = common::test_executor();
+    let _w1 = worker(&db, "w_quota_a", "claude,codex", "2", &exec);
+    let _w2 = worker(&db, "w_quota_b", "claude,codex", "2", &exec);
+    let _a = assigner(&db, "assigner.quota");
+    let payload = serde_json::json!({
+        "once_exit": {"file": marker, "code": 76, "stdout": "JRQ-RETRY-AT: 3\n"},
+    });
+    let refused: i64 = client
+        .query_one(
+            "INSERT INTO jr_work_queue (title, provider, payload) \
+             VALUES ('hits the quota', 'claude', $1::text::jsonb) RETURNING id",
+            &[&payload.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_for(WAIT, "the provider to be paused", || async {
+        count(
+            &client,
+            "SELECT count(*) FROM jr_pauses WHERE scope = 'provider' AND target = 'claude' \
+             AND until > now()",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let paused_until: chrono::DateTime<chrono::Utc> = client
+        .query_one(
+            "SELECT until FROM jr_pauses WHERE scope = 'provider' AND target = 'claude'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let row = client
+        .query_one(
+            "SELECT status, attempts FROM jr_work_queue WHERE id = $1",
+            &[&refused],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i32>(1)),
+        ("pending".to_string(), 0),
+        "back to pending, the attempt not charged"
+    );
+    // While paused: other claude tasks wait, codex flows.
+    let claude = enqueue(&client, "claude", 3).await;
+    let codex = enqueue(&client, "codex", 2).await;
+    for id in &codex {
+        wait_status(&client, *id, "completed").await;
+    }
+    if chrono::Utc::now() < paused_until - chrono::Duration::milliseconds(300) {
+        for id in claude.iter().chain([&refused]) {
+            assert_eq!(
+                status_of(&client, *id).await,
+                "pending",
+                "task {id} while paused"
+            );
+        }
+    }
+    let list = db.run(&["providers", "list"]);
+    assert!(
+        list.ok().contains("rate-limited by worker w_quota_"),
+        "{list:#?}"
+    );
+    // After the reset every task runs; the refused one on its first charged attempt.
+    for id in claude.iter().chain([&refused]) {
+        wait_status(&client, *id, "completed").await;
+    }
+    let first_start: chrono::DateTime<chrono::Utc> = client
+        .query_one(
+            "SELECT min(at) FROM jr_task_events WHERE task_id = ANY($1) AND action = 'started'",
+            &[&claude],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        first_start >= paused_until,
+        "a claude task started at {first_start}, before the pause ended at {paused_until}"
+    );
+    let attempts: i32 = client
+        .query_one(
+            "SELECT attempts FROM jr_work_queue WHERE id = $1",
+            &[&refused],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1);
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM jr_status WHERE consecutive_failures > 0 \
+             OR circuit_open_until IS NOT NULL"
+        )
+        .await,
+        0,
+        "no circuit was touched"
+    );
+    let released: String = client
+        .query_one(
+            "SELECT details FROM jr_task_events WHERE task_id = $1 AND action = 'released'",
+            &[&refused],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        released.contains("the provider refused (exit 76"),
+        "{released}"
+    );
+}

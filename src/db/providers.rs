@@ -392,3 +392,38 @@ pub async fn pauses_clear(client: &impl GenericClient, scope: &str, target: &str
         .await?
         .is_some_and(|r| r.get(0)))
 }
+
+/// Pauses the provider of each task whose attempt ended with
+/// [`Finish::ProviderRefused`](crate::db::tasks::Finish::ProviderRefused), until the time
+/// the attempt gives (fenced: only tasks this instance holds). Returns the providers paused
+/// (or whose pause was extended) and until when.
+pub async fn providers_refused(
+    client: &impl GenericClient,
+    worker: &str,
+    instance: Uuid,
+    done: &[crate::db::tasks::FinishedAttempt],
+) -> Result<Vec<(String, DateTime<Utc>)>> {
+    use crate::db::tasks::Finish;
+    let mut ids = vec![];
+    let mut attempts = vec![];
+    let mut until = vec![];
+    let mut whys = vec![];
+    for d in done {
+        if let Finish::ProviderRefused { reason, until: u } = &d.finish {
+            ids.push(d.task_id);
+            attempts.push(d.attempt);
+            until.push(*u);
+            whys.push(reason.as_str());
+        }
+    }
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let rows = client
+        .query(
+            "SELECT provider, until FROM jrq_providers_refused($1, $2, $3, $4, $5, $6)",
+            &[&worker, &instance, &ids, &attempts, &until, &whys],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

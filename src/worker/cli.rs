@@ -76,6 +76,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "JRQ_RETRY_MAX", default_value = crate::validate::format_duration(super::DEFAULT_RETRY_MAX), value_parser = validate::duration_in("0s", "7d"))]
     pub retry_max: Duration,
 
+    /// How long a provider that refused (executor exit 76) is paused fleet-wide when the
+    /// executor prints no `JRQ-RETRY-AT:` line. Range: 1s to 1d.
+    #[arg(long, env = "JRQ_PROVIDER_BACKOFF", default_value = crate::validate::format_duration(super::DEFAULT_PROVIDER_BACKOFF), value_parser = validate::duration_in("1s", "1d"))]
+    pub provider_backoff: Duration,
+
     /// Bytes kept from the end of an executor's stdout (the result) and stderr (the error). Range: 1 to 16MiB.
     #[arg(long, env = "JRQ_OUTPUT_LIMIT", default_value_t = DEFAULT_OUTPUT_LIMIT, value_parser = validate::bytes_in(1, 16 << 20))]
     pub output_limit: usize,
@@ -184,6 +189,7 @@ impl WorkerArgs {
             db_grace: self.db_grace,
             retry_base: self.retry_base,
             retry_max: self.retry_max,
+            provider_backoff: self.provider_backoff,
             run_id: run,
             max_loops,
         };

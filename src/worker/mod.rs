@@ -59,6 +59,8 @@ pub const DEFAULT_DB_GRACE: Duration = defaults::DB_GRACE;
 pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(5);
 /// Default longest retry backoff.
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(600);
+/// Default pause of a provider that refused (exit 76) without saying until when.
+pub const DEFAULT_PROVIDER_BACKOFF: Duration = Duration::from_secs(60);
 
 /// What a worker does and how fast. Every field has a documented default.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +91,9 @@ pub struct WorkerConfig {
     pub retry_base: Duration,
     /// Longest backoff. Defaults to [`DEFAULT_RETRY_MAX`].
     pub retry_max: Duration,
+    /// Pause of a provider that refused without a `JRQ-RETRY-AT`. Defaults to
+    /// [`DEFAULT_PROVIDER_BACKOFF`].
+    pub provider_backoff: Duration,
     /// Serve only this run, and exit once it is completed, error or archived.
     pub run_id: Option<Uuid>,
     /// Exit after this many claim rounds. Defaults to no limit.
@@ -111,6 +116,7 @@ impl WorkerConfig {
             db_grace: DEFAULT_DB_GRACE,
             retry_base: DEFAULT_RETRY_BASE,
             retry_max: DEFAULT_RETRY_MAX,
+            provider_backoff: DEFAULT_PROVIDER_BACKOFF,
             run_id: None,
             max_loops: None,
         }

@@ -96,6 +96,7 @@ impl Worker {
                 _ => round.other += 1,
             }
         }
+        crate::db::providers::providers_refused(client, &cfg.name, self.instance, &done).await?;
         let applied = tasks::tasks_finish(client, stmts, &cfg.name, self.instance, &done).await?;
         round.lease_lost = done.len() - applied.len();
         Ok(round)

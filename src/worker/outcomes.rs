@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::supervise::unstorable_outcome;
 use crate::daemon::link::Link;
 use crate::daemon::liveness::Liveness;
+use crate::db::providers;
 use crate::db::tasks::{self, ClaimedTask, FinishedAttempt};
 use crate::error::Error;
 
@@ -96,6 +97,29 @@ impl Outcomes {
             return None;
         }
         let conn = link.conn()?;
+        // A refusing provider is paused before its task goes back to pending, so that no
+        // other worker burns an attempt on it meanwhile.
+        match providers::providers_refused(
+            &conn.client,
+            fence.name,
+            fence.instance,
+            &self.unwritten,
+        )
+        .await
+        {
+            Ok(paused) => {
+                for (provider, until) in paused {
+                    tracing::warn!(provider = %provider, until = %until, "the provider refused: paused fleet-wide");
+                }
+            }
+            Err(e) if e.is_refused_data() => {
+                tracing::error!(error = %e, "could not pause the refusing provider");
+            }
+            Err(e) => {
+                self.failed(link, &e);
+                return None;
+            }
+        }
         let result = match claim {
             Some(limit) => {
                 tasks::tasks_finish_and_claim(

@@ -106,6 +106,7 @@ impl Slots {
             kill_grace: cfg.kill_grace,
             retry_base: cfg.retry_base,
             retry_max: cfg.retry_max,
+            provider_backoff: cfg.provider_backoff,
         };
         let handle = tokio::spawn(supervise(
             handler,

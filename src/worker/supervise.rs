@@ -36,7 +36,12 @@ pub(super) struct Policy {
     pub kill_grace: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// How long a refusing provider is paused when the executor does not say.
+    pub provider_backoff: Duration,
 }
+
+/// The latest a refusing provider's pause may last, whatever the executor says.
+pub const PROVIDER_PAUSE_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs one attempt: the handler, raced against the task's timeout and the worker's stop
 /// requests; then maps the end to a transition and reports it to the main loop.
@@ -131,6 +136,22 @@ fn decide(
         (Some(TaskOutcome::NotStarted(e)), None) => Some(Finish::NotStarted {
             reason: format!("{e}: given back, attempt not charged"),
         }),
+        (Some(TaskOutcome::ProviderRefused { error, retry_at }), None) => {
+            let now = chrono::Utc::now();
+            let latest = now + chrono::Duration::from_std(PROVIDER_PAUSE_MAX).unwrap_or_default();
+            let until = retry_at
+                .unwrap_or_else(|| {
+                    now + chrono::Duration::from_std(p.provider_backoff).unwrap_or_default()
+                })
+                .clamp(now, latest);
+            Some(Finish::ProviderRefused {
+                reason: format!(
+                    "{error}: given back, attempt not charged; provider paused until {}",
+                    until.format("%Y-%m-%d %H:%M:%S UTC")
+                ),
+                until,
+            })
+        }
         (None, None) => Some(attempt_failed("the task handler did not finish".into())),
     }
 }
@@ -145,6 +166,7 @@ mod tests {
             kill_grace: Duration::from_secs(1),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(100),
+            provider_backoff: Duration::from_secs(60),
         }
     }
 
@@ -197,6 +219,35 @@ mod tests {
             d(None, Some(StopReason::Shutdown), 1),
             Some(Finish::Released { .. })
         ));
+        // A refusing provider: not a failure, paused as the executor says (at most a day).
+        let soon = chrono::Utc::now() + chrono::Duration::seconds(3);
+        match d(
+            Some(TaskOutcome::ProviderRefused {
+                error: "429".into(),
+                retry_at: Some(soon),
+            }),
+            None,
+            3,
+        ) {
+            Some(f @ Finish::ProviderRefused { until, .. }) => {
+                assert_eq!(until, soon);
+                assert!(!f.is_failure());
+            }
+            o => panic!("{o:?}"),
+        }
+        match d(
+            Some(TaskOutcome::ProviderRefused {
+                error: "quota".into(),
+                retry_at: Some(chrono::Utc::now() + chrono::Duration::days(30)),
+            }),
+            None,
+            1,
+        ) {
+            Some(Finish::ProviderRefused { until, .. }) => {
+                assert!(until < chrono::Utc::now() + chrono::Duration::hours(25))
+            }
+            o => panic!("{o:?}"),
+        }
         match d(
             Some(TaskOutcome::Retry("stopped".into())),
             Some(StopReason::Timeout),

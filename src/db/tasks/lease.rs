@@ -91,6 +91,13 @@ pub enum Finish {
     /// not charged, but counted against the worker's circuit breaker, so a broken worker
     /// stops getting tasks while the tasks keep their attempts for a worker that works.
     NotStarted { reason: String },
+    /// The provider refused (rate-limited, out of quota): back to pending not before
+    /// `until`, the attempt not charged, the circuit not touched; the worker pauses the
+    /// task's provider until then ([`tasks_provider_refused`]) before it writes this.
+    ProviderRefused {
+        reason: String,
+        until: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 impl Finish {
@@ -110,6 +117,13 @@ impl Finish {
             Finish::Released { reason } | Finish::NotStarted { reason } => {
                 ("pending", "released", None, Some(reason), 0)
             }
+            Finish::ProviderRefused { reason, until } => (
+                "pending",
+                "released",
+                None,
+                Some(reason),
+                (*until - chrono::Utc::now()).num_milliseconds().max(0),
+            ),
         }
     }
 
@@ -146,6 +160,10 @@ impl Finish {
             },
             Finish::NotStarted { reason } => Finish::NotStarted {
                 reason: storable(reason),
+            },
+            Finish::ProviderRefused { reason, until } => Finish::ProviderRefused {
+                reason: storable(reason),
+                until,
             },
         }
     }

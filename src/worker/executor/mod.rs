@@ -20,6 +20,11 @@
 //!   - `0`: success — the task is completed; the tail of stdout is its result.
 //!   - `75` (EX_TEMPFAIL): retryable failure — the task goes back to pending after a
 //!     backoff while attempts remain, else it fails.
+//!   - `76`: the provider refused (rate-limited, out of quota) — the attempt is not
+//!     charged, the worker's circuit is not touched, the task goes back to pending, and
+//!     its provider is paused fleet-wide until the time a stdout line
+//!     `JRQ-RETRY-AT: <RFC 3339 time | seconds>` gives (at most 24 h ahead), else for
+//!     the worker's `--provider-backoff` (60 s).
 //!   - any other status: permanent failure — the task fails at once; the tail of stderr
 //!     is its error.
 //!   - killed by the kernel's OOM killer (the worker's memory cgroup — its unit's
@@ -55,6 +60,12 @@ pub const EXECUTOR_OOM_SCORE_ADJ: &std::ffi::CStr = c"500";
 
 /// Exit status with which an executor program asks for a retry (EX_TEMPFAIL).
 pub const EXIT_RETRY: i32 = 75;
+/// Exit status with which an executor program says its provider refused: rate-limited
+/// or out of quota.
+pub const EXIT_PROVIDER_REFUSED: i32 = 76;
+/// Prefix of the stdout line that says when a refusing provider resets: an RFC 3339 time
+/// or a number of seconds.
+pub const RETRY_AT_PREFIX: &str = "JRQ-RETRY-AT:";
 /// Prefix of a progress line on an executor's stdout.
 pub const PROGRESS_PREFIX: &str = "JRQ-PROGRESS:";
 /// Most bytes of the title given to an executor in `JR_TASK_TITLE` (the whole title is in
@@ -101,6 +112,13 @@ pub enum TaskOutcome {
     /// here): the task goes back without its attempt charged, and the worker's circuit
     /// breaker counts it.
     NotStarted(String),
+    /// The task's provider refused (rate-limited, out of quota): the attempt is not
+    /// charged, the worker's circuit is not touched, the task goes back to pending and its
+    /// provider is paused fleet-wide until `retry_at` (or the worker's provider back-off).
+    ProviderRefused {
+        error: String,
+        retry_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 /// A progress report from a running task.

@@ -12,8 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::{
-    Handler, Progress, TaskContext, TaskOutcome, EXECUTOR_OOM_SCORE_ADJ, EXIT_RETRY,
-    PROGRESS_PREFIX, TITLE_ENV_MAX,
+    Handler, Progress, TaskContext, TaskOutcome, EXECUTOR_OOM_SCORE_ADJ, EXIT_PROVIDER_REFUSED,
+    EXIT_RETRY, PROGRESS_PREFIX, RETRY_AT_PREFIX, TITLE_ENV_MAX,
 };
 use crate::worker::guard;
 
@@ -226,6 +226,15 @@ fn classify(
         (Some(EXIT_RETRY), _) => TaskOutcome::Retry(detail(format!(
             "executor asked for a retry (exit {EXIT_RETRY})"
         ))),
+        (Some(EXIT_PROVIDER_REFUSED), _) => TaskOutcome::ProviderRefused {
+            error: detail(format!(
+                "the provider refused (exit {EXIT_PROVIDER_REFUSED}: rate-limited or out of quota)"
+            )),
+            retry_at: stdout
+                .lines()
+                .rev()
+                .find_map(|l| parse_retry_at(l, chrono::Utc::now())),
+        },
         (code, sig) if oom.is_some() => {
             let how = match (code, sig) {
                 (_, Some(sig)) => format!("ended the executor ({})", signal_name(sig)),
@@ -322,6 +331,24 @@ fn report_progress(
     }
 }
 
+/// Parses a `JRQ-RETRY-AT: <RFC 3339 time | seconds>` line (seconds from `now`).
+pub fn parse_retry_at(
+    line: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    let v = line.trim().strip_prefix(RETRY_AT_PREFIX)?.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+        return Some(t.with_timezone(&chrono::Utc));
+    }
+    let secs: f64 = v
+        .parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s >= 0.0)?;
+    // More than a day is clamped later; here only what can be represented.
+    let ms = (secs.min(1e9) * 1000.0) as i64;
+    Some(now + chrono::Duration::milliseconds(ms))
+}
+
 /// Parses a `JRQ-PROGRESS: N` line.
 pub fn parse_progress(line: &[u8]) -> Option<i16> {
     let text = std::str::from_utf8(line).ok()?.trim();
@@ -383,6 +410,24 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_at_lines() {
+        let now = chrono::Utc::now();
+        assert_eq!(
+            parse_retry_at("JRQ-RETRY-AT: 30", now),
+            Some(now + chrono::Duration::seconds(30))
+        );
+        assert_eq!(
+            parse_retry_at("JRQ-RETRY-AT: 2026-12-01T15:00:00Z", now)
+                .unwrap()
+                .to_rfc3339(),
+            "2026-12-01T15:00:00+00:00"
+        );
+        assert_eq!(parse_retry_at("JRQ-RETRY-AT: soon", now), None);
+        assert_eq!(parse_retry_at("JRQ-RETRY-AT: -5", now), None);
+        assert_eq!(parse_retry_at("retry at 30", now), None);
+    }
 
     #[test]
     fn progress_lines() {
