@@ -89,6 +89,8 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_assigner') THEN
         GRANT SELECT ON public.jr_providers, public.jr_pauses TO jrq_assigner;
         GRANT UPDATE (tokens, tokens_at) ON public.jr_providers TO jrq_assigner;
+        -- Failover: which workers a task's earlier attempts failed on.
+        GRANT SELECT (task_id, action, worker) ON public.jr_task_events TO jrq_assigner;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_monitor') THEN
         GRANT SELECT ON public.jr_providers, public.jr_pauses TO jrq_monitor;

@@ -388,3 +388,82 @@ async fn a_refusing_provider_parks_its_tasks_uncharged_until_it_resets() {
         "{released}"
     );
 }
+
+#[tokio::test]
+async fn a_retry_runs_on_another_worker_when_one_is_free() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let exec = common::test_executor();
+    let start = |name: &str, capacity: &str| {
+        WorkerProc::start(
+            &db.url,
+            name,
+            &[
+                "--exec",
+                &exec,
+                "--capacity",
+                capacity,
+                "--retry-base",
+                "0s",
+                "--poll-interval",
+                "200ms",
+            ],
+            &[],
+        )
+    };
+    // w_second is half busy with a long pinned task, w_first idle: by load alone every
+    // attempt would go to w_first.
+    let _a = start("w_first", "1");
+    let _b = start("w_second", "2");
+    let _asg = assigner(&db, "assigner.failover");
+    let long: i64 = client
+        .query_one(
+            "INSERT INTO jr_work_queue (title, payload, target_jr) \
+             VALUES ('long', '{\"sleep\": 30}', 'w_second') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_status(&client, long, "in_progress").await;
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO jr_work_queue (title, payload) \
+             VALUES ('flaky', '{\"exit_attempt\": {\"1\": 75}}') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_status(&client, id, "completed").await;
+    let started: Vec<(String, i32)> = client
+        .query(
+            "SELECT worker, attempt FROM jr_task_events \
+             WHERE task_id = $1 AND action = 'started' ORDER BY id",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert_eq!(
+        started[0].0, "w_first",
+        "the least loaded first: {started:?}"
+    );
+    assert_eq!(started[1].0, "w_second", "the retry elsewhere: {started:?}");
+    let reason: String = client
+        .query_one(
+            "SELECT details FROM jr_task_events WHERE task_id = $1 AND action = 'assigned' \
+             ORDER BY id DESC LIMIT 1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        reason.contains(&format!("avoiding {}", started[0].0)),
+        "{reason}"
+    );
+}

@@ -9,6 +9,8 @@
 //! - **capacity**: only workers with `load < capacity` (load = assigned + running).
 //! - **provider budget**: a provider with a fleet-wide limit (`jr_providers`) gets at most
 //!   its room this round (what its running limit and its start rate leave).
+//! - **failover**: a worker an earlier attempt failed on is taken only when no other
+//!   worker that can serve the task has room.
 //! - among those, the **least loaded** by `load / capacity`; ties go round-robin.
 
 use std::collections::HashMap;
@@ -75,7 +77,16 @@ pub fn plan(
             if !s.free() || !s.serves(t) {
                 continue;
             }
-            if best.is_none_or(|b| s.less_loaded_than(&slots[b])) {
+            let avoided = |x: &Slot| t.avoid.contains(&x.name);
+            let better = match best {
+                None => true,
+                Some(b) => match (avoided(s), avoided(&slots[b])) {
+                    (false, true) => true,
+                    (true, false) => false,
+                    _ => s.less_loaded_than(&slots[b]),
+                },
+            };
+            if better {
                 best = Some(i);
             }
         }
@@ -89,6 +100,19 @@ pub fn plan(
             ),
             None => format!("least loaded (load {}/{})", s.load, s.capacity),
         };
+        let mut reason = reason;
+        let others: Vec<&str> = t
+            .avoid
+            .iter()
+            .filter(|w| **w != s.name)
+            .map(String::as_str)
+            .collect();
+        if !others.is_empty() {
+            reason.push_str(&format!(
+                ", avoiding {} (an earlier attempt failed there)",
+                others.join(", ")
+            ));
+        }
         s.load += 1;
         *rr = (i + 1) % n;
         if let Some(r) = room.get_mut(&t.provider) {
@@ -123,11 +147,32 @@ mod tests {
             provider: provider.into(),
             target: target.map(Into::into),
             run_id: None,
+            avoid: vec![],
         }
     }
 
     fn by_worker(a: &[Assignment]) -> Vec<(i64, &str)> {
         a.iter().map(|x| (x.task_id, x.worker.as_str())).collect()
+    }
+
+    #[test]
+    fn a_retry_avoids_the_worker_it_failed_on_while_another_has_room() {
+        let mut t = task(1, "", None);
+        t.avoid = vec!["a".into()];
+        // "a" is less loaded, but the attempt failed there: "b" takes it.
+        let mut slots = vec![slot("a", &[], 4, 0), slot("b", &[], 4, 3)];
+        let a = plan(
+            std::slice::from_ref(&t),
+            &mut slots,
+            &mut HashMap::new(),
+            &mut 0,
+        );
+        assert_eq!(by_worker(&a), [(1, "b")]);
+        assert!(a[0].reason.contains("avoiding a"), "{}", a[0].reason);
+        // Nobody else has room: "a" after all.
+        let mut slots = vec![slot("a", &[], 4, 0), slot("b", &[], 4, 4)];
+        let a = plan(&[t], &mut slots, &mut HashMap::new(), &mut 0);
+        assert_eq!(by_worker(&a), [(1, "a")]);
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct PendingTask {
     pub provider: String,
     pub target: Option<String>,
     pub run_id: Option<Uuid>,
+    /// Workers an earlier attempt failed on (retryably, timed out, or lost with them): the
+    /// next attempt prefers another.
+    pub avoid: Vec<String>,
 }
 
 /// Takes up to `limit` ready pending tasks in the order of service that some worker with
@@ -33,7 +36,13 @@ pub async fn tasks_pending_for_routing(
     let stmt = stmts
         .get(
             client,
-            "SELECT id, provider, target_jr, run_id FROM jr_work_queue \
+            "SELECT id, provider, target_jr, run_id, \
+                 CASE WHEN attempts > 0 THEN ARRAY( \
+                     SELECT DISTINCT e.worker FROM jr_task_events e \
+                     WHERE e.task_id = jr_work_queue.id AND e.worker IS NOT NULL \
+                       AND e.action IN ('retry_scheduled', 'rescued')) \
+                 ELSE '{}' END \
+             FROM jr_work_queue \
              WHERE status = 'pending' AND run_after <= now() \
                AND (provider = '' OR provider = ANY($1)) \
                AND (target_jr IS NULL OR target_jr = ANY($2)) \
@@ -52,6 +61,7 @@ pub async fn tasks_pending_for_routing(
             provider: r.get(1),
             target: r.get(2),
             run_id: r.get(3),
+            avoid: r.get(4),
         })
         .collect())
 }
