@@ -26,6 +26,20 @@ CREATE TABLE jr_providers (
     updated_at            timestamptz NOT NULL DEFAULT now()
 );
 
+-- A provider's tasks assigned + in progress now. VOLATILE, so that its count takes a
+-- snapshot of its own: the routing round calls it right after it locked the provider's
+-- row, and must see what the assigner that held the lock before it committed.
+CREATE FUNCTION jrq_provider_active(p_provider text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT count(*) FROM public.jr_work_queue q
+            WHERE q.status = 'assigned' AND q.provider = p_provider)
+         + (SELECT count(*) FROM public.jr_work_queue q
+            WHERE q.status = 'in_progress' AND q.provider = p_provider);
+END;
+$$;
+
 -- jr_pauses: a paused scope gets no new assignments; running tasks finish. scope 'all'
 -- (target ''), 'provider', 'run' (target: the run id) or 'worker'. until NULL: until
 -- `jrq resume`; otherwise until then (a provider that refused for lack of quota).

@@ -8,6 +8,14 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio_postgres::Client;
 
+/// The provider every worker serves (`--governed`); none when unset.
+static WORKER_PROVIDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every worker started from now on serve `provider`.
+pub fn serve_provider(provider: &str) {
+    let _ = WORKER_PROVIDER.set(provider.to_string());
+}
+
 /// An assigner and workers started from the release binaries.
 pub struct Fleet {
     children: Vec<Child>,
@@ -72,20 +80,20 @@ impl Fleet {
         }
         let mut worker_pids = vec![];
         for (name, cap) in workers {
-            let c = spawn(
-                &bin_dir.join("jr-queue-worker"),
-                url,
-                &[
-                    "--name".into(),
-                    name.clone(),
-                    "--capacity".into(),
-                    cap.to_string(),
-                    "--exec".into(),
-                    exec.into(),
-                    "--prefetch".into(),
-                    prefetch.to_string(),
-                ],
-            );
+            let mut args: Vec<String> = vec![
+                "--name".into(),
+                name.clone(),
+                "--capacity".into(),
+                cap.to_string(),
+                "--exec".into(),
+                exec.into(),
+                "--prefetch".into(),
+                prefetch.to_string(),
+            ];
+            if let Some(p) = WORKER_PROVIDER.get() {
+                args.extend(["--provider".into(), p.clone()]);
+            }
+            let c = spawn(&bin_dir.join("jr-queue-worker"), url, &args);
             worker_pids.push(c.id());
             children.push(c);
         }

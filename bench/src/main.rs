@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Smaller sizes, for a quick look (the report says so).
     #[arg(long, env = "JRQ_BENCH_QUICK")]
     pub quick: bool,
+    /// The governor's cost: every task of provider `bench`, the workers serving it, and
+    /// limits on it that never bind (max running and starts per minute of 1000000).
+    #[arg(long, env = "JRQ_BENCH_GOVERNED")]
+    pub governed: bool,
     /// Where the JSON results go.
     #[arg(
         long,
@@ -196,6 +200,9 @@ pub struct Results {
 }
 
 /// Shared state of a benchmark run.
+/// The provider of every task with `--governed`.
+const GOVERNED_PROVIDER: &str = "bench";
+
 pub struct Ctx {
     admin: db::DbConfig,
     runs: usize,
@@ -203,6 +210,7 @@ pub struct Ctx {
     bin_dir: PathBuf,
     next_db: usize,
     footprint: Footprint,
+    governed: bool,
 }
 
 impl Ctx {
@@ -229,6 +237,15 @@ impl Ctx {
         let url = self.conninfo(&name);
         let mut client = Ctx::connect(&url).await?;
         db::migrate::migrate(&mut client).await?;
+        if self.governed {
+            client
+                .execute(
+                    "INSERT INTO jr_providers (name, max_running, max_starts_per_minute) \
+                     VALUES ($1, 1000000, 1000000)",
+                    &[&GOVERNED_PROVIDER],
+                )
+                .await?;
+        }
         Ok((url, client))
     }
 
@@ -300,7 +317,11 @@ pub async fn run(args: BenchArgs) -> Result<Results> {
         bin_dir: fleet::bin_dir(),
         next_db: 0,
         footprint: Footprint::default(),
+        governed: args.governed,
     };
+    if args.governed {
+        fleet::serve_provider(GOVERNED_PROVIDER);
+    }
     for b in ["jr-queue-worker", "jr-auto-assigner"] {
         if !ctx.bin_dir.join(b).exists() {
             return Err(Error::usage(format!(
@@ -447,7 +468,13 @@ async fn throughput(ctx: &mut Ctx) -> Result<Vec<ThroughputRow>> {
         for _ in 0..ctx.runs {
             let (url, mut client) = ctx.fresh_db().await?;
             let tasks: Vec<jrq::task::NewTask> = (0..n)
-                .map(|i| jrq::task::NewTask::new(format!("bench {i}")))
+                .map(|i| {
+                    let mut t = jrq::task::NewTask::new(format!("bench {i}"));
+                    if ctx.governed {
+                        t.provider = GOVERNED_PROVIDER.into();
+                    }
+                    t
+                })
                 .collect();
             let t0 = Instant::now();
             let txn = client.transaction().await?;

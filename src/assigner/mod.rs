@@ -277,7 +277,6 @@ impl Assigner {
         )
         .await?;
         let plan = plan::plan(&pending, &mut slots, &mut room, &mut self.rr);
-        out.assigned = tasks::tasks_assign(&txn, stmts, &self.cfg.name, &plan).await?;
         let assigned: HashSet<i64> = plan.iter().map(|a| a.task_id).collect();
         let mut started: HashMap<&str, usize> = HashMap::new();
         for t in pending.iter().filter(|t| assigned.contains(&t.id)) {
@@ -286,12 +285,14 @@ impl Assigner {
         let spent: Vec<(String, f64)> = budgets
             .iter()
             .filter(|b| b.max_starts_per_minute.is_some())
-            .map(|b| {
-                let n = started.get(b.name.as_str()).copied().unwrap_or(0);
-                (b.name.clone(), b.tokens - n as f64)
+            .filter_map(|b| {
+                // A bucket nothing was taken from needs no write: its refill goes on
+                // from the time it was last written.
+                let n = started.get(b.name.as_str()).copied().filter(|n| *n > 0)?;
+                Some((b.name.clone(), b.tokens - n as f64))
             })
             .collect();
-        providers::providers_spend(&txn, stmts, &spent).await?;
+        out.assigned = tasks::tasks_assign(&txn, stmts, &self.cfg.name, &plan, &spent).await?;
         txn.commit().await?;
         out.unplaced = (pending.len() - plan.len()) as u64;
         out.free_left = (free as u64).saturating_sub(out.assigned);

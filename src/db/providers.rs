@@ -181,21 +181,8 @@ pub async fn providers_lock_budgets(
     stmts: &Statements,
     providers: &[String],
 ) -> Result<Vec<Budget>> {
-    // The lock first, in a statement of its own: the counts must be read after it is
-    // granted, with a snapshot that sees what the assigner that held it committed (a
-    // statement's snapshot is taken when it starts, before it waits for a lock).
-    let stmt = stmts.get(client, LOCK_LIMITED_SQL).await?;
-    let locked: Vec<String> = client
-        .query(&stmt, &[&providers])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if locked.is_empty() {
-        return Ok(vec![]);
-    }
-    let stmt = stmts.get(client, BUDGETS_SQL).await?;
-    let rows = client.query(&stmt, &[&locked]).await?;
+    let stmt = stmts.get(client, LOCK_BUDGETS_SQL).await?;
+    let rows = client.query(&stmt, &[&providers]).await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -212,48 +199,24 @@ pub async fn providers_lock_budgets(
         .collect())
 }
 
-/// Locks the limited providers' rows, in name order.
-const LOCK_LIMITED_SQL: &str = "SELECT name FROM jr_providers \
-     WHERE name = ANY($1) AND (max_running IS NOT NULL OR max_starts_per_minute IS NOT NULL) \
-     ORDER BY name FOR UPDATE";
-
-/// The budgets of locked providers. The token bucket holds two seconds' worth of starts,
-/// at least one: a burst the default poll interval refills, so that starts spread over
-/// the minute.
-const BUDGETS_SQL: &str = "SELECT p.name, p.max_running, \
-         (SELECT count(*) FROM jr_work_queue q \
-          WHERE q.status = 'assigned' AND q.provider = p.name) + \
-         (SELECT count(*) FROM jr_work_queue q \
-          WHERE q.status = 'in_progress' AND q.provider = p.name), \
-         p.max_starts_per_minute, \
+/// Locks the limited providers' rows, in name order, and reads their budgets. The
+/// running count comes from `jrq_provider_active` (V9), a VOLATILE function: it takes its
+/// own snapshot after the row is locked, so it sees what the assigner that held the lock
+/// before committed (the statement's own snapshot predates the wait). The token bucket
+/// holds two seconds' worth of starts, at least one: a burst the default poll interval
+/// refills, so that starts spread over the minute.
+const LOCK_BUDGETS_SQL: &str = "WITH p AS MATERIALIZED ( \
+         SELECT name, max_running, max_starts_per_minute, tokens, tokens_at \
+         FROM jr_providers \
+         WHERE name = ANY($1) \
+           AND (max_running IS NOT NULL OR max_starts_per_minute IS NOT NULL) \
+         ORDER BY name FOR UPDATE) \
+     SELECT p.name, p.max_running, jrq_provider_active(p.name), p.max_starts_per_minute, \
          CASE WHEN p.max_starts_per_minute IS NOT NULL THEN \
              least(greatest(1, ceil(p.max_starts_per_minute / 30.0)), \
                    p.tokens + extract(epoch FROM clock_timestamp() - p.tokens_at)::float8 \
                        * p.max_starts_per_minute / 60.0) END \
-     FROM jr_providers p WHERE p.name = ANY($1) ORDER BY p.name";
-
-/// Spends the starts a round made from the providers' buckets (`tokens` as the round read
-/// them, minus `started`).
-pub async fn providers_spend(
-    client: &impl GenericClient,
-    stmts: &Statements,
-    spent: &[(String, f64)],
-) -> Result<()> {
-    if spent.is_empty() {
-        return Ok(());
-    }
-    let names: Vec<&str> = spent.iter().map(|(n, _)| n.as_str()).collect();
-    let tokens: Vec<f64> = spent.iter().map(|(_, t)| *t).collect();
-    let stmt = stmts
-        .get(
-            client,
-            "UPDATE jr_providers p SET tokens = s.tokens, tokens_at = clock_timestamp() \
-             FROM unnest($1::text[], $2::float8[]) AS s(name, tokens) WHERE p.name = s.name",
-        )
-        .await?;
-    client.execute(&stmt, &[&names, &tokens]).await?;
-    Ok(())
-}
+     FROM p ORDER BY p.name";
 
 /// A paused scope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

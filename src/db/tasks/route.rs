@@ -77,12 +77,14 @@ pub struct Assignment {
 
 /// Writes assignments in one statement: pending → assigned, one `assigned` event each
 /// (by `actor`, with the reason), and one notification per worker (payload: its name),
-/// delivered when the transaction commits. Returns how many were written.
+/// delivered when the transaction commits; `spent` sets the token buckets of the
+/// providers whose tasks started (the tokens left). Returns how many were written.
 pub async fn tasks_assign(
     client: &impl GenericClient,
     stmts: &Statements,
     actor: &str,
     assignments: &[Assignment],
+    spent: &[(String, f64)],
 ) -> Result<u64> {
     if assignments.is_empty() {
         return Ok(0);
@@ -90,9 +92,22 @@ pub async fn tasks_assign(
     let ids: Vec<i64> = assignments.iter().map(|a| a.task_id).collect();
     let workers: Vec<&str> = assignments.iter().map(|a| a.worker.as_str()).collect();
     let reasons: Vec<&str> = assignments.iter().map(|a| a.reason.as_str()).collect();
+    let (names, tokens): (Vec<&str>, Vec<f64>) =
+        spent.iter().map(|(n, t)| (n.as_str(), *t)).unzip();
     let stmt = stmts.get(client, ASSIGN_SQL).await?;
     let row = client
-        .query_one(&stmt, &[&ids, &workers, &reasons, &actor, &CHANNEL_WORKER])
+        .query_one(
+            &stmt,
+            &[
+                &ids,
+                &workers,
+                &reasons,
+                &actor,
+                &CHANNEL_WORKER,
+                &names,
+                &tokens,
+            ],
+        )
         .await?;
     Ok(row.get::<_, i64>(0) as u64)
 }
@@ -111,7 +126,11 @@ const ASSIGN_SQL: &str = "WITH a AS ( \
                  SELECT id, $4, 'assigned', 'pending', 'assigned', worker, attempts, reason \
                  FROM upd), \
              n AS ( \
-                 SELECT pg_notify($5, w) FROM (SELECT DISTINCT worker AS w FROM upd) d) \
+                 SELECT pg_notify($5, w) FROM (SELECT DISTINCT worker AS w FROM upd) d), \
+             spend AS ( \
+                 UPDATE jr_providers p SET tokens = s.tokens, tokens_at = clock_timestamp() \
+                 FROM unnest($6::text[], $7::float8[]) AS s(name, tokens) \
+                 WHERE p.name = s.name) \
              SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n)";
 
 /// Gives back to pending the tasks assigned (not started) to workers that are not alive:
