@@ -467,3 +467,80 @@ async fn a_retry_runs_on_another_worker_when_one_is_free() {
         "{reason}"
     );
 }
+
+#[tokio::test]
+async fn bulk_cancel_and_retry_act_on_filters_and_dry_runs_change_nothing() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let claude = enqueue(&client, "claude", 3).await;
+    let codex = enqueue(&client, "codex", 2).await;
+
+    // A dry run says what would change and changes nothing.
+    let before = db.fingerprint().await;
+    let out = db.run(&["cancel", "--provider", "claude", "--dry-run"]);
+    assert!(
+        out.ok().contains("3 task(s) would be cancelled"),
+        "{out:#?}"
+    );
+    assert!(
+        out.ok().contains("dry run: nothing was changed"),
+        "{out:#?}"
+    );
+    assert_eq!(db.fingerprint().await, before);
+
+    // The filter picks claude's tasks only.
+    let out = db.run(&["cancel", "--provider", "claude"]);
+    assert!(out.ok().contains("3 task(s) cancelled"), "{out:#?}");
+    for id in &claude {
+        assert_eq!(status_of(&client, *id).await, "cancelled");
+    }
+    for id in &codex {
+        assert_eq!(status_of(&client, *id).await, "pending");
+    }
+
+    // Retry by ids: the cancelled one comes back, the pending one is skipped and said.
+    let ids = [claude[0].to_string(), codex[0].to_string()];
+    let out = db.run(&["retry", &ids[0], &ids[1]]);
+    assert!(
+        out.ok()
+            .contains(&format!("task {} is pending again", claude[0])),
+        "{out:#?}"
+    );
+    assert!(
+        out.ok()
+            .contains(&format!("task {} is pending: not retried", codex[0])),
+        "{out:#?}"
+    );
+    assert!(
+        out.ok().contains("1 task(s) retried, 1 skipped"),
+        "{out:#?}"
+    );
+
+    // Retry the rest by status and provider.
+    let out = db.run(&[
+        "retry",
+        "--status",
+        "cancelled",
+        "--provider",
+        "claude",
+        "--dry-run",
+    ]);
+    assert!(out.ok().contains("2 task(s) would be retried"), "{out:#?}");
+    db.run(&["retry", "--status", "cancelled", "--provider", "claude"])
+        .ok();
+    for id in &claude {
+        assert_eq!(status_of(&client, *id).await, "pending");
+    }
+
+    // --older-than: nothing is that old.
+    let out = db.run(&["cancel", "--status", "pending", "--older-than", "1h"]);
+    assert!(out.ok().contains("0 task(s) cancelled"), "{out:#?}");
+
+    // Unknown ids are said, after the others are done, with a non-zero exit.
+    db.run(&["cancel", &codex[1].to_string(), "999999"])
+        .fails(1, "no such task(s) matching the filters: 999999");
+    assert_eq!(status_of(&client, codex[1]).await, "cancelled");
+    // Nothing to select by: refused.
+    db.run(&["cancel"])
+        .fails(2, "task ids or a filter are required");
+}

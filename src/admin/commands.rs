@@ -7,12 +7,12 @@ use tokio_postgres::Client;
 
 use super::render;
 use super::{
-    CancelArgs, Cli, Command, EnqueueArgs, PruneArgs, RetryArgs, RolesCommand, RunsCommand,
-    ShowArgs, StatusArgs, TasksArgs, WorkersArgs,
+    BulkFilter, CancelArgs, Cli, Command, EnqueueArgs, PruneArgs, RetryArgs, RolesCommand,
+    RunsCommand, ShowArgs, StatusArgs, TasksArgs, WorkersArgs,
 };
 use crate::db::{self, events, migrate, roles, runs, tasks, workers};
 use crate::error::{Error, Result};
-use crate::task::{default_created_by, NewTask, RunAfter};
+use crate::task::{default_created_by, NewTask, RunAfter, TaskStatus};
 
 /// Prints a line of a command's result (see [`crate::process::print_out`]).
 macro_rules! out {
@@ -296,42 +296,171 @@ async fn show(client: &Client, args: &ShowArgs) -> Result<()> {
 }
 
 async fn retry(client: &mut Client, args: &RetryArgs) -> Result<()> {
-    let txn = client.transaction().await?;
-    if args.all_failed {
+    if args.all_failed && !args.filter.dry_run {
+        let txn = client.transaction().await?;
         let report = tasks::tasks_retry_all_failed(&txn, ACTOR).await?;
         txn.commit().await?;
         render::retry_all(&report);
         return Ok(());
     }
-    let Some(id) = args.id else {
-        // clap requires one of the two; this is what it would say.
-        return Err(Error::usage("give a task id or --all-failed"));
-    };
-    let task = tasks::tasks_retry(&txn, id, ACTOR).await?;
-    txn.commit().await?;
-    out!(
-        "task {} is pending again ({} attempts available)",
-        task.id,
-        task.max_attempts
-    );
-    Ok(())
+    if let ([id], false, false) = (args.ids.as_slice(), args.filter.any(), args.filter.dry_run) {
+        let txn = client.transaction().await?;
+        let task = tasks::tasks_retry(&txn, *id, ACTOR).await?;
+        txn.commit().await?;
+        out!(
+            "task {} is pending again ({} attempts available)",
+            task.id,
+            task.max_attempts
+        );
+        return Ok(());
+    }
+    let mut filter = args.filter.status;
+    if args.all_failed {
+        filter = Some(TaskStatus::Failed);
+    }
+    bulk(client, &args.ids, &args.filter, filter, Bulk::Retry).await
 }
 
 async fn cancel(client: &mut Client, args: &CancelArgs) -> Result<()> {
-    let txn = client.transaction().await?;
-    let outcome = tasks::tasks_cancel(&txn, args.id, ACTOR).await?;
-    txn.commit().await?;
-    match outcome {
-        tasks::CancelOutcome::Cancelled => out!("task {} cancelled", args.id),
-        tasks::CancelOutcome::Requested => out!(
-            "task {} is running: its worker was asked to end it (follow with `jrq show {}`)",
-            args.id,
-            args.id
+    if let ([id], false, false) = (args.ids.as_slice(), args.filter.any(), args.filter.dry_run) {
+        let id = *id;
+        let txn = client.transaction().await?;
+        let outcome = tasks::tasks_cancel(&txn, id, ACTOR).await?;
+        txn.commit().await?;
+        match outcome {
+            tasks::CancelOutcome::Cancelled => out!("task {id} cancelled"),
+            tasks::CancelOutcome::Requested => out!(
+                "task {id} is running: its worker was asked to end it (follow with `jrq show {id}`)"
+            ),
+            tasks::CancelOutcome::AlreadyRequested => out!(
+                "task {id} is running and a cancel was already requested: its worker will end it"
+            ),
+        }
+        return Ok(());
+    }
+    bulk(
+        client,
+        &args.ids,
+        &args.filter,
+        args.filter.status,
+        Bulk::Cancel,
+    )
+    .await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bulk {
+    Cancel,
+    Retry,
+}
+
+/// A bulk cancel or retry: every task among `ids` matching the filters, each in its own
+/// transaction, one line each; the statuses the action does not apply to are skipped.
+/// Unknown ids make the exit status non-zero after the others are done.
+async fn bulk(
+    client: &mut Client,
+    ids: &[i64],
+    f: &BulkFilter,
+    status: Option<TaskStatus>,
+    action: Bulk,
+) -> Result<()> {
+    if ids.is_empty() && status.is_none() && !f.any() {
+        return Err(Error::usage(
+            "task ids or a filter are required: give ids, or --status, --provider, \
+             --worker, --run, --older-than (retry also takes --all-failed)",
+        ));
+    }
+    let filter = tasks::TaskFilter {
+        status,
+        worker: f.worker.clone(),
+        run_id: f.run,
+        provider: f.provider.clone(),
+        limit: 0,
+    };
+    let selected = tasks::tasks_select(&*client, ids, &filter, f.older_than).await?;
+    let missing: Vec<i64> = ids
+        .iter()
+        .copied()
+        .filter(|id| !selected.iter().any(|(s, _)| s == id))
+        .collect();
+    let applies = |s: TaskStatus| match action {
+        Bulk::Cancel => matches!(
+            s,
+            TaskStatus::Pending | TaskStatus::Assigned | TaskStatus::InProgress
         ),
-        tasks::CancelOutcome::AlreadyRequested => out!(
-            "task {} is running and a cancel was already requested: its worker will end it",
-            args.id
-        ),
+        Bulk::Retry => matches!(s, TaskStatus::Failed | TaskStatus::Cancelled),
+    };
+    let verb = match action {
+        Bulk::Cancel => "cancel",
+        Bulk::Retry => "retry",
+    };
+    let (mut done, mut skipped) = (0usize, 0usize);
+    for (id, s) in &selected {
+        if !applies(*s) {
+            skipped += 1;
+            let past = match action {
+                Bulk::Cancel => "cancelled",
+                Bulk::Retry => "retried",
+            };
+            out!("task {id} is {s}: not {past}");
+            continue;
+        }
+        if f.dry_run {
+            done += 1;
+            out!("task {id} ({s}): would {verb}");
+            continue;
+        }
+        let txn = client.transaction().await?;
+        let result = match action {
+            Bulk::Cancel => tasks::tasks_cancel(&txn, *id, ACTOR)
+                .await
+                .map(|o| match o {
+                    tasks::CancelOutcome::Cancelled => format!("task {id} cancelled"),
+                    tasks::CancelOutcome::Requested => {
+                        format!("task {id} is running: its worker was asked to end it")
+                    }
+                    tasks::CancelOutcome::AlreadyRequested => {
+                        format!("task {id} is running: a cancel was already requested")
+                    }
+                }),
+            Bulk::Retry => tasks::tasks_retry(&txn, *id, ACTOR)
+                .await
+                .map(|_| format!("task {id} is pending again")),
+        };
+        match result {
+            Ok(line) => {
+                txn.commit().await?;
+                done += 1;
+                out!("{line}");
+            }
+            // Changed meanwhile (finished, retried by someone else): said, and skipped.
+            Err(e @ (Error::Conflict(_) | Error::NotFound(_))) => {
+                skipped += 1;
+                out!("task {id}: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let what = match (action, f.dry_run) {
+        (Bulk::Cancel, false) => "cancelled (or asked to stop)",
+        (Bulk::Retry, false) => "retried",
+        (Bulk::Cancel, true) => "would be cancelled",
+        (Bulk::Retry, true) => "would be retried",
+    };
+    out!(
+        "{done} task(s) {what}, {skipped} skipped{}",
+        if f.dry_run {
+            "; dry run: nothing was changed"
+        } else {
+            ""
+        }
+    );
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|i| i.to_string()).collect();
+        return Err(Error::NotFound(format!(
+            "no such task(s) matching the filters: {} (see `jrq tasks`)",
+            list.join(", ")
+        )));
     }
     Ok(())
 }

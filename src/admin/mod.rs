@@ -187,22 +187,60 @@ pub struct ShowArgs {
 
 /// Options of `jrq retry`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all_failed"])))]
 pub struct RetryArgs {
-    /// Task id.
+    /// Task ids.
     #[arg(value_parser = parse_task_id)]
-    pub id: Option<i64>,
+    pub ids: Vec<i64>,
     /// Retry every failed task.
-    #[arg(long, env = "JRQ_ALL_FAILED")]
+    #[arg(long, env = "JRQ_ALL_FAILED", conflicts_with_all = ["ids", "status"])]
     pub all_failed: bool,
+    #[command(flatten)]
+    pub filter: BulkFilter,
+}
+
+/// Which tasks a bulk `cancel` or `retry` acts on: the ids given and/or every task that
+/// matches the filters (the same as `jrq tasks`'s). At least one id or one filter.
+#[derive(Debug, Args)]
+pub struct BulkFilter {
+    /// Only tasks in this status.
+    #[arg(long, value_parser = parse_task_status)]
+    pub status: Option<TaskStatus>,
+    /// Only tasks of this provider.
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Only tasks assigned to this worker.
+    #[arg(long)]
+    pub worker: Option<String>,
+    /// Only tasks of this run.
+    #[arg(long, value_parser = validate::parse_run_id)]
+    pub run: Option<Uuid>,
+    /// Only tasks created longer ago than this (e.g. 2h). Range: 0s to 3650d.
+    #[arg(long, value_parser = validate::duration_in("0s", "3650d"))]
+    pub older_than: Option<Duration>,
+    /// Print what would change, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl BulkFilter {
+    /// Whether any filter is given.
+    pub fn any(&self) -> bool {
+        self.status.is_some()
+            || self.provider.is_some()
+            || self.worker.is_some()
+            || self.run.is_some()
+            || self.older_than.is_some()
+    }
 }
 
 /// Options of `jrq cancel`.
 #[derive(Debug, Args)]
 pub struct CancelArgs {
-    /// Task id.
+    /// Task ids.
     #[arg(value_parser = parse_task_id)]
-    pub id: i64,
+    pub ids: Vec<i64>,
+    #[command(flatten)]
+    pub filter: BulkFilter,
 }
 
 /// `jrq runs ...`
@@ -461,4 +499,14 @@ fn parse_task_status(s: &str) -> Result<TaskStatus, String> {
 
 fn parse_run_status(s: &str) -> Result<RunStatus, String> {
     s.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_options_are_consistent() {
+        // clap checks its definitions (groups, conflicts, defaults) when it builds them.
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -139,6 +139,32 @@ pub fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The ids (and statuses) of the tasks among `ids` (when not empty) that match every
+/// filter given, oldest first.
+pub async fn tasks_select(
+    client: &impl GenericClient,
+    ids: &[i64],
+    f: &TaskFilter,
+    older_than: Option<Duration>,
+) -> Result<Vec<(i64, TaskStatus)>> {
+    let status = f.status.map(|s| s.as_str());
+    let older = older_than.map(duration_ms);
+    let rows = client
+        .query(
+            "SELECT id, status FROM jr_work_queue \
+             WHERE (cardinality($1::int8[]) = 0 OR id = ANY($1)) \
+               AND ($2::text IS NULL OR status = $2) \
+               AND ($3::text IS NULL OR assigned_jr = $3) \
+               AND ($4::uuid IS NULL OR run_id = $4) \
+               AND ($5::text IS NULL OR provider = $5) \
+               AND ($6::int8 IS NULL OR created_at < now() - $6 * interval '1 millisecond') \
+             ORDER BY id",
+            &[&ids, &status, &f.worker, &f.run_id, &f.provider, &older],
+        )
+        .await?;
+    rows.iter().map(|r| Ok((r.get(0), r.try_get(1)?))).collect()
+}
+
 /// Filters for [`tasks_list`]; `None` means any.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
