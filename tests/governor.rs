@@ -308,6 +308,8 @@ async fn a_refusing_provider_parks_its_tasks_uncharged_until_it_resets() {
         .await
         .unwrap()
         .get(0);
+    // The pause is written first, the task given back right after.
+    wait_status(&client, refused, "pending").await;
     let row = client
         .query_one(
             "SELECT status, attempts FROM jr_work_queue WHERE id = $1",
@@ -543,4 +545,62 @@ async fn bulk_cancel_and_retry_act_on_filters_and_dry_runs_change_nothing() {
     // Nothing to select by: refused.
     db.run(&["cancel"])
         .fails(2, "task ids or a filter are required");
+}
+
+#[tokio::test]
+async fn a_drained_worker_finishes_what_it_runs_takes_nothing_new_and_stays_registered() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let exec = common::test_executor();
+    let _w = worker(&db, "w_drain", "claude", "1", &exec);
+    let _a = assigner(&db, "assigner.drain");
+    let running: i64 = client
+        .query_one(
+            "INSERT INTO jr_work_queue (title, provider, payload) \
+             VALUES ('long', 'claude', '{\"sleep\": 2}') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_status(&client, running, "in_progress").await;
+    let out = db.run(&["workers", "drain", "w_drain", "--reason", "kernel update"]);
+    assert!(
+        out.ok().contains("worker 'w_drain' is draining"),
+        "{out:#?}"
+    );
+    let waiting = enqueue(&client, "claude", 2).await;
+    wait_status(&client, running, "completed").await;
+    // Two assigner rounds after the running task ended: nothing new for it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for id in &waiting {
+        assert_eq!(status_of(&client, *id).await, "pending");
+    }
+    let list = db.run(&["workers"]);
+    assert!(list.ok().contains("draining (paused)"), "{list:#?}");
+    assert!(list.ok().contains("kernel update"), "{list:#?}");
+    let json = db.run(&["workers", "--json"]).json();
+    let row = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["jr_name"] == "w_drain")
+        .unwrap()
+        .clone();
+    assert!(
+        row["paused"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("kernel update"),
+        "{row:#}"
+    );
+    assert_eq!(row["is_online"], true, "it stays registered and online");
+
+    let out = db.run(&["workers", "undrain", "w_drain"]);
+    assert!(out.ok().contains("takes tasks again"), "{out:#?}");
+    for id in &waiting {
+        wait_status(&client, *id, "completed").await;
+    }
+    db.run(&["workers", "drain", "nobody"])
+        .fails(1, "there is no worker 'nobody'");
 }

@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 use super::render;
 use super::{
     BulkFilter, CancelArgs, Cli, Command, EnqueueArgs, PruneArgs, RetryArgs, RolesCommand,
-    RunsCommand, ShowArgs, StatusArgs, TasksArgs, WorkersArgs,
+    RunsCommand, ShowArgs, StatusArgs, TasksArgs, WorkersAction, WorkersArgs,
 };
 use crate::db::{self, events, migrate, roles, runs, tasks, workers};
 use crate::error::{Error, Result};
@@ -58,7 +58,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Retry(args) => retry(&mut client, &args).await,
         Command::Cancel(args) => cancel(&mut client, &args).await,
         Command::Runs(cmd) => runs_cmd(&mut client, cmd).await,
-        Command::Workers(args) => list_workers(&client, &args).await,
+        Command::Workers(args) => list_workers(&mut client, &args).await,
         Command::Prune(args) => prune(&client, &args).await,
         Command::Roles(cmd) => roles_cmd(&mut client, cmd).await,
         Command::Providers(cmd) => super::governor::providers_cmd(&client, cmd).await,
@@ -492,9 +492,19 @@ async fn runs_cmd(client: &mut Client, cmd: RunsCommand) -> Result<()> {
     Ok(())
 }
 
-async fn list_workers(client: &Client, args: &WorkersArgs) -> Result<()> {
-    let rows = workers::workers_list(client, args.online_threshold).await?;
-    render::workers(&rows, args.json)
+async fn list_workers(client: &mut Client, args: &WorkersArgs) -> Result<()> {
+    match &args.action {
+        Some(WorkersAction::Drain { name, reason }) => {
+            return super::governor::drain(client, name, reason).await
+        }
+        Some(WorkersAction::Undrain { name }) => {
+            return super::governor::undrain(client, name).await
+        }
+        None => {}
+    }
+    let rows = workers::workers_list(&*client, args.online_threshold).await?;
+    let pauses = db::providers::pauses_active(&*client, &db::Statements::default()).await?;
+    render::workers(&rows, &pauses, args.json)
 }
 
 async fn prune(client: &Client, args: &PruneArgs) -> Result<()> {

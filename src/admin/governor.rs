@@ -186,3 +186,47 @@ pub async fn waiting(client: &Client, task: &crate::db::tasks::TaskRow) -> Resul
         &pauses,
     ))
 }
+
+/// `jrq workers drain NAME`: a pause of the worker, and its assigned tasks given back.
+pub async fn drain(client: &mut Client, name: &str, reason: &str) -> Result<()> {
+    let txn = client.transaction().await?;
+    let known =
+        crate::db::workers::workers_list(&txn, crate::db::workers::DEFAULT_ONLINE_THRESHOLD)
+            .await?
+            .into_iter()
+            .any(|w| w.jr_name == name && w.kind == "worker");
+    if !known {
+        return Err(crate::Error::NotFound(format!(
+            "there is no worker '{name}': see `jrq workers`"
+        )));
+    }
+    let why = if reason.trim().is_empty() {
+        "draining (jrq workers drain)".to_string()
+    } else {
+        format!("draining: {}", reason.trim())
+    };
+    providers::pauses_set(&txn, "worker", name, None, &why, &actor()).await?;
+    let given_back = crate::db::tasks::tasks_unassign_worker(
+        &txn,
+        name,
+        &format!("worker '{name}' is draining"),
+    )
+    .await?;
+    txn.commit().await?;
+    crate::process::print_out(&format!(
+        "worker '{name}' is draining: it takes nothing new and finishes what it runs; \
+         {given_back} assigned task(s) went back to pending (`jrq workers undrain {name}` ends it)\n"
+    ));
+    Ok(())
+}
+
+/// `jrq workers undrain NAME`.
+pub async fn undrain(client: &mut Client, name: &str) -> Result<()> {
+    let text = if providers::pauses_clear(&*client, "worker", name).await? {
+        format!("worker '{name}' takes tasks again\n")
+    } else {
+        format!("worker '{name}' was not draining: nothing changed\n")
+    };
+    crate::process::print_out(&text);
+    Ok(())
+}

@@ -281,13 +281,36 @@ pub enum RunsCommand {
 
 /// Options of `jrq workers`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct WorkersArgs {
+    #[command(subcommand)]
+    pub action: Option<WorkersAction>,
     /// A worker silent for longer than this counts as offline. Range: 1s to 1h.
     #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = crate::validate::format_duration(crate::db::workers::DEFAULT_ONLINE_THRESHOLD), value_parser = validate::duration_in("1s", "1h"))]
     pub online_threshold: Duration,
     /// Print JSON instead of text.
     #[arg(long, env = "JRQ_JSON")]
     pub json: bool,
+}
+
+/// `jrq workers drain|undrain NAME`
+#[derive(Debug, Subcommand)]
+pub enum WorkersAction {
+    /// The worker takes nothing new, finishes what it runs and stays registered (its
+    /// unit keeps running); the tasks assigned to it and not started go back to pending.
+    /// Shown by `jrq workers` until `undrain`.
+    Drain {
+        #[arg(value_parser = validate::parse_worker_name)]
+        name: String,
+        /// Why, for the others.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The worker takes tasks again.
+    Undrain {
+        #[arg(value_parser = validate::parse_worker_name)]
+        name: String,
+    },
 }
 
 /// Options of `jrq prune`.

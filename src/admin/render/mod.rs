@@ -456,9 +456,28 @@ pub fn runs(rows: &[RunRow], json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn workers(rows: &[WorkerRow], json: bool) -> Result<()> {
+#[derive(Serialize)]
+struct WorkerJson<'a> {
+    #[serde(flatten)]
+    row: &'a WorkerRow,
+    /// A pause of this worker (`jrq workers drain`, `jrq pause --worker`).
+    paused: Option<&'a crate::db::providers::Pause>,
+}
+
+pub fn workers(
+    rows: &[WorkerRow],
+    pauses: &crate::db::providers::Pauses,
+    json: bool,
+) -> Result<()> {
     if json {
-        return print_json(rows);
+        let rows: Vec<WorkerJson> = rows
+            .iter()
+            .map(|row| WorkerJson {
+                row,
+                paused: pauses.workers.get(&row.jr_name),
+            })
+            .collect();
+        return print_json(&rows);
     }
     if rows.is_empty() {
         say!("no workers registered");
@@ -482,6 +501,11 @@ pub fn workers(rows: &[WorkerRow], json: bool) -> Result<()> {
         } else {
             WorkerStatus::Offline
         };
+        // A drained (paused) worker that is alive takes nothing new: it drains.
+        let state = match pauses.workers.get(&r.jr_name) {
+            Some(_) if r.alive => "draining (paused)".to_string(),
+            _ => state.to_string(),
+        };
         let circuit = match (&r.circuit_open_until, &r.circuit_reason) {
             (Some(until), reason) => format!(
                 "open until {} ({})",
@@ -504,7 +528,7 @@ pub fn workers(rows: &[WorkerRow], json: bool) -> Result<()> {
             vec![
                 r.jr_name.clone(),
                 r.kind.clone(),
-                state.to_string(),
+                state,
                 load,
                 if r.providers.is_empty() {
                     "-".into()
@@ -519,6 +543,9 @@ pub fn workers(rows: &[WorkerRow], json: bool) -> Result<()> {
         );
     }
     print_table(&t);
+    for p in pauses.workers.values() {
+        say!("{} {}", p.what(), p.describe());
+    }
     Ok(())
 }
 
