@@ -60,15 +60,19 @@ CREATE TABLE jr_pauses (
 
 -- A worker whose executor said the provider refused (exit 76) pauses the provider of
 -- each such task it holds, fenced like its outcomes, until the time given: fleet-wide,
--- before the task goes back to pending (so no other worker burns an attempt on it). A
+-- before the task goes back to pending (so no other worker burns an attempt on it), for
+-- the time the executor gave — between 5 s and 24 h, whatever a worker login passes. A
 -- pause set by hand (no end) is left as it is; a timed one is only ever extended.
 CREATE FUNCTION jrq_providers_refused(p_worker text, p_instance uuid, p_ids bigint[],
-    p_attempts integer[], p_until timestamptz[], p_whys text[])
+    p_attempts integer[], p_pause_ms bigint[], p_whys text[])
 RETURNS TABLE (provider text, until timestamptz)
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
     WITH f AS (
-        SELECT * FROM unnest(p_ids, p_attempts, p_until, p_whys) AS f(id, attempt, until, why)),
+        SELECT id, attempt, why,
+            now() + least(greatest(coalesce(ms, 0), 5000), 86400000)
+                * interval '1 millisecond' AS until
+        FROM unnest(p_ids, p_attempts, p_pause_ms, p_whys) AS f(id, attempt, ms, why)),
     t AS (
         SELECT q.provider, max(f.until) AS until,
             (array_agg('rate-limited by worker ' || p_worker || ', task ' || q.id || ': '
@@ -88,26 +92,25 @@ AS $$
 $$;
 
 REVOKE EXECUTE ON FUNCTION jrq_providers_refused(text, uuid, bigint[], integer[],
-    timestamptz[], text[]) FROM PUBLIC;
+    bigint[], text[]) FROM PUBLIC;
 
--- The rights of the groups on these tables (the groups of V6; call it after
--- jrq_grant_groups, as `jrq roles setup` does).
+-- The rights of the groups on these tables (the groups of V6). Call it after every
+-- jrq_grant_groups() — which revokes what it does not grant, also the column grant on
+-- jr_task_events below — as `jrq roles setup` does, and as any later migration that
+-- calls jrq_grant_groups() must.
 CREATE FUNCTION jrq_grant_governor() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_worker') THEN
         GRANT EXECUTE ON FUNCTION public.jrq_providers_refused(text, uuid, bigint[],
-            integer[], timestamptz[], text[]) TO jrq_worker;
+            integer[], bigint[], text[]) TO jrq_worker;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_assigner') THEN
         GRANT SELECT ON public.jr_providers, public.jr_pauses TO jrq_assigner;
         GRANT UPDATE (tokens, tokens_at) ON public.jr_providers TO jrq_assigner;
         -- Failover: which workers a task's earlier attempts failed on.
         GRANT SELECT (task_id, action, worker) ON public.jr_task_events TO jrq_assigner;
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_monitor') THEN
-        GRANT SELECT ON public.jr_providers, public.jr_pauses TO jrq_monitor;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_reader') THEN
         GRANT SELECT ON public.jr_providers, public.jr_pauses TO jrq_reader;

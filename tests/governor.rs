@@ -604,3 +604,38 @@ async fn a_drained_worker_finishes_what_it_runs_takes_nothing_new_and_stays_regi
     db.run(&["workers", "drain", "nobody"])
         .fails(1, "there is no worker 'nobody'");
 }
+
+#[tokio::test]
+async fn a_limited_provider_ahead_in_the_queue_does_not_starve_the_others() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    // Room for about one start every two seconds, and a backlog ahead of the others in the
+    // order of service: the others must not wait for that backlog (40 s here).
+    db.run(&["providers", "set", "slow", "--max-starts-per-minute", "30"])
+        .ok();
+    // Twenty tasks of the limited provider, more urgent than the three others behind them.
+    for i in 0..20 {
+        client
+            .execute(
+                "INSERT INTO jr_work_queue (title, provider, priority) VALUES ($1, 'slow', 1)",
+                &[&format!("slow {i}")],
+            )
+            .await
+            .unwrap();
+    }
+    let others = enqueue(&client, "fast", 3).await;
+    let _w = worker(&db, "w_mixed_cap", "slow,fast", "4", "noop");
+    let _a = assigner(&db, "assigner.starve");
+    for id in &others {
+        wait_status(&client, *id, "completed").await;
+    }
+    let slow_done = count(
+        &client,
+        "SELECT count(*) FROM jr_work_queue WHERE provider = 'slow' AND status = 'completed'",
+    )
+    .await;
+    assert!(
+        slow_done < 20,
+        "the others ran only after the limited provider's backlog ({slow_done} of 20 done)"
+    );
+}

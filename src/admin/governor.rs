@@ -200,6 +200,9 @@ pub async fn drain(client: &mut Client, name: &str, reason: &str) -> Result<()> 
             "there is no worker '{name}': see `jrq workers`"
         )));
     }
+    // A routing round holding this worker finishes first (its assignments are given back
+    // below); one that has not locked it yet skips it, and every later one sees the pause.
+    crate::db::workers::workers_lock_for_routing(&txn, name).await?;
     let why = if reason.trim().is_empty() {
         "draining (jrq workers drain)".to_string()
     } else {

@@ -192,7 +192,7 @@ pub struct RetryArgs {
     #[arg(value_parser = parse_task_id)]
     pub ids: Vec<i64>,
     /// Retry every failed task.
-    #[arg(long, env = "JRQ_ALL_FAILED", conflicts_with_all = ["ids", "status"])]
+    #[arg(long, env = "JRQ_ALL_FAILED", conflicts_with_all = ["ids", "status", "provider", "worker", "run", "older_than"])]
     pub all_failed: bool,
     #[command(flatten)]
     pub filter: BulkFilter,

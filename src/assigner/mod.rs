@@ -254,7 +254,15 @@ impl Assigner {
             }
             room.insert(b.name.clone(), b.room());
         }
-        providers.retain(|p| room.get(p).is_none_or(|r| *r > 0));
+        // Unlimited providers (and tasks without one) in one query; each limited provider
+        // with room in one of its own, at most its room: a provider with little room must
+        // not fill the batch either.
+        let limited: Vec<(String, i64)> = budgets
+            .iter()
+            .map(|b| (b.name.clone(), b.room()))
+            .filter(|(_, r)| *r > 0)
+            .collect();
+        providers.retain(|p| !room.contains_key(p));
         for (name, p) in &pauses.providers {
             out.held.push(format!("provider '{name}' {}", p.describe()));
         }
@@ -267,15 +275,35 @@ impl Assigner {
         }
         out.held.sort();
         let free_names: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
-        let pending = tasks::tasks_pending_for_routing(
+        let batch = free.min(cfg.batch_size);
+        let mut pending = tasks::tasks_pending_for_routing(
             &txn,
             stmts,
             &providers,
+            true,
             &free_names,
             &paused_runs,
-            free.min(cfg.batch_size),
+            batch,
         )
         .await?;
+        for (name, r) in &limited {
+            let one = std::slice::from_ref(name);
+            pending.extend(
+                tasks::tasks_pending_for_routing(
+                    &txn,
+                    stmts,
+                    one,
+                    false,
+                    &free_names,
+                    &paused_runs,
+                    (*r).min(batch),
+                )
+                .await?,
+            );
+        }
+        if !limited.is_empty() {
+            pending.sort_by_key(|t| t.order);
+        }
         let plan = plan::plan(&pending, &mut slots, &mut room, &mut self.rr);
         let assigned: HashSet<i64> = plan.iter().map(|a| a.task_id).collect();
         let mut started: HashMap<&str, usize> = HashMap::new();

@@ -148,6 +148,7 @@ mod tests {
             target: target.map(Into::into),
             run_id: None,
             avoid: vec![],
+            order: (false, 5, chrono::DateTime::UNIX_EPOCH, id),
         }
     }
 

@@ -140,6 +140,9 @@ pub async fn providers_list(client: &impl GenericClient) -> Result<Vec<ProviderR
 #[derive(Debug, Clone, PartialEq)]
 pub struct Budget {
     pub name: String,
+    /// Whether this round holds its row. Another assigner routing it now (its row
+    /// locked) gives it no room in this round: rounds never wait for each other.
+    pub locked: bool,
     pub max_running: Option<i32>,
     pub running: i64,
     pub max_starts_per_minute: Option<i32>,
@@ -152,6 +155,9 @@ pub struct Budget {
 impl Budget {
     /// How many more of its tasks this round may assign.
     pub fn room(&self) -> i64 {
+        if !self.locked {
+            return 0;
+        }
         let running = self
             .max_running
             .map_or(i64::MAX, |m| (i64::from(m) - self.running).max(0));
@@ -161,6 +167,9 @@ impl Budget {
     /// Why it holds its tasks back, when it does: "at its limit 8/8", "at its start rate
     /// 30/min".
     pub fn holding(&self) -> Option<String> {
+        if !self.locked {
+            return None;
+        }
         if let Some(m) = self.max_running {
             if self.running >= i64::from(m) {
                 return Some(format!("at its limit {}/{m}", self.running));
@@ -173,9 +182,9 @@ impl Budget {
     }
 }
 
-/// Locks the rows of the limited providers among `providers` (in name order, so that
-/// assigners take them in one order) and reads their budgets: running counts, and the
-/// token bucket refilled to now.
+/// The limited providers among `providers`, their rows locked for the round where no
+/// other round holds them, and their budgets: running counts, and the token bucket
+/// refilled to now.
 pub async fn providers_lock_budgets(
     client: &impl GenericClient,
     stmts: &Statements,
@@ -186,12 +195,13 @@ pub async fn providers_lock_budgets(
     Ok(rows
         .iter()
         .map(|r| {
-            let tokens: Option<f64> = r.get(4);
+            let tokens: Option<f64> = r.get(5);
             Budget {
                 name: r.get(0),
-                max_running: r.get(1),
-                running: r.get(2),
-                max_starts_per_minute: r.get(3),
+                locked: r.get(1),
+                max_running: r.get(2),
+                running: r.get::<_, Option<i64>>(3).unwrap_or(0),
+                max_starts_per_minute: r.get(4),
                 starts_allowed: tokens.map(|t| t.floor().max(0.0) as i64),
                 tokens: tokens.unwrap_or(0.0),
             }
@@ -199,24 +209,29 @@ pub async fn providers_lock_budgets(
         .collect())
 }
 
-/// Locks the limited providers' rows, in name order, and reads their budgets. The
+/// Locks the limited providers' rows (skipping those another round holds: they get no
+/// room this round, and rounds never wait for each other), and reads their budgets. The
 /// running count comes from `jrq_provider_active` (V9), a VOLATILE function: it takes its
 /// own snapshot after the row is locked, so it sees what the assigner that held the lock
 /// before committed (the statement's own snapshot predates the wait). The token bucket
 /// holds two seconds' worth of starts, at least one: a burst the default poll interval
 /// refills, so that starts spread over the minute.
-const LOCK_BUDGETS_SQL: &str = "WITH p AS MATERIALIZED ( \
-         SELECT name, max_running, max_starts_per_minute, tokens, tokens_at \
-         FROM jr_providers \
+const LOCK_BUDGETS_SQL: &str = "WITH limited AS ( \
+         SELECT name FROM jr_providers \
          WHERE name = ANY($1) \
-           AND (max_running IS NOT NULL OR max_starts_per_minute IS NOT NULL) \
-         ORDER BY name FOR UPDATE) \
-     SELECT p.name, p.max_running, jrq_provider_active(p.name), p.max_starts_per_minute, \
+           AND (max_running IS NOT NULL OR max_starts_per_minute IS NOT NULL)), \
+     p AS MATERIALIZED ( \
+         SELECT name, max_running, max_starts_per_minute, tokens, tokens_at \
+         FROM jr_providers WHERE name IN (SELECT name FROM limited) \
+         ORDER BY name FOR UPDATE SKIP LOCKED) \
+     SELECT l.name, p.name IS NOT NULL, p.max_running, \
+         CASE WHEN p.name IS NOT NULL THEN jrq_provider_active(p.name) END, \
+         p.max_starts_per_minute, \
          CASE WHEN p.max_starts_per_minute IS NOT NULL THEN \
              least(greatest(1, ceil(p.max_starts_per_minute / 30.0)), \
                    p.tokens + extract(epoch FROM clock_timestamp() - p.tokens_at)::float8 \
                        * p.max_starts_per_minute / 60.0) END \
-     FROM p ORDER BY p.name";
+     FROM limited l LEFT JOIN p ON p.name = l.name ORDER BY l.name";
 
 /// A paused scope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -369,13 +384,15 @@ pub async fn providers_refused(
     use crate::db::tasks::Finish;
     let mut ids = vec![];
     let mut attempts = vec![];
-    let mut until = vec![];
+    let mut pause_ms = vec![];
     let mut whys = vec![];
+    let now = Utc::now();
     for d in done {
-        if let Finish::ProviderRefused { reason, until: u } = &d.finish {
+        if let Finish::ProviderRefused { reason, until } = &d.finish {
             ids.push(d.task_id);
             attempts.push(d.attempt);
-            until.push(*u);
+            // A length, not a time: the database's clock decides (and bounds it).
+            pause_ms.push((*until - now).num_milliseconds().max(0));
             whys.push(reason.as_str());
         }
     }
@@ -385,7 +402,7 @@ pub async fn providers_refused(
     let rows = client
         .query(
             "SELECT provider, until FROM jrq_providers_refused($1, $2, $3, $4, $5, $6)",
-            &[&worker, &instance, &ids, &attempts, &until, &whys],
+            &[&worker, &instance, &ids, &attempts, &pause_ms, &whys],
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())

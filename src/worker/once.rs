@@ -96,7 +96,11 @@ impl Worker {
                 _ => round.other += 1,
             }
         }
-        crate::db::providers::providers_refused(client, &cfg.name, self.instance, &done).await?;
+        if let Err(e) =
+            crate::db::providers::providers_refused(client, &cfg.name, self.instance, &done).await
+        {
+            tracing::error!(error = %e, "could not pause the refusing provider");
+        }
         let applied = tasks::tasks_finish(client, stmts, &cfg.name, self.instance, &done).await?;
         round.lease_lost = done.len() - applied.len();
         Ok(round)

@@ -112,12 +112,15 @@ impl Outcomes {
                     tracing::warn!(provider = %provider, until = %until, "the provider refused: paused fleet-wide");
                 }
             }
-            Err(e) if e.is_refused_data() => {
-                tracing::error!(error = %e, "could not pause the refusing provider");
-            }
-            Err(e) => {
+            // The connection is gone: the outcomes wait for it as well.
+            Err(e) if conn.client.is_closed() => {
                 self.failed(link, &e);
                 return None;
+            }
+            // Any other refusal must not hold back the outcomes (completions among them):
+            // the tasks still go back, with run_after at the reset.
+            Err(e) => {
+                tracing::error!(error = %e, "could not pause the refusing provider");
             }
         }
         let result = match claim {

@@ -40,8 +40,11 @@ pub(super) struct Policy {
     pub provider_backoff: Duration,
 }
 
-/// The latest a refusing provider's pause may last, whatever the executor says.
+/// The longest a refusing provider's pause may last, whatever the executor says.
 pub const PROVIDER_PAUSE_MAX: Duration = Duration::from_secs(24 * 3600);
+/// The shortest: a `JRQ-RETRY-AT` of 0 or in the past must not make the task run and
+/// refuse again at once, for ever.
+pub const PROVIDER_PAUSE_MIN: Duration = Duration::from_secs(5);
 
 /// Runs one attempt: the handler, raced against the task's timeout and the worker's stop
 /// requests; then maps the end to a transition and reports it to the main loop.
@@ -139,11 +142,12 @@ fn decide(
         (Some(TaskOutcome::ProviderRefused { error, retry_at }), None) => {
             let now = chrono::Utc::now();
             let latest = now + chrono::Duration::from_std(PROVIDER_PAUSE_MAX).unwrap_or_default();
+            let earliest = now + chrono::Duration::from_std(PROVIDER_PAUSE_MIN).unwrap_or_default();
             let until = retry_at
                 .unwrap_or_else(|| {
                     now + chrono::Duration::from_std(p.provider_backoff).unwrap_or_default()
                 })
-                .clamp(now, latest);
+                .clamp(earliest, latest);
             Some(Finish::ProviderRefused {
                 reason: format!(
                     "{error}: given back, attempt not charged; provider paused until {}",
@@ -220,7 +224,7 @@ mod tests {
             Some(Finish::Released { .. })
         ));
         // A refusing provider: not a failure, paused as the executor says (at most a day).
-        let soon = chrono::Utc::now() + chrono::Duration::seconds(3);
+        let soon = chrono::Utc::now() + chrono::Duration::seconds(30);
         match d(
             Some(TaskOutcome::ProviderRefused {
                 error: "429".into(),

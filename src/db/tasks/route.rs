@@ -20,15 +20,19 @@ pub struct PendingTask {
     /// Workers an earlier attempt failed on (retryably, timed out, or lost with them): the
     /// next attempt prefers another.
     pub avoid: Vec<String>,
+    /// Its place in the order of service: (urgent first, priority, created, id).
+    pub order: (bool, i32, chrono::DateTime<chrono::Utc>, i64),
 }
 
-/// Takes up to `limit` ready pending tasks in the order of service that some worker with
-/// free capacity could serve (its provider is served or empty; its target, if any, has
-/// room), locking them `FOR UPDATE SKIP LOCKED` for the rest of the transaction.
+/// Takes up to `limit` ready pending tasks in the order of service of the `providers`
+/// (and, `with_unprovided`, those without a provider) that some worker with free capacity
+/// could serve (its target, if any, has room), not of a paused run, locking them `FOR
+/// UPDATE SKIP LOCKED` for the rest of the transaction.
 pub async fn tasks_pending_for_routing(
     client: &impl GenericClient,
     stmts: &Statements,
     providers: &[String],
+    with_unprovided: bool,
     workers: &[String],
     paused_runs: &[Uuid],
     limit: i64,
@@ -41,10 +45,11 @@ pub async fn tasks_pending_for_routing(
                      SELECT DISTINCT e.worker FROM jr_task_events e \
                      WHERE e.task_id = jr_work_queue.id AND e.worker IS NOT NULL \
                        AND e.action IN ('retry_scheduled', 'rescued')) \
-                 ELSE '{}' END \
+                 ELSE '{}' END, \
+                 NOT sacred_fire_priority, priority, created_at \
              FROM jr_work_queue \
              WHERE status = 'pending' AND run_after <= now() \
-               AND (provider = '' OR provider = ANY($1)) \
+               AND (($5 AND provider = '') OR provider = ANY($1)) \
                AND (target_jr IS NULL OR target_jr = ANY($2)) \
                AND (run_id IS NULL OR NOT run_id = ANY($4)) \
              ORDER BY sacred_fire_priority DESC, priority, created_at, id \
@@ -52,7 +57,10 @@ pub async fn tasks_pending_for_routing(
         )
         .await?;
     let rows = client
-        .query(&stmt, &[&providers, &workers, &limit, &paused_runs])
+        .query(
+            &stmt,
+            &[&providers, &workers, &limit, &paused_runs, &with_unprovided],
+        )
         .await?;
     Ok(rows
         .iter()
@@ -62,6 +70,7 @@ pub async fn tasks_pending_for_routing(
             target: r.get(2),
             run_id: r.get(3),
             avoid: r.get(4),
+            order: (r.get(5), r.get(6), r.get(7), r.get(0)),
         })
         .collect())
 }

@@ -139,6 +139,18 @@ pub async fn workers_update_circuits(
     Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
 }
 
+/// Takes (waiting for it) the routing lock an assigner's round holds on worker `name`
+/// for the rest of the transaction: a round routing to it now finishes first.
+pub async fn workers_lock_for_routing(client: &impl GenericClient, name: &str) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&ROUTING_LOCK_CLASS, &name],
+        )
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
