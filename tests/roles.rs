@@ -215,6 +215,45 @@ async fn every_program_works_under_its_own_group_end_to_end() {
         id_of(&jrq_as(&admin.url, &a))
     };
     let quick = enqueue(&["--title", "quick", "--run", &run, "--unique-key", "q"]);
+    // The governor under the groups: an executor's provider refusal (the worker login's
+    // jrq_providers_refused), a retry's failover (the assigner login reads the events).
+    let marker = tempfile::tempdir().unwrap();
+    let refusing_payload = serde_json::json!({"once_exit": {
+        "file": marker.path().join("refused"), "code": 76, "stdout": "JRQ-RETRY-AT: 1\n"}})
+    .to_string();
+    let refusing = enqueue(&["--title", "quota", "--payload", &refusing_payload]);
+    let flaky = enqueue(&[
+        "--title",
+        "flaky",
+        "--payload",
+        r#"{"exit_attempt": {"1": 75}}"#,
+    ]);
+    // (Before the long tasks take every worker.)
+    wait_status(&su, refusing, "completed").await;
+    wait_status(&su, flaky, "completed").await;
+    assert!(
+        has_event(&su, refusing, "released", &n1).await
+            || has_event(&su, refusing, "released", &n2).await
+            || has_event(&su, refusing, "released", &n3).await
+    );
+    for w in [&w1, &w2, &w3] {
+        assert!(
+            !w.log().contains("could not pause the refusing provider"),
+            "the worker login may call jrq_providers_refused: {}",
+            w.log()
+        );
+    }
+    // Limits and pauses by the admin login, read by the reader login.
+    jrq_as(
+        &admin.url,
+        &["providers", "set", "claude", "--max-running", "2"],
+    )
+    .ok();
+    jrq_as(&admin.url, &["pause", "--provider", "claude"]).ok();
+    let list = jrq_as(&reader.url, &["providers", "list"]);
+    assert!(list.ok().contains("claude"), "{list:#?}");
+    assert!(jrq_as(&reader.url, &["status"]).ok().contains("held:"));
+    jrq_as(&admin.url, &["resume", "--provider", "claude"]).ok();
     let long = r#"{"sleep": 300, "progress_every": 0.05}"#;
     let l1 = enqueue(&["--title", "l1", "--target", &n1, "--payload", long]);
     let l2 = enqueue(&["--title", "l2", "--target", &n2, "--payload", long]);
@@ -352,7 +391,8 @@ async fn every_program_works_under_its_own_group_end_to_end() {
     wait_status(&su, l2, "failed").await;
     let finished = tasks().await;
     let out = jrq_as(&admin.url, &["prune", "--older-than", "0s", "--json"]);
-    assert_eq!(out.json()["tasks"], 4, "{out:#?} {finished}");
+    // Four of the flow above and the governor's two (quota, flaky).
+    assert_eq!(out.json()["tasks"], 6, "{out:#?} {finished}");
     let left: i64 = su
         .query_one("SELECT count(*) FROM jr_work_queue", &[])
         .await
