@@ -473,6 +473,11 @@ async fn workers_started_together_with_one_new_name_leave_exactly_one_ready() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The winner may still be in its first round when the last loser has exited.
+    wait_for(T, "the winner to be ready", || async {
+        procs.iter().any(|p| p.log().contains("worker ready"))
+    })
+    .await;
     let ready: Vec<&WorkerProc> = procs
         .iter()
         .filter(|p| p.log().contains("worker ready"))
