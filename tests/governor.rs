@@ -26,6 +26,19 @@ async fn enqueue(client: &Client, provider: &str, n: usize) -> Vec<i64> {
     ids
 }
 
+/// One task of `provider` (empty: none) with the JSON `payload`, as psql would insert it.
+async fn task(client: &Client, title: &str, provider: &str, payload: &str) -> i64 {
+    client
+        .query_one(
+            "INSERT INTO jr_work_queue (title, provider, payload) \
+             VALUES ($1, $2, $3::text::jsonb) RETURNING id",
+            &[&title, &provider, &payload],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 fn worker(db: &TestDb, name: &str, providers: &str, capacity: &str, exec: &str) -> WorkerProc {
     WorkerProc::start(
         &db.url,
@@ -281,15 +294,7 @@ async fn a_refusing_provider_parks_its_tasks_uncharged_until_it_resets() {
     let payload = serde_json::json!({
         "once_exit": {"file": marker, "code": 76, "stdout": "JRQ-RETRY-AT: 3\n"},
     });
-    let refused: i64 = client
-        .query_one(
-            "INSERT INTO jr_work_queue (title, provider, payload) \
-             VALUES ('hits the quota', 'claude', $1::text::jsonb) RETURNING id",
-            &[&payload.to_string()],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let refused = task(&client, "hits the quota", "claude", &payload.to_string()).await;
     wait_for(WAIT, "the provider to be paused", || async {
         count(
             &client,
@@ -428,15 +433,7 @@ async fn a_retry_runs_on_another_worker_when_one_is_free() {
         .unwrap()
         .get(0);
     wait_status(&client, long, "in_progress").await;
-    let id: i64 = client
-        .query_one(
-            "INSERT INTO jr_work_queue (title, payload) \
-             VALUES ('flaky', '{\"exit_attempt\": {\"1\": 75}}') RETURNING id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let id = task(&client, "flaky", "", r#"{"exit_attempt": {"1": 75}}"#).await;
     wait_status(&client, id, "completed").await;
     let started: Vec<(String, i32)> = client
         .query(
@@ -554,15 +551,7 @@ async fn a_drained_worker_finishes_what_it_runs_takes_nothing_new_and_stays_regi
     let exec = common::test_executor();
     let _w = worker(&db, "w_drain", "claude", "1", &exec);
     let _a = assigner(&db, "assigner.drain");
-    let running: i64 = client
-        .query_one(
-            "INSERT INTO jr_work_queue (title, provider, payload) \
-             VALUES ('long', 'claude', '{\"sleep\": 2}') RETURNING id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let running = task(&client, "long", "claude", r#"{"sleep": 2}"#).await;
     wait_status(&client, running, "in_progress").await;
     let out = db.run(&["workers", "drain", "w_drain", "--reason", "kernel update"]);
     assert!(
