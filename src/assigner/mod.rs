@@ -253,15 +253,8 @@ impl Assigner {
             }
             room.insert(b.name.clone(), b.room());
         }
-        // Unlimited providers (and tasks without one) in one query; each limited provider
-        // with room in one of its own, at most its room: a provider with little room must
-        // not fill the batch either.
-        let limited: Vec<(String, i64)> = budgets
-            .iter()
-            .map(|b| (b.name.clone(), b.room()))
-            .filter(|(_, r)| *r > 0)
-            .collect();
-        providers.retain(|p| !room.contains_key(p));
+        // Providers without room are left out of the pending query.
+        providers.retain(|p| room.get(p).is_none_or(|r| *r > 0));
         for (name, p) in &pauses.providers {
             out.held.push(format!("provider '{name}' {}", p.describe()));
         }
@@ -285,22 +278,36 @@ impl Assigner {
             batch,
         )
         .await?;
-        for (name, r) in &limited {
-            let one = std::slice::from_ref(name);
-            pending.extend(
-                tasks::tasks_pending_for_routing(
-                    &txn,
-                    stmts,
-                    one,
-                    false,
-                    &free_names,
-                    &paused_runs,
-                    (*r).min(batch),
-                )
-                .await?,
-            );
+        // A limited provider with little room must not fill the batch either: when its
+        // tasks took more of a full batch than its room, look once more without it (a
+        // second query only then, so that limits that do not bind cost nothing here).
+        let mut taken: HashMap<&str, i64> = HashMap::new();
+        for t in &pending {
+            *taken.entry(t.provider.as_str()).or_default() += 1;
         }
-        if !limited.is_empty() {
+        let overflowing: Vec<String> = room
+            .iter()
+            .filter(|(p, r)| taken.get(p.as_str()).is_some_and(|n| n > *r))
+            .map(|(p, _)| p.clone())
+            .collect();
+        if !overflowing.is_empty() && pending.len() as i64 >= batch {
+            let others: Vec<String> = providers
+                .iter()
+                .filter(|p| !overflowing.contains(p))
+                .cloned()
+                .collect();
+            let more = tasks::tasks_pending_for_routing(
+                &txn,
+                stmts,
+                &others,
+                true,
+                &free_names,
+                &paused_runs,
+                batch,
+            )
+            .await?;
+            let have: HashSet<i64> = pending.iter().map(|t| t.id).collect();
+            pending.extend(more.into_iter().filter(|t| !have.contains(&t.id)));
             pending.sort_by_key(|t| t.order);
         }
         let plan = plan::plan(&pending, &mut slots, &mut room, &mut self.rr);
