@@ -10,12 +10,9 @@ use crate::db::Statements;
 use crate::error::Result;
 use crate::task::TaskStatus;
 
-/// Who the CLI's writes name.
+/// Who the CLI's writes name: the user, as `jrq enqueue` records its creator.
 fn actor() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|u| !u.trim().is_empty())
-        .unwrap_or_else(|| "jrq".into())
+    crate::task::default_created_by()
 }
 
 pub async fn providers_cmd(client: &Client, cmd: ProvidersCommand) -> Result<()> {
