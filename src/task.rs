@@ -174,6 +174,9 @@ pub struct NewTask {
     pub priority: i32,
     pub urgent: bool,
     pub provider: String,
+    /// May go to a fallback provider's workers while its own provider is paused (also
+    /// when the payload says "fallback": true, migrations/V10).
+    pub fallback_ok: bool,
     pub target: Option<String>,
     pub run_id: Option<Uuid>,
     pub max_attempts: i32,
@@ -194,6 +197,7 @@ impl NewTask {
             priority: DEFAULT_PRIORITY,
             urgent: false,
             provider: String::new(),
+            fallback_ok: false,
             target: None,
             run_id: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
@@ -374,6 +378,8 @@ struct TaskSpec {
     #[serde(default)]
     provider: Option<String>,
     #[serde(default)]
+    fallback_ok: Option<bool>,
+    #[serde(default)]
     target: Option<String>,
     #[serde(default)]
     run: Option<String>,
@@ -415,6 +421,7 @@ impl TaskSpec {
         if let Some(p) = self.provider {
             t.provider = p;
         }
+        t.fallback_ok = self.fallback_ok.unwrap_or(false);
         t.target = self.target;
         if let Some(r) = self.run {
             t.run_id = Some(validate::parse_run_id(&r)?);

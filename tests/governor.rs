@@ -628,3 +628,211 @@ async fn a_limited_provider_ahead_in_the_queue_does_not_starve_the_others() {
         "the others ran only after the limited provider's backlog ({slow_done} of 20 done)"
     );
 }
+
+const ROUTED_TO_CODEX: &str = "SELECT count(*) FROM jr_work_queue \
+     WHERE coalesce(routed_provider, provider) = 'codex' \
+       AND status IN ('assigned', 'in_progress')";
+
+async fn result_of(client: &Client, id: i64) -> (String, Option<String>) {
+    let r = client
+        .query_one(
+            "SELECT coalesce(result, ''), assigned_jr FROM jr_work_queue WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (r.get::<_, String>(0).trim().to_string(), r.get(1))
+}
+
+#[tokio::test]
+async fn a_paused_providers_tasks_that_allow_it_fall_back_within_the_fallbacks_limits() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let exec = common::test_executor();
+    db.run(&["providers", "set", "claude", "--fallback", "codex"])
+        .ok();
+    // The fallback's own limit counts the tasks routed to it.
+    db.run(&["providers", "set", "codex", "--max-running", "1"])
+        .ok();
+    db.run(&["pause", "--provider", "claude", "--reason", "quota"])
+        .ok();
+    let _c = worker(&db, "w_claude", "claude", "3", &exec);
+    let _x = worker(&db, "w_codex", "codex", "3", &exec);
+    let _a = assigner(&db, "assigner.fallback");
+    let payload = r#"{"stdout_env": "JR_PROVIDER", "sleep": 0.3}"#;
+    // Allowed by the option, and by the payload of a plain insert.
+    let mut allowed = vec![];
+    for i in 0..2 {
+        let out = db.run(&[
+            "enqueue",
+            "--title",
+            &format!("by option {i}"),
+            "--provider",
+            "claude",
+            "--fallback-ok",
+            "--payload",
+            payload,
+        ]);
+        allowed.push(out.ok().trim().parse::<i64>().unwrap());
+    }
+    allowed.push(
+        task(
+            &client,
+            "by payload",
+            "claude",
+            r#"{"fallback": true, "stdout_env": "JR_PROVIDER", "sleep": 0.3}"#,
+        )
+        .await,
+    );
+    let waits = task(&client, "waits", "claude", payload).await;
+
+    // They run on the codex worker, one at a time (codex's limit), told to use codex.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let routed = count(&client, ROUTED_TO_CODEX).await;
+        assert!(routed <= 1, "{routed} tasks under codex (its limit is 1)");
+        let mut done = 0;
+        for id in &allowed {
+            done += i64::from(status_of(&client, *id).await == "completed");
+        }
+        if done == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "fell back: {done}/3 completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in &allowed {
+        assert_eq!(
+            result_of(&client, *id).await,
+            ("JR_PROVIDER=codex".to_string(), Some("w_codex".to_string())),
+            "task {id}"
+        );
+    }
+    let why: String = client
+        .query_one(
+            "SELECT details FROM jr_task_events WHERE task_id = $1 AND action = 'assigned'",
+            &[&allowed[2]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        why.starts_with("fallback to provider 'codex' (provider 'claude' paused by ")
+            && why.contains("quota"),
+        "{why}"
+    );
+    // A task that does not allow it waits for its own provider, and says so.
+    assert_eq!(status_of(&client, waits).await, "pending");
+    let show = db.run(&["show", &waits.to_string()]);
+    assert!(
+        show.ok().contains("waiting: provider 'claude' paused by "),
+        "{show:#?}"
+    );
+    db.run(&["resume", "--provider", "claude"]).ok();
+    wait_status(&client, waits, "completed").await;
+    assert_eq!(
+        result_of(&client, waits).await,
+        (
+            "JR_PROVIDER=claude".to_string(),
+            Some("w_claude".to_string())
+        )
+    );
+}
+
+/// The health of a worker whose attempts fail falls, `jrq workers --json` shows why, and
+/// the monitor reports it once it is far below the fleet's median.
+#[tokio::test]
+async fn a_failing_worker_loses_health_and_the_monitor_reports_it() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let exec = common::test_executor();
+    let names = ["w_ok_1", "w_ok_2", "w_ok_3", "w_bad"];
+    let _workers: Vec<WorkerProc> = names
+        .iter()
+        .map(|n| worker(&db, n, "", "2", &exec))
+        .collect();
+    // A high circuit threshold keeps the failing worker taking its pinned tasks.
+    let _a = WorkerProc::assigner(
+        &db.url,
+        "assigner.health",
+        &[
+            "--poll-interval",
+            "200ms",
+            "--heartbeat-interval",
+            "1s",
+            "--circuit-failures",
+            "100",
+        ],
+    );
+    let mut ids = vec![];
+    for n in names {
+        let payload = if n == "w_bad" { r#"{"exit": 1}"# } else { "{}" };
+        for i in 0..6 {
+            ids.push(
+                client
+                    .query_one(
+                        "INSERT INTO jr_work_queue (title, target_jr, payload) \
+                         VALUES ($1, $2, $3::text::jsonb) RETURNING id",
+                        &[&format!("{n} {i}"), &n, &payload],
+                    )
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0),
+            );
+        }
+    }
+    wait_for(WAIT, "every task to finish", || async {
+        count(
+            &client,
+            "SELECT count(*) FROM jr_work_queue WHERE status IN ('completed', 'failed')",
+        )
+        .await
+            == 24
+    })
+    .await;
+    let fleet = db.run(&["workers", "--json"]).json();
+    let health = |name: &str| {
+        fleet
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["jr_name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {fleet:#}"))["health"]
+            .clone()
+    };
+    let bad = health("w_bad");
+    assert_eq!(bad["score"], 0, "{bad:#}");
+    assert_eq!(bad["inputs"]["recent"], "------", "{bad:#}");
+    assert_eq!(bad["inputs"]["consecutive_failures"], 6, "{bad:#}");
+    assert!(bad["inputs"]["last_success_age_s"].is_null(), "{bad:#}");
+    let good = health("w_ok_1");
+    assert_eq!(good["score"], 100, "{good:#}");
+    assert_eq!(good["inputs"]["recent"], "++++++", "{good:#}");
+    assert!(
+        (good["inputs"]["completed_1h"].as_f64().unwrap() - 6.0).abs() < 0.01,
+        "{good:#}"
+    );
+    let table = db.run(&["workers"]);
+    assert!(table.ok().contains("0 (0/6 ok)"), "{table:#?}");
+
+    let out = common::bin("jr-health-monitor")
+        .args(["--manager", "none", "--json"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:#?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["health_median"], 100.0, "{report:#}");
+    assert_eq!(
+        report["unhealthy_workers"],
+        serde_json::json!([["w_bad", 0]]),
+        "{report:#}"
+    );
+    assert!(
+        report["alerts"].as_array().unwrap().iter().any(|a| a
+            .as_str()
+            .unwrap()
+            .starts_with("worker 'w_bad' has health 0")),
+        "{report:#}"
+    );
+}

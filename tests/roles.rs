@@ -178,6 +178,9 @@ async fn every_program_works_under_its_own_group_end_to_end() {
     let args = [
         "--exec",
         &test_executor(),
+        // (Tasks without a provider go to any worker; codex is the fallback below.)
+        "--provider",
+        "codex",
         "--poll-interval",
         "100ms",
         "--heartbeat-interval",
@@ -252,6 +255,30 @@ async fn every_program_works_under_its_own_group_end_to_end() {
     jrq_as(&admin.url, &["pause", "--provider", "claude"]).ok();
     let list = jrq_as(&reader.url, &["providers", "list"]);
     assert!(list.ok().contains("claude"), "{list:#?}");
+    // Fallback: the admin login enqueues with fallback_ok, the assigner login reads it and
+    // writes the provider it routed under, the reader login reads both.
+    jrq_as(
+        &admin.url,
+        &["providers", "set", "claude", "--fallback", "codex"],
+    )
+    .ok();
+    let fell_back = enqueue(&[
+        "--title",
+        "fallback",
+        "--provider",
+        "claude",
+        "--fallback-ok",
+        "--payload",
+        r#"{"stdout_env": "JR_PROVIDER"}"#,
+    ]);
+    wait_status(&su, fell_back, "completed").await;
+    let show = jrq_as(&reader.url, &["show", &fell_back.to_string()]);
+    assert!(
+        show.ok().contains("claude (fallback allowed)") && show.ok().contains("JR_PROVIDER=codex"),
+        "{show:#?}"
+    );
+    let fleet = jrq_as(&reader.url, &["workers", "--json"]).json();
+    assert!(fleet[0]["health"]["score"].is_i64(), "{fleet:#}");
     assert!(jrq_as(&reader.url, &["status"]).ok().contains("held:"));
     jrq_as(&admin.url, &["resume", "--provider", "claude"]).ok();
     let long = r#"{"sleep": 300, "progress_every": 0.05}"#;
@@ -391,8 +418,8 @@ async fn every_program_works_under_its_own_group_end_to_end() {
     wait_status(&su, l2, "failed").await;
     let finished = tasks().await;
     let out = jrq_as(&admin.url, &["prune", "--older-than", "0s", "--json"]);
-    // Four of the flow above and the governor's two (quota, flaky).
-    assert_eq!(out.json()["tasks"], 6, "{out:#?} {finished}");
+    // Four of the flow above and the governor's three (quota, flaky, fallback).
+    assert_eq!(out.json()["tasks"], 7, "{out:#?} {finished}");
     let left: i64 = su
         .query_one("SELECT count(*) FROM jr_work_queue", &[])
         .await

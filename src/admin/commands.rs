@@ -101,6 +101,7 @@ fn read_enqueue_input(args: &EnqueueArgs) -> Result<EnqueueInput> {
     t.priority = args.priority;
     t.urgent = args.urgent;
     t.provider = args.provider.clone();
+    t.fallback_ok = args.fallback_ok;
     t.target = args.target.clone();
     t.run_id = args.run;
     t.max_attempts = args.max_attempts;

@@ -118,6 +118,7 @@ pub async fn resume(client: &Client, args: &ScopeArgs) -> Result<()> {
 pub fn waiting_reason(
     status: TaskStatus,
     provider: &str,
+    fallback_ok: bool,
     run: Option<uuid::Uuid>,
     rows: &[ProviderRow],
     pauses: &Pauses,
@@ -129,7 +130,20 @@ pub fn waiting_reason(
         return Some(format!("waiting: everything {}", p.describe()));
     }
     if let Some(p) = pauses.providers.get(provider) {
-        return Some(format!("waiting: provider '{provider}' {}", p.describe()));
+        let fallback = match pauses.fallbacks.get(provider) {
+            Some(f) if fallback_ok => format!(
+                "; it may go to {} meanwhile, when one of their workers is free",
+                f.iter()
+                    .map(|p| format!("'{p}'"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+            _ => String::new(),
+        };
+        return Some(format!(
+            "waiting: provider '{provider}' {}{fallback}",
+            p.describe()
+        ));
     }
     if let Some(p) = run.and_then(|r| pauses.runs.get(&r)) {
         return Some(format!("waiting: {} {}", p.what(), p.describe()));
@@ -178,6 +192,7 @@ pub async fn waiting(client: &Client, task: &crate::db::tasks::TaskRow) -> Resul
     Ok(waiting_reason(
         task.status,
         &task.provider,
+        task.fallback_ok,
         task.run_id,
         &rows,
         &pauses,

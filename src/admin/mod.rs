@@ -95,6 +95,11 @@ pub struct EnqueueArgs {
     /// Default: empty, any worker.
     #[arg(long, env = "JRQ_PROVIDER", default_value = "")]
     pub provider: String,
+    /// While its provider is paused, the task may go to the workers of that provider's
+    /// fallback providers (`jrq providers set P --fallback Q`); a payload with
+    /// "fallback": true does the same. Default: it waits for its own provider.
+    #[arg(long, env = "JRQ_FALLBACK_OK")]
+    pub fallback_ok: bool,
     /// Pin the task to one worker by name.
     #[arg(long, env = "JRQ_TARGET", value_parser = validate::parse_worker_name)]
     pub target: Option<String>,
@@ -124,7 +129,8 @@ pub struct EnqueueArgs {
     pub created_by: Option<String>,
     /// Read tasks as JSON lines from FILE ("-" for stdin), one object per line with fields
     /// named like these options (title, description, payload, priority, urgent, provider,
-    /// target, run, max_attempts, timeout, delay, run_at, unique_key, source, created_by).
+    /// fallback_ok, target, run, max_attempts, timeout, delay, run_at, unique_key, source,
+    /// created_by).
     #[arg(long, env = "JRQ_BATCH", value_name = "FILE", conflicts_with_all = ["title", "payload", "payload_file", "unique_key"])]
     pub batch: Option<PathBuf>,
     /// With --batch: insert the valid lines even when some are rejected. Default: a batch

@@ -223,6 +223,7 @@ impl Assigner {
                 // at most `capacity` at once.
                 capacity: c.capacity + c.prefetch.max(0),
                 run_id: c.run_id,
+                health: c.health,
             })
             .filter(|s| s.load < s.capacity && !pauses.workers.contains_key(&s.name))
             .collect();
@@ -256,7 +257,12 @@ impl Assigner {
         // Providers without room are left out of the pending query.
         providers.retain(|p| room.get(p).is_none_or(|r| *r > 0));
         for (name, p) in &pauses.providers {
-            out.held.push(format!("provider '{name}' {}", p.describe()));
+            let fallback = match pauses.fallbacks.get(name) {
+                Some(f) => format!(" (fallback: {})", f.join(", ")),
+                None => String::new(),
+            };
+            out.held
+                .push(format!("provider '{name}' {}{fallback}", p.describe()));
         }
         for (name, p) in &pauses.workers {
             out.held.push(format!("worker '{name}' {}", p.describe()));
@@ -310,11 +316,55 @@ impl Assigner {
             pending.extend(more.into_iter().filter(|t| !have.contains(&t.id)));
             pending.sort_by_key(|t| t.order);
         }
+        // Fallback: the tasks of paused providers that allow it, under the fallback
+        // providers that can take tasks now (a query only while such a pause is set).
+        let mut fallbacks: HashMap<String, tasks::Fallback> = HashMap::new();
+        for (paused, list) in &pauses.fallbacks {
+            let open: Vec<String> = list
+                .iter()
+                .filter(|f| providers.contains(f))
+                .cloned()
+                .collect();
+            if let (false, Some(p)) = (open.is_empty(), pauses.providers.get(paused)) {
+                let why = format!("provider '{paused}' {}", p.describe());
+                fallbacks.insert(
+                    paused.clone(),
+                    tasks::Fallback {
+                        providers: open,
+                        why,
+                    },
+                );
+            }
+        }
+        if !fallbacks.is_empty() {
+            let paused: Vec<String> = fallbacks.keys().cloned().collect();
+            let more = tasks::tasks_pending_fallback(
+                &txn,
+                stmts,
+                &paused,
+                &free_names,
+                &paused_runs,
+                batch,
+            )
+            .await?;
+            pending.extend(more.into_iter().map(|mut t| {
+                t.fallback = fallbacks.get(&t.provider).cloned();
+                t
+            }));
+            pending.sort_by_key(|t| t.order);
+        }
         let plan = plan::plan(&pending, &mut slots, &mut room, &mut self.rr);
-        let assigned: HashSet<i64> = plan.iter().map(|a| a.task_id).collect();
         let mut started: HashMap<&str, usize> = HashMap::new();
-        for t in pending.iter().filter(|t| assigned.contains(&t.id)) {
-            *started.entry(t.provider.as_str()).or_default() += 1;
+        let own: HashMap<i64, &str> = pending
+            .iter()
+            .map(|t| (t.id, t.provider.as_str()))
+            .collect();
+        for a in &plan {
+            let provider = match &a.routed_provider {
+                Some(p) => p.as_str(),
+                None => own.get(&a.task_id).copied().unwrap_or(""),
+            };
+            *started.entry(provider).or_default() += 1;
         }
         let spent: Vec<(String, f64)> = budgets
             .iter()

@@ -9,15 +9,23 @@
 //! - **capacity**: only workers with `load < capacity` (load = assigned + running).
 //! - **provider budget**: a provider with a fleet-wide limit (`jr_providers`) gets at most
 //!   its room this round (what its running limit and its start rate leave).
+//! - **fallback**: a task of a paused provider that allows fallback goes under the first
+//!   of its provider's fallback providers that has room and a worker for it (its limits
+//!   count the task).
 //! - **failover**: a worker an earlier attempt failed on is taken only when no other
 //!   worker that can serve the task has room.
-//! - among those, the **least loaded** by `load / capacity`; ties go round-robin.
+//! - among those, the **least loaded** by `load / capacity`; on equal load a worker
+//!   healthier by more than [`HEALTH_MARGIN`] points; then round-robin.
 
 use std::collections::HashMap;
 
 use uuid::Uuid;
 
 use crate::db::tasks::{Assignment, PendingTask};
+
+/// How many points healthier a worker must be to win a tie on load (smaller differences
+/// are noise: the round-robin spreads the load among them).
+pub const HEALTH_MARGIN: i32 = 10;
 
 /// A worker that may take tasks this round.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +36,8 @@ pub struct Slot {
     /// Tasks assigned to or running on it (grows as this round assigns).
     pub load: i32,
     pub run_id: Option<Uuid>,
+    /// Its health score (0–100).
+    pub health: i32,
 }
 
 impl Slot {
@@ -35,8 +45,9 @@ impl Slot {
         self.load < self.capacity
     }
 
-    fn serves(&self, t: &PendingTask) -> bool {
-        let provider = t.provider.is_empty() || self.providers.contains(&t.provider);
+    /// Whether it can take `t` under `provider` (the task's own, or a fallback).
+    fn serves(&self, t: &PendingTask, provider: &str) -> bool {
+        let provider = provider.is_empty() || self.providers.iter().any(|p| p == provider);
         let run = match t.run_id {
             Some(r) => self.run_id.is_none() || self.run_id == Some(r),
             None => self.run_id.is_none(),
@@ -67,40 +78,35 @@ pub fn plan(
         return out;
     }
     for t in tasks {
-        if room.get(&t.provider).is_some_and(|r| *r <= 0) {
-            continue;
-        }
-        let mut best: Option<usize> = None;
-        for k in 0..n {
-            let i = (*rr + k) % n;
-            let s = &slots[i];
-            if !s.free() || !s.serves(t) {
+        // The providers it may go under: its own, or (its own paused) its fallbacks.
+        let own = [t.provider.clone()];
+        let routes: &[String] = match &t.fallback {
+            Some(f) => &f.providers,
+            None => &own,
+        };
+        let mut pick: Option<(usize, &str)> = None;
+        for route in routes {
+            if room.get(route).is_some_and(|r| *r <= 0) {
                 continue;
             }
-            let avoided = |x: &Slot| t.avoid.contains(&x.name);
-            let better = match best {
-                None => true,
-                Some(b) => match (avoided(s), avoided(&slots[b])) {
-                    (false, true) => true,
-                    (true, false) => false,
-                    _ => s.less_loaded_than(&slots[b]),
-                },
-            };
-            if better {
-                best = Some(i);
+            if let Some(i) = best_slot(t, route, slots, *rr) {
+                pick = Some((i, route));
+                break;
             }
         }
-        let Some(i) = best else { continue };
+        let Some((i, route)) = pick else { continue };
         let s = &mut slots[i];
-        let reason = match &t.target {
+        let mut reason = match &t.target {
             Some(_) => format!("pinned (load {}/{})", s.load, s.capacity),
-            None if !t.provider.is_empty() => format!(
-                "least loaded serving provider '{}' (load {}/{})",
-                t.provider, s.load, s.capacity
+            None if !route.is_empty() => format!(
+                "least loaded serving provider '{route}' (load {}/{})",
+                s.load, s.capacity
             ),
             None => format!("least loaded (load {}/{})", s.load, s.capacity),
         };
-        let mut reason = reason;
+        if let Some(f) = &t.fallback {
+            reason = format!("fallback to provider '{route}' ({}): {reason}", f.why);
+        }
         let others: Vec<&str> = t
             .avoid
             .iter()
@@ -115,16 +121,50 @@ pub fn plan(
         }
         s.load += 1;
         *rr = (i + 1) % n;
-        if let Some(r) = room.get_mut(&t.provider) {
+        if let Some(r) = room.get_mut(route) {
             *r -= 1;
         }
         out.push(Assignment {
             task_id: t.id,
             worker: s.name.clone(),
             reason,
+            routed_provider: (route != t.provider).then(|| route.to_string()),
         });
     }
     out
+}
+
+/// The worker for `t` under `provider`: free and serving it; one an earlier attempt did
+/// not fail on before one it did; then the least loaded; then the healthier by more than
+/// [`HEALTH_MARGIN`]; then the first from the round-robin cursor `rr`.
+fn best_slot(t: &PendingTask, provider: &str, slots: &[Slot], rr: usize) -> Option<usize> {
+    let n = slots.len();
+    let avoided = |x: &Slot| t.avoid.contains(&x.name);
+    let mut best: Option<usize> = None;
+    for k in 0..n {
+        let i = (rr + k) % n;
+        let s = &slots[i];
+        if !s.free() || !s.serves(t, provider) {
+            continue;
+        }
+        let better = match best {
+            None => true,
+            Some(b) => {
+                let b = &slots[b];
+                match (avoided(s), avoided(b)) {
+                    (false, true) => true,
+                    (true, false) => false,
+                    _ if s.less_loaded_than(b) => true,
+                    _ if b.less_loaded_than(s) => false,
+                    _ => s.health > b.health + HEALTH_MARGIN,
+                }
+            }
+        };
+        if better {
+            best = Some(i);
+        }
+    }
+    best
 }
 
 #[cfg(test)]
@@ -138,6 +178,7 @@ mod tests {
             capacity,
             load,
             run_id: None,
+            health: 100,
         }
     }
 
@@ -149,6 +190,7 @@ mod tests {
             run_id: None,
             avoid: vec![],
             order: (false, 5, chrono::DateTime::UNIX_EPOCH, id),
+            fallback: None,
         }
     }
 
@@ -190,6 +232,72 @@ mod tests {
         let a = plan(&tasks, &mut slots, &mut room, &mut 0);
         assert_eq!(by_worker(&a), [(1, "a"), (3, "a"), (5, "a")]);
         assert_eq!(room["claude"], 0);
+    }
+
+    #[test]
+    fn a_paused_providers_task_falls_back_in_order_and_spends_the_fallbacks_room() {
+        let mut t = task(1, "claude", None);
+        t.fallback = Some(crate::db::tasks::Fallback {
+            providers: vec!["codex".into(), "ollama".into()],
+            why: "provider 'claude' paused".into(),
+        });
+        let mut t2 = t.clone();
+        t2.id = 2;
+        let mut slots = vec![
+            slot("c", &["claude"], 4, 0),
+            slot("x", &["codex"], 4, 0),
+            slot("o", &["ollama"], 4, 0),
+        ];
+        // codex has room for one: the second goes to ollama.
+        let mut room = HashMap::from([("codex".to_string(), 1)]);
+        let a = plan(&[t, t2], &mut slots, &mut room, &mut 0);
+        assert_eq!(by_worker(&a), [(1, "x"), (2, "o")]);
+        assert_eq!(a[0].routed_provider.as_deref(), Some("codex"));
+        assert_eq!(a[1].routed_provider.as_deref(), Some("ollama"));
+        assert!(
+            a[0].reason
+                .starts_with("fallback to provider 'codex' (provider 'claude' paused)"),
+            "{}",
+            a[0].reason
+        );
+        assert_eq!(room["codex"], 0);
+        // A task under its own provider has no routed provider.
+        let a = plan(&[task(3, "claude", None)], &mut slots, &mut room, &mut 0);
+        assert_eq!(by_worker(&a), [(3, "c")]);
+        assert_eq!(a[0].routed_provider, None);
+    }
+
+    #[test]
+    fn on_equal_load_the_clearly_healthier_worker_wins() {
+        let mut slots = vec![slot("a", &[], 4, 1), slot("b", &[], 4, 1)];
+        slots[0].health = 40;
+        let a = plan(
+            &[task(1, "", None)],
+            &mut slots,
+            &mut HashMap::new(),
+            &mut 0,
+        );
+        assert_eq!(by_worker(&a), [(1, "b")]);
+        // Within the margin it is a tie: round-robin from the cursor.
+        let mut slots = vec![slot("a", &[], 4, 1), slot("b", &[], 4, 1)];
+        slots[0].health = 100 - HEALTH_MARGIN;
+        let a = plan(
+            &[task(1, "", None)],
+            &mut slots,
+            &mut HashMap::new(),
+            &mut 0,
+        );
+        assert_eq!(by_worker(&a), [(1, "a")]);
+        // Load comes first.
+        let mut slots = vec![slot("a", &[], 4, 0), slot("b", &[], 4, 1)];
+        slots[0].health = 10;
+        let a = plan(
+            &[task(1, "", None)],
+            &mut slots,
+            &mut HashMap::new(),
+            &mut 0,
+        );
+        assert_eq!(by_worker(&a), [(1, "a")]);
     }
 
     #[test]

@@ -18,7 +18,8 @@ pub struct ProviderRow {
     pub max_running: Option<i32>,
     pub max_starts_per_minute: Option<i32>,
     pub fallback: Vec<String>,
-    /// Its tasks assigned + in progress now.
+    /// Tasks assigned + in progress under it now (its own, and others' routed to it by
+    /// fallback).
     pub running: i64,
     /// Its tasks pending now.
     pub pending: i64,
@@ -107,11 +108,12 @@ pub async fn providers_list(client: &impl GenericClient) -> Result<Vec<ProviderR
                      WHERE provider <> '' AND status IN ('pending', 'assigned', 'in_progress') \
                  UNION SELECT DISTINCT unnest(providers) FROM jr_status WHERE kind = 'worker'), \
              counts AS ( \
-                 SELECT provider, \
+                 SELECT CASE WHEN status = 'pending' THEN provider \
+                         ELSE coalesce(routed_provider, provider) END AS provider, \
                      count(*) FILTER (WHERE status IN ('assigned', 'in_progress')) AS running, \
                      count(*) FILTER (WHERE status = 'pending') AS pending \
                  FROM jr_work_queue WHERE status IN ('pending', 'assigned', 'in_progress') \
-                 GROUP BY provider) \
+                 GROUP BY 1) \
              SELECT n.name, p.max_running, p.max_starts_per_minute, \
                  coalesce(p.fallback, '{}'), coalesce(c.running, 0), coalesce(c.pending, 0), \
                  coalesce(p.updated_by, ''), coalesce(p.updated_at, now()) \
@@ -280,6 +282,8 @@ pub struct Pauses {
     pub providers: HashMap<String, Pause>,
     pub runs: HashMap<Uuid, Pause>,
     pub workers: HashMap<String, Pause>,
+    /// The fallback providers of each paused provider that has some (jr_providers).
+    pub fallbacks: HashMap<String, Vec<String>>,
 }
 
 impl Pauses {
@@ -305,8 +309,11 @@ pub async fn pauses_active(client: &impl GenericClient, stmts: &Statements) -> R
     let stmt = stmts
         .get(
             client,
-            "SELECT scope, target, until, reason, set_by, set_at FROM jr_pauses \
-             WHERE until IS NULL OR until > now() ORDER BY scope, target",
+            "SELECT p.scope, p.target, p.until, p.reason, p.set_by, p.set_at, \
+                 coalesce(r.fallback, '{}') \
+             FROM jr_pauses p \
+                 LEFT JOIN jr_providers r ON p.scope = 'provider' AND r.name = p.target \
+             WHERE p.until IS NULL OR p.until > now() ORDER BY p.scope, p.target",
         )
         .await?;
     let mut out = Pauses::default();
@@ -322,6 +329,10 @@ pub async fn pauses_active(client: &impl GenericClient, stmts: &Statements) -> R
         match p.scope.as_str() {
             "all" => out.all = Some(p),
             "provider" => {
+                let fallback: Vec<String> = r.get(6);
+                if !fallback.is_empty() {
+                    out.fallbacks.insert(p.target.clone(), fallback);
+                }
                 out.providers.insert(p.target.clone(), p);
             }
             "run" => {

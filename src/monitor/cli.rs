@@ -53,6 +53,11 @@ pub struct MonitorArgs {
     /// Alert above this memory use, in percent. Range: 0 to 100.
     #[arg(long, env = "JRQ_MAX_MEMORY", default_value_t = super::DEFAULT_MAX_MEMORY * 100.0)]
     pub max_memory: f64,
+    /// Alert when a worker's health score (0-100, see `jrq workers`) is this many points
+    /// or more below the median of the alive workers. Compared only with 5 or more
+    /// recorded attempts and 3 or more such workers. Range: 1 to 100.
+    #[arg(long, env = "JRQ_HEALTH_GAP", default_value_t = super::DEFAULT_HEALTH_GAP)]
+    pub health_gap: f64,
     /// Which systemd manager restarts local units: user, system, none.
     #[arg(long, env = "JRQ_MANAGER", value_enum, default_value = "user")]
     pub manager: Manager,
@@ -114,6 +119,14 @@ impl MonitorArgs {
                 }
             },
             max_memory: share("--max-memory", args.max_memory)?,
+            health_gap: match args.health_gap {
+                x if (1.0..=100.0).contains(&x) => x,
+                x => {
+                    return Err(Error::usage(format!(
+                        "--health-gap {x} is out of range: give 1 to 100 points"
+                    )))
+                }
+            },
             manager: args.manager,
             systemctl: args.systemctl.clone(),
             ..Default::default()
@@ -188,5 +201,6 @@ mod tests {
             )
         );
         assert_eq!((cfg.manager, cfg.systemctl), (d.manager, d.systemctl));
+        assert_eq!(cfg.health_gap, d.health_gap);
     }
 }

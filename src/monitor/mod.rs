@@ -45,6 +45,14 @@ pub const DEFAULT_MAX_DEAD_TUPLES: i64 = 1_000_000;
 pub const DEFAULT_MAX_LOAD_PER_CORE: f64 = 3.0;
 /// Alert: memory in use above this share.
 pub const DEFAULT_MAX_MEMORY: f64 = 0.9;
+/// Alert: a worker whose health score is this many points or more below the fleet's
+/// median (see [`crate::db::workers::health`]).
+pub const DEFAULT_HEALTH_GAP: f64 = 30.0;
+/// A worker is compared with the fleet only with at least this many of its last attempts
+/// recorded, and only in a fleet of at least [`HEALTH_MIN_FLEET`] such workers.
+pub const HEALTH_MIN_ATTEMPTS: usize = 5;
+/// The smallest fleet whose median means something.
+pub const HEALTH_MIN_FLEET: usize = 3;
 
 /// The advisory lock a monitor round holds ("jrq_moni" in ASCII).
 const MONITOR_LOCK_KEY: i64 = 0x6a72_715f_6d6f_6e69;
@@ -78,6 +86,8 @@ pub struct MonitorConfig {
     pub max_dead_tuples: i64,
     pub max_load_per_core: f64,
     pub max_memory: f64,
+    /// Points below the fleet's median health that raise an alert.
+    pub health_gap: f64,
     pub manager: Manager,
     /// The systemctl program.
     pub systemctl: PathBuf,
@@ -101,6 +111,7 @@ impl Default for MonitorConfig {
             max_dead_tuples: DEFAULT_MAX_DEAD_TUPLES,
             max_load_per_core: DEFAULT_MAX_LOAD_PER_CORE,
             max_memory: DEFAULT_MAX_MEMORY,
+            health_gap: DEFAULT_HEALTH_GAP,
             manager: Manager::User,
             systemctl: PathBuf::from("systemctl"),
             host: crate::host::hostname(),
@@ -144,6 +155,10 @@ pub struct Report {
     pub dead_tuples: i64,
     pub load_per_core: Option<f64>,
     pub memory_used: Option<f64>,
+    /// The median health score of the alive workers with enough recorded attempts.
+    pub health_median: Option<f64>,
+    /// Alive workers far below that median: (name, score).
+    pub unhealthy_workers: Vec<(String, i32)>,
     /// Thresholds crossed, one line each.
     pub alerts: Vec<String>,
 }
@@ -245,6 +260,8 @@ impl Monitor {
         r.dead_tuples = health.dead_tuples;
         r.load_per_core = load_per_core();
         r.memory_used = memory_used();
+        let fleet = workers::health::workers_health(client, cfg.dead_after).await?;
+        (r.health_median, r.unhealthy_workers) = far_below_median(&fleet, cfg.health_gap);
 
         // The orchestrator-down check: work waits and no assigner is alive.
         let ready_pending = summary
@@ -335,6 +352,16 @@ impl Monitor {
                 ));
             }
         }
+        if let Some(median) = r.health_median {
+            for (name, score) in &r.unhealthy_workers {
+                r.alerts.push(format!(
+                    "worker '{name}' has health {score}, far below the fleet's median \
+                     {median:.0} (threshold {:.0} points below): `jrq workers` shows its \
+                     recent outcomes",
+                    cfg.health_gap
+                ));
+            }
+        }
         for x in &r.restarts {
             if !x.ok {
                 r.alerts
@@ -398,6 +425,33 @@ impl Monitor {
             detail,
         }
     }
+}
+
+/// The median health of the workers with at least [`HEALTH_MIN_ATTEMPTS`] recorded
+/// attempts (when there are [`HEALTH_MIN_FLEET`] or more), and those of them `gap` points
+/// or more below it.
+pub fn far_below_median(
+    fleet: &[(String, workers::health::Health)],
+    gap: f64,
+) -> (Option<f64>, Vec<(String, i32)>) {
+    let known: Vec<&(String, workers::health::Health)> = fleet
+        .iter()
+        .filter(|(_, h)| {
+            let (ok, failed) = h.inputs.recent_counts();
+            ok + failed >= HEALTH_MIN_ATTEMPTS
+        })
+        .collect();
+    if known.len() < HEALTH_MIN_FLEET {
+        return (None, vec![]);
+    }
+    let scores: Vec<i32> = known.iter().map(|(_, h)| h.score).collect();
+    let median = workers::health::median(&scores);
+    let low = known
+        .iter()
+        .filter(|(_, h)| median.is_some_and(|m| f64::from(h.score) <= m - gap))
+        .map(|(n, h)| (n.clone(), h.score))
+        .collect();
+    (median, low)
 }
 
 /// The systemd unit of a registry row.

@@ -51,6 +51,22 @@ pub fn render_text(r: &Report) -> String {
     for x in &r.restarts {
         let _ = writeln!(s, "restart:    {}: {}", x.unit, x.detail);
     }
+    if let Some(m) = r.health_median {
+        let low: Vec<String> = r
+            .unhealthy_workers
+            .iter()
+            .map(|(n, h)| format!("{n} {h}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "worker health: median {m:.0}{}",
+            if low.is_empty() {
+                String::new()
+            } else {
+                format!(", far below it: {}", low.join(", "))
+            }
+        );
+    }
     let _ = writeln!(
         s,
         "postgres:   notification queue {:.1} %, {} dead rows in jr_work_queue",
@@ -136,6 +152,18 @@ pub fn render_prometheus(r: &Report) -> String {
         "jrq_queue_dead_tuples",
         "Dead row versions in jr_work_queue.",
         &[(String::new(), r.dead_tuples as f64)],
+    );
+    if let Some(m) = r.health_median {
+        gauge(
+            "jrq_worker_health_median",
+            "Median health score (0-100) of the alive workers with enough recorded attempts.",
+            &[(String::new(), m)],
+        );
+    }
+    gauge(
+        "jrq_workers_unhealthy",
+        "Alive workers whose health is far below the fleet's median.",
+        &[(String::new(), r.unhealthy_workers.len() as f64)],
     );
     gauge(
         "jrq_health_alerts",

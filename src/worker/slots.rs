@@ -95,6 +95,7 @@ impl Slots {
             t.attempt,
             t.max_attempts,
             t.run_id,
+            t.provider.clone(),
             cfg.name.clone(),
             instance,
             t.timeout,

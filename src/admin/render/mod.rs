@@ -328,14 +328,23 @@ pub fn show(task: &TaskRow, events: &[EventRow], waiting: Option<&str>, json: bo
             ""
         }
     );
-    say!(
-        "  provider:     {}",
-        if task.provider.is_empty() {
-            "any"
-        } else {
-            &task.provider
-        }
+    let mut provider = if task.provider.is_empty() {
+        "any".to_string()
+    } else {
+        task.provider.clone()
+    };
+    if task.fallback_ok {
+        provider.push_str(" (fallback allowed)");
+    }
+    // Only an assignment that holds now went under it; a pending task's is history.
+    let holds = matches!(
+        task.status,
+        crate::task::TaskStatus::Assigned | crate::task::TaskStatus::InProgress
     );
+    if let (true, Some(r)) = (holds, &task.routed_provider) {
+        provider.push_str(&format!(", routed to '{r}' by fallback"));
+    }
+    say!("  provider:     {}", provider);
     say!("  target:       {}", opt(&task.target_jr));
     say!("  worker:       {}", opt(&task.assigned_jr));
     say!(
@@ -464,6 +473,16 @@ struct WorkerJson<'a> {
     paused: Option<&'a crate::db::providers::Pause>,
 }
 
+/// "92 (18/20 ok)": the score and the last attempts it counts (`--json` has every input).
+fn health_cell(h: &crate::db::workers::health::Health) -> String {
+    let (ok, failed) = h.inputs.recent_counts();
+    if ok + failed == 0 {
+        format!("{} (no attempts yet)", h.score)
+    } else {
+        format!("{} ({ok}/{} ok)", h.score, ok + failed)
+    }
+}
+
 pub fn workers(
     rows: &[WorkerRow],
     pauses: &crate::db::providers::Pauses,
@@ -493,6 +512,7 @@ pub fn workers(
         "pid",
         "last seen",
         "circuit",
+        "health",
     ]);
     for r in rows {
         // Not alive: 'lost' (waiting for its host's monitor to restart it) or offline.
@@ -539,6 +559,10 @@ pub fn workers(
                 r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 age(r.last_seen),
                 circuit,
+                r.health
+                    .as_ref()
+                    .map(health_cell)
+                    .unwrap_or_else(|| "-".into()),
             ],
         );
     }

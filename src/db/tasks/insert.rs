@@ -109,6 +109,7 @@ async fn insert_chunk(
     let mut urgent = Vec::with_capacity(n);
     let mut payload = Vec::with_capacity(n);
     let mut provider = Vec::with_capacity(n);
+    let mut fallback_ok = Vec::with_capacity(n);
     let mut target = Vec::with_capacity(n);
     let mut run_id = Vec::with_capacity(n);
     let mut max_attempts = Vec::with_capacity(n);
@@ -127,6 +128,7 @@ async fn insert_chunk(
         urgent.push(t.urgent);
         payload.push(&t.payload);
         provider.push(t.provider.as_str());
+        fallback_ok.push(t.fallback_ok);
         target.push(t.target.as_deref());
         run_id.push(t.run_id);
         max_attempts.push(t.max_attempts);
@@ -151,15 +153,17 @@ async fn insert_chunk(
     // The ON CONFLICT predicate is the unique index's (jr_work_queue_unique_key_idx).
     let sql = "INSERT INTO jr_work_queue (title, description, source, created_by, priority, \
              sacred_fire_priority, payload, provider, target_jr, run_id, max_attempts, \
-             timeout, run_after, unique_key) \
+             timeout, run_after, unique_key, fallback_ok) \
          SELECT title, description, source, created_by, priority, urgent, payload, provider, \
              target, run_id, max_attempts, timeout_ms * interval '1 millisecond', \
-             COALESCE(run_at, now() + delay_ms * interval '1 millisecond'), unique_key \
+             COALESCE(run_at, now() + delay_ms * interval '1 millisecond'), unique_key, \
+             fallback_ok \
          FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
              $7::bool[], $8::jsonb[], $9::text[], $10::text[], $11::uuid[], $12::int4[], \
-             $13::int8[], $14::int8[], $15::timestamptz[], $16::text[]) \
+             $13::int8[], $14::int8[], $15::timestamptz[], $16::text[], $17::bool[]) \
              AS u(ord, title, description, source, created_by, priority, urgent, payload, \
-                  provider, target, run_id, max_attempts, timeout_ms, delay_ms, run_at, unique_key) \
+                  provider, target, run_id, max_attempts, timeout_ms, delay_ms, run_at, \
+                  unique_key, fallback_ok) \
          ORDER BY ord \
          ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
              AND status IN ('pending', 'assigned', 'in_progress') \
@@ -185,6 +189,7 @@ async fn insert_chunk(
                 &delay_ms,
                 &run_at,
                 &unique_key,
+                &fallback_ok,
             ],
         )
         .await

@@ -27,6 +27,8 @@ pub struct ClaimedTask {
     pub attempt: i32,
     pub max_attempts: i32,
     pub run_id: Option<Uuid>,
+    /// The provider to use: the task's own, or the fallback provider it was routed to
+    /// (`routed_provider`, migrations/V10).
     pub provider: String,
     pub timeout: Duration,
 }

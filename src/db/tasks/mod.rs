@@ -94,6 +94,10 @@ pub struct TaskRow {
     pub unique_key: Option<String>,
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// May go to a fallback provider while its own is paused.
+    pub fallback_ok: bool,
+    /// The fallback provider its last assignment went under (None: its own).
+    pub routed_provider: Option<String>,
 }
 
 impl TaskRow {
@@ -130,6 +134,8 @@ impl TaskRow {
             unique_key: r.get("unique_key"),
             cancel_requested_at: r.get("cancel_requested_at"),
             updated_at: r.get("updated_at"),
+            fallback_ok: r.get("fallback_ok"),
+            routed_provider: r.get("routed_provider"),
         }
     }
 }
@@ -245,7 +251,8 @@ pub async fn tasks_get(client: &impl GenericClient, id: i64) -> Result<Option<Ta
                  sacred_fire_priority, status, assigned_jr, created_at, assigned_at, started_at, \
                  completed_at, progress_percent, payload, provider, target_jr, run_id, attempts, \
                  max_attempts, (extract(epoch FROM timeout) * 1000)::int8 AS timeout_ms, \
-                 run_after, result, error, unique_key, cancel_requested_at, updated_at \
+                 run_after, result, error, unique_key, cancel_requested_at, updated_at, \
+                 fallback_ok, routed_provider \
              FROM jr_work_queue WHERE id = $1",
             &[&id],
         )

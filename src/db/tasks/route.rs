@@ -22,6 +22,40 @@ pub struct PendingTask {
     pub avoid: Vec<String>,
     /// Its place in the order of service: (urgent first, priority, created, id).
     pub order: (bool, i32, chrono::DateTime<chrono::Utc>, i64),
+    /// Set while its own provider is paused and it allows fallback: the providers it may
+    /// go to instead, in order.
+    pub fallback: Option<Fallback>,
+}
+
+/// Where a task of a paused provider may go instead, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    pub providers: Vec<String>,
+    /// "provider 'claude' paused until … (rate-limited by …)".
+    pub why: String,
+}
+
+/// The routing query, with an extra condition (a literal).
+macro_rules! pending_sql {
+    ($extra:literal) => {
+        concat!(
+            "SELECT id, provider, target_jr, run_id, \
+                 CASE WHEN attempts > 0 THEN ARRAY( \
+                     SELECT DISTINCT e.worker FROM jr_task_events e \
+                     WHERE e.task_id = jr_work_queue.id AND e.worker IS NOT NULL \
+                       AND e.action IN ('retry_scheduled', 'rescued')) \
+                 ELSE '{}' END, \
+                 NOT sacred_fire_priority, priority, created_at \
+             FROM jr_work_queue \
+             WHERE status = 'pending' AND run_after <= now() ",
+            $extra,
+            " AND (($5 AND provider = '') OR provider = ANY($1)) \
+               AND (target_jr IS NULL OR target_jr = ANY($2)) \
+               AND (run_id IS NULL OR NOT run_id = ANY($4)) \
+             ORDER BY sacred_fire_priority DESC, priority, created_at, id \
+             LIMIT $3 FOR UPDATE SKIP LOCKED"
+        )
+    };
 }
 
 /// Takes up to `limit` ready pending tasks in the order of service of the `providers`
@@ -37,25 +71,47 @@ pub async fn tasks_pending_for_routing(
     paused_runs: &[Uuid],
     limit: i64,
 ) -> Result<Vec<PendingTask>> {
-    let stmt = stmts
-        .get(
-            client,
-            "SELECT id, provider, target_jr, run_id, \
-                 CASE WHEN attempts > 0 THEN ARRAY( \
-                     SELECT DISTINCT e.worker FROM jr_task_events e \
-                     WHERE e.task_id = jr_work_queue.id AND e.worker IS NOT NULL \
-                       AND e.action IN ('retry_scheduled', 'rescued')) \
-                 ELSE '{}' END, \
-                 NOT sacred_fire_priority, priority, created_at \
-             FROM jr_work_queue \
-             WHERE status = 'pending' AND run_after <= now() \
-               AND (($5 AND provider = '') OR provider = ANY($1)) \
-               AND (target_jr IS NULL OR target_jr = ANY($2)) \
-               AND (run_id IS NULL OR NOT run_id = ANY($4)) \
-             ORDER BY sacred_fire_priority DESC, priority, created_at, id \
-             LIMIT $3 FOR UPDATE SKIP LOCKED",
-        )
-        .await?;
+    pending(
+        client,
+        stmts,
+        pending_sql!(""),
+        (providers, with_unprovided, workers, paused_runs, limit),
+    )
+    .await
+}
+
+/// As [`tasks_pending_for_routing`], the tasks of the (paused) `providers` that allow
+/// fallback (`fallback_ok`, migrations/V10: few, and indexed).
+pub async fn tasks_pending_fallback(
+    client: &impl GenericClient,
+    stmts: &Statements,
+    providers: &[String],
+    workers: &[String],
+    paused_runs: &[Uuid],
+    limit: i64,
+) -> Result<Vec<PendingTask>> {
+    pending(
+        client,
+        stmts,
+        pending_sql!("AND fallback_ok"),
+        (providers, false, workers, paused_runs, limit),
+    )
+    .await
+}
+
+async fn pending(
+    client: &impl GenericClient,
+    stmts: &Statements,
+    sql: &'static str,
+    (providers, with_unprovided, workers, paused_runs, limit): (
+        &[String],
+        bool,
+        &[String],
+        &[Uuid],
+        i64,
+    ),
+) -> Result<Vec<PendingTask>> {
+    let stmt = stmts.get(client, sql).await?;
     let rows = client
         .query(
             &stmt,
@@ -71,6 +127,7 @@ pub async fn tasks_pending_for_routing(
             run_id: r.get(3),
             avoid: r.get(4),
             order: (r.get(5), r.get(6), r.get(7), r.get(0)),
+            fallback: None,
         })
         .collect())
 }
@@ -82,10 +139,14 @@ pub struct Assignment {
     pub worker: String,
     /// Why this worker (recorded in the event): "least loaded (1/4)", "pinned", ...
     pub reason: String,
+    /// The provider it goes under when that is not the task's own (fallback), written as
+    /// `routed_provider` (migrations/V10).
+    pub routed_provider: Option<String>,
 }
 
 /// Writes assignments in one statement: pending → assigned, one `assigned` event each
-/// (by `actor`, with the reason), and one notification per worker (payload: its name),
+/// (by `actor`, with the reason; the provider it went under when that is a fallback), and
+/// one notification per worker (payload: its name),
 /// delivered when the transaction commits; `spent` sets the token buckets of the
 /// providers whose tasks started (the tokens left). Returns how many were written.
 pub async fn tasks_assign(
@@ -101,6 +162,10 @@ pub async fn tasks_assign(
     let ids: Vec<i64> = assignments.iter().map(|a| a.task_id).collect();
     let workers: Vec<&str> = assignments.iter().map(|a| a.worker.as_str()).collect();
     let reasons: Vec<&str> = assignments.iter().map(|a| a.reason.as_str()).collect();
+    let routed: Vec<Option<&str>> = assignments
+        .iter()
+        .map(|a| a.routed_provider.as_deref())
+        .collect();
     let (names, tokens): (Vec<&str>, Vec<f64>) =
         spent.iter().map(|(n, t)| (n.as_str(), *t)).unzip();
     let stmt = stmts.get(client, ASSIGN_SQL).await?;
@@ -115,6 +180,7 @@ pub async fn tasks_assign(
                 &CHANNEL_WORKER,
                 &names,
                 &tokens,
+                &routed,
             ],
         )
         .await?;
@@ -122,11 +188,11 @@ pub async fn tasks_assign(
 }
 
 const ASSIGN_SQL: &str = "WITH a AS ( \
-                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[]) \
-                 AS a(id, worker, reason)), \
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $8::text[]) \
+                 AS a(id, worker, reason, routed)), \
              upd AS ( \
                  UPDATE jr_work_queue q SET status = 'assigned', assigned_jr = a.worker, \
-                     assigned_at = now(), updated_at = now() \
+                     assigned_at = now(), routed_provider = a.routed, updated_at = now() \
                  FROM a WHERE q.id = a.id AND q.status = 'pending' \
                  RETURNING q.id, a.worker, a.reason, q.attempts), \
              ev AS ( \

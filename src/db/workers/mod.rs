@@ -11,6 +11,7 @@ use crate::db::tasks::{duration_ms, Rescued};
 use crate::db::Statements;
 use crate::error::Result;
 
+pub mod health;
 mod host;
 mod route;
 
@@ -103,6 +104,9 @@ pub struct WorkerRow {
     pub tasks_completed: i64,
     pub tasks_failed: i64,
     pub status_text: String,
+    /// Workers only: the health score and its inputs ([`health`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<health::Health>,
 }
 
 /// Lists the registry, workers first, by name.
@@ -122,7 +126,9 @@ pub async fn workers_list(
                     status, run_id, started_at, last_seen, \
                     extract(epoch FROM now() - last_seen)::float8, consecutive_failures, \
                     CASE WHEN circuit_open_until > now() THEN circuit_open_until END, \
-                    circuit_reason, tasks_completed, tasks_failed, status_text \
+                    circuit_reason, tasks_completed, tasks_failed, status_text, \
+                    health_ok, health_failed, extract(epoch FROM now() - health_at)::float8, \
+                    recent_outcomes, extract(epoch FROM now() - last_success_at)::float8 \
              FROM jr_status w ORDER BY kind DESC, jr_name",
             &[&duration_ms(online_threshold)],
         )
@@ -151,6 +157,18 @@ pub async fn workers_list(
             tasks_completed: r.get(18),
             tasks_failed: r.get(19),
             status_text: r.get(20),
+            health: (r.get::<_, String>(1) == "worker").then(|| {
+                health::HealthInputs::from_stored(
+                    r.get(21),
+                    r.get(22),
+                    r.get(23),
+                    r.get(24),
+                    r.get(25),
+                    r.get(15),
+                    r.get::<_, Option<DateTime<Utc>>>(16).is_some(),
+                )
+                .health()
+            }),
         })
         .collect())
 }

@@ -29,6 +29,8 @@ pub struct Candidate {
     pub capacity: i32,
     pub prefetch: i32,
     pub run_id: Option<Uuid>,
+    /// Its health score (0–100), the tie-breaker after load.
+    pub health: i32,
 }
 
 /// Advisory lock namespace of the per-worker routing locks ("jrq" in ASCII: 6976113, the
@@ -40,14 +42,18 @@ pub const ROUTING_LOCK_CLASS: i32 = 0x006a_7271;
 /// lock would make the worker's own writes to its registry row (outcome counters,
 /// heartbeats) wait for the assigner's round, and the two would take turns.
 const CANDIDATES_SQL: &str = "WITH c AS MATERIALIZED ( \
-        SELECT jr_name, providers, capacity, run_id, prefetch FROM jr_status \
+        SELECT jr_name, providers, capacity, run_id, prefetch, health_ok, health_failed, \
+            extract(epoch FROM now() - health_at)::float8 AS health_age, recent_outcomes, \
+            extract(epoch FROM now() - last_success_at)::float8 AS success_age, \
+            consecutive_failures FROM jr_status \
         WHERE kind = 'worker' AND is_online AND status IN ('starting', 'idle', 'busy') \
           AND last_seen BETWEEN now() - $1::int8 * interval '1 millisecond' \
               AND now() + interval '1 minute' \
           AND NOT coalesce(jrq_circuit_open_until(last_failure_at, consecutive_failures, \
               $2, $3, $4) > now(), false) \
         ORDER BY jr_name) \
-    SELECT jr_name, providers, capacity, run_id, prefetch FROM c \
+    SELECT jr_name, providers, capacity, run_id, prefetch, health_ok, health_failed, \
+        health_age, recent_outcomes, success_age, consecutive_failures FROM c \
     WHERE pg_try_advisory_xact_lock(6976113, hashtext(jr_name))";
 
 /// Takes, for the rest of the transaction, the workers that may take tasks: alive
@@ -80,6 +86,16 @@ pub async fn workers_lock_candidates(
             capacity: r.get(2),
             run_id: r.get(3),
             prefetch: r.get(4),
+            health: super::health::HealthInputs::from_stored(
+                r.get(5),
+                r.get(6),
+                r.get(7),
+                r.get(8),
+                r.get(9),
+                r.get(10),
+                false,
+            )
+            .score(),
         })
         .collect())
 }

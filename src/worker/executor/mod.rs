@@ -7,7 +7,9 @@
 //! - stdin: the task's JSON payload, then end of file.
 //! - environment: `JR_TASK_ID`, `JR_TASK_TITLE` (its first [`TITLE_ENV_MAX`] bytes),
 //!   `JR_ATTEMPT` (1 for the first), `JR_MAX_ATTEMPTS`, `JR_RUN_ID` (empty without a
-//!   run), `JR_WORKER`, `JR_WORKER_INSTANCE` (the worker process's instance id), plus the
+//!   run), `JR_PROVIDER` (the provider to use: the task's own, or the fallback provider it
+//!   was routed to while its own is paused; empty without one), `JR_WORKER`,
+//!   `JR_WORKER_INSTANCE` (the worker process's instance id), plus the
 //!   worker's own environment minus `DATABASE_URL`, `PGPASSWORD` and systemd's notify
 //!   variables. The worker's own environment and memory are out of the program's reach
 //!   although it runs as the same user (the worker is not dumpable, see [`crate::worker::guard`]).
@@ -138,6 +140,9 @@ pub struct TaskContext {
     pub attempt: i32,
     pub max_attempts: i32,
     pub run_id: Option<Uuid>,
+    /// The provider to use: the task's own, or the fallback provider the assigner routed
+    /// it to while its own was paused (empty: none).
+    pub provider: String,
     pub worker: String,
     /// The worker process instance running the attempt (it fences the attempt's writes).
     pub worker_instance: Uuid,
@@ -156,6 +161,7 @@ impl TaskContext {
         attempt: i32,
         max_attempts: i32,
         run_id: Option<Uuid>,
+        provider: String,
         worker: String,
         worker_instance: Uuid,
         timeout: Duration,
@@ -170,6 +176,7 @@ impl TaskContext {
                 attempt,
                 max_attempts,
                 run_id,
+                provider,
                 worker,
                 worker_instance,
                 timeout,

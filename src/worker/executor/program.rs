@@ -66,6 +66,7 @@ impl Program {
                 "JR_RUN_ID",
                 ctx.run_id.map(|r| r.to_string()).unwrap_or_default(),
             )
+            .env("JR_PROVIDER", &ctx.provider)
             .env("JR_WORKER", &ctx.worker);
         for v in SCRUBBED_VARS
             .iter()
