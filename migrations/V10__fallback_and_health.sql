@@ -80,7 +80,9 @@ $$;
 -- with (src/db/workers/health.rs has the formula). The outcome functions below keep them:
 -- health_ok / health_failed count successes and failures with exponential decay, a
 -- half-life of one hour (as of health_at); recent_outcomes is the last 20 attempts, oldest
--- first ('+' completed, '-' failed); last_success_at is the last completed attempt.
+-- first ('+' completed, '-' failed); last_success_at is the last completed attempt. A
+-- count below 1e-9 becomes 0 before it decays further: PostgreSQL raises an error when a
+-- product of floats underflows, and this is the outcome write.
 ALTER TABLE jr_status
     ADD COLUMN last_success_at timestamptz,
     ADD COLUMN health_ok float8 NOT NULL DEFAULT 0,
@@ -208,11 +210,13 @@ BEGIN
                 THEN now() ELSE last_failure_at END,
             last_success_at = CASE WHEN EXISTS (SELECT 1 FROM upd WHERE upd.to_status = 'completed')
                 THEN now() ELSE last_success_at END,
-            health_ok = coalesce(health_ok * power(0.5::float8, least(greatest(
-                extract(epoch FROM now() - health_at)::float8, 0) / 3600, 64)), 0)
+            health_ok = CASE WHEN health_ok < 1e-9 THEN 0 ELSE coalesce(health_ok
+                * power(0.5::float8, least(greatest(
+                    extract(epoch FROM now() - health_at)::float8, 0) / 3600, 64)), 0) END
                 + (SELECT count(*) FROM upd WHERE upd.to_status = 'completed'),
-            health_failed = coalesce(health_failed * power(0.5::float8, least(greatest(
-                extract(epoch FROM now() - health_at)::float8, 0) / 3600, 64)), 0)
+            health_failed = CASE WHEN health_failed < 1e-9 THEN 0 ELSE coalesce(health_failed
+                * power(0.5::float8, least(greatest(
+                    extract(epoch FROM now() - health_at)::float8, 0) / 3600, 64)), 0) END
                 + (SELECT count(*) FROM upd WHERE upd.failure),
             health_at = now(),
             recent_outcomes = right(recent_outcomes || coalesce((
@@ -290,11 +294,13 @@ BEGIN
                 THEN now() ELSE last_failure_at END,
             last_success_at = CASE WHEN EXISTS (SELECT 1 FROM fin WHERE fin.to_status = 'completed')
                 THEN now() ELSE last_success_at END,
-            health_ok = coalesce(health_ok * power(0.5::float8, least(greatest(
-                extract(epoch FROM now() - health_at)::float8, 0) / 3600, 64)), 0)
+            health_ok = CASE WHEN health_ok < 1e-9 THEN 0 ELSE coalesce(health_ok
+                * power(0.5::float8, least(greatest(
+                    extract(epoch FROM now() - health_at)::float8, 0) / 3600, 64)), 0) END
                 + (SELECT count(*) FROM fin WHERE fin.to_status = 'completed'),
-            health_failed = coalesce(health_failed * power(0.5::float8, least(greatest(
-                extract(epoch FROM now() - health_at)::float8, 0) / 3600, 64)), 0)
+            health_failed = CASE WHEN health_failed < 1e-9 THEN 0 ELSE coalesce(health_failed
+                * power(0.5::float8, least(greatest(
+                    extract(epoch FROM now() - health_at)::float8, 0) / 3600, 64)), 0) END
                 + (SELECT count(*) FROM fin WHERE fin.failure),
             health_at = now(),
             recent_outcomes = right(recent_outcomes || coalesce((
@@ -383,7 +389,8 @@ BEGIN
         GRANT UPDATE (tokens, tokens_at) ON public.jr_providers TO jrq_assigner;
         -- Failover: which workers a task's earlier attempts failed on.
         GRANT SELECT (task_id, action, worker) ON public.jr_task_events TO jrq_assigner;
-        GRANT SELECT (fallback_ok) ON public.jr_work_queue TO jrq_assigner;
+        -- (routed_provider also for jrq_provider_active, which runs with its rights.)
+        GRANT SELECT (fallback_ok, routed_provider) ON public.jr_work_queue TO jrq_assigner;
         GRANT UPDATE (routed_provider) ON public.jr_work_queue TO jrq_assigner;
         GRANT SELECT (last_success_at, health_ok, health_failed, health_at,
                       recent_outcomes)

@@ -801,7 +801,8 @@ async fn a_failing_worker_loses_health_and_the_monitor_reports_it() {
             .clone()
     };
     let bad = health("w_bad");
-    assert_eq!(bad["score"], 0, "{bad:#}");
+    // (1/7 + 0) / 2, halved: it never succeeded.
+    assert_eq!(bad["score"], 4, "{bad:#}");
     assert_eq!(bad["inputs"]["recent"], "------", "{bad:#}");
     assert_eq!(bad["inputs"]["consecutive_failures"], 6, "{bad:#}");
     assert!(bad["inputs"]["last_success_age_s"].is_null(), "{bad:#}");
@@ -813,7 +814,7 @@ async fn a_failing_worker_loses_health_and_the_monitor_reports_it() {
         "{good:#}"
     );
     let table = db.run(&["workers"]);
-    assert!(table.ok().contains("0 (0/6 ok)"), "{table:#?}");
+    assert!(table.ok().contains("4 (0/6 ok)"), "{table:#?}");
 
     let out = common::bin("jr-health-monitor")
         .args(["--manager", "none", "--json"])
@@ -825,14 +826,14 @@ async fn a_failing_worker_loses_health_and_the_monitor_reports_it() {
     assert_eq!(report["health_median"], 100.0, "{report:#}");
     assert_eq!(
         report["unhealthy_workers"],
-        serde_json::json!([["w_bad", 0]]),
+        serde_json::json!([["w_bad", 4]]),
         "{report:#}"
     );
     assert!(
         report["alerts"].as_array().unwrap().iter().any(|a| a
             .as_str()
             .unwrap()
-            .starts_with("worker 'w_bad' has health 0")),
+            .starts_with("worker 'w_bad' has health 4")),
         "{report:#}"
     );
 }

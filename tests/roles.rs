@@ -256,10 +256,16 @@ async fn every_program_works_under_its_own_group_end_to_end() {
     let list = jrq_as(&reader.url, &["providers", "list"]);
     assert!(list.ok().contains("claude"), "{list:#?}");
     // Fallback: the admin login enqueues with fallback_ok, the assigner login reads it and
-    // writes the provider it routed under, the reader login reads both.
+    // writes the provider it routed under, the reader login reads both. codex is limited
+    // and served: the assigner login counts its running tasks (jrq_provider_active).
     jrq_as(
         &admin.url,
         &["providers", "set", "claude", "--fallback", "codex"],
+    )
+    .ok();
+    jrq_as(
+        &admin.url,
+        &["providers", "set", "codex", "--max-running", "5"],
     )
     .ok();
     let fell_back = enqueue(&[

@@ -4,15 +4,20 @@
 //! registry row; the score is computed here, and only here.
 //!
 //! ```text
-//! health = 100 × (ratio over the last hour + ratio over the last 20 attempts) / 2
+//! health = 100 × (hourly ratio + ratio of the last 20 attempts) / 2
 //!          × ½ when it failed since its last success and that success is more than an
 //!              hour old (or it never had one)
 //!          = 0 while its circuit is open
-//! ratio  = completed / (completed + failed); 1 with no outcomes (a new worker is healthy)
+//! hourly ratio = (completed + 1) / (completed + failed + 1), both counts exponentially
+//!                weighted: an outcome counts half as much an hour later (HALF_LIFE)
+//! last 20      = completed / attempts among them; 1 with none, or when the last one is
+//!                more than an hour old
 //! ```
 //!
-//! "The last hour" is exponentially weighted: each outcome counts half as much an hour
-//! later ([`HALF_LIFE`]), so the ratio moves smoothly and needs no history table.
+//! The `+ 1` is a success that never decays: a new worker is healthy, and a worker that
+//! had a bad hour and then nothing to do (the assigner prefers healthier workers on equal
+//! load) recovers as its failures fade, instead of keeping its ratio for ever. No history
+//! table is needed.
 
 use std::time::Duration;
 
@@ -26,8 +31,9 @@ use crate::error::Result;
 pub const HALF_LIFE: Duration = Duration::from_secs(3600);
 /// How many of the last attempts the second ratio covers (also written in migrations/V10).
 pub const RECENT: usize = 20;
-/// A success older than this, with failures since, halves the score.
-pub const STALE_SUCCESS: Duration = Duration::from_secs(3600);
+/// A success older than this, with failures since, halves the score; the last attempts
+/// stop counting when the last of them is older than this.
+pub const STALE: Duration = Duration::from_secs(3600);
 
 /// What the score is computed from, as `jrq workers --json` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -38,6 +44,8 @@ pub struct HealthInputs {
     pub failed_1h: f64,
     /// The last attempts, oldest first: `+` completed, `-` failed.
     pub recent: String,
+    /// Seconds since its last recorded outcome; `None`: none recorded.
+    pub last_outcome_age_s: Option<f64>,
     /// Seconds since its last completed attempt; `None`: none recorded.
     pub last_success_age_s: Option<f64>,
     /// Failed attempts since its last success.
@@ -73,6 +81,7 @@ impl HealthInputs {
             completed_1h: ok.max(0.0) * decay,
             failed_1h: failed.max(0.0) * decay,
             recent,
+            last_outcome_age_s: counted_age_s,
             last_success_age_s,
             consecutive_failures,
             circuit_open,
@@ -91,20 +100,20 @@ impl HealthInputs {
         if self.circuit_open {
             return 0;
         }
-        let ratio = |ok: f64, failed: f64| {
-            if ok + failed <= 0.0 {
-                1.0
-            } else {
-                ok / (ok + failed)
-            }
-        };
+        let stale_after = STALE.as_secs_f64();
+        let hourly = (self.completed_1h + 1.0) / (self.completed_1h + self.failed_1h + 1.0);
         let (ok, failed) = self.recent_counts();
-        let hourly = ratio(self.completed_1h, self.failed_1h);
-        let recent = ratio(ok as f64, failed as f64);
+        let current = self.last_outcome_age_s.is_some_and(|a| a <= stale_after);
+        let recent = if ok + failed == 0 || !current {
+            1.0
+        } else {
+            ok as f64 / (ok + failed) as f64
+        };
         let mut score = 100.0 * (hourly + recent) / 2.0;
-        let stale = self
-            .last_success_age_s
-            .is_none_or(|age| age > STALE_SUCCESS.as_secs_f64());
+        if !score.is_finite() {
+            score = 0.0;
+        }
+        let stale = self.last_success_age_s.is_none_or(|age| age > stale_after);
         if self.consecutive_failures > 0 && stale {
             score /= 2.0;
         }
@@ -187,9 +196,30 @@ mod tests {
 
     #[test]
     fn both_ratios_count_equally() {
-        // Hourly 3/4, recent 1/2 -> (0.75 + 0.5) / 2.
-        assert_eq!(inputs(3.0, 1.0, "+-+-").score(), 63);
-        assert_eq!(inputs(0.0, 5.0, "-----").score(), 0);
+        // Hourly (3 + 1) / (4 + 1), recent 1/2 -> (0.8 + 0.5) / 2.
+        assert_eq!(inputs(3.0, 1.0, "+-+-").score(), 65);
+        // (1/6 + 0) / 2.
+        assert_eq!(inputs(0.0, 5.0, "-----").score(), 8);
+    }
+
+    #[test]
+    fn a_worker_left_idle_after_a_bad_hour_recovers() {
+        let bad = |hours: f64| {
+            HealthInputs::from_stored(
+                0.0,
+                5.0,
+                Some(hours * 3600.0),
+                "-----".into(),
+                Some(hours * 3600.0 + 60.0),
+                0,
+                false,
+            )
+            .score()
+        };
+        assert_eq!(bad(0.0), 8);
+        // An hour later the last attempts no longer count; the failures fade.
+        assert!(bad(2.0) > 60, "{}", bad(2.0));
+        assert!(bad(8.0) >= 98, "{}", bad(8.0));
     }
 
     #[test]
