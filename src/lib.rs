@@ -10,6 +10,8 @@
 //! - [`cleanup`]: ending stale local worker processes (`jr-stale-cleanup`).
 //! - [`monitor`]: the health monitor (`jr-health-monitor`).
 //! - [`worker`]: the worker daemon (`jr-queue-worker`) and its executors.
+//! - [`web`]: the dashboard, `/metrics` and `/healthz` (`jr-web`); [`metrics`]: what
+//!   `/metrics` reports.
 //! - [`error`]: the typed errors every program reports as one clear line.
 
 pub mod admin;
@@ -20,6 +22,7 @@ pub mod daemon;
 pub mod db;
 pub mod error;
 pub mod host;
+pub mod metrics;
 pub mod monitor;
 pub mod process;
 pub mod procs;
@@ -29,6 +32,7 @@ pub mod task;
 pub mod telemetry;
 pub mod text;
 pub mod validate;
+pub mod web;
 pub mod worker;
 
 pub use daemon::shutdown;

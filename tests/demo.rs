@@ -26,6 +26,8 @@ fn the_demo_runs_the_mixed_workload_under_systemd_and_cleans_up() {
         "2 online (",
         "retry_scheduled",
         "Status: \"idle 0/2\"",
+        "== the dashboard: http://127.0.0.1:",
+        "\"status\":\"ok\"",
         "== done: the demo ran in ",
     ] {
         assert!(text.contains(needle), "no {needle:?} in:\n{text}");

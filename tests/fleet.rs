@@ -405,9 +405,44 @@ async fn the_installer_installs_starts_updates_and_uninstalls() {
         .fails(1, "worker name 'bad name' is not valid");
     assert!(!home.join(".local/bin/jrq").exists());
 
-    let out = install(&[&prebuilt[..], &["it_triad_jr"]].concat(), true);
+    // The dashboard too. This test's HOME and database socket live in /tmp, and it runs as
+    // root while the socket belongs to another user: a drop-in of the test's lets jr-web
+    // see them (its own private /tmp and empty capability set would not).
+    let web_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let web_addr = format!("127.0.0.1:{web_port}");
+    let dropins = home.join(".config/systemd/user/jr-web.service.d");
+    std::fs::create_dir_all(&dropins).unwrap();
+    std::fs::write(
+        dropins.join("test.conf"),
+        "[Service]\nPrivateTmp=no\nCapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH\n",
+    )
+    .unwrap();
+    let out = install(
+        &[&prebuilt[..], &["--web", &web_addr, "it_triad_jr"]].concat(),
+        true,
+    );
     let text = out.ok().to_string();
     assert!(text.contains("wrote"), "{text}");
+    assert!(
+        text.contains(&format!("the dashboard: http://{web_addr}")),
+        "{text}"
+    );
+    sd.wait_prop("jr-web.service", "ActiveState", "active", T)
+        .await;
+    assert_eq!(sd.prop("jr-web.service", "UnitFileState"), "enabled");
+    let mut healthz = std::net::TcpStream::connect(&web_addr).unwrap();
+    std::io::Write::write_all(
+        &mut healthz,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut healthz, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // Linger: enabled, or (no logind here) a line saying what to run; never a failure.
     assert!(
         text.contains("== linger enabled") || text.contains("sudo loginctl enable-linger"),
@@ -452,10 +487,17 @@ async fn the_installer_installs_starts_updates_and_uninstalls() {
     for unit in [
         "jr-auto-assigner.service",
         "jr-health-monitor.timer",
+        "jr-web.service",
         WORKER,
     ] {
         sd.wait_prop(unit, "ActiveState", "inactive", T).await;
     }
+    // The settings stay unless asked: a reinstall picks them up again.
+    assert!(text.contains("kept"), "{text}");
+    assert_eq!(std::fs::read_to_string(&env_file).unwrap(), env_text);
+    install(&["--purge"], false).fails(2, "--purge goes with --uninstall");
+    let text = install(&["--uninstall", "--purge"], false).ok().to_string();
+    assert!(text.contains("deleted"), "{text}");
     assert!(!env_file.exists());
     assert!(!home.join(".local/bin/jr-queue-worker").exists());
     assert!(!home

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{exec, Run, TestDb};
+use common::{exec, run_with_stdin, Run, TestDb};
 use tokio_postgres::Client;
 
 /// The host name workers on this machine register with.
@@ -286,6 +286,12 @@ async fn reports_as_text_json_and_prometheus_and_fails_on_a_crossed_threshold() 
     let alert = j["alerts"][0].as_str().unwrap();
     assert!(alert.starts_with("failure rate 75 %"), "{alert}");
     let text = std::fs::read_to_string(&prom).unwrap();
+    // Prometheus' own parser, and its naming conventions (the names jr-web's /metrics uses).
+    let checked = run_with_stdin(
+        std::process::Command::new("promtool").args(["check", "metrics"]),
+        &text,
+    );
+    assert_eq!(checked.code, Some(0), "promtool: {checked:#?}\n{text}");
     let mut samples = std::collections::HashMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.rsplit_once(' ').unwrap();
@@ -294,7 +300,7 @@ async fn reports_as_text_json_and_prometheus_and_fails_on_a_crossed_threshold() 
             .unwrap_or_else(|_| panic!("not a sample: {line}"));
         samples.insert(name.to_string(), v);
     }
-    assert_eq!(samples["jrq_failure_rate"], 0.75);
+    assert_eq!(samples["jrq_failure_ratio{window=\"1h\"}"], 0.75);
     assert_eq!(samples["jrq_tasks{status=\"failed\"}"], 3.0);
     assert_eq!(samples["jrq_health_alerts"], 1.0);
     // Nothing but the final file is left behind.

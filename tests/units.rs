@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const BINARIES: [(&str, &str); 5] = [
+const BINARIES: [(&str, &str); 6] = [
     ("jrq", env!("CARGO_BIN_EXE_jrq")),
     ("jr-queue-worker", env!("CARGO_BIN_EXE_jr-queue-worker")),
     ("jr-auto-assigner", env!("CARGO_BIN_EXE_jr-auto-assigner")),
     ("jr-health-monitor", env!("CARGO_BIN_EXE_jr-health-monitor")),
     ("jr-stale-cleanup", env!("CARGO_BIN_EXE_jr-stale-cleanup")),
+    ("jr-web", env!("CARGO_BIN_EXE_jr-web")),
 ];
 
 /// A home directory with the units and binaries installed, and a runtime directory.
@@ -73,6 +74,7 @@ fn every_unit_verifies_without_a_word() {
         "jr-stale-cleanup.service",
         "jr-stale-cleanup.timer",
         "jr-alert@jr-health-monitor.service.service",
+        "jr-web.service",
     ] {
         let (ok, text) = h.verify(unit);
         assert!(ok && text.is_empty(), "{unit}:\n{text}");
@@ -132,4 +134,42 @@ fn the_worker_unit_keeps_what_the_worker_promises() {
         !unit.contains("DATABASE_URL="),
         "no database address in the unit"
     );
+}
+
+/// `systemd-analyze security --offline=true`'s overall exposure of a unit (0 safest, 10
+/// least safe), as installed.
+fn exposure(h: &Home, unit: &str) -> f64 {
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--user", unit])
+        .current_dir(h.units())
+        .env("HOME", h.home.path())
+        .env("XDG_RUNTIME_DIR", h.runtime.path())
+        .env("XDG_CONFIG_HOME", h.home.path().join(".config"))
+        .output()
+        .expect("systemd-analyze (install systemd)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level for {unit}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    line.split(": ")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read {line:?}"))
+}
+
+#[test]
+fn the_units_are_hardened() {
+    let h = Home::new();
+    let (unit, most) = ("jr-web.service", 4.0);
+    let e = exposure(&h, unit);
+    assert!(e <= most, "{unit}: exposure {e}, at most {most} expected");
+    // The measure does tell: a unit without hardening scores far higher.
+    assert!(exposure(&h, "jr-alert@x.service") > 9.0);
 }

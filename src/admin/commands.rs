@@ -273,7 +273,7 @@ async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInpu
 async fn status(client: &Client, args: &StatusArgs) -> Result<()> {
     let t = tasks::tasks_summary(client, args.window).await?;
     let w = workers::workers_summary(client, args.online_threshold).await?;
-    let held = super::governor::held(client).await?;
+    let held = crate::db::providers::providers_held(client).await?;
     render::status(&t, &w, &held, args.json)
 }
 
@@ -284,6 +284,7 @@ async fn list_tasks(client: &Client, args: &TasksArgs) -> Result<()> {
         run_id: args.run,
         provider: args.provider.clone(),
         limit: args.limit,
+        before: None,
     };
     let rows = tasks::tasks_list(client, &filter).await?;
     render::tasks(&rows, args.json)
@@ -292,7 +293,7 @@ async fn list_tasks(client: &Client, args: &TasksArgs) -> Result<()> {
 async fn show(client: &Client, args: &ShowArgs) -> Result<()> {
     let task = tasks::tasks_get_existing(client, args.id).await?;
     let events = events::events_for_task(client, args.id).await?;
-    let waiting = super::governor::waiting(client, &task).await?;
+    let waiting = crate::db::providers::providers_waiting(client, &task).await?;
     render::show(&task, &events, waiting.as_deref(), args.json)
 }
 
@@ -377,6 +378,7 @@ async fn bulk(
         run_id: f.run,
         provider: f.provider.clone(),
         limit: 0,
+        before: None,
     };
     let selected = tasks::tasks_select(&*client, ids, &filter, f.older_than).await?;
     let missing: Vec<i64> = ids

@@ -5,10 +5,9 @@ use chrono::Utc;
 use tokio_postgres::Client;
 
 use super::{PauseArgs, ProvidersCommand, ScopeArgs};
-use crate::db::providers::{self, Pause, Pauses, ProviderChange, ProviderRow};
+use crate::db::providers::{self, Pause, ProviderChange};
 use crate::db::Statements;
 use crate::error::Result;
-use crate::task::TaskStatus;
 
 /// Who the CLI's writes name: the user, as `jrq enqueue` records its creator.
 fn actor() -> String {
@@ -111,92 +110,6 @@ pub async fn resume(client: &Client, args: &ScopeArgs) -> Result<()> {
     };
     crate::process::print_out(&crate::text::for_terminal(&text, true));
     Ok(())
-}
-
-/// Why a pending task waits on the governor, when it does: "waiting: provider 'claude' at
-/// its limit 8/8", "waiting: run … paused by alice: …".
-pub fn waiting_reason(
-    status: TaskStatus,
-    provider: &str,
-    fallback_ok: bool,
-    run: Option<uuid::Uuid>,
-    rows: &[ProviderRow],
-    pauses: &Pauses,
-) -> Option<String> {
-    if status != TaskStatus::Pending {
-        return None;
-    }
-    if let Some(p) = &pauses.all {
-        return Some(format!("waiting: everything {}", p.describe()));
-    }
-    if let Some(p) = pauses.providers.get(provider) {
-        let fallback = match pauses.fallbacks.get(provider) {
-            Some(f) if fallback_ok => format!(
-                "; it may go to {} meanwhile, when one of their workers is free",
-                f.iter()
-                    .map(|p| format!("'{p}'"))
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            ),
-            _ => String::new(),
-        };
-        return Some(format!(
-            "waiting: provider '{provider}' {}{fallback}",
-            p.describe()
-        ));
-    }
-    if let Some(p) = run.and_then(|r| pauses.runs.get(&r)) {
-        return Some(format!("waiting: {} {}", p.what(), p.describe()));
-    }
-    let row = rows.iter().find(|r| r.name == provider)?;
-    let m = row.max_running?;
-    (row.running >= i64::from(m)).then(|| {
-        format!(
-            "waiting: provider '{provider}' at its limit {}/{m}",
-            row.running
-        )
-    })
-}
-
-/// What `jrq status` lists as held: pauses, and providers at their limits with tasks
-/// waiting.
-pub async fn held(client: &Client) -> Result<Vec<String>> {
-    let rows = providers::providers_list(client).await?;
-    let pauses = providers::pauses_active(client, &Statements::default()).await?;
-    let mut out: Vec<String> = pauses
-        .iter()
-        .map(|p| format!("{} {}", p.what(), p.describe()))
-        .collect();
-    for r in &rows {
-        if let Some(m) = r.max_running {
-            if r.running >= i64::from(m) && r.pending > 0 && !pauses.providers.contains_key(&r.name)
-            {
-                out.push(format!(
-                    "waiting: provider '{}' at its limit {}/{m} ({} pending)",
-                    r.name, r.running, r.pending
-                ));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// What `jrq show` says about a pending task the governor holds back.
-pub async fn waiting(client: &Client, task: &crate::db::tasks::TaskRow) -> Result<Option<String>> {
-    if task.status != TaskStatus::Pending {
-        return Ok(None);
-    }
-    let rows = providers::providers_list(client).await?;
-    let pauses = providers::pauses_active(client, &Statements::default()).await?;
-    Ok(waiting_reason(
-        task.status,
-        &task.provider,
-        task.fallback_ok,
-        task.run_id,
-        &rows,
-        &pauses,
-    ))
 }
 
 /// `jrq workers drain NAME`: a pause of the worker, and its assigned tasks given back.

@@ -7,6 +7,7 @@ mod config;
 pub mod conninfo;
 pub mod events;
 pub mod listen;
+pub mod metrics;
 pub mod migrate;
 pub mod providers;
 pub mod roles;

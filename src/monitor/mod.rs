@@ -138,6 +138,8 @@ pub struct Report {
     pub tasks: std::collections::BTreeMap<String, i64>,
     pub oldest_pending_s: Option<f64>,
     pub failure_rate: Option<f64>,
+    /// The window of `failure_rate`, in seconds.
+    pub failure_window_s: f64,
     pub failed_in_window: i64,
     pub completed_in_window: i64,
     pub workers_online: i64,
@@ -242,12 +244,28 @@ impl Monitor {
             tracing::warn!(task_id = a.id, to = %a.to_status, why = %crate::text::for_terminal(&a.why, false), "acted on a running task");
         }
         r.runs_finished = runs::runs_complete_finished(client).await?;
+        self.look(client, &mut r, true).await?;
+        Ok(r)
+    }
 
+    /// What a round would report, without acting (no rescue, no restart, no write): the
+    /// dashboard's alerts. The silence of workers not yet marked offline is not an alert
+    /// here (marking them is an action); the dashboard shows them as stale.
+    pub async fn observe(&self, client: &Client) -> Result<Report> {
+        let mut r = Report::default();
+        self.look(client, &mut r, false).await?;
+        Ok(r)
+    }
+
+    /// The checks of a round, into `r`; `act`: restart a missing local assigner.
+    async fn look(&self, client: &Client, r: &mut Report, act: bool) -> Result<()> {
+        let cfg = &self.cfg;
         let summary = tasks::tasks_summary(client, cfg.failure_window).await?;
         let w = workers::workers_summary(client, cfg.dead_after).await?;
         r.tasks = summary.by_status.iter().cloned().collect();
         r.oldest_pending_s = summary.oldest_pending_age_s;
         r.failure_rate = summary.failure_rate;
+        r.failure_window_s = cfg.failure_window.as_secs_f64();
         r.failed_in_window = summary.failed_window;
         r.completed_in_window = summary.completed_window;
         r.workers_online = w.online();
@@ -280,12 +298,12 @@ impl Monitor {
                 .restarts
                 .iter()
                 .any(|x| x.unit == "jr-auto-assigner.service");
-            if !local.is_empty() && !already && cfg.manager != Manager::None {
+            if act && !local.is_empty() && !already && cfg.manager != Manager::None {
                 r.restarts.push(self.restart("jr-auto-assigner.service"));
             }
         }
-        self.check_thresholds(&mut r);
-        Ok(r)
+        self.check_thresholds(r);
+        Ok(())
     }
 
     fn check_thresholds(&self, r: &mut Report) {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::Report;
 use crate::error::{Error, Result};
+use crate::metrics::names;
 use crate::validate::format_duration;
 
 /// The report as people read it.
@@ -98,19 +99,22 @@ pub fn render_prometheus(r: &Report) -> String {
         .iter()
         .map(|(k, v)| (format!("{{status=\"{k}\"}}"), *v as f64))
         .collect();
-    gauge("jrq_tasks", "Tasks by status.", &tasks);
+    gauge(names::TASKS, "Tasks by status.", &tasks);
     gauge(
-        "jrq_oldest_pending_seconds",
+        names::OLDEST_PENDING,
         "How long the oldest ready pending task has waited.",
         &[(String::new(), r.oldest_pending_s.unwrap_or(0.0))],
     );
+    let window = format_duration(Duration::from_secs_f64(r.failure_window_s));
     gauge(
-        "jrq_failure_rate",
-        "Failed / (completed + failed) over the monitor's window.",
-        &[(String::new(), r.failure_rate.unwrap_or(0.0))],
+        names::FAILURE_RATIO,
+        "Failed / (completed + failed) of the tasks that finished in the window.",
+        &r.failure_rate
+            .map(|f| vec![(format!("{{window=\"{window}\"}}"), f)])
+            .unwrap_or_default(),
     );
     gauge(
-        "jrq_workers",
+        names::WORKERS,
         "Workers by state.",
         &[
             ("{state=\"online\"}".into(), r.workers_online as f64),
@@ -122,7 +126,7 @@ pub fn render_prometheus(r: &Report) -> String {
         ],
     );
     gauge(
-        "jrq_assigners_alive",
+        names::ASSIGNERS_ALIVE,
         "Assigners heartbeating.",
         &[(String::new(), r.assigners_alive as f64)],
     );
@@ -144,7 +148,7 @@ pub fn render_prometheus(r: &Report) -> String {
         ],
     );
     gauge(
-        "jrq_notification_queue_usage",
+        "jrq_notification_queue_usage_ratio",
         "Share of PostgreSQL's notification queue in use.",
         &[(String::new(), r.notify_queue_usage)],
     );
@@ -155,7 +159,7 @@ pub fn render_prometheus(r: &Report) -> String {
     );
     if let Some(m) = r.health_median {
         gauge(
-            "jrq_worker_health_median",
+            names::HEALTH_MEDIAN,
             "Median health score (0-100) of the alive workers with enough recorded attempts.",
             &[(String::new(), m)],
         );

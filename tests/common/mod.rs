@@ -134,6 +134,7 @@ impl TestDb {
             "jr_status",
             "jr_providers",
             "jr_pauses",
+            "jr_metric_totals",
         ] {
             let exists: bool = client
                 .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
@@ -667,6 +668,7 @@ impl UserSystemd {
             "jr-auto-assigner",
             "jr-health-monitor",
             "jr-stale-cleanup",
+            "jr-web",
         ] {
             let path = bin_path(name);
             std::os::unix::fs::symlink(path, bin.join(name)).unwrap();
@@ -682,8 +684,10 @@ impl UserSystemd {
                 std::fs::create_dir_all(&dir).unwrap();
                 std::fs::write(
                     dir.join("test-log.conf"),
+                    // The test's HOME (binaries, database socket) lives in /tmp: a unit's
+                    // private /tmp would hide it.
                     "[Service]\nStandardOutput=append:%h/logs/%n.log\n\
-                     StandardError=append:%h/logs/%n.log\n",
+                     StandardError=append:%h/logs/%n.log\nPrivateTmp=no\n",
                 )
                 .unwrap();
             }
@@ -864,6 +868,7 @@ pub fn bin_path(name: &str) -> &'static str {
         "jr-auto-assigner" => env!("CARGO_BIN_EXE_jr-auto-assigner"),
         "jr-health-monitor" => env!("CARGO_BIN_EXE_jr-health-monitor"),
         "jr-stale-cleanup" => env!("CARGO_BIN_EXE_jr-stale-cleanup"),
+        "jr-web" => env!("CARGO_BIN_EXE_jr-web"),
         other => panic!("unknown binary {other}"),
     }
 }

@@ -10,7 +10,7 @@ use crate::db::events::EventRow;
 use crate::db::migrate::MigrateReport;
 use crate::db::runs::RunRow;
 use crate::db::tasks::{PruneReport, RetryAllReport, TaskListRow, TaskRow, TaskSummary};
-use crate::db::workers::{WorkerRow, WorkerStatus, WorkerSummary};
+use crate::db::workers::{WorkerRow, WorkerSummary};
 use crate::error::{Error, Result};
 use crate::validate::format_duration;
 
@@ -515,17 +515,7 @@ pub fn workers(
         "health",
     ]);
     for r in rows {
-        // Not alive: 'lost' (waiting for its host's monitor to restart it) or offline.
-        let state = if r.alive || r.status == WorkerStatus::Lost {
-            r.status
-        } else {
-            WorkerStatus::Offline
-        };
-        // A drained (paused) worker that is alive takes nothing new: it drains.
-        let state = match pauses.workers.get(&r.jr_name) {
-            Some(_) if r.alive => "draining (paused)".to_string(),
-            _ => state.to_string(),
-        };
+        let state = r.display_state(pauses.workers.contains_key(&r.jr_name));
         let circuit = match (&r.circuit_open_until, &r.circuit_reason) {
             (Some(until), reason) => format!(
                 "open until {} ({})",

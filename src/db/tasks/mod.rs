@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use crate::db::{events, CHANNEL_PENDING, CHANNEL_WORKER};
+use crate::db::{events, metrics, CHANNEL_PENDING, CHANNEL_WORKER};
 use crate::error::{sqlstate, Error, Result};
 use crate::task::TaskStatus;
 
@@ -179,6 +179,8 @@ pub struct TaskFilter {
     pub run_id: Option<Uuid>,
     pub provider: Option<String>,
     pub limit: i64,
+    /// Only tasks with a smaller id (the next page of a list, newest first).
+    pub before: Option<i64>,
 }
 
 /// Characters of a title a list carries (`jrq show` has all of it); `tasks_list`'s
@@ -216,10 +218,21 @@ pub async fn tasks_list(client: &impl GenericClient, f: &TaskFilter) -> Result<V
            AND ($2::text IS NULL OR assigned_jr = $2) \
            AND ($3::uuid IS NULL OR run_id = $3) \
            AND ($4::text IS NULL OR provider = $4) \
+           AND ($6::int8 IS NULL OR id < $6) \
          ORDER BY id DESC LIMIT $5";
     let status = f.status.map(|s| s.as_str());
     let rows = client
-        .query(sql, &[&status, &f.worker, &f.run_id, &f.provider, &f.limit])
+        .query(
+            sql,
+            &[
+                &status,
+                &f.worker,
+                &f.run_id,
+                &f.provider,
+                &f.limit,
+                &f.before,
+            ],
+        )
         .await?;
     Ok(rows
         .iter()
@@ -276,20 +289,37 @@ fn no_such_task(id: i64) -> Error {
 /// a transaction: the change, its event and the assigners' wake-up commit together.
 pub async fn tasks_retry(client: &impl GenericClient, id: i64, actor: &str) -> Result<TaskRow> {
     // The same reset as tasks_retry_all_failed's: a fresh attempt budget.
-    let sql = "WITH old AS ( \
-             SELECT id, status FROM jr_work_queue \
+    // What the row counted moves into the metric totals in the same statement (V11).
+    let sql = concat!(
+        "WITH src AS ( \
+             SELECT id, status, ",
+        crate::metric_cols!(),
+        " FROM jr_work_queue \
              WHERE id = $1 AND status IN ('failed', 'cancelled') FOR UPDATE), \
-         upd AS ( \
+         agg AS (",
+        crate::metric_agg!("$3", "$4"),
+        "), carry AS (",
+        crate::metric_carry!(),
+        "), upd AS ( \
              UPDATE jr_work_queue q SET status = 'pending', attempts = 0, run_after = now(), \
                  assigned_jr = NULL, assigned_at = NULL, started_at = NULL, \
                  completed_at = NULL, progress_percent = 0, result = NULL, error = NULL, \
                  cancel_requested_at = NULL, lease_instance = NULL, updated_at = now() \
-             FROM old WHERE q.id = old.id RETURNING q.id, old.status AS from_status) \
+             FROM src WHERE q.id = src.id RETURNING q.id, src.status AS from_status) \
          INSERT INTO jr_task_events (task_id, actor, action, from_status, to_status, details) \
          SELECT id, $2, 'retried', from_status, 'pending', 'retried by hand' FROM upd \
-         RETURNING task_id";
+         RETURNING task_id"
+    );
     let rows = client
-        .query(sql, &[&id, &actor])
+        .query(
+            sql,
+            &[
+                &id,
+                &actor,
+                &metrics::DISPATCH_BOUNDS.as_slice(),
+                &metrics::RUN_BOUNDS.as_slice(),
+            ],
+        )
         .await
         .map_err(|e| retry_error(&e, id))?;
     if rows.is_empty() {
@@ -329,8 +359,12 @@ pub async fn tasks_retry_all_failed(
     actor: &str,
 ) -> Result<RetryAllReport> {
     // The same reset as tasks_retry's: a fresh attempt budget.
-    let sql = "WITH old AS ( \
-             SELECT id, status FROM jr_work_queue q \
+    // What the rows counted moves into the metric totals in the same statement (V11).
+    let sql = concat!(
+        "WITH src AS ( \
+             SELECT id, status, ",
+        crate::metric_cols!(),
+        " FROM jr_work_queue q \
              WHERE status = 'failed' \
                AND (unique_key IS NULL OR ( \
                     NOT EXISTS (SELECT 1 FROM jr_work_queue o WHERE o.unique_key = q.unique_key \
@@ -338,20 +372,34 @@ pub async fn tasks_retry_all_failed(
                     AND id = (SELECT max(f.id) FROM jr_work_queue f \
                               WHERE f.unique_key = q.unique_key AND f.status = 'failed'))) \
              FOR UPDATE SKIP LOCKED), \
-         upd AS ( \
+         agg AS (",
+        crate::metric_agg!("$2", "$3"),
+        "), carry AS (",
+        crate::metric_carry!(),
+        "), upd AS ( \
              UPDATE jr_work_queue q SET status = 'pending', attempts = 0, run_after = now(), \
                  assigned_jr = NULL, assigned_at = NULL, started_at = NULL, \
                  completed_at = NULL, progress_percent = 0, result = NULL, error = NULL, \
                  cancel_requested_at = NULL, lease_instance = NULL, updated_at = now() \
-             FROM old WHERE q.id = old.id RETURNING q.id, old.status AS from_status), \
+             FROM src WHERE q.id = src.id RETURNING q.id, src.status AS from_status), \
          ev AS ( \
              INSERT INTO jr_task_events (task_id, actor, action, from_status, to_status, details) \
              SELECT id, $1, 'retried', from_status, 'pending', 'retried by hand (all failed)' \
              FROM upd) \
          SELECT (SELECT count(*) FROM upd), \
                 (SELECT count(*) FROM jr_work_queue WHERE status = 'failed' \
-                   AND id NOT IN (SELECT id FROM upd))";
-    let row = client.query_one(sql, &[&actor]).await?;
+                   AND id NOT IN (SELECT id FROM upd))"
+    );
+    let row = client
+        .query_one(
+            sql,
+            &[
+                &actor,
+                &metrics::DISPATCH_BOUNDS.as_slice(),
+                &metrics::RUN_BOUNDS.as_slice(),
+            ],
+        )
+        .await?;
     let retried = row.get::<_, i64>(0) as u64;
     if retried > 0 {
         notify_pending(client, "retry").await?;
@@ -465,17 +513,30 @@ pub struct PruneReport {
 /// Deletes finished tasks (completed, failed, cancelled) that finished before
 /// `now() - older_than`, and their events.
 pub async fn tasks_prune(client: &impl GenericClient, older_than: Duration) -> Result<PruneReport> {
+    // What the rows counted moves into the metric totals in the same statement (V11).
+    let sql = concat!(
+        "WITH src AS ( \
+             DELETE FROM jr_work_queue \
+             WHERE status IN ('completed', 'failed', 'cancelled') \
+               AND completed_at < now() - $1::int8 * interval '1 millisecond' \
+             RETURNING id, status, ",
+        crate::metric_cols!(),
+        "), agg AS (",
+        crate::metric_agg!("$2", "$3"),
+        "), carry AS (",
+        crate::metric_carry!(),
+        "), e AS ( \
+             DELETE FROM jr_task_events WHERE task_id IN (SELECT id FROM src) RETURNING 1) \
+         SELECT (SELECT count(*) FROM src), (SELECT count(*) FROM e)"
+    );
     let row = client
         .query_one(
-            "WITH t AS ( \
-                 DELETE FROM jr_work_queue \
-                 WHERE status IN ('completed', 'failed', 'cancelled') \
-                   AND completed_at < now() - $1::int8 * interval '1 millisecond' \
-                 RETURNING id), \
-             e AS ( \
-                 DELETE FROM jr_task_events WHERE task_id IN (SELECT id FROM t) RETURNING 1) \
-             SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM e)",
-            &[&duration_ms(older_than)],
+            sql,
+            &[
+                &duration_ms(older_than),
+                &metrics::DISPATCH_BOUNDS.as_slice(),
+                &metrics::RUN_BOUNDS.as_slice(),
+            ],
         )
         .await?;
     Ok(PruneReport {
@@ -547,4 +608,46 @@ pub async fn notify_pending(client: &impl GenericClient, why: &str) -> Result<()
         .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_PENDING, &why])
         .await?;
     Ok(())
+}
+
+/// Tasks completed and failed in each of the last `minutes` minutes (the current one
+/// last, minutes without any included): (minute, completed, failed).
+pub async fn tasks_per_minute(
+    client: &impl GenericClient,
+    minutes: i32,
+) -> Result<Vec<(DateTime<Utc>, i64, i64)>> {
+    let rows = client
+        .query(
+            "WITH c AS ( \
+                 SELECT date_trunc('minute', completed_at) AS m, \
+                        count(*) FILTER (WHERE status = 'completed') AS c, \
+                        count(*) FILTER (WHERE status = 'failed') AS f \
+                 FROM jr_work_queue \
+                 WHERE completed_at >= date_trunc('minute', now()) - ($1 - 1) * interval '1 minute' \
+                 GROUP BY 1) \
+             SELECT s.m, coalesce(c.c, 0), coalesce(c.f, 0) \
+             FROM generate_series(date_trunc('minute', now()) - ($1 - 1) * interval '1 minute', \
+                                  date_trunc('minute', now()), interval '1 minute') s (m) \
+             LEFT JOIN c USING (m) ORDER BY 1",
+            &[&minutes],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Tasks by status and provider: (status, provider, tasks).
+pub async fn tasks_by_provider(client: &impl GenericClient) -> Result<Vec<(String, String, i64)>> {
+    let rows = client
+        .query(
+            "SELECT status, provider, count(*) FROM jr_work_queue GROUP BY 1, 2 ORDER BY 2, 1",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }

@@ -109,6 +109,38 @@ pub struct WorkerRow {
     pub health: Option<health::Health>,
 }
 
+impl WorkerRow {
+    /// The state to show: not alive — `lost` (waiting for its host's monitor to restart
+    /// it) or `offline`; alive — `draining (paused)` when drained by `jrq workers drain`,
+    /// `starting` or `draining` as it says, else `busy` or `idle` from the tasks counted
+    /// in the same statement as its load (so that state and load always agree).
+    pub fn display_state(&self, paused: bool) -> String {
+        if !self.alive {
+            return if self.status == WorkerStatus::Lost {
+                WorkerStatus::Lost
+            } else {
+                WorkerStatus::Offline
+            }
+            .to_string();
+        }
+        if paused {
+            return "draining (paused)".into();
+        }
+        match self.status {
+            WorkerStatus::Starting | WorkerStatus::Draining => self.status.to_string(),
+            _ if self.kind != "worker" => self.status.to_string(),
+            _ if self.current_load > 0 => WorkerStatus::Busy.to_string(),
+            _ => WorkerStatus::Idle.to_string(),
+        }
+    }
+
+    /// Online by its row, yet its heartbeat is older than the online threshold: it
+    /// stopped answering and the monitor has not marked it yet.
+    pub fn is_stale(&self) -> bool {
+        self.is_online && !self.alive
+    }
+}
+
 /// Lists the registry, workers first, by name.
 pub async fn workers_list(
     client: &impl GenericClient,

@@ -1,0 +1,134 @@
+//! The counters and histograms of `/metrics`, derived from the task rows so that they only
+//! go up (V11).
+//!
+//! A task row in a final state is the evidence of what happened to it: a completed row
+//! never changes, so a count of completed rows only grows. Two things take evidence away:
+//! `jrq prune` deletes final rows, and `jrq retry` turns a failed or cancelled row back
+//! into a pending one. Both carry the aggregate of the rows they take into
+//! `jr_metric_totals` in the same statement, with the same aggregation
+//! ([`metric_cols!`], [`metric_agg!`]); a counter is the aggregate of the final rows plus
+//! the totals, and never goes down.
+//!
+//! What is counted, per effective provider (the fallback it was routed to, else its own):
+//! tasks by final state and the worker that last held them (`completed`, `failed`,
+//! `cancelled`), the attempts and the retries (attempts after the first) of finished
+//! tasks, and two histograms over completed tasks: dispatch (ready → start of the attempt
+//! that completed) and run time (that start → completion).
+
+use tokio_postgres::GenericClient;
+
+use crate::error::Result;
+
+/// Upper bounds (seconds) of the dispatch histogram's buckets. The stored totals name
+/// their bucket by its bound: changing a bound leaves the old bucket's totals under the
+/// old bound (still counted, in `+Inf` and the sums) until they are pruned.
+pub const DISPATCH_BOUNDS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0,
+];
+
+/// Upper bounds (seconds) of the run-time histogram's buckets.
+pub const RUN_BOUNDS: [f64; 14] = [
+    0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
+];
+
+/// The columns [`metric_agg!`] reads besides `status`, as expressions over a
+/// `jr_work_queue` row (for a SELECT list or a RETURNING clause).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! metric_cols {
+    () => {
+        "coalesce(routed_provider, provider) AS m_provider, \
+         coalesce(assigned_jr, '') AS m_worker, attempts AS m_attempts, \
+         greatest(0, extract(epoch FROM started_at - greatest(created_at, run_after)))::float8 \
+             AS m_dispatch_s, \
+         greatest(0, extract(epoch FROM completed_at - started_at))::float8 AS m_run_s"
+    };
+}
+
+/// The aggregation of the rows of a relation named `src` (with `status` and the
+/// [`metric_cols!`] columns) into `(metric, provider, worker, le, count, sum)` rows, one
+/// per key. `$d` and `$r` are the statement's parameters holding [`DISPATCH_BOUNDS`] and
+/// [`RUN_BOUNDS`].
+#[macro_export]
+#[doc(hidden)]
+macro_rules! metric_agg {
+    ($d:literal, $r:literal) => {
+        concat!(
+            "SELECT status::text AS metric, m_provider AS provider, m_worker AS worker, \
+                    'Infinity'::float8 AS le, count(*)::int8 AS count, 0::float8 AS sum \
+             FROM src WHERE status IN ('completed', 'failed', 'cancelled') GROUP BY 1, 2, 3 \
+             UNION ALL \
+             SELECT m.metric, m_provider, '', 'Infinity', sum(m.n)::int8, 0 \
+             FROM src, LATERAL (VALUES ('attempts', m_attempts), \
+                                       ('retries', greatest(m_attempts - 1, 0))) m (metric, n) \
+             WHERE status IN ('completed', 'failed', 'cancelled') GROUP BY 1, 2 \
+             UNION ALL \
+             SELECT h.metric, m_provider, '', \
+                    coalesce(h.bounds[width_bucket(h.x, h.bounds) + 1], 'Infinity'), \
+                    count(*)::int8, sum(h.x) \
+             FROM src, LATERAL (VALUES \
+                 ('dispatch_seconds', m_dispatch_s, ",
+            $d,
+            "::float8[]), \
+                 ('run_seconds', m_run_s, ",
+            $r,
+            "::float8[])) h (metric, x, bounds) \
+             WHERE status = 'completed' AND h.x IS NOT NULL GROUP BY 1, 2, 4"
+        )
+    };
+}
+
+/// The upsert that adds a relation `agg` of aggregated rows into `jr_metric_totals`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! metric_carry {
+    () => {
+        "INSERT INTO jr_metric_totals AS t (metric, provider, worker, le, count, sum) \
+         SELECT metric, provider, worker, le, count, sum FROM agg \
+         ON CONFLICT (metric, provider, worker, le) DO UPDATE \
+             SET count = t.count + EXCLUDED.count, sum = t.sum + EXCLUDED.sum"
+    };
+}
+
+/// One counted key: a counter's value (`le` infinite) or a histogram bucket's count and
+/// sum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Total {
+    pub metric: String,
+    pub provider: String,
+    pub worker: String,
+    pub le: f64,
+    pub count: i64,
+    pub sum: f64,
+}
+
+/// Every counter and histogram bucket: the final rows' aggregate plus the carried totals.
+/// Reads the whole task table (one scan); `jr-web` caches the answer between scrapes.
+pub async fn metrics_totals(client: &impl GenericClient) -> Result<Vec<Total>> {
+    let sql = concat!(
+        "WITH src AS MATERIALIZED (SELECT status, ",
+        metric_cols!(),
+        " FROM jr_work_queue WHERE status IN ('completed', 'failed', 'cancelled')), \
+         agg AS (",
+        metric_agg!("$1", "$2"),
+        ") SELECT metric, provider, worker, le, sum(count)::int8, sum(sum)::float8 FROM ( \
+             SELECT metric, provider, worker, le, count, sum FROM agg \
+             UNION ALL \
+             SELECT metric, provider, worker, le, count, sum FROM jr_metric_totals) x \
+         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+    );
+    let rows = client
+        .query(sql, &[&DISPATCH_BOUNDS.as_slice(), &RUN_BOUNDS.as_slice()])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Total {
+            metric: r.get(0),
+            provider: r.get(1),
+            worker: r.get(2),
+            le: r.get(3),
+            count: r.get(4),
+            sum: r.get(5),
+        })
+        .collect())
+}
