@@ -393,6 +393,24 @@ async fn every_program_works_under_its_own_group_end_to_end() {
     ] {
         jrq_as(&reader.url, a).ok();
     }
+    // ... and so does the dashboard (every page, the metrics, the health check) ...
+    {
+        let web = common::Web::start(&reader.url, &[], &[]);
+        for path in [
+            "/".to_string(),
+            "/workers".into(),
+            "/tasks".into(),
+            format!("/tasks/{l3}"),
+            "/metrics".into(),
+            "/healthz".into(),
+        ] {
+            let (status, body) = web.get(&path);
+            assert_eq!(status, 200, "{path} as the reader: {body}");
+            if path == "/metrics" {
+                assert!(body.contains("\njrq_database_up 1"), "{body}");
+            }
+        }
+    }
     // ... and writes nothing (the daemons still run: only the tasks are compared).
     let tasks = || async {
         su.query_one(

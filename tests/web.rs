@@ -8,8 +8,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,105 +15,6 @@ use common::*;
 use fantoccini::Locator;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A `jr-web` process for a test; killed when dropped.
-struct Web {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    base: String,
-    stderr: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Web {
-    /// Starts `jr-web --listen 127.0.0.1:0 ARGS` against `url` and waits for its address.
-    fn start(url: &str, args: &[&str], env: &[(&str, &str)]) -> Web {
-        let dir = tempfile::tempdir().unwrap();
-        let stderr = dir.path().join("web.log");
-        let mut cmd = bin("jr-web");
-        cmd.env("DATABASE_URL", url)
-            .args(["--listen", "127.0.0.1:0", "--log-format", "text"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start jr-web");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
-            panic!(
-                "jr-web did not say where it serves: {}",
-                std::fs::read_to_string(&stderr).unwrap_or_default()
-            )
-        });
-        let base = line
-            .trim()
-            .strip_prefix("jr-web: serving on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "unexpected first line {line:?}: {}",
-                    std::fs::read_to_string(&stderr).unwrap_or_default()
-                )
-            })
-            .to_string();
-        Web {
-            child,
-            base,
-            stderr,
-            _dir: dir,
-        }
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        http_get(&self.base, path, None)
-    }
-}
-
-impl Drop for Web {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "jr-web's log:\n{}",
-                std::fs::read_to_string(&self.stderr).unwrap_or_default()
-            );
-        }
-    }
-}
-
-/// A GET over HTTP/1.1 (one request per connection): status and body.
-fn http_get(base: &str, path: &str, auth: Option<&str>) -> (u16, String) {
-    let addr = base.strip_prefix("http://").unwrap();
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(a) = auth {
-        use base64::Engine as _;
-        let token = base64::engine::general_purpose::STANDARD.encode(a);
-        req.push_str(&format!("Authorization: Basic {token}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    // Bodies here are small: axum sends them with a length, not chunked.
-    (status, body.to_string())
-}
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the program that takes it).
 fn free_port() -> u16 {
