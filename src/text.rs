@@ -104,6 +104,17 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// A time in the local zone (`TZ`, else the system's) with its zone: `UTC`, or the offset
+/// (`+01:00`). `fmt` is chrono's format of the rest.
+pub fn local_time(t: chrono::DateTime<chrono::Utc>, fmt: &str) -> String {
+    let l = t.with_timezone(&chrono::Local);
+    if l.offset().local_minus_utc() == 0 {
+        format!("{} UTC", l.format(fmt))
+    } else {
+        format!("{} {}", l.format(fmt), l.format("%:z"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -634,6 +634,23 @@ async fn prune_deletes_old_finished_tasks_and_their_events() {
            (5, 'jrq', 'retried');",
     )
     .await;
+    // A dry run counts what would go and changes nothing.
+    let before = db.fingerprint().await;
+    let j = db
+        .run(&["prune", "--older-than", "7d", "--dry-run", "--json"])
+        .json();
+    assert_eq!(
+        (j["tasks"].as_i64(), j["events"].as_i64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(j["dry_run"], true);
+    let out = db.run(&["prune", "--older-than", "7d", "--dry-run"]);
+    assert!(
+        out.ok()
+            .contains("would prune 3 task(s) and 3 event(s) (dry run: nothing deleted)"),
+        "{out:#?}"
+    );
+    assert_eq!(db.fingerprint().await, before);
     let j = db.run(&["prune", "--older-than", "7d", "--json"]).json();
     assert_eq!(j["tasks"], 3);
     assert_eq!(j["events"], 3);
@@ -880,4 +897,132 @@ async fn help_is_available_for_every_subcommand() {
     let help = out.ok().split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(help.contains("JRQ_PRIORITY"), "{help}");
     assert!(help.contains("[default: 5]"), "{help}");
+}
+
+// ---------------------------------------------------------------------------------------
+// conventions: booleans, pipes, zones, one snapshot
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn boolean_variables_take_the_usual_spellings() {
+    let db = TestDb::new().await;
+    for (value, urgent) in [
+        ("1", true),
+        ("yes", true),
+        ("on", true),
+        ("0", false),
+        ("off", false),
+        ("no", false),
+    ] {
+        let out = common::Run::from(
+            db.jrq()
+                .args(["enqueue", "--title", value])
+                .env("JRQ_URGENT", value)
+                .output()
+                .unwrap(),
+        );
+        let id = id_of(&out);
+        let t = db.run(&["show", &id.to_string(), "--json"]).json();
+        assert_eq!(
+            t["task"]["sacred_fire_priority"], urgent,
+            "JRQ_URGENT={value}"
+        );
+    }
+    let before = db.fingerprint().await;
+    let out = common::Run::from(
+        db.jrq()
+            .args(["enqueue", "--title", "x"])
+            .env("JRQ_URGENT", "maybe")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(out.stderr.contains("'maybe'"), "{out:#?}");
+    assert_eq!(db.fingerprint().await, before);
+}
+
+#[tokio::test]
+async fn long_cells_are_whole_in_pipes_and_with_wide_and_cut_only_on_a_terminal() {
+    let db = TestDb::new().await;
+    let title = format!("{} the end", "x".repeat(120));
+    let id = id_of(&db.run(&["enqueue", "--title", &title]));
+    db.run(&["cancel", &id.to_string()]).ok();
+    // Tests read stdout through a pipe: nothing is cut.
+    let text = db.run(&["tasks"]).ok().to_string();
+    assert!(text.contains(&title), "{text}");
+    // On a terminal (script(1) gives one) the table fits; --wide prints it whole.
+    let on_tty = |args: &str| {
+        let out = std::process::Command::new("script")
+            .args([
+                "-qec",
+                &format!("{} {args}", common::bin_path("jrq")),
+                "/dev/null",
+            ])
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .expect("script (util-linux)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let cut = on_tty("tasks");
+    assert!(cut.contains('…') && !cut.contains("the end"), "{cut}");
+    let wide = on_tty("tasks --wide");
+    assert!(wide.contains(&title), "{wide}");
+}
+
+#[tokio::test]
+async fn times_carry_their_zone_and_follow_tz() {
+    let db = TestDb::new().await;
+    let id = id_of(&db.run(&["enqueue", "--title", "zoned"]));
+    let show = |tz: &str| {
+        common::Run::from(
+            db.jrq()
+                .args(["show", &id.to_string()])
+                .env("TZ", tz)
+                .output()
+                .unwrap(),
+        )
+        .ok()
+        .to_string()
+    };
+    let utc = show("UTC");
+    let created = utc.lines().find(|l| l.contains("created:")).unwrap();
+    assert!(created.contains(" UTC by "), "{created}");
+    let tokyo = show("JST-9");
+    let created = tokyo.lines().find(|l| l.contains("created:")).unwrap();
+    assert!(created.contains(" +09:00 by "), "{created}");
+    let event = tokyo.lines().find(|l| l.contains(" created ")).unwrap();
+    assert!(event.contains("+09:00"), "{tokyo}");
+}
+
+#[tokio::test]
+async fn workers_state_and_load_come_from_one_snapshot() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    // The rows say busy and idle; the tasks say the opposite: the tasks win, everywhere.
+    exec(
+        &client,
+        "INSERT INTO jr_status (jr_name, kind, host, pid, capacity, current_load, is_online, status, last_seen) VALUES
+           ('says-busy', 'worker', 'h1', 101, 2, 1, true, 'busy', now()),
+           ('says-idle', 'worker', 'h1', 102, 2, 0, true, 'idle', now());
+         INSERT INTO jr_work_queue (title, status, assigned_jr, started_at) VALUES
+           ('running', 'in_progress', 'says-idle', now());",
+    )
+    .await;
+    let text = db.run(&["workers"]).ok().to_string();
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        line("says-busy ").contains("idle") && line("says-busy ").contains("0/2"),
+        "{text}"
+    );
+    assert!(
+        line("says-idle ").contains("busy") && line("says-idle ").contains("1/2"),
+        "{text}"
+    );
+    let status = db.run(&["status"]).ok().to_string();
+    assert!(status.contains("(1 busy, 1 idle)"), "{status}");
 }

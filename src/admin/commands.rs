@@ -27,6 +27,7 @@ const ACTOR: &str = "jrq";
 /// Runs one `jrq` command. Input is validated before the database is touched; every
 /// change a command makes commits in one transaction, or not at all.
 pub async fn run(cli: Cli) -> Result<()> {
+    render::set_wide(cli.wide);
     let cfg = db::config_from(cli.database_url.as_deref(), "jrq")?;
     // Read and check the input first: a bad batch never needs a database to be refused.
     let new_tasks = match &cli.command {
@@ -511,6 +512,10 @@ async fn list_workers(client: &mut Client, args: &WorkersArgs) -> Result<()> {
 }
 
 async fn prune(client: &Client, args: &PruneArgs) -> Result<()> {
+    if args.dry_run {
+        let report = tasks::tasks_prune_count(client, args.older_than).await?;
+        return render::prune_dry_run(&report, args.json);
+    }
     let report = tasks::tasks_prune(client, args.older_than).await?;
     render::prune(&report, args.json)
 }

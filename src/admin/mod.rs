@@ -27,6 +27,12 @@ pub struct Cli {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
 
+    /// Print long cells (titles, details, errors) whole. On by itself when standard output
+    /// is not a terminal (a pipe, a file): only a terminal's tables are cut to fit, with
+    /// `…`. Ages ("3s ago") are for people: `--json` gives the timestamps.
+    #[arg(long, env = "JRQ_WIDE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub wide: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -89,7 +95,7 @@ pub struct EnqueueArgs {
     #[arg(long, env = "JRQ_PRIORITY", default_value_t = crate::task::DEFAULT_PRIORITY, value_parser = validate::parse_priority, allow_hyphen_values = true)]
     pub priority: i32,
     /// Jump the line (sets sacred_fire_priority): served before every non-urgent task.
-    #[arg(long, env = "JRQ_URGENT")]
+    #[arg(long, env = "JRQ_URGENT", value_parser = clap::builder::BoolishValueParser::new())]
     pub urgent: bool,
     /// Routing class (e.g. claude, codex, ollama); only workers serving it take the task.
     /// Default: empty, any worker.
@@ -98,7 +104,7 @@ pub struct EnqueueArgs {
     /// While its provider is paused, the task may go to the workers of that provider's
     /// fallback providers (`jrq providers set P --fallback Q`); a payload with
     /// "fallback": true does the same. Default: it waits for its own provider.
-    #[arg(long, env = "JRQ_FALLBACK_OK")]
+    #[arg(long, env = "JRQ_FALLBACK_OK", value_parser = clap::builder::BoolishValueParser::new())]
     pub fallback_ok: bool,
     /// Pin the task to one worker by name.
     #[arg(long, env = "JRQ_TARGET", value_parser = validate::parse_worker_name)]
@@ -135,7 +141,7 @@ pub struct EnqueueArgs {
     pub batch: Option<PathBuf>,
     /// With --batch: insert the valid lines even when some are rejected. Default: a batch
     /// with any bad line inserts nothing.
-    #[arg(long, env = "JRQ_SKIP_INVALID", requires = "batch")]
+    #[arg(long, env = "JRQ_SKIP_INVALID", requires = "batch", value_parser = clap::builder::BoolishValueParser::new())]
     pub skip_invalid: bool,
     /// Largest payload accepted, as bytes of JSON (e.g. 1MiB, 64KiB, 2000000; 0 = no
     /// limit). Keep big data elsewhere and pass a reference: every claim reads the payload.
@@ -153,7 +159,7 @@ pub struct StatusArgs {
     #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = crate::validate::format_duration(crate::db::workers::DEFAULT_ONLINE_THRESHOLD), value_parser = validate::duration_in("1s", "1h"))]
     pub online_threshold: Duration,
     /// Print JSON instead of text.
-    #[arg(long, env = "JRQ_JSON")]
+    #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
 }
 
@@ -176,7 +182,7 @@ pub struct TasksArgs {
     #[arg(long, env = "JRQ_LIMIT", default_value = "50", value_parser = parse_limit, allow_hyphen_values = true)]
     pub limit: i64,
     /// Print JSON instead of text.
-    #[arg(long, env = "JRQ_JSON")]
+    #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
 }
 
@@ -187,7 +193,7 @@ pub struct ShowArgs {
     #[arg(value_parser = parse_task_id)]
     pub id: i64,
     /// Print JSON instead of text.
-    #[arg(long, env = "JRQ_JSON")]
+    #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
 }
 
@@ -198,7 +204,7 @@ pub struct RetryArgs {
     #[arg(value_parser = parse_task_id)]
     pub ids: Vec<i64>,
     /// Retry every failed task.
-    #[arg(long, env = "JRQ_ALL_FAILED", conflicts_with_all = ["ids", "status", "provider", "worker", "run", "older_than"])]
+    #[arg(long, env = "JRQ_ALL_FAILED", conflicts_with_all = ["ids", "status", "provider", "worker", "run", "older_than"], value_parser = clap::builder::BoolishValueParser::new())]
     pub all_failed: bool,
     #[command(flatten)]
     pub filter: BulkFilter,
@@ -259,7 +265,7 @@ pub enum RunsCommand {
         name: String,
         /// Let the health monitor mark the run completed (or error) once all of its tasks
         /// are finished.
-        #[arg(long, env = "JRQ_AUTO_COMPLETE")]
+        #[arg(long, env = "JRQ_AUTO_COMPLETE", value_parser = clap::builder::BoolishValueParser::new())]
         auto_complete: bool,
     },
     /// List runs, newest first, with their tasks counted.
@@ -271,7 +277,7 @@ pub enum RunsCommand {
         #[arg(long, env = "JRQ_LIMIT", default_value = "50", value_parser = parse_limit, allow_hyphen_values = true)]
         limit: i64,
         /// Print JSON instead of text.
-        #[arg(long, env = "JRQ_JSON")]
+        #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
         json: bool,
     },
     /// Set a run's status; completed, error and archived end the workers serving it.
@@ -295,7 +301,7 @@ pub struct WorkersArgs {
     #[arg(long, env = "JRQ_ONLINE_THRESHOLD", default_value = crate::validate::format_duration(crate::db::workers::DEFAULT_ONLINE_THRESHOLD), value_parser = validate::duration_in("1s", "1h"))]
     pub online_threshold: Duration,
     /// Print JSON instead of text.
-    #[arg(long, env = "JRQ_JSON")]
+    #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
 }
 
@@ -325,8 +331,11 @@ pub struct PruneArgs {
     /// Delete tasks that finished longer ago than this (e.g. 7d, 12h). Range: 0s to 3650d.
     #[arg(long, env = "JRQ_OLDER_THAN", value_parser = validate::duration_in("0s", "3650d"))]
     pub older_than: Duration,
+    /// Count what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print JSON instead of text.
-    #[arg(long, env = "JRQ_JSON")]
+    #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
 }
 
@@ -355,7 +364,7 @@ pub enum ProvidersCommand {
     /// The providers: limits, tasks running and pending, pauses.
     List {
         /// Print JSON instead of text.
-        #[arg(long, env = "JRQ_JSON")]
+        #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
         json: bool,
     },
     /// Remove a provider's limits (its pause, if any, stays until `jrq resume`).
@@ -450,7 +459,7 @@ pub enum RolesCommand {
     /// them their rights.
     List {
         /// Print JSON instead of text.
-        #[arg(long, env = "JRQ_JSON")]
+        #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
         json: bool,
     },
     /// Create the missing groups (needs CREATEROLE) and grant each its program's rights in

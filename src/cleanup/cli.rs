@@ -17,13 +17,13 @@ use crate::host;
 pub struct CleanupArgs {
     /// Act: end stale processes and release registry rows whose process is gone. Without
     /// it, a dry run that changes nothing.
-    #[arg(long, env = "JRQ_FORCE")]
+    #[arg(long, env = "JRQ_FORCE", value_parser = clap::builder::BoolishValueParser::new())]
     pub force: bool,
     /// After SIGTERM, time a stale worker gets to drain before SIGKILL. Range: 0s to 1h.
     #[arg(long, env = "JRQ_GRACE", default_value = crate::validate::format_duration(DEFAULT_GRACE), value_parser = crate::validate::duration_in("0s", "1h"))]
     pub grace: Duration,
     /// Print the report as JSON.
-    #[arg(long, env = "JRQ_JSON")]
+    #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
     /// Log format: auto, text, json, journald.
     #[arg(long, env = "JRQ_LOG_FORMAT", value_enum, default_value = "auto")]

@@ -263,7 +263,10 @@ impl Pause {
     /// "paused by alice: maintenance", "paused until 15:00 UTC (rate-limited by …)".
     pub fn describe(&self) -> String {
         let mut s = match self.until {
-            Some(t) => format!("paused until {}", t.format("%Y-%m-%d %H:%M:%S UTC")),
+            Some(t) => format!(
+                "paused until {}",
+                crate::text::local_time(t, "%Y-%m-%d %H:%M:%S")
+            ),
             None => "paused".to_string(),
         };
         if !self.set_by.is_empty() {

@@ -65,7 +65,7 @@ pub struct MonitorArgs {
     #[arg(long, env = "JRQ_SYSTEMCTL", default_value = "systemctl")]
     pub systemctl: PathBuf,
     /// Print the report as JSON.
-    #[arg(long, env = "JRQ_JSON")]
+    #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
     /// Also write the report in Prometheus' text format to this file (atomically), for
     /// node_exporter's textfile collector.

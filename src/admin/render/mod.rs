@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use chrono::{DateTime, Utc};
+
+use crate::text::local_time;
 use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
 use serde::Serialize;
 
@@ -79,11 +83,21 @@ fn print_table(t: &Table) {
     }
 }
 
+/// Whether long cells are printed whole: `--wide`, or standard output is not a terminal
+/// (a pipe, a file). On a terminal they are cut to fit, with `…`.
+static WIDE: AtomicBool = AtomicBool::new(false);
+
+/// Sets [`WIDE`] for this run: `wide` asked, or standard output is not a terminal.
+pub fn set_wide(wide: bool) {
+    use std::io::IsTerminal;
+    WIDE.store(wide || !std::io::stdout().is_terminal(), Ordering::Relaxed);
+}
+
 /// Timeline timestamps: milliseconds matter when a task moves fast.
 const EVENT_TIME: &str = "%Y-%m-%d %H:%M:%S%.3f";
 
 fn ts(t: Option<DateTime<Utc>>) -> String {
-    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    t.map(|t| local_time(t, "%Y-%m-%d %H:%M:%S"))
         .unwrap_or_else(|| "-".into())
 }
 
@@ -99,7 +113,7 @@ fn age(t: Option<DateTime<Utc>>) -> String {
 
 fn truncate(s: &str, max: usize) -> String {
     let s = s.replace(['\n', '\r', '\t'], " ");
-    if s.chars().count() <= max {
+    if WIDE.load(Ordering::Relaxed) || s.chars().count() <= max {
         s
     } else {
         let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
@@ -388,7 +402,7 @@ pub fn show(task: &TaskRow, events: &[EventRow], waiting: Option<&str>, json: bo
     add_row(
         &mut t,
         vec![
-            task.created_at.format(EVENT_TIME).to_string(),
+            local_time(task.created_at, EVENT_TIME),
             task.created_by.clone(),
             "created".into(),
             "pending".into(),
@@ -406,7 +420,7 @@ pub fn show(task: &TaskRow, events: &[EventRow], waiting: Option<&str>, json: bo
         add_row(
             &mut t,
             vec![
-                e.at.format(EVENT_TIME).to_string(),
+                local_time(e.at, EVENT_TIME),
                 e.actor.clone(),
                 e.action.clone(),
                 status,
@@ -519,7 +533,7 @@ pub fn workers(
         let circuit = match (&r.circuit_open_until, &r.circuit_reason) {
             (Some(until), reason) => format!(
                 "open until {} ({})",
-                until.format("%H:%M:%S"),
+                local_time(*until, "%H:%M:%S"),
                 reason.clone().unwrap_or_default()
             ),
             (None, _) if r.consecutive_failures == 1 => "closed (1 failure)".into(),
@@ -560,6 +574,20 @@ pub fn workers(
     for p in pauses.workers.values() {
         say!("{} {}", p.what(), p.describe());
     }
+    Ok(())
+}
+
+pub fn prune_dry_run(r: &PruneReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(&serde_json::json!({
+            "tasks": r.tasks, "events": r.events, "dry_run": true
+        }));
+    }
+    say!(
+        "would prune {} task(s) and {} event(s) (dry run: nothing deleted)",
+        r.tasks,
+        r.events
+    );
     Ok(())
 }
 

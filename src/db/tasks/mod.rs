@@ -545,6 +545,28 @@ pub async fn tasks_prune(client: &impl GenericClient, older_than: Duration) -> R
     })
 }
 
+/// What [`tasks_prune`] would delete now: the tasks and their events.
+pub async fn tasks_prune_count(
+    client: &impl GenericClient,
+    older_than: Duration,
+) -> Result<PruneReport> {
+    let row = client
+        .query_one(
+            "WITH t AS ( \
+                 SELECT id FROM jr_work_queue \
+                 WHERE status IN ('completed', 'failed', 'cancelled') \
+                   AND completed_at < now() - $1::int8 * interval '1 millisecond') \
+             SELECT (SELECT count(*) FROM t), \
+                    (SELECT count(*) FROM jr_task_events WHERE task_id IN (SELECT id FROM t))",
+            &[&duration_ms(older_than)],
+        )
+        .await?;
+    Ok(PruneReport {
+        tasks: row.get::<_, i64>(0) as u64,
+        events: row.get::<_, i64>(1) as u64,
+    })
+}
+
 /// Counts and ages for `jrq status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TaskSummary {
