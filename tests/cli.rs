@@ -1026,3 +1026,28 @@ async fn workers_state_and_load_come_from_one_snapshot() {
     let status = db.run(&["status"]).ok().to_string();
     assert!(status.contains("(1 busy, 1 idle)"), "{status}");
 }
+
+#[test]
+fn every_script_answers_help() {
+    for script in [
+        "test",
+        "demo",
+        "bench",
+        "dev-postgres",
+        "install-user-units",
+        "screenshots",
+        "user-systemd",
+    ] {
+        let out = common::Run::from(
+            std::process::Command::new(common::project_root().join("scripts").join(script))
+                .arg("--help")
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(out.code, Some(0), "{script} --help: {out:#?}");
+        assert!(
+            out.stdout.lines().count() >= 3 && !out.stdout.contains("set -euo"),
+            "{script} --help: {out:#?}"
+        );
+    }
+}
