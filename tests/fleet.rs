@@ -406,21 +406,26 @@ async fn the_installer_installs_starts_updates_and_uninstalls() {
     assert!(!home.join(".local/bin/jrq").exists());
 
     // The dashboard too. This test's HOME and database socket live in /tmp, and it runs as
-    // root while the socket belongs to another user: a drop-in of the test's lets jr-web
-    // see them (its own private /tmp and empty capability set would not).
+    // root while the socket belongs to another user: the tests' drop-in lets the hardened
+    // units see them (their own private /tmp and empty capability set would not).
+    std::fs::create_dir_all(home.join("logs")).unwrap();
+    for unit in [
+        "jr-queue-worker@.service",
+        "jr-auto-assigner.service",
+        "jr-health-monitor.service",
+        "jr-stale-cleanup.service",
+        "jr-web.service",
+    ] {
+        let dir = home.join(format!(".config/systemd/user/{unit}.d"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("test.conf"), common::TEST_DROP_IN).unwrap();
+    }
     let web_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let web_addr = format!("127.0.0.1:{web_port}");
-    let dropins = home.join(".config/systemd/user/jr-web.service.d");
-    std::fs::create_dir_all(&dropins).unwrap();
-    std::fs::write(
-        dropins.join("test.conf"),
-        "[Service]\nPrivateTmp=no\nCapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH\n",
-    )
-    .unwrap();
     let out = install(
         &[&prebuilt[..], &["--web", &web_addr, "it_triad_jr"]].concat(),
         true,

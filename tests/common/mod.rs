@@ -641,6 +641,16 @@ impl Drop for PrivateCluster {
     }
 }
 
+/// What every unit gets under the tests' user manager: its output in HOME/logs, and what
+/// the test machine needs besides the units' hardening — the tests' HOME (binaries, the
+/// database socket) lives in /tmp, which a unit's private /tmp would hide, and the tests
+/// run as root while the database socket belongs to the postgres user: root reaches it
+/// only with CAP_DAC_OVERRIDE, which the units' empty capability bounding set removes
+/// (for a user that is not root the set is empty anyway).
+pub const TEST_DROP_IN: &str = "[Service]\nStandardOutput=append:%h/logs/%n.log\n\
+    StandardError=append:%h/logs/%n.log\nPrivateTmp=no\n\
+    CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_KILL\n";
+
 /// A private systemd user manager with jrq's units installed (as
 /// `scripts/install-user-units` would: binaries in ~/.local/bin, units in
 /// ~/.config/systemd/user, ~/.config/jrq/jrq.env). Stopped, with every unit, when dropped.
@@ -682,14 +692,7 @@ impl UserSystemd {
             if name.ends_with(".service") {
                 let dir = units.join(format!("{name}.d"));
                 std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(
-                    dir.join("test-log.conf"),
-                    // The test's HOME (binaries, database socket) lives in /tmp: a unit's
-                    // private /tmp would hide it.
-                    "[Service]\nStandardOutput=append:%h/logs/%n.log\n\
-                     StandardError=append:%h/logs/%n.log\nPrivateTmp=no\n",
-                )
-                .unwrap();
+                std::fs::write(dir.join("test-log.conf"), TEST_DROP_IN).unwrap();
             }
         }
         let mut text = String::new();
