@@ -11,12 +11,14 @@ CREATE TABLE jr_metric_totals (
     metric   text NOT NULL,
     provider text NOT NULL DEFAULT '',
     worker   text NOT NULL DEFAULT '',
-    -- A histogram's bucket by its upper bound (the observations below it and at or above
-    -- the bound before it); 'Infinity' for the last bucket and for a plain counter.
+    -- A histogram's bucket by its upper bound (the observations at or below it and above
+    -- the bound before it, as Prometheus' le); 'Infinity' for the last bucket and for a
+    -- plain counter.
     le       float8 NOT NULL DEFAULT 'Infinity',
     count    bigint NOT NULL DEFAULT 0,
-    -- A histogram's sum of the observations in the bucket.
-    sum      float8 NOT NULL DEFAULT 0,
+    -- A histogram's sum of the observations in the bucket, in whole microseconds (integers
+    -- add up the same in any order: a sum never shrinks by a rounding).
+    sum_us   bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (metric, provider, worker, le)
 );
 

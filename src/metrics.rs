@@ -340,12 +340,13 @@ impl Collector for Snapshot {
                         b.1 += t.count.max(0) as u64;
                     }
                 }
-                let sum: f64 = self
+                let sum_us: i64 = self
                     .totals
                     .iter()
                     .filter(|t| t.metric == metric && t.provider == p)
-                    .map(|t| t.sum)
+                    .map(|t| t.sum_us)
                     .sum();
+                let sum = sum_us as f64 / 1e6;
                 let count = buckets.iter().map(|(_, n)| n).sum();
                 let labels: Labels = vec![("provider", p.to_string())];
                 m.encode_family(&labels)?

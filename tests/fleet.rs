@@ -439,15 +439,8 @@ async fn the_installer_installs_starts_updates_and_uninstalls() {
     sd.wait_prop("jr-web.service", "ActiveState", "active", T)
         .await;
     assert_eq!(sd.prop("jr-web.service", "UnitFileState"), "enabled");
-    let mut healthz = std::net::TcpStream::connect(&web_addr).unwrap();
-    std::io::Write::write_all(
-        &mut healthz,
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut healthz, &mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (status, answer) = common::http_get(&format!("http://{web_addr}"), "/healthz", None);
+    assert_eq!(status, 200, "{answer}");
     // Linger: enabled, or (no logind here) a line saying what to run; never a failure.
     assert!(
         text.contains("== linger enabled") || text.contains("sudo loginctl enable-linger"),

@@ -452,16 +452,95 @@ async fn metrics_parse_and_their_counters_never_go_down() {
     }
     // Every counter and bucket of before is still there, none lower.
     for (k, before) in &m {
-        if k.contains("_total{") || k.contains("_bucket{") || k.contains("_count{") {
+        if k.contains("_total{")
+            || k.contains("_bucket{")
+            || k.contains("_count{")
+            || k.contains("_sum{")
+        {
             let now = after.get(k).copied().unwrap_or(0.0);
             assert!(now >= *before, "{k} went down: {before} -> {now}");
         }
     }
-    assert_eq!(v(r#"jrq_tasks{status="failed",provider=""}"#), 1.0);
+    // The gauges did move: the failed row is pending again.
+    assert_eq!(after.get(r#"jrq_tasks{status="failed",provider=""}"#), None);
     assert_eq!(
         after.get(r#"jrq_tasks{status="pending",provider=""}"#),
         Some(&1.0)
     );
+
+    // A bound is inside its bucket (Prometheus' le): a run of exactly 1 s counts under
+    // le="1", a dispatch of 0 s under the first bound.
+    exec_sql(
+        &c,
+        "INSERT INTO jr_work_queue (title, status, provider, assigned_jr, attempts, created_at, \
+             run_after, started_at, completed_at) \
+         VALUES ('edge', 'completed', 'edge', 'w1', 1, '2026-01-01 10:00:00+00', \
+                 '2026-01-01 10:00:00+00', '2026-01-01 10:00:00+00', '2026-01-01 10:00:01+00')",
+    )
+    .await;
+    // A bulk retry carries what it takes away too.
+    exec_sql(
+        &c,
+        "INSERT INTO jr_work_queue (title, status, provider, assigned_jr, attempts, completed_at) \
+         VALUES ('b1', 'failed', 'bulk', 'w1', 3, now()), ('b2', 'failed', 'bulk', 'w1', 3, now())",
+    )
+    .await;
+    let fresh = |pred: &dyn Fn(&HashMap<String, f64>) -> bool| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (_, text) = web.get("/metrics");
+            let m = samples(&text);
+            if pred(&m) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "never: {text}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let m = fresh(&|m| m.contains_key(r#"jrq_tasks{status="failed",provider="bulk"}"#));
+    assert_eq!(
+        m[r#"jrq_task_run_seconds_bucket{provider="edge",le="0.5"}"#],
+        0.0
+    );
+    assert_eq!(
+        m[r#"jrq_task_run_seconds_bucket{provider="edge",le="1"}"#],
+        1.0
+    );
+    assert_eq!(
+        m[r#"jrq_task_dispatch_seconds_bucket{provider="edge",le="0.001"}"#],
+        1.0
+    );
+    assert_eq!(m[r#"jrq_task_run_seconds_sum{provider="edge"}"#], 1.0);
+    assert_eq!(
+        m[r#"jrq_tasks_failed_total{provider="bulk",worker="w1"}"#],
+        2.0
+    );
+    assert_eq!(m[r#"jrq_task_attempts_total{provider="bulk"}"#], 6.0);
+    let out = db.run(&["retry", "--all-failed"]);
+    assert!(
+        out.ok().contains("2 failed task(s) pending again"),
+        "{out:#?}"
+    );
+    let m = fresh(&|m| !m.contains_key(r#"jrq_tasks{status="failed",provider="bulk"}"#));
+    assert_eq!(
+        m[r#"jrq_tasks_failed_total{provider="bulk",worker="w1"}"#],
+        2.0
+    );
+    assert_eq!(m[r#"jrq_task_attempts_total{provider="bulk"}"#], 6.0);
+}
+
+/// A GET of /healthz with another Host header: the status.
+fn http_get_host(addr: &str, host: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,7 +639,14 @@ async fn jr_web_listens_beyond_loopback_only_with_a_password() {
     // Health checks need no password (they say nothing but up or down).
     assert_eq!(http_get(&web.base, "/healthz", None).0, 200);
     // The password is not in its log.
-    drop(web);
+    assert!(!web.log().contains("correct horse"), "{}", web.log());
+
+    // Without a password, only this host's names are served (DNS rebinding).
+    let local = Web::start(&db.url, &[], &[]);
+    let addr = local.base.strip_prefix("http://").unwrap().to_string();
+    let port = addr.rsplit_once(':').unwrap().1;
+    assert_eq!(http_get_host(&addr, &format!("localhost:{port}")), 200);
+    assert_eq!(http_get_host(&addr, &format!("evil.example:{port}")), 421);
 }
 
 #[tokio::test]

@@ -39,15 +39,17 @@ macro_rules! metric_cols {
     () => {
         "coalesce(routed_provider, provider) AS m_provider, \
          coalesce(assigned_jr, '') AS m_worker, attempts AS m_attempts, \
-         greatest(0, extract(epoch FROM started_at - greatest(created_at, run_after)))::float8 \
-             AS m_dispatch_s, \
-         greatest(0, extract(epoch FROM completed_at - started_at))::float8 AS m_run_s"
+         greatest(0, (extract(epoch FROM started_at - greatest(created_at, run_after)) \
+             * 1000000)::int8) AS m_dispatch_us, \
+         greatest(0, (extract(epoch FROM completed_at - started_at) * 1000000)::int8) \
+             AS m_run_us"
     };
 }
 
 /// The aggregation of the rows of a relation named `src` (with `status` and the
-/// [`metric_cols!`] columns) into `(metric, provider, worker, le, count, sum)` rows, one
-/// per key. `$d` and `$r` are the statement's parameters holding [`DISPATCH_BOUNDS`] and
+/// [`metric_cols!`] columns) into `(metric, provider, worker, le, count, sum_us)` rows, one
+/// per key; an observation goes to the first bucket whose bound it does not exceed
+/// (Prometheus' `le`). `$d` and `$r` are the statement's parameters holding [`DISPATCH_BOUNDS`] and
 /// [`RUN_BOUNDS`].
 #[macro_export]
 #[doc(hidden)]
@@ -55,7 +57,7 @@ macro_rules! metric_agg {
     ($d:literal, $r:literal) => {
         concat!(
             "SELECT status::text AS metric, m_provider AS provider, m_worker AS worker, \
-                    'Infinity'::float8 AS le, count(*)::int8 AS count, 0::float8 AS sum \
+                    'Infinity'::float8 AS le, count(*)::int8 AS count, 0::int8 AS sum_us \
              FROM src WHERE status IN ('completed', 'failed', 'cancelled') GROUP BY 1, 2, 3 \
              UNION ALL \
              SELECT m.metric, m_provider, '', 'Infinity', sum(m.n)::int8, 0 \
@@ -64,16 +66,17 @@ macro_rules! metric_agg {
              WHERE status IN ('completed', 'failed', 'cancelled') GROUP BY 1, 2 \
              UNION ALL \
              SELECT h.metric, m_provider, '', \
-                    coalesce(h.bounds[width_bucket(h.x, h.bounds) + 1], 'Infinity'), \
-                    count(*)::int8, sum(h.x) \
+                    coalesce((SELECT min(b) FROM unnest(h.bounds) b \
+                              WHERE h.us <= b * 1000000), 'Infinity'), \
+                    count(*)::int8, sum(h.us)::int8 \
              FROM src, LATERAL (VALUES \
-                 ('dispatch_seconds', m_dispatch_s, ",
+                 ('dispatch_seconds', m_dispatch_us, ",
             $d,
             "::float8[]), \
-                 ('run_seconds', m_run_s, ",
+                 ('run_seconds', m_run_us, ",
             $r,
-            "::float8[])) h (metric, x, bounds) \
-             WHERE status = 'completed' AND h.x IS NOT NULL GROUP BY 1, 2, 4"
+            "::float8[])) h (metric, us, bounds) \
+             WHERE status = 'completed' AND h.us IS NOT NULL GROUP BY 1, 2, 4"
         )
     };
 }
@@ -83,15 +86,17 @@ macro_rules! metric_agg {
 #[doc(hidden)]
 macro_rules! metric_carry {
     () => {
-        "INSERT INTO jr_metric_totals AS t (metric, provider, worker, le, count, sum) \
-         SELECT metric, provider, worker, le, count, sum FROM agg \
+        "INSERT INTO jr_metric_totals AS t (metric, provider, worker, le, count, sum_us) \
+         SELECT metric, provider, worker, le, count, sum_us FROM agg \
+         ORDER BY metric, provider, worker, le \
          ON CONFLICT (metric, provider, worker, le) DO UPDATE \
-             SET count = t.count + EXCLUDED.count, sum = t.sum + EXCLUDED.sum"
+             SET count = t.count + EXCLUDED.count, sum_us = t.sum_us + EXCLUDED.sum_us"
     };
 }
 
 /// One counted key: a counter's value (`le` infinite) or a histogram bucket's count and
-/// sum.
+/// sum. Sums are whole microseconds: integers add up the same in any order, so a sum
+/// never goes down by a rounding (a float's would, when a prune moves rows to the totals).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Total {
     pub metric: String,
@@ -99,7 +104,7 @@ pub struct Total {
     pub worker: String,
     pub le: f64,
     pub count: i64,
-    pub sum: f64,
+    pub sum_us: i64,
 }
 
 /// Every counter and histogram bucket: the final rows' aggregate plus the carried totals.
@@ -111,10 +116,10 @@ pub async fn metrics_totals(client: &impl GenericClient) -> Result<Vec<Total>> {
         " FROM jr_work_queue WHERE status IN ('completed', 'failed', 'cancelled')), \
          agg AS (",
         metric_agg!("$1", "$2"),
-        ") SELECT metric, provider, worker, le, sum(count)::int8, sum(sum)::float8 FROM ( \
-             SELECT metric, provider, worker, le, count, sum FROM agg \
+        ") SELECT metric, provider, worker, le, sum(count)::int8, sum(sum_us)::int8 FROM ( \
+             SELECT metric, provider, worker, le, count, sum_us FROM agg \
              UNION ALL \
-             SELECT metric, provider, worker, le, count, sum FROM jr_metric_totals) x \
+             SELECT metric, provider, worker, le, count, sum_us FROM jr_metric_totals) x \
          GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
     );
     let rows = client
@@ -128,7 +133,7 @@ pub async fn metrics_totals(client: &impl GenericClient) -> Result<Vec<Total>> {
             worker: r.get(2),
             le: r.get(3),
             count: r.get(4),
-            sum: r.get(5),
+            sum_us: r.get(5),
         })
         .collect())
 }

@@ -76,6 +76,16 @@ impl WebArgs {
                 "JRQ_WEB_USER must not contain ':' (HTTP basic authentication splits on it)".into(),
             ));
         }
+        // The monitor's options, read as the health monitor reads them (its JRQ_*
+        // variables, from the environment file both units share).
+        let monitor = crate::monitor::cli::MonitorArgs::try_parse_from(["jr-health-monitor"])
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "the health monitor's settings in the environment are not valid: {}",
+                    e.to_string().lines().next().unwrap_or_default()
+                ))
+            })?
+            .config()?;
         let cfg = WebConfig {
             listen: self.listen,
             refresh: (!self.refresh.is_zero()).then_some(self.refresh),
@@ -83,6 +93,11 @@ impl WebArgs {
             online_threshold: self.online_threshold,
             auth,
             heartbeat_interval: self.heartbeat_interval,
+            monitor: crate::monitor::MonitorConfig {
+                manager: crate::monitor::Manager::None,
+                actor: "jr-web".into(),
+                ..monitor
+            },
         };
         cfg.validate()?;
         let db = crate::db::config_from(self.database_url.as_deref(), "jr-web")?;

@@ -39,6 +39,9 @@ pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const METRICS_MAX_AGE: Duration = Duration::from_secs(2);
 /// Minutes of the overview's chart.
 pub const CHART_MINUTES: i32 = 180;
+/// The longest a database probe (STATUS=, /healthz) or a scrape's reads may take: a hung
+/// connection must not hold the liveness loop or every scrape behind it.
+pub const DB_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a stop waits for requests in flight.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The user name of HTTP basic authentication when `JRQ_WEB_USER` is not set.
@@ -71,6 +74,9 @@ pub struct WebConfig {
     pub online_threshold: Duration,
     pub auth: Option<Auth>,
     pub heartbeat_interval: Duration,
+    /// The health monitor's thresholds (from its own variables in the same environment
+    /// file): the overview's alerts are the ones it would raise.
+    pub monitor: crate::monitor::MonitorConfig,
 }
 
 impl WebConfig {
@@ -80,8 +86,8 @@ impl WebConfig {
         if !self.listen.ip().is_loopback() && self.auth.is_none() {
             return Err(Error::Usage(format!(
                 "refusing to listen on {} without authentication: set JRQ_WEB_PASSWORD in \
-                 the environment file (~/.config/jrq/jrq.env), or listen on 127.0.0.1 and \
-                 put a reverse proxy in front",
+                 the environment file (~/.config/jrq/jrq.env), or listen on 127.0.0.1 \
+                 behind a reverse proxy that authenticates",
                 self.listen
             )));
         }
@@ -126,6 +132,7 @@ pub async fn run(cfg: WebConfig, db: crate::db::DbConfig, shutdown: ShutdownSign
             r = &mut server => break Some(r),
             _ = tokio::time::sleep(heartbeat) => {
                 live.heartbeat(true, true);
+                // Bounded: the watchdog and a SIGTERM are never held by a hung database.
                 let db = app.database_state().await;
                 live.status(&format!("serving on http://{addr}; {db}"));
             }

@@ -32,9 +32,10 @@ impl managed::Manager for Manager {
                 tracing::debug!(error = %describe_chain(&e), "database connection closed");
             }
         });
-        // The dashboard only reads: a bug cannot write through it.
+        // The dashboard only reads: a bug cannot write through it. No statement of a page
+        // may run for ever (a page, a scrape: seconds at most).
         client
-            .batch_execute("SET default_transaction_read_only = on")
+            .batch_execute("SET default_transaction_read_only = on; SET statement_timeout = '10s'")
             .await
             .map_err(|e| Error::from_pg(&e))?;
         Ok(client)

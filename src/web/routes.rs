@@ -15,11 +15,11 @@ use tokio::time::Instant;
 
 use super::pages::{self, Nav, TaskQuery};
 use super::pool::{self, Pool};
-use super::{chart, WebConfig, CHART_MINUTES, METRICS_MAX_AGE};
+use super::{chart, WebConfig, CHART_MINUTES, DB_DEADLINE, METRICS_MAX_AGE};
 use crate::db::{self, events, providers, tasks, workers, Statements};
 use crate::error::{Error, Result};
 use crate::metrics::Snapshot;
-use crate::monitor::{Manager, Monitor, MonitorConfig};
+use crate::monitor::Monitor;
 use crate::task::TaskStatus;
 
 const STYLE: &str = include_str!("static/style.css");
@@ -36,12 +36,7 @@ pub struct App {
 
 impl App {
     pub fn new(cfg: WebConfig, pool: Pool) -> Arc<App> {
-        let monitor = Monitor::new(MonitorConfig {
-            dead_after: cfg.online_threshold,
-            manager: Manager::None,
-            actor: "jr-web".into(),
-            ..MonitorConfig::default()
-        });
+        let monitor = Monitor::new(cfg.monitor.clone());
         Arc::new(App {
             cfg,
             pool,
@@ -58,11 +53,29 @@ impl App {
         }
     }
 
-    /// A connection, and the schema this program needs behind it.
+    /// A connection, and the schema this program needs behind it (within
+    /// [`DB_DEADLINE`]).
     async fn ready(&self) -> Result<i32> {
-        let c = pool::get(&self.pool).await?;
-        db::check_schema(&c).await?;
-        Ok(crate::db::migrate::latest_version())
+        bounded("the database check", async {
+            let c = pool::get(&self.pool).await?;
+            db::check_schema(&c).await?;
+            Ok(crate::db::migrate::latest_version())
+        })
+        .await
+    }
+}
+
+/// `work` within [`DB_DEADLINE`], or an error saying what did not answer in time.
+async fn bounded<T>(what: &str, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(DB_DEADLINE, work).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Connect {
+            target: "the database".into(),
+            reason: format!(
+                "{what} got no answer within {}",
+                crate::validate::format_duration(DB_DEADLINE)
+            ),
+        }),
     }
 }
 
@@ -84,6 +97,16 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// Authentication (when configured) and the headers every answer carries.
 async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    // Without a password the dashboard is for this host only: a page of another site that
+    // points a name of its own at 127.0.0.1 (DNS rebinding) sends that name as Host.
+    if app.cfg.auth.is_none() && !host_allowed(req.headers(), &app.cfg.listen) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this dashboard answers to localhost and its own address only (Host header); \
+             set JRQ_WEB_PASSWORD to serve other names\n",
+        )
+            .into_response();
+    }
     let open = matches!(req.uri().path(), "/healthz");
     if let (Some(auth), false) = (&app.cfg.auth, open) {
         if !authorized(req.headers(), auth) {
@@ -120,6 +143,29 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     r
+}
+
+/// Whether the Host header names this host: `localhost`, a loopback address, or the
+/// address listened on (any port). No Host header (HTTP/1.0 tools) passes.
+fn host_allowed(headers: &HeaderMap, listen: &std::net::SocketAddr) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host),
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || ip == listen.ip(),
+        Err(_) => false,
+    }
 }
 
 /// Whether the request carries the configured user and password (compared in constant
@@ -298,10 +344,10 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let text = match &*cache {
         Some((at, text)) if at.elapsed() < METRICS_MAX_AGE => text.clone(),
         _ => {
-            let snapshot = async {
+            let snapshot = bounded("the metrics' reads", async {
                 let c = pool::get(&app.pool).await?;
                 Snapshot::gather(&*c, app.cfg.online_threshold).await
-            };
+            });
             let text = match snapshot.await {
                 Ok(s) => s.render(),
                 Err(e) => {
@@ -325,15 +371,26 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 
 /// `/healthz`: 200 and `{"status":"ok",…}` when the database answers and its schema is
 /// the one this program needs; 503 with the reason otherwise.
-async fn healthz(State(app): State<Arc<App>>) -> Response {
+async fn healthz(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    // Open to health checkers; the reason (it names the database's host and name) only to
+    // those who may look, when a password is set.
+    let may_know = app
+        .cfg
+        .auth
+        .as_ref()
+        .is_none_or(|a| authorized(&headers, a));
     let (status, body) = match app.ready().await {
         Ok(v) => (
             StatusCode::OK,
             serde_json::json!({ "status": "ok", "database": "reachable", "schema_version": v }),
         ),
-        Err(e) => (
+        Err(e) if may_know => (
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({ "status": "unavailable", "reason": e.to_string() }),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "unavailable" }),
         ),
     };
     (
@@ -405,5 +462,33 @@ mod tests {
         assert!(!authorized(&h, &auth));
         assert!(constant_time_eq(b"", b""));
         assert!(!constant_time_eq(b"a", b""));
+    }
+
+    #[test]
+    fn without_a_password_only_this_hosts_names_are_served() {
+        let listen: std::net::SocketAddr = "127.0.0.1:8470".parse().unwrap();
+        let with = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, h.parse().unwrap());
+            host_allowed(&m, &listen)
+        };
+        for ok in [
+            "localhost:8470",
+            "LOCALHOST",
+            "127.0.0.1:8470",
+            "[::1]:8470",
+            "127.0.0.2",
+        ] {
+            assert!(with(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:8470",
+            "evil.example",
+            "10.0.0.1:8470",
+            "[fe80::1]:80",
+        ] {
+            assert!(!with(bad), "{bad}");
+        }
+        assert!(host_allowed(&HeaderMap::new(), &listen));
     }
 }

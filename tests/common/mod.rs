@@ -936,6 +936,11 @@ impl Web {
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(&self.base, path, None)
     }
+
+    /// What jr-web has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
 }
 
 impl Drop for Web {

@@ -645,7 +645,8 @@ pub async fn tasks_per_minute(
                         count(*) FILTER (WHERE status = 'completed') AS c, \
                         count(*) FILTER (WHERE status = 'failed') AS f \
                  FROM jr_work_queue \
-                 WHERE completed_at >= date_trunc('minute', now()) - ($1 - 1) * interval '1 minute' \
+                 WHERE status IN ('completed', 'failed', 'cancelled') \
+                   AND completed_at >= date_trunc('minute', now()) - ($1 - 1) * interval '1 minute' \
                  GROUP BY 1) \
              SELECT s.m, coalesce(c.c, 0), coalesce(c.f, 0) \
              FROM generate_series(date_trunc('minute', now()) - ($1 - 1) * interval '1 minute', \
