@@ -154,6 +154,19 @@ pub fn parse_worker_name(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// Parses a provider name (trimmed): no commas or control characters, at most 200 bytes.
+pub fn parse_provider(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() || t.len() > 200 || t.contains(',') || t.chars().any(char::is_control) {
+        return Err(format!(
+            "'{}' is not a provider name: give a name without commas or control characters \
+             (at most 200 bytes), as tasks and workers use it",
+            crate::text::for_terminal(s, false)
+        ));
+    }
+    Ok(t.to_string())
+}
+
 /// Parses a JSON document (a task payload).
 pub fn parse_json(s: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(s).map_err(|e| format!("payload is not valid JSON ({e})"))

@@ -106,6 +106,26 @@ impl Browser {
         self.find(css).await.text().await.unwrap()
     }
 
+    /// Clicks `button` and waits for the page it leads to: one whose #notice says `says`
+    /// (the old page's elements go stale meanwhile).
+    async fn submit(&self, button: &str, says: &str) {
+        self.find(button).await.click().await.unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(e) = self.c().find(Locator::Css("#notice")).await {
+                if e.text().await.is_ok_and(|t| t.contains(says)) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no notice {says:?} after {button}:\n{}",
+                self.c().source().await.unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A screenshot of the page (PNG), kept in JRQ_SCREENSHOTS when set.
     async fn screenshot(&self, name: &str) {
         let png = self.c().screenshot().await.unwrap();
@@ -701,4 +721,162 @@ fn the_documented_alerts_load_and_fire_on_jr_webs_series() {
             .unwrap(),
     );
     assert_eq!(test.code, Some(0), "{test:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_go_through_the_forms_with_the_password_and_the_token_and_are_recorded() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let exec = test_executor();
+    let assigner = WorkerProc::assigner(&db.url, "a1", &[]);
+    let _worker = WorkerProc::start(&db.url, "w1", &["--exec", &exec], &[]);
+    let failed = enqueue(
+        &db,
+        &[
+            "--title",
+            "deploy",
+            "--max-attempts",
+            "1",
+            "--payload",
+            r#"{"exit": 3}"#,
+        ],
+    );
+    wait_status(&c, failed, "failed").await;
+    drop(assigner);
+    db.run(&["providers", "set", "claude", "--max-running", "4"])
+        .ok();
+    let fingerprint = db.fingerprint().await;
+
+    // Read-only by default: no buttons, and a POST is refused even with the password.
+    let pw = [("JRQ_WEB_PASSWORD", "s3cret pw"), ("JRQ_WEB_USER", "ops")];
+    let ro = Web::start(&db.url, &[], &pw);
+    let (_, page) = http_get(&ro.base, &format!("/tasks/{failed}"), Some("ops:s3cret pw"));
+    assert!(!page.contains("task-actions"), "{page}");
+    let (status, body) = http_post(
+        &ro.base,
+        &format!("/tasks/{failed}/retry"),
+        "csrf=x",
+        Some("ops:s3cret pw"),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("--allow-actions"), "{body}");
+    drop(ro);
+    // Actions without a password are refused at start.
+    let out = Run::from(
+        bin("jr-web")
+            .env("DATABASE_URL", &db.url)
+            .args(["--listen", "127.0.0.1:0", "--allow-actions"])
+            .output()
+            .unwrap(),
+    );
+    out.fails(2, "--allow-actions needs authentication");
+
+    let web = Web::start(&db.url, &["--allow-actions", "--refresh", "0s"], &pw);
+    // Without the password, or without the page's token: refused, nothing changed.
+    let path = format!("/tasks/{failed}/retry");
+    assert_eq!(http_post(&web.base, &path, "csrf=x", None).0, 401);
+    let (status, body) = http_post(&web.base, &path, "csrf=forged", Some("ops:s3cret pw"));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("token"), "{body}");
+    assert_eq!(
+        http_post(&web.base, &path, "", Some("ops:s3cret pw")).0,
+        403
+    );
+    assert_eq!(db.fingerprint().await, fingerprint);
+
+    // Through the forms, in the browser, with the password.
+    let b = Browser::start().await;
+    let authed = web.base.replace("http://", "http://ops:s3cret%20pw@");
+    b.open(&format!("{authed}/tasks/{failed}"), "#task-actions")
+        .await;
+    b.submit(
+        "#task-actions form[action$='/retry'] button",
+        "pending again",
+    )
+    .await;
+    assert_eq!(status_of(&c, failed).await, "pending");
+    let actor: String = c
+        .query_one(
+            "SELECT actor FROM jr_task_events WHERE task_id = $1 AND action = 'retried'",
+            &[&failed],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(actor, "web:ops");
+    // The timeline shows who did it.
+    b.open(&format!("{}/tasks/{failed}", web.base), "#timeline")
+        .await;
+    assert!(b.text("#timeline").await.contains("web:ops"));
+    // Cancel it (pending: at once).
+    b.submit("#task-actions form[action$='/cancel'] button", "cancelled")
+        .await;
+    assert_eq!(status_of(&c, failed).await, "cancelled");
+
+    // Drain and undrain a worker from the workers page.
+    b.open(&format!("{}/workers", web.base), "#worker-w1").await;
+    b.find("#worker-w1 input[name=reason]")
+        .await
+        .send_keys("maintenance")
+        .await
+        .unwrap();
+    b.submit("#worker-w1 form[action$='/drain'] button", "is draining")
+        .await;
+    let row = c
+        .query_one(
+            "SELECT reason, set_by FROM jr_pauses WHERE scope = 'worker' AND target = 'w1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "draining: maintenance");
+    assert_eq!(row.get::<_, String>(1), "web:ops");
+    b.submit(
+        "#worker-w1 form[action$='/undrain'] button",
+        "takes tasks again",
+    )
+    .await;
+    assert_eq!(count(&c, "SELECT count(*) FROM jr_pauses").await, 0);
+
+    // Pause and resume a provider from the overview.
+    b.open(&format!("{}/", web.base), "#providers").await;
+    b.find("#providers input[name=reason]")
+        .await
+        .send_keys("quota")
+        .await
+        .unwrap();
+    b.submit(
+        "#providers form[action$='/pause'] button",
+        "provider 'claude' paused",
+    )
+    .await;
+    let row = c
+        .query_one(
+            "SELECT reason, set_by FROM jr_pauses WHERE scope = 'provider' AND target = 'claude'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "quota");
+    assert_eq!(row.get::<_, String>(1), "web:ops");
+    b.submit("#providers form[action$='/resume'] button", "resumed")
+        .await;
+    assert_eq!(count(&c, "SELECT count(*) FROM jr_pauses").await, 0);
+    // An action that does not apply says why.
+    let token = b
+        .find("#providers form input[name=csrf]")
+        .await
+        .attr("value")
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, body) = http_post(
+        &web.base,
+        &format!("/tasks/{failed}/cancel"),
+        &format!("csrf={token}"),
+        Some("ops:s3cret pw"),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("already cancelled"), "{body}");
+    b.close().await;
 }

@@ -114,33 +114,7 @@ pub async fn resume(client: &Client, args: &ScopeArgs) -> Result<()> {
 
 /// `jrq workers drain NAME`: a pause of the worker, and its assigned tasks given back.
 pub async fn drain(client: &mut Client, name: &str, reason: &str) -> Result<()> {
-    let txn = client.transaction().await?;
-    let known =
-        crate::db::workers::workers_list(&txn, crate::db::workers::DEFAULT_ONLINE_THRESHOLD)
-            .await?
-            .into_iter()
-            .any(|w| w.jr_name == name && w.kind == "worker");
-    if !known {
-        return Err(crate::Error::NotFound(format!(
-            "there is no worker '{name}': see `jrq workers`"
-        )));
-    }
-    // A routing round holding this worker finishes first (its assignments are given back
-    // below); one that has not locked it yet skips it, and every later one sees the pause.
-    crate::db::workers::workers_lock_for_routing(&txn, name).await?;
-    let why = if reason.trim().is_empty() {
-        "draining (jrq workers drain)".to_string()
-    } else {
-        format!("draining: {}", reason.trim())
-    };
-    providers::pauses_set(&txn, "worker", name, None, &why, &actor()).await?;
-    let given_back = crate::db::tasks::tasks_unassign_worker(
-        &txn,
-        name,
-        &format!("worker '{name}' is draining"),
-    )
-    .await?;
-    txn.commit().await?;
+    let given_back = crate::db::workers::workers_drain(client, name, reason, &actor()).await?;
     crate::process::print_out(&format!(
         "worker '{name}' is draining: it takes nothing new and finishes what it runs; \
          {given_back} assigned task(s) went back to pending (`jrq workers undrain {name}` ends it)\n"

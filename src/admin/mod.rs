@@ -345,7 +345,7 @@ pub enum ProvidersCommand {
     /// Set a provider's limits (options not given stay as they are).
     Set {
         /// The provider, as tasks (--provider) and workers (--provider) name it.
-        #[arg(value_parser = parse_provider)]
+        #[arg(value_parser = validate::parse_provider)]
         name: String,
         /// At most N of its tasks assigned + running across the fleet; `none` removes the
         /// limit. Range: 0 to 1000000.
@@ -369,7 +369,7 @@ pub enum ProvidersCommand {
     },
     /// Remove a provider's limits (its pause, if any, stays until `jrq resume`).
     Unset {
-        #[arg(value_parser = parse_provider)]
+        #[arg(value_parser = validate::parse_provider)]
         name: String,
     },
 }
@@ -379,7 +379,7 @@ pub enum ProvidersCommand {
 #[group(required = true, multiple = false)]
 pub struct ScopeArgs {
     /// A provider's tasks.
-    #[arg(long, value_parser = parse_provider)]
+    #[arg(long, value_parser = validate::parse_provider)]
     pub provider: Option<String>,
     /// A run's tasks (its id).
     #[arg(long, value_parser = validate::parse_run_id)]
@@ -419,18 +419,6 @@ pub struct PauseArgs {
     /// Range: 1s to 365d.
     #[arg(long = "for", value_name = "DURATION", value_parser = validate::duration_in("1s", "365d"))]
     pub duration: Option<Duration>,
-}
-
-fn parse_provider(s: &str) -> Result<String, String> {
-    let t = s.trim();
-    if t.is_empty() || t.len() > 200 || t.contains(',') || t.chars().any(char::is_control) {
-        return Err(format!(
-            "'{}' is not a provider name: give a name without commas or control characters \
-             (at most 200 bytes), as tasks and workers use it",
-            crate::text::for_terminal(s, false)
-        ));
-    }
-    Ok(t.to_string())
 }
 
 /// A limit, or `none` (no limit).

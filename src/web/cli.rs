@@ -38,6 +38,12 @@ pub struct WebArgs {
     #[arg(long, env = "JRQ_WEB_ONLINE_THRESHOLD", default_value = crate::validate::format_duration(crate::db::workers::DEFAULT_ONLINE_THRESHOLD), value_parser = validate::duration_in("1s", "1h"))]
     pub online_threshold: Duration,
 
+    /// Show the actions (retry, cancel, pause or resume a provider, drain or undrain a
+    /// worker) and accept them. Needs JRQ_WEB_PASSWORD, and a database login that may
+    /// write (the jrq_admin group). Default: off, read-only.
+    #[arg(long, env = "JRQ_WEB_ALLOW_ACTIONS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_actions: bool,
+
     /// Time between watchdog pings and STATUS= updates; lowered to half of WatchdogSec
     /// when that is shorter. Range: 100ms to 5m.
     #[arg(long, env = "JRQ_WEB_HEARTBEAT_INTERVAL", default_value = crate::validate::format_duration(crate::daemon::defaults::HEARTBEAT_INTERVAL), value_parser = validate::duration_in("100ms", "5m"))]
@@ -92,6 +98,7 @@ impl WebArgs {
             page_size: self.page_size,
             online_threshold: self.online_threshold,
             auth,
+            allow_actions: self.allow_actions,
             heartbeat_interval: self.heartbeat_interval,
             monitor: crate::monitor::MonitorConfig {
                 manager: crate::monitor::Manager::None,

@@ -7,13 +7,15 @@
 //! workers page and a running task's page refresh by themselves (short polling of the page
 //! itself, its `<main>` swapped in place).
 //!
-//! Read-only: every connection sets `default_transaction_read_only`, and the program
-//! works with the `jrq_reader` group (`jrq roles grant reader LOGIN`).
+//! Read-only unless `--allow-actions` ([`actions`]): every connection sets
+//! `default_transaction_read_only` (an action opens its transaction READ WRITE), and the
+//! read-only dashboard works with the `jrq_reader` group; actions need `jrq_admin`.
 //!
 //! Liveness: `READY=1` once the socket is bound; `WATCHDOG=1` while the server runs —
 //! with the database away the dashboard keeps serving (it says so, `/healthz` answers 503)
 //! instead of being restarted for what it reports.
 
+mod actions;
 pub mod chart;
 pub mod cli;
 pub mod pages;
@@ -73,6 +75,8 @@ pub struct WebConfig {
     /// assigner's threshold).
     pub online_threshold: Duration,
     pub auth: Option<Auth>,
+    /// The pages' buttons (retry, cancel, pause, drain) and their POSTs: needs `auth`.
+    pub allow_actions: bool,
     pub heartbeat_interval: Duration,
     /// The health monitor's thresholds (from its own variables in the same environment
     /// file): the overview's alerts are the ones it would raise.
@@ -83,6 +87,14 @@ impl WebConfig {
     /// Refuses what would expose the dashboard: an address other than loopback without
     /// authentication.
     pub fn validate(&self) -> Result<()> {
+        if self.allow_actions && self.auth.is_none() {
+            return Err(Error::Usage(
+                "--allow-actions needs authentication: set JRQ_WEB_PASSWORD in the \
+                 environment file (~/.config/jrq/jr-web.env); the actions are recorded under \
+                 its user (JRQ_WEB_USER)"
+                    .into(),
+            ));
+        }
         if !self.listen.ip().is_loopback() && self.auth.is_none() {
             return Err(Error::Usage(format!(
                 "refusing to listen on {} without authentication: set JRQ_WEB_PASSWORD in \

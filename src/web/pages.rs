@@ -25,6 +25,41 @@ pub enum Nav {
     Tasks,
 }
 
+/// What every page knows besides its data.
+#[derive(Debug, Clone, Default)]
+pub struct Ctx {
+    /// The live period, or none.
+    pub refresh: Option<Duration>,
+    /// What the last action did (shown once, at the top).
+    pub notice: Option<String>,
+    /// The CSRF token when actions are on: the pages show their buttons.
+    pub csrf: Option<String>,
+}
+
+impl Ctx {
+    /// The same, without refreshing by itself.
+    pub fn still(&self) -> Ctx {
+        Ctx {
+            refresh: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// A button that POSTs an action (with the CSRF token), optionally with a reason field.
+fn action(ctx: &Ctx, path: &str, label: &str, reason: bool) -> Markup {
+    match &ctx.csrf {
+        None => html! {},
+        Some(token) => html! {
+            form.action method="post" action=(path) {
+                input type="hidden" name="csrf" value=(token);
+                @if reason { input name="reason" placeholder="reason" size="14"; }
+                button type="submit" { (label) }
+            }
+        },
+    }
+}
+
 /// The layout around every page. `refresh`: the live period, or none.
 pub fn layout(title: &str, nav: Nav, refresh: Option<Duration>, body: Markup) -> Markup {
     let now = Utc::now();
@@ -132,7 +167,7 @@ pub struct Overview {
     pub report: Report,
 }
 
-pub fn overview(o: &Overview, refresh: Option<Duration>) -> Markup {
+pub fn overview(o: &Overview, ctx: &Ctx) -> Markup {
     let count = |s: TaskStatus| {
         o.hour
             .by_status
@@ -153,6 +188,7 @@ pub fn overview(o: &Overview, refresh: Option<Duration>) -> Markup {
     let w = &o.workers;
     let body = html! {
         h1 { "Overview" }
+        (notice(ctx))
         @if !o.report.alerts.is_empty() {
             section #alerts .alerts role="alert" {
                 h2 { "Alerts" }
@@ -221,7 +257,7 @@ pub fn overview(o: &Overview, refresh: Option<Duration>) -> Markup {
             }
             @if !o.providers.is_empty() {
                 table #providers {
-                    thead { tr { th { "provider" } th { "running" } th { "max running" } th { "starts/min" } th { "pending" } th { "fallback" } th { "state" } } }
+                    thead { tr { th { "provider" } th { "running" } th { "max running" } th { "starts/min" } th { "pending" } th { "fallback" } th { "state" } @if ctx.csrf.is_some() { th { "action" } } } }
                     tbody {
                         @for r in &o.providers {
                             tr {
@@ -236,6 +272,15 @@ pub fn overview(o: &Overview, refresh: Option<Duration>) -> Markup {
                                     @else if r.max_running.is_some_and(|m| r.running >= i64::from(m)) { span.badge.held { "at its limit" } }
                                     @else { "open" }
                                 }
+                                @if ctx.csrf.is_some() {
+                                    td {
+                                        @if o.pauses.providers.contains_key(&r.name) {
+                                            (action(ctx, &format!("/providers/{}/resume", urlencode(&r.name)), "Resume", false))
+                                        } @else {
+                                            (action(ctx, &format!("/providers/{}/pause", urlencode(&r.name)), "Pause", true))
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
@@ -246,18 +291,14 @@ pub fn overview(o: &Overview, refresh: Option<Duration>) -> Markup {
             }
         }
     };
-    layout("Overview", Nav::Overview, refresh, body)
+    layout("Overview", Nav::Overview, ctx.refresh, body)
 }
 
 /// The workers page: every registry row, with the task each worker runs.
-pub fn workers(
-    rows: &[WorkerRow],
-    running: &[TaskListRow],
-    pauses: &Pauses,
-    refresh: Option<Duration>,
-) -> Markup {
+pub fn workers(rows: &[WorkerRow], running: &[TaskListRow], pauses: &Pauses, ctx: &Ctx) -> Markup {
     let body = html! {
         h1 { "Workers" }
+        (notice(ctx))
         @if rows.is_empty() {
             p { "No worker has registered yet: start one with " code { "systemctl --user start jr-queue-worker@NAME" } "." }
         } @else {
@@ -266,6 +307,7 @@ pub fn workers(
                     th { "name" } th { "kind" } th { "state" } th { "load" } th { "health" }
                     th { "circuit" } th { "heartbeat" } th { "host" } th { "pid" } th { "unit" }
                     th { "providers" } th { "status" } th { "running" }
+                    @if ctx.csrf.is_some() { th { "action" } }
                 } }
                 tbody {
                     @for r in rows {
@@ -305,6 +347,17 @@ pub fn workers(
                                     }
                                 }
                             }
+                            @if ctx.csrf.is_some() {
+                                td {
+                                    @if r.kind == "worker" {
+                                        @if pauses.workers.contains_key(&r.jr_name) {
+                                            (action(ctx, &format!("/workers/{}/undrain", r.jr_name), "Undrain", false))
+                                        } @else {
+                                            (action(ctx, &format!("/workers/{}/drain", r.jr_name), "Drain", true))
+                                        }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -312,7 +365,7 @@ pub fn workers(
             @for p in pauses.workers.values() { p { (p.what()) " " (p.describe()) } }
         }
     };
-    layout("Workers", Nav::Workers, refresh, body)
+    layout("Workers", Nav::Workers, ctx.refresh, body)
 }
 
 /// The filters of the task list, as given in the query string.
@@ -396,15 +449,21 @@ pub fn tasks(rows: &[TaskListRow], q: &TaskQuery, limit: i64, refresh: Option<Du
     layout("Tasks", Nav::Tasks, refresh, body)
 }
 
-pub fn task(
-    t: &TaskRow,
-    events: &[EventRow],
-    waiting: Option<&str>,
-    refresh: Option<Duration>,
-) -> Markup {
+pub fn task(t: &TaskRow, events: &[EventRow], waiting: Option<&str>, ctx: &Ctx) -> Markup {
     let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
     let body = html! {
         h1 { "Task " (t.id) ": " (t.title) }
+        (notice(ctx))
+        @if ctx.csrf.is_some() {
+            div.actions #task-actions {
+                @if matches!(t.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+                    (action(ctx, &format!("/tasks/{}/retry", t.id), "Retry", false))
+                }
+                @if !t.status.is_finished() {
+                    (action(ctx, &format!("/tasks/{}/cancel", t.id), "Cancel", false))
+                }
+            }
+        }
         section.facts {
             dl #task-row {
                 dt { "status" } dd #task-status { (status_badge(t.status.as_str()))
@@ -454,7 +513,14 @@ pub fn task(
             pre #task-payload { (serde_json::to_string_pretty(&t.payload).unwrap_or_default()) }
         }
     };
-    layout(&format!("Task {}", t.id), Nav::Tasks, refresh, body)
+    layout(&format!("Task {}", t.id), Nav::Tasks, ctx.refresh, body)
+}
+
+/// The last action's notice, when there is one.
+fn notice(ctx: &Ctx) -> Markup {
+    html! {
+        @if let Some(n) = &ctx.notice { p #notice .notice role="status" { (n) } }
+    }
 }
 
 /// Percent-encodes a query-string value.

@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine as _;
 use tokio::sync::Mutex;
@@ -32,6 +32,8 @@ pub struct App {
     monitor: Monitor,
     /// The last `/metrics` answer and when it was made.
     metrics: Mutex<Option<(Instant, String)>>,
+    /// The forms' CSRF token (actions on only).
+    csrf: String,
 }
 
 impl App {
@@ -42,7 +44,33 @@ impl App {
             pool,
             monitor,
             metrics: Mutex::new(None),
+            csrf: super::actions::new_token(),
         })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn csrf(&self) -> &str {
+        &self.csrf
+    }
+
+    /// Who the actions name (`web:USER`), when actions are on.
+    pub fn actor(&self) -> Option<String> {
+        match (&self.cfg.auth, self.cfg.allow_actions) {
+            (Some(a), true) => Some(format!("web:{}", a.user)),
+            _ => None,
+        }
+    }
+
+    /// What a page needs besides its data; `q` is its query string's notice.
+    fn ctx(&self, notice: Option<String>) -> pages::Ctx {
+        pages::Ctx {
+            refresh: self.cfg.refresh,
+            notice: notice.filter(|n| !n.is_empty()),
+            csrf: self.actor().map(|_| self.csrf.clone()),
+        }
     }
 
     /// "database ok" or why not, for the STATUS= line.
@@ -86,6 +114,21 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/workers", get(workers_page))
         .route("/tasks", get(tasks_page))
         .route("/tasks/{id}", get(task_page))
+        .route("/tasks/{id}/retry", post(super::actions::retry_task))
+        .route("/tasks/{id}/cancel", post(super::actions::cancel_task))
+        .route(
+            "/providers/{name}/pause",
+            post(super::actions::pause_provider),
+        )
+        .route(
+            "/providers/{name}/resume",
+            post(super::actions::resume_provider),
+        )
+        .route("/workers/{name}/drain", post(super::actions::drain_worker))
+        .route(
+            "/workers/{name}/undrain",
+            post(super::actions::undrain_worker),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/static/style.css", get(style))
@@ -137,7 +180,7 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.entry(header::CACHE_CONTROL)
@@ -190,7 +233,7 @@ fn authorized(headers: &HeaderMap, auth: &super::Auth) -> bool {
     constant_time_eq(&decoded, expected.as_bytes())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {
         let x = a.get(i).copied().unwrap_or(0);
@@ -214,11 +257,17 @@ fn failure(title: &str, nav: Nav, e: &Error, refresh: Option<Duration>) -> Respo
     (status, pages::problem(title, nav, &e.to_string(), refresh)).into_response()
 }
 
-async fn overview(State(app): State<Arc<App>>) -> Response {
-    let refresh = app.cfg.refresh;
+/// The `notice` of a page's query string (what the last action did).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct NoticeQuery {
+    notice: Option<String>,
+}
+
+async fn overview(State(app): State<Arc<App>>, Query(n): Query<NoticeQuery>) -> Response {
+    let ctx = app.ctx(n.notice);
     match overview_data(&app).await {
-        Ok(o) => pages::overview(&o, refresh).into_response(),
-        Err(e) => failure("Overview", Nav::Overview, &e, refresh),
+        Ok(o) => pages::overview(&o, &ctx).into_response(),
+        Err(e) => failure("Overview", Nav::Overview, &e, ctx.refresh),
     }
 }
 
@@ -248,8 +297,9 @@ async fn overview_data(app: &App) -> Result<pages::Overview> {
     })
 }
 
-async fn workers_page(State(app): State<Arc<App>>) -> Response {
-    let refresh = app.cfg.refresh;
+async fn workers_page(State(app): State<Arc<App>>, Query(n): Query<NoticeQuery>) -> Response {
+    let ctx = app.ctx(n.notice);
+    let refresh = ctx.refresh;
     let data = async {
         let c = pool::get(&app.pool).await?;
         let rows = workers::workers_list(&*c, app.cfg.online_threshold).await?;
@@ -267,7 +317,7 @@ async fn workers_page(State(app): State<Arc<App>>) -> Response {
     };
     match data.await {
         Ok((rows, running, pauses)) => {
-            pages::workers(&rows, &running, &pauses, refresh).into_response()
+            pages::workers(&rows, &running, &pauses, &ctx).into_response()
         }
         Err(e) => failure("Workers", Nav::Workers, &e, refresh),
     }
@@ -314,7 +364,12 @@ fn task_filter(q: &TaskQuery, page_size: i64) -> Result<tasks::TaskFilter> {
     })
 }
 
-async fn task_page(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+async fn task_page(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Query(n): Query<NoticeQuery>,
+) -> Response {
+    let ctx = app.ctx(n.notice);
     let data = async {
         let id: i64 = id.parse().map_err(|_| {
             Error::NotFound(format!(
@@ -330,8 +385,12 @@ async fn task_page(State(app): State<Arc<App>>, Path(id): Path<String>) -> Respo
     match data.await {
         Ok((task, events, waiting)) => {
             // A task that can still change refreshes by itself.
-            let refresh = app.cfg.refresh.filter(|_| !task.status.is_finished());
-            pages::task(&task, &events, waiting.as_deref(), refresh).into_response()
+            let ctx = if task.status.is_finished() {
+                ctx.still()
+            } else {
+                ctx
+            };
+            pages::task(&task, &events, waiting.as_deref(), &ctx).into_response()
         }
         Err(e) => failure("Task", Nav::Tasks, &e, None),
     }

@@ -956,6 +956,36 @@ impl Drop for Web {
     }
 }
 
+/// A POST of a form over HTTP/1.1: status and body.
+pub fn http_post(base: &str, path: &str, form: &str, auth: Option<&str>) -> (u16, String) {
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+        form.len()
+    );
+    if let Some(a) = auth {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode(a);
+        req.push_str(&format!("Authorization: Basic {token}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(form);
+    std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
 /// A GET over HTTP/1.1 (one request per connection): status and body.
 pub fn http_get(base: &str, path: &str, auth: Option<&str>) -> (u16, String) {
     let addr = base.strip_prefix("http://").unwrap();

@@ -453,3 +453,40 @@ pub async fn workers_set_offline(
         .await?;
     Ok(())
 }
+
+/// Drains worker `name` (`jrq workers drain`, the dashboard's button): a pause of the
+/// worker, and its assigned tasks given back, in one transaction. The tasks given back.
+pub async fn workers_drain(
+    client: &mut tokio_postgres::Client,
+    name: &str,
+    reason: &str,
+    actor: &str,
+) -> Result<u64> {
+    let txn = client.build_transaction().read_only(false).start().await?;
+    let known = workers_list(&txn, DEFAULT_ONLINE_THRESHOLD)
+        .await?
+        .into_iter()
+        .any(|w| w.jr_name == name && w.kind == "worker");
+    if !known {
+        return Err(crate::Error::NotFound(format!(
+            "there is no worker '{name}': see `jrq workers`"
+        )));
+    }
+    // A routing round holding this worker finishes first (its assignments are given back
+    // below); one that has not locked it yet skips it, and every later one sees the pause.
+    workers_lock_for_routing(&txn, name).await?;
+    let why = if reason.trim().is_empty() {
+        "draining (jrq workers drain)".to_string()
+    } else {
+        format!("draining: {}", reason.trim())
+    };
+    crate::db::providers::pauses_set(&txn, "worker", name, None, &why, actor).await?;
+    let given_back = crate::db::tasks::tasks_unassign_worker(
+        &txn,
+        name,
+        &format!("worker '{name}' is draining"),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(given_back)
+}
