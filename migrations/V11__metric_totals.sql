@@ -1,4 +1,6 @@
--- V11: counters that only go up. jr-web's /metrics (and the monitor's text file) derive
+-- V11: counters that only go up, and the monitor's standing between rounds.
+--
+-- Counters that only go up. jr-web's /metrics (and the monitor's text file) derive
 -- their counters from the task rows in a final state: a completed row never changes, so a
 -- count of them only grows — until `jrq prune` deletes rows, or `jrq retry` turns a failed
 -- or cancelled row back into a pending one. Both carry what they take away into
@@ -20,6 +22,18 @@ CREATE TABLE jr_metric_totals (
     -- add up the same in any order: a sum never shrinks by a rounding).
     sum_us   bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (metric, provider, worker, le)
+);
+
+-- The health monitor's standing between rounds (one row): the alerts of its last round
+-- and since when the queue has been unhealthy, so that `--alert-on-change` fails its unit
+-- (and OnFailure= alerts) on the change into unhealthy and once on recovery, not every
+-- round. Shared by the monitors of every host: one alert per change, fleet-wide.
+CREATE TABLE jr_monitor_state (
+    one       boolean PRIMARY KEY DEFAULT true CONSTRAINT jr_monitor_state_one CHECK (one),
+    alerts    text[] NOT NULL DEFAULT '{}',
+    -- When the alerts began (NULL while healthy).
+    since     timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE OR REPLACE FUNCTION jrq_grant_governor() RETURNS void
@@ -47,10 +61,13 @@ BEGIN
                       health_ok, health_failed, health_at, recent_outcomes)
             ON public.jr_status TO jrq_monitor;
     END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_monitor') THEN
+        GRANT SELECT, INSERT, UPDATE ON public.jr_monitor_state TO jrq_monitor;
+    END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_reader') THEN
         GRANT SELECT ON public.jr_providers, public.jr_pauses TO jrq_reader;
         GRANT SELECT (fallback_ok, routed_provider) ON public.jr_work_queue TO jrq_reader;
-        GRANT SELECT ON public.jr_metric_totals TO jrq_reader;
+        GRANT SELECT ON public.jr_metric_totals, public.jr_monitor_state TO jrq_reader;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jrq_admin') THEN
         GRANT SELECT, INSERT, UPDATE, DELETE ON public.jr_providers, public.jr_pauses

@@ -538,3 +538,105 @@ async fn lost_rows_of_this_host_are_restarted_once_if_they_ran_as_units_with_a_r
     assert_eq!(monitor(&db, &args).code, Some(0));
     assert!(!log.exists(), "no second restart");
 }
+
+#[tokio::test]
+async fn with_alert_on_change_only_the_changes_fail_the_round() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let on_change = |db: &TestDb| monitor(db, &["--alert-on-change", "--json"]);
+    assert_eq!(on_change(&db).code, Some(0), "healthy");
+    // Work waits and no assigner is alive: unhealthy.
+    exec(
+        &client,
+        "INSERT INTO jr_work_queue (title) VALUES ('waits')",
+    )
+    .await;
+    let out = on_change(&db);
+    assert_eq!(out.code, Some(3), "became unhealthy: {out:#?}");
+    let j: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(j["was_unhealthy"], false);
+    assert!(j["unhealthy_since"].is_string());
+    // Still unhealthy: the round does not fail again (without the option it does).
+    let out = on_change(&db);
+    assert_eq!(out.code, Some(0), "still unhealthy: {out:#?}");
+    let j: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(j["was_unhealthy"], true);
+    assert_eq!(monitor(&db, &[]).code, Some(3));
+    // Healthy again: exit 4, once.
+    exec(
+        &client,
+        "UPDATE jr_work_queue SET status = 'cancelled', completed_at = now()",
+    )
+    .await;
+    let out = monitor(&db, &["--alert-on-change"]);
+    assert_eq!(out.code, Some(4), "recovered: {out:#?}");
+    assert!(
+        out.stdout.contains("health:     ok (recovered)"),
+        "{out:#?}"
+    );
+    assert_eq!(on_change(&db).code, Some(0));
+}
+
+#[tokio::test]
+async fn the_alert_hook_fires_on_each_change_and_says_which() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let sd = common::UserSystemd::start(&[("DATABASE_URL", &db.url)]);
+    // The private manager has no journal for systemd-cat: the hook's line goes to its log.
+    sd.drop_in(
+        "jr-alert@.service",
+        "[Service]\nExecStart=\nExecStart=/bin/echo \"jrq: %i ended: ${MONITOR_SERVICE_RESULT}, exit status ${MONITOR_EXIT_STATUS}\"\n",
+    );
+    sd.drop_in(
+        "jr-health-monitor.service",
+        "[Service]\nEnvironment=JRQ_MAX_LOAD_PER_CORE=100000 JRQ_MAX_MEMORY=100\n",
+    );
+    let alert_log = || sd.log("jr-alert@jr-health-monitor.service.service");
+    let round = || {
+        // A oneshot: `start` returns when the round is over (failed or not).
+        let _ = sd.ctl(&["start", "jr-health-monitor.service"]);
+    };
+    let lines = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while alert_log().lines().count() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "alerts: {}\nmonitor: {}\n{:#?}",
+                alert_log(),
+                sd.log("jr-health-monitor.service"),
+                sd.ctl(&[
+                    "status",
+                    "--no-pager",
+                    "jr-alert@jr-health-monitor.service.service"
+                ])
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    round();
+    exec(
+        &client,
+        "INSERT INTO jr_work_queue (title) VALUES ('waits')",
+    )
+    .await;
+    round();
+    lines(1);
+    assert!(alert_log().contains("exit status 3"), "{}", alert_log());
+    round();
+    round();
+    exec(
+        &client,
+        "UPDATE jr_work_queue SET status = 'cancelled', completed_at = now()",
+    )
+    .await;
+    round();
+    lines(2);
+    let text = alert_log();
+    assert_eq!(text.lines().count(), 2, "one alert per change: {text}");
+    assert!(
+        text.lines().nth(1).unwrap().contains("exit status 4"),
+        "{text}"
+    );
+    round();
+    assert_eq!(alert_log().lines().count(), 2);
+}

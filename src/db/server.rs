@@ -54,3 +54,38 @@ pub async fn server_queue_health(client: &impl GenericClient) -> Result<QueueHea
         dead_tuples: row.get(1),
     })
 }
+
+/// The health monitor's standing before a round.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Standing {
+    /// The alerts of the last round.
+    pub alerts: Vec<String>,
+    /// Since when the queue has been unhealthy.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Records this round's alerts in `jr_monitor_state` and returns what it held before (run
+/// under the monitor's lock: one round at a time, fleet-wide).
+pub async fn server_swap_standing(
+    client: &impl GenericClient,
+    alerts: &[String],
+) -> Result<Standing> {
+    let row = client
+        .query_one(
+            "WITH old AS (SELECT alerts, since FROM jr_monitor_state WHERE one), \
+                  up AS ( \
+                 INSERT INTO jr_monitor_state AS s (one, alerts, since, updated_at) \
+                 VALUES (true, $1, CASE WHEN cardinality($1::text[]) > 0 THEN now() END, now()) \
+                 ON CONFLICT (one) DO UPDATE SET alerts = EXCLUDED.alerts, \
+                     since = CASE WHEN cardinality(EXCLUDED.alerts) = 0 THEN NULL \
+                                  ELSE coalesce(s.since, now()) END, \
+                     updated_at = now()) \
+             SELECT coalesce((SELECT alerts FROM old), '{}'), (SELECT since FROM old)",
+            &[&alerts],
+        )
+        .await?;
+    Ok(Standing {
+        alerts: row.get(0),
+        since: row.get(1),
+    })
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::watch::Output;
-use super::{Manager, Monitor, MonitorConfig, EXIT_UNHEALTHY};
+use super::{Manager, Monitor, MonitorConfig};
 use crate::error::{Error, Result};
 use crate::telemetry::LogFormat;
 use crate::validate;
@@ -14,7 +14,8 @@ use crate::validate;
 /// jr-health-monitor — one round of rescue and health checks (a oneshot for a timer).
 ///
 /// Exit status: 0 healthy, 3 a threshold was crossed (so the unit fails and OnFailure=
-/// alerts), 1 an error, 2 bad arguments.
+/// alerts), 1 an error, 2 bad arguments. With --alert-on-change (the unit's way): 3 only
+/// when the queue became unhealthy, 4 when it recovered, 0 otherwise.
 #[derive(Debug, Parser)]
 #[command(name = "jr-health-monitor", version, about)]
 pub struct MonitorArgs {
@@ -64,6 +65,12 @@ pub struct MonitorArgs {
     /// The systemctl program.
     #[arg(long, env = "JRQ_SYSTEMCTL", default_value = "systemctl")]
     pub systemctl: PathBuf,
+    /// Fail (exit 3) only on the round where the queue became unhealthy and exit 4 once
+    /// when it is healthy again, instead of 3 on every unhealthy round: an OnFailure= alert
+    /// then fires on each change, not every minute. The standing is kept in the database
+    /// (jr_monitor_state), shared by the monitors of every host.
+    #[arg(long, env = "JRQ_ALERT_ON_CHANGE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub alert_on_change: bool,
     /// Print the report as JSON.
     #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
@@ -153,11 +160,7 @@ pub async fn run(args: MonitorArgs) -> Result<u8> {
     crate::db::check_schema(&client).await?;
     let report = monitor.run_once(&client).await?;
     out.publish(&report)?;
-    Ok(if report.unhealthy() {
-        EXIT_UNHEALTHY
-    } else {
-        0
-    })
+    Ok(report.exit_status(args.alert_on_change))
 }
 
 #[cfg(test)]

@@ -57,8 +57,11 @@ pub const HEALTH_MIN_FLEET: usize = 3;
 /// The advisory lock a monitor round holds ("jrq_moni" in ASCII).
 const MONITOR_LOCK_KEY: i64 = 0x6a72_715f_6d6f_6e69;
 
-/// Exit status when a threshold is crossed.
+/// Exit status when a threshold is crossed (with `--alert-on-change`: when the queue
+/// became unhealthy this round).
 pub const EXIT_UNHEALTHY: u8 = 3;
+/// Exit status with `--alert-on-change` when the queue became healthy again this round.
+pub const EXIT_RECOVERED: u8 = 4;
 
 /// Which systemd manager restarts local units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -163,12 +166,27 @@ pub struct Report {
     pub unhealthy_workers: Vec<(String, i32)>,
     /// Thresholds crossed, one line each.
     pub alerts: Vec<String>,
+    /// Whether the round before this one (by any monitor) had alerts.
+    pub was_unhealthy: bool,
+    /// Since when the queue has been unhealthy (this round's alerts included).
+    pub unhealthy_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Report {
     /// Whether a threshold was crossed.
     pub fn unhealthy(&self) -> bool {
         !self.alerts.is_empty()
+    }
+
+    /// The exit status of a round: with `on_change`, 3 only when the queue became
+    /// unhealthy, 4 when it became healthy again, else 0; without, 3 while unhealthy.
+    pub fn exit_status(&self, on_change: bool) -> u8 {
+        match (on_change, self.unhealthy(), self.was_unhealthy) {
+            _ if self.skipped => 0,
+            (false, true, _) | (true, true, false) => EXIT_UNHEALTHY,
+            (true, false, true) => EXIT_RECOVERED,
+            _ => 0,
+        }
     }
 }
 
@@ -245,6 +263,35 @@ impl Monitor {
         }
         r.runs_finished = runs::runs_complete_finished(client).await?;
         self.look(client, &mut r, true).await?;
+        // The standing between rounds: a change into unhealthy, or back, is what alerts.
+        let before = server::server_swap_standing(client, &r.alerts).await?;
+        r.was_unhealthy = !before.alerts.is_empty();
+        r.unhealthy_since = match (r.unhealthy(), before.since) {
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(chrono::Utc::now()),
+            (false, _) => None,
+        };
+        match (r.unhealthy(), r.was_unhealthy) {
+            (true, false) => {
+                for a in &r.alerts {
+                    tracing::error!(alert = %crate::text::for_terminal(a, false), "the queue is unhealthy");
+                }
+            }
+            (false, true) => {
+                let since = before
+                    .since
+                    .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default())
+                    .map(|d| format_duration(Duration::from_secs(d.as_secs())))
+                    .unwrap_or_else(|| "a while".into());
+                tracing::warn!(unhealthy_for = %since, "the queue is healthy again");
+            }
+            (true, true) => {
+                for a in &r.alerts {
+                    tracing::warn!(alert = %crate::text::for_terminal(a, false), "still unhealthy");
+                }
+            }
+            (false, false) => {}
+        }
         Ok(r)
     }
 

@@ -75,8 +75,19 @@ pub fn render_text(r: &Report) -> String {
         r.dead_tuples
     );
     if r.alerts.is_empty() {
-        let _ = writeln!(s, "health:     ok");
+        let _ = writeln!(
+            s,
+            "health:     ok{}",
+            if r.was_unhealthy { " (recovered)" } else { "" }
+        );
     } else {
+        if let Some(t) = r.unhealthy_since {
+            let _ = writeln!(
+                s,
+                "health:     unhealthy since {}",
+                crate::text::local_time(t, "%Y-%m-%d %H:%M:%S")
+            );
+        }
         for a in &r.alerts {
             let _ = writeln!(s, "ALERT:      {a}");
         }
