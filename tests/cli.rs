@@ -728,10 +728,6 @@ async fn bad_arguments_are_refused_with_exit_2() {
             &["enqueue", "--title", "x", "--target", "no such/worker"],
             "worker name 'no such/worker' contains",
         ),
-        (
-            &["enqueue", "--title", "x", "--run", "42"],
-            "'42' is not a run id",
-        ),
         (&["enqueue", "--title", ""], "title is empty"),
         (
             &["enqueue", "--titel", "x"],
@@ -786,6 +782,10 @@ async fn unknown_ids_and_conflicts_are_refused_with_exit_1() {
         (
             &["enqueue", "--title", "x", "--run", missing_run],
             "there is no run 0f0f0f0f",
+        ),
+        (
+            &["enqueue", "--title", "x", "--run", "42"],
+            "there is no run '42' (by id, id prefix or name)",
         ),
         (
             &["runs", "set", missing_run, "completed"],
@@ -1050,4 +1050,127 @@ fn every_script_answers_help() {
             "{script} --help: {out:#?}"
         );
     }
+}
+
+#[tokio::test]
+async fn write_commands_print_the_ids_they_changed_as_json() {
+    let db = TestDb::new().await;
+    let j = db.run(&["enqueue", "--title", "one", "--json"]).json();
+    let id = j["id"].as_i64().unwrap();
+    assert_eq!(
+        db.run(&["show", &id.to_string(), "--json"]).json()["task"]["title"],
+        "one"
+    );
+
+    let batch = "{\"title\":\"b1\"}\n{\"title\":\"\"}\n{\"title\":\"b2\"}\n";
+    let j = db
+        .run_with_stdin(
+            &["enqueue", "--batch", "-", "--skip-invalid", "--json"],
+            batch,
+        )
+        .json();
+    let ids: Vec<i64> = j["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(j["rejected"][0]["line"], 2);
+    assert!(j["rejected"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("title"));
+
+    let j = db.run(&["cancel", &id.to_string(), "--json"]).json();
+    assert_eq!(
+        (j["id"].as_i64(), j["outcome"].as_str()),
+        (Some(id), Some("cancelled"))
+    );
+    let j = db.run(&["retry", &id.to_string(), "--json"]).json();
+    assert_eq!(
+        (j["id"].as_i64(), j["status"].as_str()),
+        (Some(id), Some("pending"))
+    );
+
+    // Bulk: what changed, what was skipped and why, what does not exist.
+    let j = db
+        .run(&[
+            "cancel",
+            &ids[0].to_string(),
+            &ids[1].to_string(),
+            "--json",
+            "--dry-run",
+        ])
+        .json();
+    assert_eq!(j["would_change"], serde_json::json!(ids));
+    assert_eq!(j["dry_run"], true);
+    let out = db.run(&["cancel", &ids[0].to_string(), "999999", "--json"]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    let j: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(j["changed"], serde_json::json!([ids[0]]));
+    assert_eq!(j["missing"], serde_json::json!([999999]));
+    let j = db.run(&["retry", "--status", "cancelled", "--json"]).json();
+    assert_eq!(j["changed"], serde_json::json!([ids[0]]));
+
+    let j = db
+        .run(&[
+            "runs",
+            "create",
+            "--name",
+            "nightly",
+            "--auto-complete",
+            "--json",
+        ])
+        .json();
+    assert!(
+        uuid::Uuid::parse_str(j["id"].as_str().unwrap()).is_ok(),
+        "{j}"
+    );
+    assert_eq!(j["name"], "nightly");
+    assert_eq!(j["auto_complete"], true);
+}
+
+#[tokio::test]
+async fn runs_are_named_by_id_prefix_or_name() {
+    let db = TestDb::new().await;
+    let id = db
+        .run(&["runs", "create", "--name", "nightly"])
+        .ok()
+        .trim()
+        .to_string();
+    let other = db
+        .run(&["runs", "create", "--name", "weekly"])
+        .ok()
+        .trim()
+        .to_string();
+    let t1 = id_of(&db.run(&["enqueue", "--title", "by name", "--run", "nightly"]));
+    let prefix = &id[..8];
+    let t2 = id_of(&db.run(&["enqueue", "--title", "by prefix", "--run", prefix]));
+    for t in [t1, t2] {
+        let j = db.run(&["show", &t.to_string(), "--json"]).json();
+        assert_eq!(j["task"]["run_id"], id.as_str());
+    }
+    let j = db.run(&["tasks", "--run", "nightly", "--json"]).json();
+    assert_eq!(j.as_array().unwrap().len(), 2);
+    db.run(&["runs", "set", "weekly", "archived"]).ok();
+    let j = db.run(&["runs", "list", "--json"]).json();
+    let weekly = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == other.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(weekly["status"], "archived");
+    db.run(&["pause", "--run", "nightly"]).ok();
+    db.run(&["resume", "--run", prefix]).ok();
+    // Two runs of one name: the id is needed.
+    db.run(&["runs", "create", "--name", "nightly"]).ok();
+    let before = db.fingerprint().await;
+    db.run(&["enqueue", "--title", "x", "--run", "nightly"])
+        .fails(1, "several runs are named 'nightly'");
+    db.run(&["tasks", "--run", "nope"])
+        .fails(1, "there is no run 'nope'");
+    assert_eq!(db.fingerprint().await, before);
 }

@@ -269,7 +269,8 @@ async fn the_cli_refuses_bad_governor_input_changing_nothing() {
     db.run(&["pause"]).fails(2, "required");
     db.run(&["pause", "--provider", "x", "--worker", "y"])
         .fails(2, "cannot be used with");
-    db.run(&["pause", "--run", "not-a-uuid"]).fails(2, "run");
+    db.run(&["pause", "--run", "not-a-uuid"])
+        .fails(1, "there is no run 'not-a-uuid'");
     assert_eq!(db.fingerprint().await, before);
 
     // `none` removes a limit; unset removes the row.

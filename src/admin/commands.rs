@@ -104,7 +104,11 @@ fn read_enqueue_input(args: &EnqueueArgs) -> Result<EnqueueInput> {
     t.provider = args.provider.clone();
     t.fallback_ok = args.fallback_ok;
     t.target = args.target.clone();
-    t.run_id = args.run;
+    // A run named by its id is known now; by a prefix or a name, once connected.
+    t.run_id = args
+        .run
+        .as_ref()
+        .and_then(|r| uuid::Uuid::parse_str(&r.0).ok());
     t.max_attempts = args.max_attempts;
     t.timeout = args.timeout;
     t.run_after = match (args.delay, args.run_at) {
@@ -197,6 +201,12 @@ fn read_batch(path: &Path, max_payload: usize) -> Result<EnqueueInput> {
 
 async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInput) -> Result<()> {
     let batch = args.batch.is_some();
+    if let (Some(r), false) = (&args.run, batch) {
+        let id = runs::runs_resolve(&*client, &r.0).await?;
+        for t in &mut input.tasks {
+            t.run_id = Some(id);
+        }
+    }
     let txn = client.transaction().await?;
     // Runs named by the tasks must exist: refuse those lines with a clear reason.
     let mut run_ids: Vec<uuid::Uuid> = input.tasks.iter().filter_map(|t| t.run_id).collect();
@@ -261,8 +271,20 @@ async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInpu
         )));
     }
     txn.commit().await?;
-    if batch {
-        input.rejected.sort();
+    input.rejected.sort();
+    if args.json {
+        let rejected: Vec<serde_json::Value> = input
+            .rejected
+            .iter()
+            .map(|(line, why)| serde_json::json!({ "line": line, "reason": why }))
+            .collect();
+        let v = if batch {
+            serde_json::json!({ "ids": added, "added": added.len(), "rejected": rejected })
+        } else {
+            serde_json::json!({ "id": added[0] })
+        };
+        out!("{v}");
+    } else if batch {
         render::rejected_lines(&input.rejected);
         render::batch_added(added.len(), input.rejected.len());
     } else {
@@ -282,7 +304,10 @@ async fn list_tasks(client: &Client, args: &TasksArgs) -> Result<()> {
     let filter = tasks::TaskFilter {
         status: args.status,
         worker: args.worker.clone(),
-        run_id: args.run,
+        run_id: match &args.run {
+            Some(r) => Some(runs::runs_resolve(client, &r.0).await?),
+            None => None,
+        },
         provider: args.provider.clone(),
         limit: args.limit,
         before: None,
@@ -303,18 +328,29 @@ async fn retry(client: &mut Client, args: &RetryArgs) -> Result<()> {
         let txn = client.transaction().await?;
         let report = tasks::tasks_retry_all_failed(&txn, ACTOR).await?;
         txn.commit().await?;
-        render::retry_all(&report);
+        if args.filter.json {
+            out!("{}", serde_json::json!(report));
+        } else {
+            render::retry_all(&report);
+        }
         return Ok(());
     }
     if let ([id], false, false) = (args.ids.as_slice(), args.filter.any(), args.filter.dry_run) {
         let txn = client.transaction().await?;
         let task = tasks::tasks_retry(&txn, *id, ACTOR).await?;
         txn.commit().await?;
-        out!(
-            "task {} is pending again ({} attempts available)",
-            task.id,
-            task.max_attempts
-        );
+        if args.filter.json {
+            out!(
+                "{}",
+                serde_json::json!({ "id": task.id, "status": task.status, "max_attempts": task.max_attempts })
+            );
+        } else {
+            out!(
+                "task {} is pending again ({} attempts available)",
+                task.id,
+                task.max_attempts
+            );
+        }
         return Ok(());
     }
     let mut filter = args.filter.status;
@@ -330,6 +366,10 @@ async fn cancel(client: &mut Client, args: &CancelArgs) -> Result<()> {
         let txn = client.transaction().await?;
         let outcome = tasks::tasks_cancel(&txn, id, ACTOR).await?;
         txn.commit().await?;
+        if args.filter.json {
+            out!("{}", serde_json::json!({ "id": id, "outcome": outcome }));
+            return Ok(());
+        }
         match outcome {
             tasks::CancelOutcome::Cancelled => out!("task {id} cancelled"),
             tasks::CancelOutcome::Requested => out!(
@@ -376,7 +416,10 @@ async fn bulk(
     let filter = tasks::TaskFilter {
         status,
         worker: f.worker.clone(),
-        run_id: f.run,
+        run_id: match &f.run {
+            Some(r) => Some(runs::runs_resolve(&*client, &r.0).await?),
+            None => None,
+        },
         provider: f.provider.clone(),
         limit: 0,
         before: None,
@@ -399,6 +442,15 @@ async fn bulk(
         Bulk::Retry => "retry",
     };
     let (mut done, mut skipped) = (0usize, 0usize);
+    // With --json, one document at the end instead of a line each.
+    let (mut changed, mut passed): (Vec<i64>, Vec<serde_json::Value>) = (vec![], vec![]);
+    macro_rules! line {
+        ($($arg:tt)*) => {
+            if !f.json {
+                out!($($arg)*);
+            }
+        };
+    }
     for (id, s) in &selected {
         if !applies(*s) {
             skipped += 1;
@@ -406,12 +458,14 @@ async fn bulk(
                 Bulk::Cancel => "cancelled",
                 Bulk::Retry => "retried",
             };
-            out!("task {id} is {s}: not {past}");
+            passed.push(serde_json::json!({ "id": id, "why": format!("{s}: not {past}") }));
+            line!("task {id} is {s}: not {past}");
             continue;
         }
         if f.dry_run {
             done += 1;
-            out!("task {id} ({s}): would {verb}");
+            changed.push(*id);
+            line!("task {id} ({s}): would {verb}");
             continue;
         }
         let txn = client.transaction().await?;
@@ -432,17 +486,29 @@ async fn bulk(
                 .map(|_| format!("task {id} is pending again")),
         };
         match result {
-            Ok(line) => {
+            Ok(text) => {
                 txn.commit().await?;
                 done += 1;
-                out!("{line}");
+                changed.push(*id);
+                line!("{text}");
             }
             // Changed meanwhile (finished, retried by someone else): said, and skipped.
             Err(e @ (Error::Conflict(_) | Error::NotFound(_))) => {
                 skipped += 1;
-                out!("task {id}: {e}");
+                passed.push(serde_json::json!({ "id": id, "why": e.to_string() }));
+                line!("task {id}: {e}");
             }
             Err(e) => return Err(e),
+        }
+    }
+    if f.json {
+        let key = if f.dry_run { "would_change" } else { "changed" };
+        out!(
+            "{}",
+            serde_json::json!({ key: changed, "skipped": passed, "missing": missing, "dry_run": f.dry_run })
+        );
+        if missing.is_empty() {
+            return Ok(());
         }
     }
     let what = match (action, f.dry_run) {
@@ -451,7 +517,7 @@ async fn bulk(
         (Bulk::Cancel, true) => "would be cancelled",
         (Bulk::Retry, true) => "would be retried",
     };
-    out!(
+    line!(
         "{done} task(s) {what}, {skipped} skipped{}",
         if f.dry_run {
             "; dry run: nothing was changed"
@@ -474,9 +540,17 @@ async fn runs_cmd(client: &mut Client, cmd: RunsCommand) -> Result<()> {
         RunsCommand::Create {
             name,
             auto_complete,
+            json,
         } => {
             let id = runs::runs_create(client, &name, auto_complete).await?;
-            out!("{id}");
+            if json {
+                out!(
+                    "{}",
+                    serde_json::json!({ "id": id, "name": name, "auto_complete": auto_complete })
+                );
+            } else {
+                out!("{id}");
+            }
         }
         RunsCommand::List {
             status,
@@ -487,6 +561,7 @@ async fn runs_cmd(client: &mut Client, cmd: RunsCommand) -> Result<()> {
             render::runs(&rows, json)?;
         }
         RunsCommand::Set { id, status } => {
+            let id = runs::runs_resolve(&*client, &id.0).await?;
             let txn = client.transaction().await?;
             runs::runs_set_status(&txn, id, status).await?;
             txn.commit().await?;

@@ -63,7 +63,7 @@ pub async fn providers_cmd(client: &Client, cmd: ProvidersCommand) -> Result<()>
 }
 
 pub async fn pause(client: &Client, args: &PauseArgs) -> Result<()> {
-    let (scope, target) = args.scope.scope();
+    let (scope, target) = args.scope.scope(client).await?;
     let until = match args.duration {
         Some(d) => Some(
             Utc::now()
@@ -93,7 +93,7 @@ pub async fn pause(client: &Client, args: &PauseArgs) -> Result<()> {
 }
 
 pub async fn resume(client: &Client, args: &ScopeArgs) -> Result<()> {
-    let (scope, target) = args.scope();
+    let (scope, target) = args.scope(client).await?;
     let what = Pause {
         scope: scope.into(),
         target: target.clone(),

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use uuid::Uuid;
 
 use crate::task::{RunStatus, TaskStatus};
 use crate::validate;
@@ -109,9 +108,10 @@ pub struct EnqueueArgs {
     /// Pin the task to one worker by name.
     #[arg(long, env = "JRQ_TARGET", value_parser = validate::parse_worker_name)]
     pub target: Option<String>,
-    /// Run id (UUID) the task belongs to (see `jrq runs create`).
-    #[arg(long, env = "JRQ_RUN", value_parser = validate::parse_run_id)]
-    pub run: Option<Uuid>,
+    /// The run the task belongs to (see `jrq runs create`): its id, a unique prefix of
+    /// it, or its name.
+    #[arg(long, env = "JRQ_RUN", value_parser = parse_run_ref)]
+    pub run: Option<RunRef>,
     /// Attempts before the task fails for good. Range: 1 to 1000.
     #[arg(long, env = "JRQ_MAX_ATTEMPTS", default_value_t = crate::task::DEFAULT_MAX_ATTEMPTS, value_parser = validate::parse_max_attempts, allow_hyphen_values = true)]
     pub max_attempts: i32,
@@ -143,6 +143,9 @@ pub struct EnqueueArgs {
     /// with any bad line inserts nothing.
     #[arg(long, env = "JRQ_SKIP_INVALID", requires = "batch", value_parser = clap::builder::BoolishValueParser::new())]
     pub skip_invalid: bool,
+    /// Print JSON: {"id": N}, or with --batch {"ids": [...], "rejected": [...]}.
+    #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+    pub json: bool,
     /// Largest payload accepted, as bytes of JSON (e.g. 1MiB, 64KiB, 2000000; 0 = no
     /// limit). Keep big data elsewhere and pass a reference: every claim reads the payload.
     #[arg(long, env = "JRQ_MAX_PAYLOAD", default_value = "1MiB", value_parser = validate::parse_bytes)]
@@ -172,9 +175,9 @@ pub struct TasksArgs {
     /// Only tasks assigned to this worker.
     #[arg(long, env = "JRQ_WORKER")]
     pub worker: Option<String>,
-    /// Only tasks of this run.
-    #[arg(long, env = "JRQ_RUN", value_parser = validate::parse_run_id)]
-    pub run: Option<Uuid>,
+    /// Only tasks of this run (its id, a unique prefix of it, or its name).
+    #[arg(long, env = "JRQ_RUN", value_parser = parse_run_ref)]
+    pub run: Option<RunRef>,
     /// Only tasks for this provider.
     #[arg(long, env = "JRQ_PROVIDER")]
     pub provider: Option<String>,
@@ -223,15 +226,18 @@ pub struct BulkFilter {
     /// Only tasks assigned to this worker.
     #[arg(long)]
     pub worker: Option<String>,
-    /// Only tasks of this run.
-    #[arg(long, value_parser = validate::parse_run_id)]
-    pub run: Option<Uuid>,
+    /// Only tasks of this run (its id, a unique prefix of it, or its name).
+    #[arg(long, value_parser = parse_run_ref)]
+    pub run: Option<RunRef>,
     /// Only tasks created longer ago than this (e.g. 2h). Range: 0s to 3650d.
     #[arg(long, value_parser = validate::duration_in("0s", "3650d"))]
     pub older_than: Option<Duration>,
     /// Print what would change, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print JSON: the ids changed (or that would be), skipped with why, and missing.
+    #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+    pub json: bool,
 }
 
 impl BulkFilter {
@@ -267,6 +273,9 @@ pub enum RunsCommand {
         /// are finished.
         #[arg(long, env = "JRQ_AUTO_COMPLETE", value_parser = clap::builder::BoolishValueParser::new())]
         auto_complete: bool,
+        /// Print JSON: {"id": "...", "name": ..., "auto_complete": ...}.
+        #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+        json: bool,
     },
     /// List runs, newest first, with their tasks counted.
     List {
@@ -282,9 +291,9 @@ pub enum RunsCommand {
     },
     /// Set a run's status; completed, error and archived end the workers serving it.
     Set {
-        /// Run id.
-        #[arg(value_parser = validate::parse_run_id)]
-        id: Uuid,
+        /// The run: its id, a unique prefix of it, or its name.
+        #[arg(value_parser = parse_run_ref)]
+        id: RunRef,
         /// New status: active, completed, error or archived.
         #[arg(value_parser = parse_run_status)]
         status: RunStatus,
@@ -381,9 +390,9 @@ pub struct ScopeArgs {
     /// A provider's tasks.
     #[arg(long, value_parser = validate::parse_provider)]
     pub provider: Option<String>,
-    /// A run's tasks (its id).
-    #[arg(long, value_parser = validate::parse_run_id)]
-    pub run: Option<Uuid>,
+    /// A run's tasks (its id, a unique prefix of it, or its name).
+    #[arg(long, value_parser = parse_run_ref)]
+    pub run: Option<RunRef>,
     /// One worker (it finishes what it runs and takes nothing new).
     #[arg(long, value_parser = validate::parse_worker_name)]
     pub worker: Option<String>,
@@ -394,17 +403,42 @@ pub struct ScopeArgs {
 
 impl ScopeArgs {
     /// (scope, target) as `jr_pauses` stores them.
-    pub fn scope(&self) -> (&'static str, String) {
-        if let Some(p) = &self.provider {
+    /// The scope and its target; a run named by a prefix or a name is looked up.
+    pub async fn scope(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> crate::Result<(&'static str, String)> {
+        Ok(if let Some(p) = &self.provider {
             ("provider", p.clone())
-        } else if let Some(r) = self.run {
-            ("run", r.to_string())
+        } else if let Some(r) = &self.run {
+            (
+                "run",
+                crate::db::runs::runs_resolve(client, &r.0)
+                    .await?
+                    .to_string(),
+            )
         } else if let Some(w) = &self.worker {
             ("worker", w.clone())
         } else {
             ("all", String::new())
-        }
+        })
     }
+}
+
+/// A run as a person names it: its id, a unique prefix of the id, or its name (looked up
+/// with [`crate::db::runs::runs_resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRef(pub String);
+
+fn parse_run_ref(s: &str) -> Result<RunRef, String> {
+    let t = s.trim();
+    if t.is_empty() || t.len() > 200 || t.chars().any(char::is_control) {
+        return Err(format!(
+            "'{}' is not a run: give its id, a unique prefix of it, or its name (see `jrq runs list`)",
+            crate::text::for_terminal(s, false)
+        ));
+    }
+    Ok(RunRef(t.to_string()))
 }
 
 /// Options of `jrq pause`.

@@ -172,3 +172,55 @@ pub async fn runs_complete_finished(client: &impl GenericClient) -> Result<Vec<(
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
+
+/// The run a person names: its id, its name, or a unique prefix of its id (at least 4
+/// characters). An unknown or ambiguous reference is refused with what to give instead.
+pub async fn runs_resolve(client: &impl GenericClient, r: &str) -> Result<Uuid> {
+    if let Ok(id) = Uuid::parse_str(r) {
+        return Ok(id);
+    }
+    let named: Vec<Uuid> = client
+        .query(
+            "SELECT id FROM jr_runs WHERE name = $1 ORDER BY created_at DESC LIMIT 3",
+            &[&r],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    match named.as_slice() {
+        [one] => return Ok(*one),
+        [] => {}
+        _ => {
+            return Err(Error::Conflict(format!(
+                "several runs are named '{r}': give the run's id (or a unique prefix of it), \
+                 see `jrq runs list`"
+            )))
+        }
+    }
+    let prefix = r.to_ascii_lowercase();
+    if prefix.len() >= 4 && prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        let found: Vec<Uuid> = client
+            .query(
+                "SELECT id FROM jr_runs WHERE id::text LIKE $1 || '%' LIMIT 2",
+                &[&prefix],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        match found.as_slice() {
+            [one] => return Ok(*one),
+            [] => {}
+            _ => {
+                return Err(Error::Conflict(format!(
+                    "run id prefix '{r}' is ambiguous: give more of the id (see `jrq runs list`)"
+                )))
+            }
+        }
+    }
+    Err(Error::NotFound(format!(
+        "there is no run '{}' (by id, id prefix or name): see `jrq runs list`",
+        crate::text::for_terminal(r, false)
+    )))
+}
