@@ -836,3 +836,69 @@ async fn sigterm_with_the_database_gone_still_exits() {
         w.log()
     );
 }
+
+#[tokio::test]
+async fn failures_are_logged_as_warnings_and_errors_in_plain_values_on_one_line() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let exec = test_executor();
+    let _assigner = WorkerProc::assigner(&db.url, "a1", &[]);
+    let mut w = WorkerProc::start(&db.url, "w_log", &["--exec", &exec], &[]);
+    let failed = db
+        .run(&[
+            "enqueue",
+            "--title",
+            "line one\nline two",
+            "--max-attempts",
+            "1",
+            "--payload",
+            r#"{"exit": 3, "stderr": "bad\nthing"}"#,
+        ])
+        .ok()
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    let flaky = db
+        .run(&[
+            "enqueue",
+            "--title",
+            "flaky",
+            "--payload",
+            r#"{"exit_attempt": {"1": 75}}"#,
+        ])
+        .ok()
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    wait_status(&client, failed, "failed").await;
+    wait_status(&client, flaky, "completed").await;
+    w.signal(Signal::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(30)).await, Some(0));
+    let log = w.log();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{log}"))
+            .to_string()
+    };
+    let failed_line = line("task failed for good");
+    assert!(
+        failed_line.contains(" ERROR ") && failed_line.contains(&format!("task_id={failed}")),
+        "{failed_line}"
+    );
+    let retry = line("attempt failed: retry scheduled");
+    assert!(
+        retry.contains(" WARN ") && retry.contains(&format!("task_id={flaky}")),
+        "{retry}"
+    );
+    // A title or an error with a newline stays on its line, escaped.
+    let started = line(&format!("task_id={failed}"));
+    assert!(started.contains(r"line one\nline two"), "{started}");
+    assert!(failed_line.contains(r"bad\nthing"), "{failed_line}");
+    assert!(!log.lines().any(|l| l.starts_with("line two")), "{log}");
+    // Plain values, not Rust's debug text.
+    assert!(line("worker stopped").contains("outcome=drained"), "{log}");
+    for debug in ["None", "Some(", "Ok(", "Drained", "RunFinished"] {
+        assert!(!log.contains(debug), "{debug:?} in the log:\n{log}");
+    }
+}

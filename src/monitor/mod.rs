@@ -482,7 +482,12 @@ impl Monitor {
             ),
             Err(e) => (false, format!("cannot run {}: {e}", cmd[0])),
         };
-        tracing::info!(unit, ok, detail = %crate::text::for_terminal(&detail, false), "restart");
+        let detail_text = crate::text::for_terminal(&detail, false);
+        if ok {
+            tracing::info!(unit, detail = %detail_text, "restarted");
+        } else {
+            tracing::error!(unit, detail = %detail_text, "restart failed");
+        }
         Restart {
             unit: unit.into(),
             command: cmd,

@@ -162,6 +162,16 @@ pub enum Exit {
     MaxLoops,
 }
 
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Drained => f.write_str("drained"),
+            Exit::RunFinished(status) => write!(f, "its run is {status}"),
+            Exit::MaxLoops => f.write_str("--max-loops reached"),
+        }
+    }
+}
+
 pub use once::Round;
 pub use supervise::retry_backoff;
 

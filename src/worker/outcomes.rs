@@ -227,16 +227,41 @@ impl Outcomes {
         let applied: HashSet<i64> = applied.iter().copied().collect();
         for f in done {
             if applied.contains(&f.task_id) {
-                tracing::info!(
-                    task_id = f.task_id,
-                    worker = %worker,
-                    attempt = f.attempt,
-                    outcome = f.finish.kind(),
-                    error = %crate::text::for_terminal(f.finish.error().unwrap_or(""), false),
-                    "task finished"
-                );
+                // A failed attempt that will be retried is a warning, a task failed for
+                // good an error (`journalctl -p warning` shows both); the rest is news.
+                let error = f
+                    .finish
+                    .error()
+                    .map(|e| crate::text::for_terminal(e, false).into_owned());
+                let error = error.as_deref().map(tracing::field::display);
+                match f.finish.kind() {
+                    "failed" => tracing::error!(
+                        task_id = f.task_id,
+                        worker = %worker,
+                        attempt = f.attempt,
+                        outcome = "failed",
+                        error,
+                        "task failed for good"
+                    ),
+                    "retry_scheduled" => tracing::warn!(
+                        task_id = f.task_id,
+                        worker = %worker,
+                        attempt = f.attempt,
+                        outcome = "retry_scheduled",
+                        error,
+                        "attempt failed: retry scheduled"
+                    ),
+                    kind => tracing::info!(
+                        task_id = f.task_id,
+                        worker = %worker,
+                        attempt = f.attempt,
+                        outcome = kind,
+                        error,
+                        "task finished"
+                    ),
+                }
             } else {
-                tracing::warn!(
+                tracing::error!(
                     task_id = f.task_id,
                     attempt = f.attempt,
                     "lease lost before the outcome was written: left to the new owner"

@@ -89,7 +89,10 @@ impl Session {
             }
         }
         live.stopping("stopping");
-        tracing::info!(outcome = ?exit, "worker stopped");
+        match &exit {
+            Ok(e) => tracing::info!(outcome = %e, "worker stopped"),
+            Err(e) => tracing::error!(error = %e, "worker stopped"),
+        }
         exit
     }
 

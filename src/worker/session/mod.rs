@@ -211,7 +211,7 @@ impl Session {
         let cfg = &self.w.cfg;
         tracing::info!(
             task_id = t.id,
-            run_id = ?t.run_id,
+            run_id = t.run_id.map(tracing::field::display),
             worker = %cfg.name,
             attempt = t.attempt,
             title = %crate::text::for_terminal(&t.title, false),
