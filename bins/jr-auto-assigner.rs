@@ -3,11 +3,17 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
+    // Before anything else (no thread yet): the older, shared variable names.
+    let legacy = jrq::envvars::adopt_legacy(
+        &jrq::assigner::cli::AssignerArgs::command(),
+        "JRQ_ASSIGNER_",
+    );
     let args = jrq::assigner::cli::AssignerArgs::parse();
     jrq::telemetry::init(args.log_format, "info");
+    jrq::envvars::warn(&legacy);
     let work = async {
         let (cfg, db_cfg) = args.into_parts()?;
         let shutdown = jrq::shutdown::from_signals()

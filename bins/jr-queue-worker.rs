@@ -3,11 +3,15 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
+    // Before anything else (no thread yet): the older, shared variable names.
+    let legacy =
+        jrq::envvars::adopt_legacy(&jrq::worker::cli::WorkerArgs::command(), "JRQ_WORKER_");
     let args = jrq::worker::cli::WorkerArgs::parse();
     jrq::telemetry::init(args.log_format, "info");
+    jrq::envvars::warn(&legacy);
     let work = async {
         let (cfg, db_cfg, handler) = args.into_parts()?;
         let shutdown = jrq::shutdown::from_signals()

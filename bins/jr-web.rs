@@ -2,11 +2,16 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
+    // Before anything else (no thread yet): the monitor's older variable names (the
+    // overview's alerts use the monitor's thresholds).
+    let legacy =
+        jrq::envvars::adopt_legacy(&jrq::monitor::cli::MonitorArgs::command(), "JRQ_MONITOR_");
     let args = jrq::web::cli::WebArgs::parse();
     jrq::telemetry::init(args.log_format, "info");
+    jrq::envvars::warn(&legacy);
     let work = async {
         let (cfg, db) = args.into_parts()?;
         let shutdown = jrq::shutdown::from_signals()

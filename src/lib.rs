@@ -20,6 +20,7 @@ pub mod cgroup;
 pub mod cleanup;
 pub mod daemon;
 pub mod db;
+pub mod envvars;
 pub mod error;
 pub mod host;
 pub mod metrics;

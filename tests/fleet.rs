@@ -36,9 +36,9 @@ impl Fleet {
         let out = tempfile::tempdir().unwrap();
         let sd = UserSystemd::start(&[
             ("DATABASE_URL", &db.url),
-            ("JRQ_EXEC", &test_executor()),
-            ("JRQ_POLL_INTERVAL", "200ms"),
-            ("JRQ_RETRY_BASE", "100ms"),
+            ("JRQ_WORKER_EXEC", &test_executor()),
+            ("JRQ_WORKER_POLL_INTERVAL", "200ms"),
+            ("JRQ_WORKER_RETRY_BASE", "100ms"),
             ("EXEC_TEST_OUT", out.path().to_str().unwrap()),
         ]);
         Fleet {
@@ -311,7 +311,7 @@ async fn timers_fire_the_monitor_which_restarts_a_given_up_unit_and_the_cleanup(
     );
     sd.drop_in(
         "jr-stale-cleanup.service",
-        "[Service]\nEnvironment=JRQ_GRACE=1s\n",
+        "[Service]\nEnvironment=JRQ_CLEANUP_GRACE=1s\n",
     );
     sd.drop_in("jr-health-monitor.timer", FAST_TIMER);
     sd.drop_in("jr-stale-cleanup.timer", FAST_TIMER);

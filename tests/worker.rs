@@ -902,3 +902,56 @@ async fn failures_are_logged_as_warnings_and_errors_in_plain_values_on_one_line(
         assert!(!log.contains(debug), "{debug:?} in the log:\n{log}");
     }
 }
+
+#[tokio::test]
+async fn each_program_reads_its_own_variables_and_the_old_names_with_a_warning() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    // The old, shared names still work (with a warning); the program's own name wins.
+    let w = WorkerProc::start(
+        &db.url,
+        "w_env",
+        &["--exec", "noop"],
+        &[
+            ("JRQ_CAPACITY", "3"),
+            ("JRQ_PREFETCH", "5"),
+            ("JRQ_WORKER_PREFETCH", "0"),
+        ],
+    );
+    wait_for(Duration::from_secs(30), "w_env registered", || async {
+        common::count(
+            &client,
+            "SELECT count(*) FROM jr_status WHERE jr_name = 'w_env' AND capacity = 3 AND prefetch = 0",
+        )
+        .await
+            == 1
+    })
+    .await;
+    w.wait_log(
+        Duration::from_secs(30),
+        "JRQ_CAPACITY is read as JRQ_WORKER_CAPACITY",
+    )
+    .await;
+    w.wait_log(
+        Duration::from_secs(30),
+        "JRQ_PREFETCH is ignored: JRQ_WORKER_PREFETCH is set too",
+    )
+    .await;
+    // Each program's --help names its own variables.
+    for (program, var) in [
+        ("jr-queue-worker", "JRQ_WORKER_POLL_INTERVAL"),
+        ("jr-auto-assigner", "JRQ_ASSIGNER_POLL_INTERVAL"),
+        ("jr-health-monitor", "JRQ_MONITOR_STUCK_AFTER"),
+        ("jr-stale-cleanup", "JRQ_CLEANUP_FORCE"),
+        ("jr-web", "JRQ_WEB_LISTEN"),
+    ] {
+        let out = common::bin(program).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains(&format!("[env: {var}=")), "{program}: {help}");
+        assert!(
+            !help.contains("[env: JRQ_POLL_INTERVAL="),
+            "{program}: {help}"
+        );
+        assert!(help.contains("[env: JRQ_LOG_FORMAT="), "{program}: {help}");
+    }
+}

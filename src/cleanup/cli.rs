@@ -7,23 +7,24 @@ use crate::db::ServerId;
 use crate::error::Result;
 use crate::host;
 
-/// Options of `jr-stale-cleanup`; each also from a `JRQ_*` variable.
+/// Options of `jr-stale-cleanup`; each also from a `JRQ_CLEANUP_*` variable.
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "jr-stale-cleanup",
     version,
-    about = "jr-stale-cleanup — find (and with --force, end) this host's worker processes that have no reason to live"
+    about = "jr-stale-cleanup — find (and with --force, end) this host's worker processes that have no reason to live",
+    after_help = "Variables: each option also reads the JRQ_CLEANUP_* variable shown with it; DATABASE_URL (and libpq's PG* variables) and JRQ_LOG_FORMAT are shared by every program. The older names without CLEANUP_ (JRQ_FORCE, ...) are still read, with a warning."
 )]
 pub struct CleanupArgs {
     /// Act: end stale processes and release registry rows whose process is gone. Without
     /// it, a dry run that changes nothing.
-    #[arg(long, env = "JRQ_FORCE", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "JRQ_CLEANUP_FORCE", value_parser = clap::builder::BoolishValueParser::new())]
     pub force: bool,
     /// After SIGTERM, time a stale worker gets to drain before SIGKILL. Range: 0s to 1h.
-    #[arg(long, env = "JRQ_GRACE", default_value = crate::validate::format_duration(DEFAULT_GRACE), value_parser = crate::validate::duration_in("0s", "1h"))]
+    #[arg(long, env = "JRQ_CLEANUP_GRACE", default_value = crate::validate::format_duration(DEFAULT_GRACE), value_parser = crate::validate::duration_in("0s", "1h"))]
     pub grace: Duration,
     /// Print the report as JSON.
-    #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "JRQ_CLEANUP_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
     /// Log format: auto, text, json, journald.
     #[arg(long, env = "JRQ_LOG_FORMAT", value_enum, default_value = "auto")]

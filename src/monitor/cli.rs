@@ -1,4 +1,4 @@
-//! Options of `jr-health-monitor`; each also from a `JRQ_*` variable.
+//! Options of `jr-health-monitor`; each also from a `JRQ_MONITOR_*` variable.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,67 +16,71 @@ use crate::validate;
 /// Exit status: 0 healthy, 3 a threshold was crossed (so the unit fails and OnFailure=
 /// alerts), 1 an error, 2 bad arguments. With --alert-on-change (the unit's way): 3 only
 /// when the queue became unhealthy, 4 when it recovered, 0 otherwise.
+///
+/// Variables: each option also reads the JRQ_MONITOR_* variable shown with it; DATABASE_URL
+/// (and libpq's PG* variables) and JRQ_LOG_FORMAT are shared by every program. The older
+/// names without MONITOR_ (JRQ_POLL_INTERVAL, ...) are still read, with a warning.
 #[derive(Debug, Parser)]
 #[command(name = "jr-health-monitor", version, about)]
 pub struct MonitorArgs {
     /// A running task whose worker's heartbeat is older than this is stuck: it goes back
     /// to pending (attempt counted), or fails when its attempts are used up. Range: 1s to 1d.
-    #[arg(long, env = "JRQ_STUCK_AFTER", default_value = crate::validate::format_duration(super::DEFAULT_STUCK_AFTER), value_parser = validate::duration_in("1s", "1d"))]
+    #[arg(long, env = "JRQ_MONITOR_STUCK_AFTER", default_value = crate::validate::format_duration(super::DEFAULT_STUCK_AFTER), value_parser = validate::duration_in("1s", "1d"))]
     pub stuck_after: Duration,
     /// A running task past its own timeout plus this, with a live worker, is failed. Range: 0s to 1d.
-    #[arg(long, env = "JRQ_TIMEOUT_GRACE", default_value = crate::validate::format_duration(super::DEFAULT_TIMEOUT_GRACE), value_parser = validate::duration_in("0s", "1d"))]
+    #[arg(long, env = "JRQ_MONITOR_TIMEOUT_GRACE", default_value = crate::validate::format_duration(super::DEFAULT_TIMEOUT_GRACE), value_parser = validate::duration_in("0s", "1d"))]
     pub timeout_grace: Duration,
     /// A worker (or assigner) silent longer than this is marked offline; when it lives on
     /// this host its unit is restarted. Range: 1s to 1d.
-    #[arg(long, env = "JRQ_DEAD_AFTER", default_value = crate::validate::format_duration(super::DEFAULT_DEAD_AFTER), value_parser = validate::duration_in("1s", "1d"))]
+    #[arg(long, env = "JRQ_MONITOR_DEAD_AFTER", default_value = crate::validate::format_duration(super::DEFAULT_DEAD_AFTER), value_parser = validate::duration_in("1s", "1d"))]
     pub dead_after: Duration,
     /// Alert when a worker marked offline had not responded for longer than this. Range: 1s to 30d.
-    #[arg(long, env = "JRQ_SILENT_ALERT", default_value = crate::validate::format_duration(super::DEFAULT_SILENT_ALERT), value_parser = validate::duration_in("1s", "30d"))]
+    #[arg(long, env = "JRQ_MONITOR_SILENT_ALERT", default_value = crate::validate::format_duration(super::DEFAULT_SILENT_ALERT), value_parser = validate::duration_in("1s", "30d"))]
     pub silent_alert: Duration,
     /// Window of the failure rate. Range: 1m to 30d.
-    #[arg(long, env = "JRQ_FAILURE_WINDOW", default_value = crate::validate::format_duration(super::DEFAULT_FAILURE_WINDOW), value_parser = validate::duration_in("1m", "30d"))]
+    #[arg(long, env = "JRQ_MONITOR_FAILURE_WINDOW", default_value = crate::validate::format_duration(super::DEFAULT_FAILURE_WINDOW), value_parser = validate::duration_in("1m", "30d"))]
     pub failure_window: Duration,
     /// Alert above this failure rate, in percent. Range: 0 to 100.
-    #[arg(long, env = "JRQ_MAX_FAILURE_RATE", default_value_t = super::DEFAULT_MAX_FAILURE_RATE * 100.0)]
+    #[arg(long, env = "JRQ_MONITOR_MAX_FAILURE_RATE", default_value_t = super::DEFAULT_MAX_FAILURE_RATE * 100.0)]
     pub max_failure_rate: f64,
     /// Alert when a ready task has waited longer than this. Range: 1s to 30d.
-    #[arg(long, env = "JRQ_MAX_PENDING_AGE", default_value = crate::validate::format_duration(super::DEFAULT_MAX_PENDING_AGE), value_parser = validate::duration_in("1s", "30d"))]
+    #[arg(long, env = "JRQ_MONITOR_MAX_PENDING_AGE", default_value = crate::validate::format_duration(super::DEFAULT_MAX_PENDING_AGE), value_parser = validate::duration_in("1s", "30d"))]
     pub max_pending_age: Duration,
     /// Alert above this usage of PostgreSQL's notification queue, in percent. Range: 0 to 100.
-    #[arg(long, env = "JRQ_MAX_NOTIFY_QUEUE", default_value_t = super::DEFAULT_MAX_NOTIFY_QUEUE * 100.0)]
+    #[arg(long, env = "JRQ_MONITOR_MAX_NOTIFY_QUEUE", default_value_t = super::DEFAULT_MAX_NOTIFY_QUEUE * 100.0)]
     pub max_notify_queue: f64,
     /// Alert above this many dead row versions in jr_work_queue. Range: 0 or more.
-    #[arg(long, env = "JRQ_MAX_DEAD_TUPLES", default_value_t = super::DEFAULT_MAX_DEAD_TUPLES, value_parser = validate::count_in::<i64>(0, i64::MAX as u64))]
+    #[arg(long, env = "JRQ_MONITOR_MAX_DEAD_TUPLES", default_value_t = super::DEFAULT_MAX_DEAD_TUPLES, value_parser = validate::count_in::<i64>(0, i64::MAX as u64))]
     pub max_dead_tuples: i64,
     /// Alert above this 1-minute load average per core. Range: 0 or more.
-    #[arg(long, env = "JRQ_MAX_LOAD_PER_CORE", default_value_t = super::DEFAULT_MAX_LOAD_PER_CORE)]
+    #[arg(long, env = "JRQ_MONITOR_MAX_LOAD_PER_CORE", default_value_t = super::DEFAULT_MAX_LOAD_PER_CORE)]
     pub max_load_per_core: f64,
     /// Alert above this memory use, in percent. Range: 0 to 100.
-    #[arg(long, env = "JRQ_MAX_MEMORY", default_value_t = super::DEFAULT_MAX_MEMORY * 100.0)]
+    #[arg(long, env = "JRQ_MONITOR_MAX_MEMORY", default_value_t = super::DEFAULT_MAX_MEMORY * 100.0)]
     pub max_memory: f64,
     /// Alert when a worker's health score (0-100, see `jrq workers`) is this many points
     /// or more below the median of the alive workers. Compared only with 5 or more
     /// recorded attempts and 3 or more such workers. Range: 1 to 100.
-    #[arg(long, env = "JRQ_HEALTH_GAP", default_value_t = super::DEFAULT_HEALTH_GAP)]
+    #[arg(long, env = "JRQ_MONITOR_HEALTH_GAP", default_value_t = super::DEFAULT_HEALTH_GAP)]
     pub health_gap: f64,
     /// Which systemd manager restarts local units: user, system, none.
-    #[arg(long, env = "JRQ_MANAGER", value_enum, default_value = "user")]
+    #[arg(long, env = "JRQ_MONITOR_MANAGER", value_enum, default_value = "user")]
     pub manager: Manager,
     /// The systemctl program.
-    #[arg(long, env = "JRQ_SYSTEMCTL", default_value = "systemctl")]
+    #[arg(long, env = "JRQ_MONITOR_SYSTEMCTL", default_value = "systemctl")]
     pub systemctl: PathBuf,
     /// Fail (exit 3) only on the round where the queue became unhealthy and exit 4 once
     /// when it is healthy again, instead of 3 on every unhealthy round: an OnFailure= alert
     /// then fires on each change, not every minute. The standing is kept in the database
     /// (jr_monitor_state), shared by the monitors of every host.
-    #[arg(long, env = "JRQ_ALERT_ON_CHANGE", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "JRQ_MONITOR_ALERT_ON_CHANGE", value_parser = clap::builder::BoolishValueParser::new())]
     pub alert_on_change: bool,
     /// Print the report as JSON.
-    #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "JRQ_MONITOR_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
     /// Also write the report in Prometheus' text format to this file (atomically), for
     /// node_exporter's textfile collector.
-    #[arg(long, env = "JRQ_TEXTFILE", value_name = "PATH")]
+    #[arg(long, env = "JRQ_MONITOR_TEXTFILE", value_name = "PATH")]
     pub textfile: Option<PathBuf>,
     /// Repeat every INTERVAL instead of one round (for use without systemd's timer). Only
     /// the first round's error ends the program; a later failed round (the database
@@ -84,7 +88,7 @@ pub struct MonitorArgs {
     /// and a round runs at once when it does. Under systemd it notifies like the other
     /// daemons (READY, WATCHDOG after each round that worked, STATUS). SIGTERM ends it
     /// (exit 0). Range: 1s to 1d.
-    #[arg(long, env = "JRQ_WATCH", value_name = "INTERVAL", value_parser = validate::duration_in("1s", "1d"))]
+    #[arg(long, env = "JRQ_MONITOR_WATCH", value_name = "INTERVAL", value_parser = validate::duration_in("1s", "1d"))]
     pub watch: Option<Duration>,
     /// Log format: auto, text, json, journald.
     #[arg(long, env = "JRQ_LOG_FORMAT", value_enum, default_value = "auto")]

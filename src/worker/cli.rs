@@ -15,84 +15,88 @@ use crate::telemetry::LogFormat;
 use crate::validate;
 
 /// jr-queue-worker — runs the tasks assigned to one worker name.
+///
+/// Variables: each option also reads the JRQ_WORKER_* variable shown with it; DATABASE_URL
+/// (and libpq's PG* variables) and JRQ_LOG_FORMAT are shared by every program. The older
+/// names without WORKER_ (JRQ_POLL_INTERVAL, ...) are still read, with a warning.
 #[derive(Debug, Parser)]
 #[command(name = "jr-queue-worker", version, about)]
 pub struct WorkerArgs {
     /// Worker name (the systemd instance name): letters, digits, '_', '.', '-', at most 64.
-    #[arg(long, env = "JRQ_NAME", value_parser = validate::parse_worker_name)]
+    #[arg(long, env = "JRQ_WORKER_NAME", value_parser = validate::parse_worker_name)]
     pub name: String,
 
     /// How tasks run: `noop`, `sleep:<duration>`, or a program and its arguments
     /// (split into words like a shell would, but run without a shell).
-    #[arg(long, env = "JRQ_EXEC", value_parser = parse_exec)]
+    #[arg(long, env = "JRQ_WORKER_EXEC", value_parser = parse_exec)]
     pub exec: ExecSpec,
 
     /// Providers served (repeat or separate with commas). Default: none, which serves only
     /// tasks without a provider.
-    #[arg(long = "provider", env = "JRQ_PROVIDERS", value_delimiter = ',')]
+    #[arg(long = "provider", env = "JRQ_WORKER_PROVIDERS", value_delimiter = ',')]
     pub providers: Vec<String>,
 
     /// Tasks run at once. Range: 1 to 10000.
-    #[arg(long, env = "JRQ_CAPACITY", default_value_t = super::DEFAULT_CAPACITY, value_parser = validate::count_in::<u32>(1, 10000))]
+    #[arg(long, env = "JRQ_WORKER_CAPACITY", default_value_t = super::DEFAULT_CAPACITY, value_parser = validate::count_in::<u32>(1, 10000))]
     pub capacity: u32,
 
     /// Tasks the assigner may queue at this worker beyond --capacity, so that short tasks
     /// do not wait for an assigner round between them. Keep 0 for long agent tasks. Range: 0 to 10000.
-    #[arg(long, env = "JRQ_PREFETCH", default_value_t = super::DEFAULT_PREFETCH, value_parser = validate::count_in::<u32>(0, 10000))]
+    #[arg(long, env = "JRQ_WORKER_PREFETCH", default_value_t = super::DEFAULT_PREFETCH, value_parser = validate::count_in::<u32>(0, 10000))]
     pub prefetch: u32,
 
     /// Time between heartbeats (and systemd watchdog pings); lowered to half of
     /// WatchdogSec when that is shorter. Range: 100ms to 5m.
-    #[arg(long, env = "JRQ_HEARTBEAT_INTERVAL", default_value = crate::validate::format_duration(crate::daemon::defaults::HEARTBEAT_INTERVAL), value_parser = validate::duration_in("100ms", "5m"))]
+    #[arg(long, env = "JRQ_WORKER_HEARTBEAT_INTERVAL", default_value = crate::validate::format_duration(crate::daemon::defaults::HEARTBEAT_INTERVAL), value_parser = validate::duration_in("100ms", "5m"))]
     pub heartbeat_interval: Duration,
 
     /// Time between claim polls when no notification arrives. Range: 10ms to 1h.
-    #[arg(long, env = "JRQ_POLL_INTERVAL", default_value = crate::validate::format_duration(super::DEFAULT_POLL_INTERVAL), value_parser = validate::duration_in("10ms", "1h"))]
+    #[arg(long, env = "JRQ_WORKER_POLL_INTERVAL", default_value = crate::validate::format_duration(super::DEFAULT_POLL_INTERVAL), value_parser = validate::duration_in("10ms", "1h"))]
     pub poll_interval: Duration,
 
     /// After SIGTERM, time running tasks get to finish before they are ended and given
     /// back (keep it well under systemd's TimeoutStopSec). Range: 0s to 1h.
-    #[arg(long, env = "JRQ_DRAIN_TIMEOUT", default_value = crate::validate::format_duration(super::DEFAULT_DRAIN_TIMEOUT), value_parser = validate::duration_in("0s", "1h"))]
+    #[arg(long, env = "JRQ_WORKER_DRAIN_TIMEOUT", default_value = crate::validate::format_duration(super::DEFAULT_DRAIN_TIMEOUT), value_parser = validate::duration_in("0s", "1h"))]
     pub drain_timeout: Duration,
 
     /// Time between SIGTERM and SIGKILL when a task's process group must end. Range: 0s to 10m.
-    #[arg(long, env = "JRQ_KILL_GRACE", default_value = crate::validate::format_duration(super::DEFAULT_KILL_GRACE), value_parser = validate::duration_in("0s", "10m"))]
+    #[arg(long, env = "JRQ_WORKER_KILL_GRACE", default_value = crate::validate::format_duration(super::DEFAULT_KILL_GRACE), value_parser = validate::duration_in("0s", "10m"))]
     pub kill_grace: Duration,
 
     /// Another process holding this name is dead once its heartbeat is older than this. Range: 1s to 1h.
-    #[arg(long, env = "JRQ_TAKEOVER_AFTER", default_value = crate::validate::format_duration(crate::daemon::defaults::TAKEOVER_AFTER), value_parser = validate::duration_in("1s", "1h"))]
+    #[arg(long, env = "JRQ_WORKER_TAKEOVER_AFTER", default_value = crate::validate::format_duration(crate::daemon::defaults::TAKEOVER_AFTER), value_parser = validate::duration_in("1s", "1h"))]
     pub takeover_after: Duration,
 
     /// While the database is unreachable, keep pinging the watchdog this long. Range: 0s to 1h.
-    #[arg(long, env = "JRQ_DB_GRACE", default_value = crate::validate::format_duration(crate::daemon::defaults::DB_GRACE), value_parser = validate::duration_in("0s", "1h"))]
+    #[arg(long, env = "JRQ_WORKER_DB_GRACE", default_value = crate::validate::format_duration(crate::daemon::defaults::DB_GRACE), value_parser = validate::duration_in("0s", "1h"))]
     pub db_grace: Duration,
 
     /// Backoff before the second attempt of a failed task; it doubles per attempt (with
     /// ±20 % jitter). Range: 0s to 1d.
-    #[arg(long, env = "JRQ_RETRY_BASE", default_value = crate::validate::format_duration(super::DEFAULT_RETRY_BASE), value_parser = validate::duration_in("0s", "1d"))]
+    #[arg(long, env = "JRQ_WORKER_RETRY_BASE", default_value = crate::validate::format_duration(super::DEFAULT_RETRY_BASE), value_parser = validate::duration_in("0s", "1d"))]
     pub retry_base: Duration,
 
     /// Longest retry backoff. Range: 0s to 7d.
-    #[arg(long, env = "JRQ_RETRY_MAX", default_value = crate::validate::format_duration(super::DEFAULT_RETRY_MAX), value_parser = validate::duration_in("0s", "7d"))]
+    #[arg(long, env = "JRQ_WORKER_RETRY_MAX", default_value = crate::validate::format_duration(super::DEFAULT_RETRY_MAX), value_parser = validate::duration_in("0s", "7d"))]
     pub retry_max: Duration,
 
     /// How long a provider that refused (executor exit 76) is paused fleet-wide when the
     /// executor prints no `JRQ-RETRY-AT:` line. Range: 1s to 1d.
-    #[arg(long, env = "JRQ_PROVIDER_BACKOFF", default_value = crate::validate::format_duration(super::DEFAULT_PROVIDER_BACKOFF), value_parser = validate::duration_in("1s", "1d"))]
+    #[arg(long, env = "JRQ_WORKER_PROVIDER_BACKOFF", default_value = crate::validate::format_duration(super::DEFAULT_PROVIDER_BACKOFF), value_parser = validate::duration_in("1s", "1d"))]
     pub provider_backoff: Duration,
 
     /// Bytes kept from the end of an executor's stdout (the result) and stderr (the error). Range: 1 to 16MiB.
-    #[arg(long, env = "JRQ_OUTPUT_LIMIT", default_value_t = DEFAULT_OUTPUT_LIMIT, value_parser = validate::bytes_in(1, 16 << 20))]
+    #[arg(long, env = "JRQ_WORKER_OUTPUT_LIMIT", default_value_t = DEFAULT_OUTPUT_LIMIT, value_parser = validate::bytes_in(1, 16 << 20))]
     pub output_limit: usize,
 
     /// Serve only this run (UUID) and exit 0 once it is completed, error or archived.
     /// Also read from RUN_FILTER_ID.
-    #[arg(long, env = "JRQ_RUN", value_parser = validate::parse_run_id)]
+    #[arg(long, env = "JRQ_WORKER_RUN", value_parser = validate::parse_run_id)]
     pub run: Option<Uuid>,
 
     /// Exit 0 after this many claim rounds (running tasks are finished first). Also read
     /// from WORKER_MAX_LOOPS. Default: no limit. Range: 1 or more.
-    #[arg(long, env = "JRQ_MAX_LOOPS", value_parser = validate::count_in::<u64>(1, u64::MAX))]
+    #[arg(long, env = "JRQ_WORKER_MAX_LOOPS", value_parser = validate::count_in::<u64>(1, u64::MAX))]
     pub max_loops: Option<u64>,
 
     /// Log format: auto (journald under systemd, else text), text, json, journald.
