@@ -439,6 +439,14 @@ async fn the_installer_installs_starts_updates_and_uninstalls() {
     sd.wait_prop("jr-web.service", "ActiveState", "active", T)
         .await;
     assert_eq!(sd.prop("jr-web.service", "UnitFileState"), "enabled");
+    // Man pages and completions of every program.
+    let man = home.join(".local/share/man/man1");
+    let completion = home.join(".local/share/bash-completion/completions/jr-queue-worker");
+    assert!(man.join("jr-queue-worker.1").exists() && man.join("jrq-enqueue.1").exists());
+    assert!(std::fs::read_to_string(&completion)
+        .unwrap()
+        .contains("--capacity"));
+    assert!(home.join(".config/fish/completions/jrq.fish").exists());
     let (status, answer) = common::http_get(&format!("http://{web_addr}"), "/healthz", None);
     assert_eq!(status, 200, "{answer}");
     // Linger: enabled, or (no logind here) a line saying what to run; never a failure.
@@ -498,6 +506,7 @@ async fn the_installer_installs_starts_updates_and_uninstalls() {
     assert!(text.contains("deleted"), "{text}");
     assert!(!env_file.exists());
     assert!(!home.join(".local/bin/jr-queue-worker").exists());
+    assert!(!man.join("jr-queue-worker.1").exists() && !completion.exists());
     assert!(!home
         .join(".config/systemd/user/jr-queue-worker@.service")
         .exists());

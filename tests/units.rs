@@ -37,7 +37,25 @@ impl Home {
             let e = e.unwrap();
             std::fs::copy(e.path(), units.join(e.file_name())).unwrap();
         }
+        // The man pages, where the installer puts them (man finds them through PATH's
+        // ~/.local/bin: ../share/man); the units' Documentation= names them.
+        let man = home.path().join(".local/share/man/man1");
+        let out = Command::new(env!("CARGO_BIN_EXE_jrq"))
+            .args(["man", "--dir"])
+            .arg(&man)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "jrq man: {out:?}");
         Home { home, runtime }
+    }
+
+    /// PATH with the installed binaries first.
+    fn path(&self) -> String {
+        format!(
+            "{}:{}",
+            self.home.path().join(".local/bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
     }
 
     fn units(&self) -> PathBuf {
@@ -52,6 +70,7 @@ impl Home {
             .env("HOME", self.home.path())
             .env("XDG_RUNTIME_DIR", self.runtime.path())
             .env("XDG_CONFIG_HOME", self.home.path().join(".config"))
+            .env("PATH", self.path())
             .output()
             .expect("systemd-analyze (install systemd)");
         let text = format!(
@@ -188,4 +207,35 @@ fn the_units_are_hardened() {
         .join("\n");
     std::fs::write(h.units().join("bare.service"), bare).unwrap();
     assert!(exposure(&h, "bare.service") > 9.0);
+}
+
+#[test]
+fn the_man_pages_and_completions_come_from_the_options() {
+    let h = Home::new();
+    let man = h.home.path().join(".local/share/man/man1");
+    for page in ["jrq.1", "jrq-enqueue.1", "jr-queue-worker.1", "jr-web.1"] {
+        let text = std::fs::read_to_string(man.join(page)).unwrap();
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
+    }
+    let worker = std::fs::read_to_string(man.join("jr-queue-worker.1")).unwrap();
+    assert!(worker.contains("capacity") && worker.contains("JRQ_WORKER_CAPACITY"));
+    // man itself finds them (as systemd-analyze does for Documentation=).
+    let out = Command::new("man")
+        .args(["-w", "jr-queue-worker"])
+        .env("HOME", h.home.path())
+        .env("PATH", h.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_jrq"))
+            .args(["completions", shell, "--program", "jr-queue-worker"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("capacity"),
+            "{shell}: {text}"
+        );
+    }
 }

@@ -28,6 +28,30 @@ const ACTOR: &str = "jrq";
 /// change a command makes commits in one transaction, or not at all.
 pub async fn run(cli: Cli) -> Result<()> {
     render::set_wide(cli.wide);
+    // What needs no database.
+    match &cli.command {
+        Command::Completions { shell, program } => {
+            let mut cmd = super::program_command(program)
+                .ok_or_else(|| Error::usage(format!("'{program}' is not a jrq program")))?;
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, program.as_str(), &mut out);
+            crate::process::print_out(&String::from_utf8_lossy(&out));
+            return Ok(());
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+            for p in super::PROGRAMS {
+                let cmd = super::program_command(p).expect("every program has its command");
+                clap_mangen::generate_to(cmd, dir).map_err(|e| {
+                    Error::io(format!("cannot write man pages in {}", dir.display()), e)
+                })?;
+            }
+            out!("man pages written in {}", dir.display());
+            return Ok(());
+        }
+        _ => {}
+    }
     let cfg = db::config_from(cli.database_url.as_deref(), "jrq")?;
     // Read and check the input first: a bad batch never needs a database to be refused.
     let new_tasks = match &cli.command {
@@ -48,6 +72,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     db::check_schema(&client).await?;
     match cli.command {
         Command::Migrate => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         Command::Enqueue(args) => match new_tasks {
             Some(input) => enqueue(&mut client, &args, input).await,
             // Read above for every enqueue.

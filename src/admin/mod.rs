@@ -73,7 +73,49 @@ pub enum Command {
     Pause(PauseArgs),
     /// End a pause set by `jrq pause` (or by a provider that ran out of quota).
     Resume(ScopeArgs),
+    /// Print the shell completions of jrq or of a daemon (scripts/install-user-units
+    /// installs them for bash, zsh and fish).
+    Completions {
+        /// The shell: bash, zsh, fish, elvish, powershell.
+        shell: clap_complete::Shell,
+        /// The program: jrq, jr-queue-worker, jr-auto-assigner, jr-health-monitor,
+        /// jr-stale-cleanup, jr-web.
+        #[arg(long, default_value = "jrq", value_parser = ["jrq", "jr-queue-worker", "jr-auto-assigner", "jr-health-monitor", "jr-stale-cleanup", "jr-web"])]
+        program: String,
+    },
+    /// Write the man pages of every program into DIR: jrq(1) and one per subcommand
+    /// (jrq-enqueue(1), ...), jr-queue-worker(1), jr-auto-assigner(1), jr-health-monitor(1),
+    /// jr-stale-cleanup(1), jr-web(1).
+    Man {
+        /// Where (e.g. ~/.local/share/man/man1); created when missing.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
+
+/// The clap command of each program, by name (completions and man pages).
+pub fn program_command(name: &str) -> Option<clap::Command> {
+    use clap::CommandFactory;
+    Some(match name {
+        "jrq" => Cli::command(),
+        "jr-queue-worker" => crate::worker::cli::WorkerArgs::command(),
+        "jr-auto-assigner" => crate::assigner::cli::AssignerArgs::command(),
+        "jr-health-monitor" => crate::monitor::cli::MonitorArgs::command(),
+        "jr-stale-cleanup" => crate::cleanup::CleanupArgs::command(),
+        "jr-web" => crate::web::cli::WebArgs::command(),
+        _ => return None,
+    })
+}
+
+/// Every program's name.
+pub const PROGRAMS: [&str; 6] = [
+    "jrq",
+    "jr-queue-worker",
+    "jr-auto-assigner",
+    "jr-health-monitor",
+    "jr-stale-cleanup",
+    "jr-web",
+];
 
 /// Options of `jrq enqueue`.
 #[derive(Debug, Args)]
