@@ -24,12 +24,13 @@ CREATE TABLE jr_metric_totals (
     PRIMARY KEY (metric, provider, worker, le)
 );
 
--- The health monitor's standing between rounds (one row): the alerts of its last round
--- and since when the queue has been unhealthy, so that `--alert-on-change` fails its unit
--- (and OnFailure= alerts) on the change into unhealthy and once on recovery, not every
--- round. Shared by the monitors of every host: one alert per change, fleet-wide.
+-- The health monitors' standing between rounds, one row per host: the alerts of its last
+-- round and since when it has seen the queue unhealthy, so that `--alert-on-change` fails
+-- its unit (and OnFailure= alerts) on the change into unhealthy and once on recovery, not
+-- every round. Per host: some alerts are the host's own (load, memory, thresholds set in
+-- its environment), and one shared row would flap between hosts that see different ones.
 CREATE TABLE jr_monitor_state (
-    one       boolean PRIMARY KEY DEFAULT true CONSTRAINT jr_monitor_state_one CHECK (one),
+    host      text PRIMARY KEY,
     alerts    text[] NOT NULL DEFAULT '{}',
     -- When the alerts began (NULL while healthy).
     since     timestamptz,

@@ -13,6 +13,15 @@
 /// `main`, before any thread starts and before the options are parsed. Returns
 /// (old, new, adopted): `adopted` false when both were set (the new one wins).
 pub fn adopt_legacy(cmd: &clap::Command, prefix: &str) -> Vec<(String, String, bool)> {
+    adopt_legacy_where(cmd, prefix, |_| true)
+}
+
+/// [`adopt_legacy`] for the variables `wanted` says yes to (by their new name).
+pub fn adopt_legacy_where(
+    cmd: &clap::Command,
+    prefix: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<(String, String, bool)> {
     let mut found = vec![];
     for arg in cmd.get_arguments() {
         let Some(new) = arg.get_env().and_then(|e| e.to_str()) else {
@@ -21,6 +30,9 @@ pub fn adopt_legacy(cmd: &clap::Command, prefix: &str) -> Vec<(String, String, b
         let Some(rest) = new.strip_prefix(prefix) else {
             continue;
         };
+        if !wanted(new) {
+            continue;
+        }
         let old = format!("JRQ_{rest}");
         let Some(value) = std::env::var_os(&old) else {
             continue;
@@ -39,7 +51,7 @@ pub fn adopt_legacy(cmd: &clap::Command, prefix: &str) -> Vec<(String, String, b
 pub fn warn(found: &[(String, String, bool)]) {
     for (old, new, adopted) in found {
         if *adopted {
-            tracing::warn!(old = %old, new = %new, "{old} is read as {new}: rename it in jrq.env (the old name will stop working)");
+            tracing::warn!(old = %old, new = %new, "{old} is read as {new}: name it {new} in jrq.env (this program's own name; the older one is read for now)");
         } else {
             tracing::warn!(old = %old, new = %new, "{old} is ignored: {new} is set too");
         }

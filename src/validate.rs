@@ -145,6 +145,12 @@ pub fn check_worker_name(name: &str) -> Result<(), String> {
             "worker name '{shown}' contains {c:?}: use only letters, digits, '_', '.', '-'"
         ));
     }
+    // "." and ".." are path segments in every URL and path they would be part of.
+    if name.chars().all(|c| c == '.') {
+        return Err(format!(
+            "worker name '{shown}' is only dots: give it a letter or a digit"
+        ));
+    }
     Ok(())
 }
 

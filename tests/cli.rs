@@ -1173,4 +1173,20 @@ async fn runs_are_named_by_id_prefix_or_name() {
     db.run(&["tasks", "--run", "nope"])
         .fails(1, "there is no run 'nope'");
     assert_eq!(db.fingerprint().await, before);
+    // A name that is also the start of another run's id: the id is needed.
+    let prefix4 = other[..4].to_string();
+    db.run(&["runs", "create", "--name", &prefix4]).ok();
+    db.run(&["tasks", "--run", &prefix4])
+        .fails(1, "is the name of one run and the start of another's id");
+    // A batch takes --run for the lines that name no run.
+    let j = db
+        .run_with_stdin(
+            &["enqueue", "--batch", "-", "--run", "weekly", "--json"],
+            "{\"title\":\"b1\"}\n{\"title\":\"b2\"}\n",
+        )
+        .json();
+    for id in j["ids"].as_array().unwrap() {
+        let t = db.run(&["show", &id.to_string(), "--json"]).json();
+        assert_eq!(t["task"]["run_id"], other.as_str());
+    }
 }

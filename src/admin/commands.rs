@@ -226,9 +226,14 @@ fn read_batch(path: &Path, max_payload: usize) -> Result<EnqueueInput> {
 
 async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInput) -> Result<()> {
     let batch = args.batch.is_some();
-    if let (Some(r), false) = (&args.run, batch) {
+    // --run (or JRQ_RUN): the task's run, or in a batch the run of the lines naming none.
+    if let Some(r) = &args.run {
         let id = runs::runs_resolve(&*client, &r.0).await?;
-        for t in &mut input.tasks {
+        for t in input
+            .tasks
+            .iter_mut()
+            .filter(|t| !batch || t.run_id.is_none())
+        {
             t.run_id = Some(id);
         }
     }
@@ -287,7 +292,19 @@ async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInpu
     if batch && !input.rejected.is_empty() && !args.skip_invalid {
         txn.rollback().await?;
         input.rejected.sort();
-        render::rejected_lines(&input.rejected);
+        if args.json {
+            let rejected: Vec<serde_json::Value> = input
+                .rejected
+                .iter()
+                .map(|(line, why)| serde_json::json!({ "line": line, "reason": why }))
+                .collect();
+            out!(
+                "{}",
+                serde_json::json!({ "ids": [], "added": 0, "rejected": rejected })
+            );
+        } else {
+            render::rejected_lines(&input.rejected);
+        }
         return Err(Error::Rejected(format!(
             "{} of {} lines rejected, nothing added: fix them, or add --skip-invalid to add \
              the valid lines only",

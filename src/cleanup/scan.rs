@@ -40,15 +40,21 @@ fn flag_value(args: &[String], flag: &str) -> Option<String> {
 }
 
 /// Reads `--name`, `--run` (either `--x v` or `--x=v`) from the arguments, falling back to
-/// `JRQ_NAME`, `JRQ_RUN` and `RUN_FILTER_ID` from the environment, as the worker does.
+/// `JRQ_WORKER_NAME`, `JRQ_WORKER_RUN`, the older `JRQ_NAME`, `JRQ_RUN`, and
+/// `RUN_FILTER_ID` from the environment, as the worker does (its environment as it
+/// started: the worker reads an older name as the new one without changing what
+/// /proc shows).
 pub fn parse_worker_args(
     args: &[String],
     env: &HashMap<String, String>,
 ) -> (Option<String>, Option<String>) {
     let opt = |flag: &str| flag_value(args, flag);
     let nonempty = |v: Option<&String>| v.filter(|s| !s.trim().is_empty()).cloned();
-    let name = opt("--name").or_else(|| nonempty(env.get("JRQ_NAME")));
+    let name = opt("--name")
+        .or_else(|| nonempty(env.get("JRQ_WORKER_NAME")))
+        .or_else(|| nonempty(env.get("JRQ_NAME")));
     let run = opt("--run")
+        .or_else(|| nonempty(env.get("JRQ_WORKER_RUN")))
         .or_else(|| nonempty(env.get("JRQ_RUN")))
         .or_else(|| nonempty(env.get("RUN_FILTER_ID")));
     (name, run)
@@ -165,5 +171,17 @@ mod tests {
             (Some("b".into()), Some("r2".into()))
         );
         assert_eq!(parse_worker_args(&v(&["x"]), &HashMap::new()), (None, None));
+        // The program's own names first, then the older ones.
+        let env: HashMap<String, String> = [
+            ("JRQ_WORKER_NAME".to_string(), "c".to_string()),
+            ("JRQ_NAME".to_string(), "old".to_string()),
+            ("JRQ_WORKER_RUN".to_string(), "r3".to_string()),
+            ("RUN_FILTER_ID".to_string(), "r2".to_string()),
+        ]
+        .into();
+        assert_eq!(
+            parse_worker_args(&v(&["jr-queue-worker"]), &env),
+            (Some("c".into()), Some("r3".into()))
+        );
     }
 }

@@ -56,29 +56,48 @@ macro_rules! metric_cols {
 macro_rules! metric_agg {
     ($d:literal, $r:literal) => {
         concat!(
-            "SELECT status::text AS metric, m_provider AS provider, m_worker AS worker, \
-                    'Infinity'::float8 AS le, count(*)::int8 AS count, 0::int8 AS sum_us \
-             FROM src WHERE status IN ('completed', 'failed', 'cancelled') GROUP BY 1, 2, 3 \
+            // One pass for the counters: grouped by state, provider and worker, then each
+            // group's three counts unpivoted (attempts and retries per provider only).
+            "SELECT metric, provider, worker, 'Infinity'::float8 AS le, sum(n)::int8 AS count, \
+                    0::int8 AS sum_us \
+             FROM (SELECT x.metric, c.m_provider AS provider, x.worker, x.n \
+                   FROM (SELECT status, m_provider, m_worker, count(*) AS n, \
+                                sum(m_attempts) AS a, sum(greatest(m_attempts - 1, 0)) AS r \
+                         FROM src WHERE status IN ('completed', 'failed', 'cancelled') \
+                         GROUP BY 1, 2, 3) c, \
+                        LATERAL (VALUES (c.status::text, c.m_worker, c.n), \
+                                        ('attempts', '', c.a), ('retries', '', c.r)) \
+                            x (metric, worker, n)) y \
+             GROUP BY 1, 2, 3 \
              UNION ALL \
-             SELECT m.metric, m_provider, '', 'Infinity', sum(m.n)::int8, 0 \
-             FROM src, LATERAL (VALUES ('attempts', m_attempts), \
-                                       ('retries', greatest(m_attempts - 1, 0))) m (metric, n) \
-             WHERE status IN ('completed', 'failed', 'cancelled') GROUP BY 1, 2 \
-             UNION ALL \
-             SELECT h.metric, m_provider, '', \
-                    coalesce((SELECT min(b) FROM unnest(h.bounds) b \
-                              WHERE h.us <= b * 1000000), 'Infinity'), \
-                    count(*)::int8, sum(h.us)::int8 \
-             FROM src, LATERAL (VALUES \
-                 ('dispatch_seconds', m_dispatch_us, ",
+             SELECT metric, m_provider, '', coalesce(bounds[b + 1] / 1000000.0, 'Infinity'), \
+                    n, s \
+             FROM (",
+            // A histogram bucket per observation, by binary search: width_bucket(x - 1, B)
+            // counts the bounds below x (whole microseconds), so x lands under the first
+            // bound it does not exceed (Prometheus' le).
+            "SELECT 'dispatch_seconds' AS metric, m_provider, ",
             $d,
-            "::float8[]), \
-                 ('run_seconds', m_run_us, ",
+            "::int8[] AS bounds, width_bucket(m_dispatch_us - 1, ",
+            $d,
+            "::int8[]) AS b, count(*)::int8 AS n, sum(m_dispatch_us)::int8 AS s \
+                   FROM src WHERE status = 'completed' AND m_dispatch_us IS NOT NULL \
+                   GROUP BY 1, 2, 3, 4 \
+                   UNION ALL \
+                   SELECT 'run_seconds', m_provider, ",
             $r,
-            "::float8[])) h (metric, us, bounds) \
-             WHERE status = 'completed' AND h.us IS NOT NULL GROUP BY 1, 2, 4"
+            "::int8[], width_bucket(m_run_us - 1, ",
+            $r,
+            "::int8[]), count(*)::int8, sum(m_run_us)::int8 \
+                   FROM src WHERE status = 'completed' AND m_run_us IS NOT NULL \
+                   GROUP BY 1, 2, 3, 4) h"
         )
     };
+}
+
+/// `bounds` in whole microseconds, as the statements take them.
+pub fn bounds_us(bounds: &[f64]) -> Vec<i64> {
+    bounds.iter().map(|b| (b * 1e6).round() as i64).collect()
 }
 
 /// The upsert that adds a relation `agg` of aggregated rows into `jr_metric_totals`.
@@ -123,7 +142,10 @@ pub async fn metrics_totals(client: &impl GenericClient) -> Result<Vec<Total>> {
          GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
     );
     let rows = client
-        .query(sql, &[&DISPATCH_BOUNDS.as_slice(), &RUN_BOUNDS.as_slice()])
+        .query(
+            sql,
+            &[&bounds_us(&DISPATCH_BOUNDS), &bounds_us(&RUN_BOUNDS)],
+        )
         .await?;
     Ok(rows
         .iter()

@@ -177,7 +177,18 @@ pub async fn runs_complete_finished(client: &impl GenericClient) -> Result<Vec<(
 /// characters). An unknown or ambiguous reference is refused with what to give instead.
 pub async fn runs_resolve(client: &impl GenericClient, r: &str) -> Result<Uuid> {
     if let Ok(id) = Uuid::parse_str(r) {
-        return Ok(id);
+        let known = client
+            .query_opt("SELECT 1 FROM jr_runs WHERE id = $1", &[&id])
+            .await?
+            .is_some();
+        return if known {
+            Ok(id)
+        } else {
+            Err(Error::NotFound(format!(
+                "there is no run {id}: create it with `jrq runs create` or check the id \
+                 with `jrq runs list`"
+            )))
+        };
     }
     let named: Vec<Uuid> = client
         .query(
@@ -188,19 +199,17 @@ pub async fn runs_resolve(client: &impl GenericClient, r: &str) -> Result<Uuid> 
         .iter()
         .map(|row| row.get(0))
         .collect();
-    match named.as_slice() {
-        [one] => return Ok(*one),
-        [] => {}
-        _ => {
-            return Err(Error::Conflict(format!(
-                "several runs are named '{r}': give the run's id (or a unique prefix of it), \
-                 see `jrq runs list`"
-            )))
-        }
+    if named.len() > 1 {
+        return Err(Error::Conflict(format!(
+            "several runs are named '{r}': give the run's id (or a unique prefix of it), \
+             see `jrq runs list`"
+        )));
     }
     let prefix = r.to_ascii_lowercase();
+    let mut found: Vec<Uuid> = vec![];
+    // Only hex digits and '-' reach the LIKE: no wildcard of the caller's.
     if prefix.len() >= 4 && prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        let found: Vec<Uuid> = client
+        found = client
             .query(
                 "SELECT id FROM jr_runs WHERE id::text LIKE $1 || '%' LIMIT 2",
                 &[&prefix],
@@ -209,15 +218,23 @@ pub async fn runs_resolve(client: &impl GenericClient, r: &str) -> Result<Uuid> 
             .iter()
             .map(|row| row.get(0))
             .collect();
-        match found.as_slice() {
-            [one] => return Ok(*one),
-            [] => {}
-            _ => {
-                return Err(Error::Conflict(format!(
-                    "run id prefix '{r}' is ambiguous: give more of the id (see `jrq runs list`)"
-                )))
-            }
+    }
+    match (named.as_slice(), found.as_slice()) {
+        ([n], []) => return Ok(*n),
+        ([n], [f]) if n == f => return Ok(*n),
+        ([], [f]) => return Ok(*f),
+        ([_], _) => {
+            return Err(Error::Conflict(format!(
+                "'{r}' is the name of one run and the start of another's id: give the id \
+                 (see `jrq runs list`)"
+            )))
         }
+        ([], [_, _, ..]) => {
+            return Err(Error::Conflict(format!(
+                "run id prefix '{r}' is ambiguous: give more of the id (see `jrq runs list`)"
+            )))
+        }
+        _ => {}
     }
     Err(Error::NotFound(format!(
         "there is no run '{}' (by id, id prefix or name): see `jrq runs list`",

@@ -64,24 +64,25 @@ pub struct Standing {
     pub since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Records this round's alerts in `jr_monitor_state` and returns what it held before (run
-/// under the monitor's lock: one round at a time, fleet-wide).
+/// Records this round's alerts in `host`'s row of `jr_monitor_state` and returns what it
+/// held before (run under the monitor's lock: one round at a time).
 pub async fn server_swap_standing(
     client: &impl GenericClient,
+    host: &str,
     alerts: &[String],
 ) -> Result<Standing> {
     let row = client
         .query_one(
-            "WITH old AS (SELECT alerts, since FROM jr_monitor_state WHERE one), \
+            "WITH old AS (SELECT alerts, since FROM jr_monitor_state WHERE host = $2), \
                   up AS ( \
-                 INSERT INTO jr_monitor_state AS s (one, alerts, since, updated_at) \
-                 VALUES (true, $1, CASE WHEN cardinality($1::text[]) > 0 THEN now() END, now()) \
-                 ON CONFLICT (one) DO UPDATE SET alerts = EXCLUDED.alerts, \
+                 INSERT INTO jr_monitor_state AS s (host, alerts, since, updated_at) \
+                 VALUES ($2, $1, CASE WHEN cardinality($1::text[]) > 0 THEN now() END, now()) \
+                 ON CONFLICT (host) DO UPDATE SET alerts = EXCLUDED.alerts, \
                      since = CASE WHEN cardinality(EXCLUDED.alerts) = 0 THEN NULL \
                                   ELSE coalesce(s.since, now()) END, \
                      updated_at = now()) \
              SELECT coalesce((SELECT alerts FROM old), '{}'), (SELECT since FROM old)",
-            &[&alerts],
+            &[&alerts, &host],
         )
         .await?;
     Ok(Standing {

@@ -19,7 +19,7 @@ use crate::validate;
 ///
 /// Variables: each option also reads the JRQ_MONITOR_* variable shown with it; DATABASE_URL
 /// (and libpq's PG* variables) and JRQ_LOG_FORMAT are shared by every program. The older
-/// names without MONITOR_ (JRQ_POLL_INTERVAL, ...) are still read, with a warning.
+/// names without MONITOR_ (JRQ_STUCK_AFTER, ...) are still read, with a warning.
 #[derive(Debug, Parser)]
 #[command(name = "jr-health-monitor", version, about)]
 pub struct MonitorArgs {
@@ -72,7 +72,8 @@ pub struct MonitorArgs {
     /// Fail (exit 3) only on the round where the queue became unhealthy and exit 4 once
     /// when it is healthy again, instead of 3 on every unhealthy round: an OnFailure= alert
     /// then fires on each change, not every minute. The standing is kept in the database
-    /// (jr_monitor_state), shared by the monitors of every host.
+    /// (jr_monitor_state), a row per host (some alerts are the host's own). With --watch,
+    /// the changes are logged (ERROR into unhealthy, WARN on recovery).
     #[arg(long, env = "JRQ_MONITOR_ALERT_ON_CHANGE", value_parser = clap::builder::BoolishValueParser::new())]
     pub alert_on_change: bool,
     /// Print the report as JSON.
@@ -140,6 +141,7 @@ impl MonitorArgs {
             },
             manager: args.manager,
             systemctl: args.systemctl.clone(),
+            alert_on_change: args.alert_on_change,
             ..Default::default()
         })
     }

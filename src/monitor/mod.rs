@@ -98,6 +98,9 @@ pub struct MonitorConfig {
     pub host: String,
     /// Who the events name.
     pub actor: String,
+    /// Keep this host's standing between rounds (`--alert-on-change`): the changes into
+    /// unhealthy and back are what the exit status and the log say.
+    pub alert_on_change: bool,
 }
 
 impl Default for MonitorConfig {
@@ -119,6 +122,7 @@ impl Default for MonitorConfig {
             systemctl: PathBuf::from("systemctl"),
             host: crate::host::hostname(),
             actor: "health-monitor".into(),
+            alert_on_change: false,
         }
     }
 }
@@ -263,8 +267,14 @@ impl Monitor {
         }
         r.runs_finished = runs::runs_complete_finished(client).await?;
         self.look(client, &mut r, true).await?;
+        if !self.cfg.alert_on_change {
+            for a in &r.alerts {
+                tracing::warn!(alert = %crate::text::for_terminal(a, false), "unhealthy");
+            }
+            return Ok(r);
+        }
         // The standing between rounds: a change into unhealthy, or back, is what alerts.
-        let before = server::server_swap_standing(client, &r.alerts).await?;
+        let before = server::server_swap_standing(client, &self.cfg.host, &r.alerts).await?;
         r.was_unhealthy = !before.alerts.is_empty();
         r.unhealthy_since = match (r.unhealthy(), before.since) {
             (true, Some(t)) => Some(t),
@@ -555,4 +565,33 @@ fn memory_used() -> Option<f64> {
     let total = field("MemTotal:")?;
     let avail = field("MemAvailable:")?;
     (total > 0.0).then(|| 1.0 - avail / total)
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use super::*;
+
+    #[test]
+    fn the_exit_status_says_unhealthy_always_or_on_a_change_only() {
+        let r = |alerts: usize, was: bool, skipped: bool| Report {
+            alerts: vec!["x".into(); alerts],
+            was_unhealthy: was,
+            skipped,
+            ..Default::default()
+        };
+        // Without --alert-on-change: 3 while unhealthy.
+        assert_eq!(r(1, false, false).exit_status(false), EXIT_UNHEALTHY);
+        assert_eq!(r(1, true, false).exit_status(false), EXIT_UNHEALTHY);
+        assert_eq!(r(0, true, false).exit_status(false), 0);
+        // With it: 3 into unhealthy, 4 back, 0 otherwise.
+        assert_eq!(r(1, false, false).exit_status(true), EXIT_UNHEALTHY);
+        assert_eq!(r(1, true, false).exit_status(true), 0);
+        assert_eq!(r(0, true, false).exit_status(true), EXIT_RECOVERED);
+        assert_eq!(r(0, false, false).exit_status(true), 0);
+        // A skipped round (another monitor's turn) says nothing.
+        for on_change in [false, true] {
+            assert_eq!(r(0, true, true).exit_status(on_change), 0);
+            assert_eq!(r(1, false, true).exit_status(on_change), 0);
+        }
+    }
 }

@@ -90,6 +90,21 @@ fn done(result: Result<String>, to: &str) -> Response {
                 Error::Conflict(_) => StatusCode::CONFLICT,
                 Error::Usage(_) => StatusCode::BAD_REQUEST,
                 Error::Denied(_) => StatusCode::FORBIDDEN,
+                e if e.sqlstate() == Some("42501") || e.sqlstate() == Some("25006") => {
+                    return (
+                        StatusCode::FORBIDDEN,
+                        pages::problem(
+                            "Action failed",
+                            Nav::Overview,
+                            &format!(
+                                "{e}: the dashboard's database login may not write — give \
+                                 it a login in the jrq_admin group (jr-web.env) for actions"
+                            ),
+                            None,
+                        ),
+                    )
+                        .into_response()
+                }
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
             (
@@ -188,13 +203,15 @@ pub async fn resume_provider(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Err(r) = check(&app, &headers, &form) {
-        return *r;
-    }
+    let user = match check(&app, &headers, &form) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
     let result = async {
         let mut c = pool::get(app.pool()).await?;
         let txn = c.build_transaction().read_only(false).start().await?;
         let was = providers::pauses_clear(&txn, "provider", &name).await?;
+        tracing::info!(provider = %name, by = %user, was_paused = was, "resume from the dashboard");
         txn.commit().await?;
         Ok(if was {
             format!("provider '{name}' resumed")
@@ -233,13 +250,15 @@ pub async fn undrain_worker(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Err(r) = check(&app, &headers, &form) {
-        return *r;
-    }
+    let user = match check(&app, &headers, &form) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
     let result = async {
         let mut c = pool::get(app.pool()).await?;
         let txn = c.build_transaction().read_only(false).start().await?;
         let was = providers::pauses_clear(&txn, "worker", &name).await?;
+        tracing::info!(worker = %name, by = %user, was_draining = was, "undrain from the dashboard");
         txn.commit().await?;
         Ok(if was {
             format!("worker '{name}' takes tasks again")

@@ -44,6 +44,9 @@ pub const CHART_MINUTES: i32 = 180;
 /// The longest a database probe (STATUS=, /healthz) or a scrape's reads may take: a hung
 /// connection must not hold the liveness loop or every scrape behind it.
 pub const DB_DEADLINE: Duration = Duration::from_secs(5);
+/// The longest a scrape's reads may take: they scan the task table (about 0.3 s per
+/// 100 000 finished tasks kept, docs/benchmarks-notes.md).
+pub const METRICS_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a stop waits for requests in flight.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The user name of HTTP basic authentication when `JRQ_WEB_USER` is not set.

@@ -349,7 +349,7 @@ pub fn workers(rows: &[WorkerRow], running: &[TaskListRow], pauses: &Pauses, ctx
                             }
                             @if ctx.csrf.is_some() {
                                 td {
-                                    @if r.kind == "worker" {
+                                    @if r.kind == "worker" && !r.jr_name.chars().all(|c| c == '.') {
                                         @if pauses.workers.contains_key(&r.jr_name) {
                                             (action(ctx, &format!("/workers/{}/undrain", r.jr_name), "Undrain", false))
                                         } @else {

@@ -32,10 +32,10 @@ impl managed::Manager for Manager {
                 tracing::debug!(error = %describe_chain(&e), "database connection closed");
             }
         });
-        // The dashboard only reads: a bug cannot write through it. No statement of a page
-        // may run for ever (a page, a scrape: seconds at most).
+        // The dashboard only reads: a bug cannot write through it. No statement may run for
+        // ever (a page's: seconds at most; a scrape's scan of a big task table: longer).
         client
-            .batch_execute("SET default_transaction_read_only = on; SET statement_timeout = '10s'")
+            .batch_execute("SET default_transaction_read_only = on; SET statement_timeout = '30s'")
             .await
             .map_err(|e| Error::from_pg(&e))?;
         Ok(client)

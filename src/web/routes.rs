@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::pages::{self, Nav, TaskQuery};
 use super::pool::{self, Pool};
-use super::{chart, WebConfig, CHART_MINUTES, DB_DEADLINE, METRICS_MAX_AGE};
+use super::{chart, WebConfig, CHART_MINUTES, DB_DEADLINE, METRICS_DEADLINE, METRICS_MAX_AGE};
 use crate::db::{self, events, providers, tasks, workers, Statements};
 use crate::error::{Error, Result};
 use crate::metrics::Snapshot;
@@ -95,13 +95,22 @@ impl App {
 
 /// `work` within [`DB_DEADLINE`], or an error saying what did not answer in time.
 async fn bounded<T>(what: &str, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    match tokio::time::timeout(DB_DEADLINE, work).await {
+    bounded_by(DB_DEADLINE, what, work).await
+}
+
+/// `work` within `limit`.
+async fn bounded_by<T>(
+    limit: std::time::Duration,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, work).await {
         Ok(r) => r,
         Err(_) => Err(Error::Connect {
             target: "the database".into(),
             reason: format!(
                 "{what} got no answer within {}",
-                crate::validate::format_duration(DB_DEADLINE)
+                crate::validate::format_duration(limit)
             ),
         }),
     }
@@ -403,7 +412,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let text = match &*cache {
         Some((at, text)) if at.elapsed() < METRICS_MAX_AGE => text.clone(),
         _ => {
-            let snapshot = bounded("the metrics' reads", async {
+            let snapshot = bounded_by(METRICS_DEADLINE, "the metrics' reads", async {
                 let c = pool::get(&app.pool).await?;
                 Snapshot::gather(&*c, app.cfg.online_threshold).await
             });

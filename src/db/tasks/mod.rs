@@ -316,8 +316,8 @@ pub async fn tasks_retry(client: &impl GenericClient, id: i64, actor: &str) -> R
             &[
                 &id,
                 &actor,
-                &metrics::DISPATCH_BOUNDS.as_slice(),
-                &metrics::RUN_BOUNDS.as_slice(),
+                &metrics::bounds_us(&metrics::DISPATCH_BOUNDS),
+                &metrics::bounds_us(&metrics::RUN_BOUNDS),
             ],
         )
         .await
@@ -395,8 +395,8 @@ pub async fn tasks_retry_all_failed(
             sql,
             &[
                 &actor,
-                &metrics::DISPATCH_BOUNDS.as_slice(),
-                &metrics::RUN_BOUNDS.as_slice(),
+                &metrics::bounds_us(&metrics::DISPATCH_BOUNDS),
+                &metrics::bounds_us(&metrics::RUN_BOUNDS),
             ],
         )
         .await?;
@@ -534,8 +534,8 @@ pub async fn tasks_prune(client: &impl GenericClient, older_than: Duration) -> R
             sql,
             &[
                 &duration_ms(older_than),
-                &metrics::DISPATCH_BOUNDS.as_slice(),
-                &metrics::RUN_BOUNDS.as_slice(),
+                &metrics::bounds_us(&metrics::DISPATCH_BOUNDS),
+                &metrics::bounds_us(&metrics::RUN_BOUNDS),
             ],
         )
         .await?;
