@@ -410,6 +410,24 @@ async fn every_program_works_under_its_own_group_end_to_end() {
                 assert!(body.contains("\njrq_database_up 1"), "{body}");
             }
         }
+        // Actions need a login that may write: with the reader's, one says so.
+        let pw = [("JRQ_WEB_PASSWORD", "pw")];
+        let web = common::Web::start(&reader.url, &["--allow-actions"], &pw);
+        let (_, page) = common::http_get(&web.base, &format!("/tasks/{l1}"), Some("jrq:pw"));
+        let token = page
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_else(|| panic!("no form on {page}"))
+            .to_string();
+        let (status, body) = common::http_post(
+            &web.base,
+            &format!("/tasks/{l3}/retry"),
+            &format!("csrf={token}"),
+            Some("jrq:pw"),
+        );
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("jrq_admin"), "{body}");
     }
     // ... and writes nothing (the daemons still run: only the tasks are compared).
     let tasks = || async {

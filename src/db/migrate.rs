@@ -126,7 +126,7 @@ mod released {
     /// `jrq_schema_history`). A released migration never changes — a database migrated
     /// by an older binary would refuse the new one, or miss what was added to it: a
     /// change goes in a new migration. Add a line here when a migration is released.
-    const RELEASED: [(i32, u64); 10] = [
+    const RELEASED: [(i32, u64); 11] = [
         (1, 7283025288544651009),
         (2, 15561595384879818704),
         (3, 1072207000028334306),
@@ -137,6 +137,7 @@ mod released {
         (8, 532086340444242997),
         (9, 6833389317331649969),
         (10, 11614271053994922997),
+        (11, 4635032636834514374),
     ];
 
     #[test]
