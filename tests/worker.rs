@@ -122,6 +122,20 @@ async fn runs_a_psql_task_with_payload_env_and_progress() {
         .unwrap()
         .get(0);
     assert_eq!(env["JR_WORKER_INSTANCE"], instance);
+    // The attempt's deadline: its start plus the task's timeout (30 minutes by default).
+    let deadline = chrono::DateTime::parse_from_rfc3339(env["JR_DEADLINE"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let started: chrono::DateTime<chrono::Utc> = client
+        .query_one("SELECT started_at FROM jr_work_queue WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    let ahead = (deadline - started).num_seconds();
+    assert!(
+        (1795..=1805).contains(&ahead),
+        "JR_DEADLINE {deadline} is {ahead} s after the start"
+    );
     assert!(env.get("DATABASE_URL").is_none(), "{env}");
     assert!(env.get("PGPASSWORD").is_none(), "{env}");
     assert_eq!(

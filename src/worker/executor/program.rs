@@ -41,6 +41,16 @@ impl Handler for Program {
     }
 }
 
+/// `JR_DEADLINE`: now plus the attempt's timeout, in RFC 3339 (UTC, whole seconds).
+fn deadline(timeout: std::time::Duration) -> String {
+    let now = chrono::Utc::now();
+    let t = chrono::Duration::from_std(timeout)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// Variables an executor must not inherit: the database address and password, where the
 /// password file and the TLS client key are (systemd's socket is scrubbed too, below).
 const SCRUBBED_VARS: [&str; 4] = ["DATABASE_URL", "PGPASSWORD", "PGPASSFILE", "PGSSLKEY"];
@@ -67,7 +77,10 @@ impl Program {
                 ctx.run_id.map(|r| r.to_string()).unwrap_or_default(),
             )
             .env("JR_PROVIDER", &ctx.provider)
-            .env("JR_WORKER", &ctx.worker);
+            .env("JR_WORKER", &ctx.worker)
+            // When the attempt's time is up (RFC 3339, UTC): SIGTERM comes then, SIGKILL a
+            // --kill-grace later; a wrapper saves its state before.
+            .env("JR_DEADLINE", deadline(ctx.timeout));
         for v in SCRUBBED_VARS
             .iter()
             .chain(crate::systemd::PROTOCOL_VARS.iter())
