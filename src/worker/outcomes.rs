@@ -235,6 +235,17 @@ impl Outcomes {
                     .map(|e| crate::text::for_terminal(e, false).into_owned());
                 let error = error.as_deref().map(tracing::field::display);
                 match f.finish.kind() {
+                    // The executor could not start here: it counts against the circuit.
+                    _ if matches!(f.finish, crate::db::tasks::Finish::NotStarted { .. }) => {
+                        tracing::warn!(
+                            task_id = f.task_id,
+                            worker = %worker,
+                            attempt = f.attempt,
+                            outcome = "not_started",
+                            error,
+                            "the executor could not start: task given back"
+                        )
+                    }
                     "failed" => tracing::error!(
                         task_id = f.task_id,
                         worker = %worker,
