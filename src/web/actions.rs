@@ -116,6 +116,19 @@ fn done(result: Result<String>, to: &str) -> Response {
     }
 }
 
+/// Runs `f` in a READ WRITE transaction of its own (the pool's sessions are read-only by
+/// default) and commits it.
+async fn write<T>(
+    app: &App,
+    f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    let mut c = pool::get(app.pool()).await?;
+    let txn = c.build_transaction().read_only(false).start().await?;
+    let v = f(&txn).await?;
+    txn.commit().await?;
+    Ok(v)
+}
+
 fn task_id(id: &str) -> Result<i64> {
     id.parse()
         .map_err(|_| Error::NotFound(format!("'{id}' is not a task id")))
@@ -133,10 +146,7 @@ pub async fn retry_task(
     };
     let result = async {
         let id = task_id(&id)?;
-        let mut c = pool::get(app.pool()).await?;
-        let txn = c.build_transaction().read_only(false).start().await?;
-        let t = tasks::tasks_retry(&txn, id, &user).await?;
-        txn.commit().await?;
+        let t = write(&app, async |txn| tasks::tasks_retry(txn, id, &user).await).await?;
         Ok(format!("task {} is pending again", t.id))
     }
     .await;
@@ -155,10 +165,7 @@ pub async fn cancel_task(
     };
     let result = async {
         let id = task_id(&id)?;
-        let mut c = pool::get(app.pool()).await?;
-        let txn = c.build_transaction().read_only(false).start().await?;
-        let outcome = tasks::tasks_cancel(&txn, id, &user).await?;
-        txn.commit().await?;
+        let outcome = write(&app, async |txn| tasks::tasks_cancel(txn, id, &user).await).await?;
         Ok(match outcome {
             tasks::CancelOutcome::Cancelled => format!("task {id} cancelled"),
             tasks::CancelOutcome::Requested => {
@@ -185,10 +192,11 @@ pub async fn pause_provider(
     };
     let result = async {
         let name = crate::validate::parse_provider(&name).map_err(Error::Usage)?;
-        let mut c = pool::get(app.pool()).await?;
-        let txn = c.build_transaction().read_only(false).start().await?;
-        providers::pauses_set(&txn, "provider", &name, None, form.reason.trim(), &user).await?;
-        txn.commit().await?;
+        let reason = form.reason.trim();
+        write(&app, async |txn| {
+            providers::pauses_set(txn, "provider", &name, None, reason, &user).await
+        })
+        .await?;
         Ok(format!(
             "provider '{name}' paused: no new assignments; running tasks finish"
         ))
@@ -208,11 +216,11 @@ pub async fn resume_provider(
         Err(r) => return *r,
     };
     let result = async {
-        let mut c = pool::get(app.pool()).await?;
-        let txn = c.build_transaction().read_only(false).start().await?;
-        let was = providers::pauses_clear(&txn, "provider", &name).await?;
+        let was = write(&app, async |txn| {
+            providers::pauses_clear(txn, "provider", &name).await
+        })
+        .await?;
         tracing::info!(provider = %name, by = %user, was_paused = was, "resume from the dashboard");
-        txn.commit().await?;
         Ok(if was {
             format!("provider '{name}' resumed")
         } else {
@@ -255,11 +263,11 @@ pub async fn undrain_worker(
         Err(r) => return *r,
     };
     let result = async {
-        let mut c = pool::get(app.pool()).await?;
-        let txn = c.build_transaction().read_only(false).start().await?;
-        let was = providers::pauses_clear(&txn, "worker", &name).await?;
+        let was = write(&app, async |txn| {
+            providers::pauses_clear(txn, "worker", &name).await
+        })
+        .await?;
         tracing::info!(worker = %name, by = %user, was_draining = was, "undrain from the dashboard");
-        txn.commit().await?;
         Ok(if was {
             format!("worker '{name}' takes tasks again")
         } else {
