@@ -54,6 +54,12 @@ impl Browser {
                 }
             }))
             .unwrap();
+        // Built first: a failure below still ends the driver and the browser (Drop).
+        let mut b = Browser {
+            driver,
+            client: None,
+            _profile: profile,
+        };
         let deadline = Instant::now() + WAIT;
         let client = loop {
             match fantoccini::ClientBuilder::rustls()
@@ -69,11 +75,8 @@ impl Browser {
                 }
             }
         };
-        Browser {
-            driver,
-            client: Some(client),
-            _profile: profile,
-        }
+        b.client = Some(client);
+        b
     }
 
     fn c(&self) -> &fantoccini::Client {
@@ -149,6 +152,17 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // Chromium's own processes (zygote, utilities) are not the driver's children by
+        // the time a test fails: every process naming this test's profile goes.
+        let profile = format!("--user-data-dir={}", self._profile.path().display());
+        for (pid, _) in processes_mentioning(&profile) {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
     }
 }
 
