@@ -129,6 +129,21 @@ async fn write<T>(
     Ok(v)
 }
 
+/// An action's whole answer: the checks, then `f` with the acting user, then back to `to`
+/// with what it did (or a page with why not).
+async fn act(
+    app: &App,
+    headers: &HeaderMap,
+    form: &ActionForm,
+    to: &str,
+    f: impl AsyncFnOnce(String) -> Result<String>,
+) -> Response {
+    match check(app, headers, form) {
+        Ok(user) => done(f(user).await, to),
+        Err(r) => *r,
+    }
+}
+
 fn task_id(id: &str) -> Result<i64> {
     id.parse()
         .map_err(|_| Error::NotFound(format!("'{id}' is not a task id")))
@@ -140,17 +155,18 @@ pub async fn retry_task(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let user = match check(&app, &headers, &form) {
-        Ok(u) => u,
-        Err(r) => return *r,
-    };
-    let result = async {
-        let id = task_id(&id)?;
-        let t = write(&app, async |txn| tasks::tasks_retry(txn, id, &user).await).await?;
-        Ok(format!("task {} is pending again", t.id))
-    }
-    .await;
-    done(result, &format!("/tasks/{id}"))
+    act(
+        &app,
+        &headers,
+        &form,
+        &format!("/tasks/{id}"),
+        async |user| {
+            let id = task_id(&id)?;
+            let t = write(&app, async |txn| tasks::tasks_retry(txn, id, &user).await).await?;
+            Ok(format!("task {} is pending again", t.id))
+        },
+    )
+    .await
 }
 
 pub async fn cancel_task(
@@ -159,25 +175,27 @@ pub async fn cancel_task(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let user = match check(&app, &headers, &form) {
-        Ok(u) => u,
-        Err(r) => return *r,
-    };
-    let result = async {
-        let id = task_id(&id)?;
-        let outcome = write(&app, async |txn| tasks::tasks_cancel(txn, id, &user).await).await?;
-        Ok(match outcome {
-            tasks::CancelOutcome::Cancelled => format!("task {id} cancelled"),
-            tasks::CancelOutcome::Requested => {
-                format!("task {id} is running: its worker was asked to end it")
-            }
-            tasks::CancelOutcome::AlreadyRequested => {
-                format!("task {id}: a cancel was already requested")
-            }
-        })
-    }
-    .await;
-    done(result, &format!("/tasks/{id}"))
+    act(
+        &app,
+        &headers,
+        &form,
+        &format!("/tasks/{id}"),
+        async |user| {
+            let id = task_id(&id)?;
+            let outcome =
+                write(&app, async |txn| tasks::tasks_cancel(txn, id, &user).await).await?;
+            Ok(match outcome {
+                tasks::CancelOutcome::Cancelled => format!("task {id} cancelled"),
+                tasks::CancelOutcome::Requested => {
+                    format!("task {id} is running: its worker was asked to end it")
+                }
+                tasks::CancelOutcome::AlreadyRequested => {
+                    format!("task {id}: a cancel was already requested")
+                }
+            })
+        },
+    )
+    .await
 }
 
 pub async fn pause_provider(
@@ -186,11 +204,7 @@ pub async fn pause_provider(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let user = match check(&app, &headers, &form) {
-        Ok(u) => u,
-        Err(r) => return *r,
-    };
-    let result = async {
+    act(&app, &headers, &form, "/", async |user| {
         let name = crate::validate::parse_provider(&name).map_err(Error::Usage)?;
         let reason = form.reason.trim();
         write(&app, async |txn| {
@@ -200,9 +214,8 @@ pub async fn pause_provider(
         Ok(format!(
             "provider '{name}' paused: no new assignments; running tasks finish"
         ))
-    }
-    .await;
-    done(result, "/")
+    })
+    .await
 }
 
 pub async fn resume_provider(
@@ -211,11 +224,7 @@ pub async fn resume_provider(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let user = match check(&app, &headers, &form) {
-        Ok(u) => u,
-        Err(r) => return *r,
-    };
-    let result = async {
+    act(&app, &headers, &form, "/", async |user| {
         let was = write(&app, async |txn| {
             providers::pauses_clear(txn, "provider", &name).await
         })
@@ -226,9 +235,8 @@ pub async fn resume_provider(
         } else {
             format!("provider '{name}' was not paused: nothing changed")
         })
-    }
-    .await;
-    done(result, "/")
+    })
+    .await
 }
 
 pub async fn drain_worker(
@@ -237,19 +245,14 @@ pub async fn drain_worker(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let user = match check(&app, &headers, &form) {
-        Ok(u) => u,
-        Err(r) => return *r,
-    };
-    let result = async {
+    act(&app, &headers, &form, "/workers", async |user| {
         let mut c = pool::get(app.pool()).await?;
         let n = workers::workers_drain(&mut c, &name, &form.reason, &user).await?;
         Ok(format!(
             "worker '{name}' is draining: it takes nothing new; {n} assigned task(s) went back to pending"
         ))
-    }
-    .await;
-    done(result, "/workers")
+    })
+    .await
 }
 
 pub async fn undrain_worker(
@@ -258,11 +261,7 @@ pub async fn undrain_worker(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let user = match check(&app, &headers, &form) {
-        Ok(u) => u,
-        Err(r) => return *r,
-    };
-    let result = async {
+    act(&app, &headers, &form, "/workers", async |user| {
         let was = write(&app, async |txn| {
             providers::pauses_clear(txn, "worker", &name).await
         })
@@ -273,7 +272,6 @@ pub async fn undrain_worker(
         } else {
             format!("worker '{name}' was not draining: nothing changed")
         })
-    }
-    .await;
-    done(result, "/workers")
+    })
+    .await
 }

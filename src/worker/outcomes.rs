@@ -234,42 +234,31 @@ impl Outcomes {
                     .error()
                     .map(|e| crate::text::for_terminal(e, false).into_owned());
                 let error = error.as_deref().map(tracing::field::display);
-                match f.finish.kind() {
-                    // The executor could not start here: it counts against the circuit.
-                    _ if matches!(f.finish, crate::db::tasks::Finish::NotStarted { .. }) => {
-                        tracing::warn!(
+                use crate::db::tasks::Finish;
+                macro_rules! log {
+                    ($level:ident, $outcome:expr, $msg:literal) => {
+                        tracing::$level!(
                             task_id = f.task_id,
                             worker = %worker,
                             attempt = f.attempt,
-                            outcome = "not_started",
+                            outcome = $outcome,
                             error,
-                            "the executor could not start: task given back"
+                            $msg
                         )
+                    };
+                }
+                match &f.finish {
+                    Finish::Failed { .. } => log!(error, "failed", "task failed for good"),
+                    Finish::RetryLater { .. } => {
+                        log!(warn, "retry_scheduled", "attempt failed: retry scheduled")
                     }
-                    "failed" => tracing::error!(
-                        task_id = f.task_id,
-                        worker = %worker,
-                        attempt = f.attempt,
-                        outcome = "failed",
-                        error,
-                        "task failed for good"
+                    // The executor could not start here: it counts against the circuit.
+                    Finish::NotStarted { .. } => log!(
+                        warn,
+                        "not_started",
+                        "the executor could not start: task given back"
                     ),
-                    "retry_scheduled" => tracing::warn!(
-                        task_id = f.task_id,
-                        worker = %worker,
-                        attempt = f.attempt,
-                        outcome = "retry_scheduled",
-                        error,
-                        "attempt failed: retry scheduled"
-                    ),
-                    kind => tracing::info!(
-                        task_id = f.task_id,
-                        worker = %worker,
-                        attempt = f.attempt,
-                        outcome = kind,
-                        error,
-                        "task finished"
-                    ),
+                    other => log!(info, other.kind(), "task finished"),
                 }
             } else {
                 tracing::error!(
