@@ -7,5 +7,5 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = jrq::admin::Cli::parse();
     jrq::telemetry::init_stderr("warn");
-    jrq::process::block_on_main("jrq", jrq::admin::run(cli), |()| 0)
+    jrq::process::block_on_main("jrq", jrq::admin::run(cli), |code| code)
 }

@@ -301,6 +301,52 @@ impl Collector for Snapshot {
             let base = name.trim_end_matches("_total");
             family(e, base, help, MetricType::Counter, &samples)?;
         }
+        // Usage the executors reported (JRQ-USAGE), by provider and worker.
+        let usage = |metric: &'static str| {
+            self.totals
+                .iter()
+                .filter(move |t| t.metric == metric)
+                .map(|t| {
+                    (
+                        vec![
+                            ("provider", t.provider.clone()),
+                            ("worker", t.worker.clone()),
+                        ],
+                        t.count.max(0),
+                    )
+                })
+        };
+        let tokens: Vec<(Labels, ConstCounter<u64>)> = [
+            ("usage_input_tokens", "input"),
+            ("usage_output_tokens", "output"),
+        ]
+        .into_iter()
+        .flat_map(|(metric, direction)| {
+            usage(metric).map(move |(mut l, n)| {
+                l.push(("direction", direction.to_string()));
+                (l, ConstCounter::new(n as u64))
+            })
+        })
+        .collect();
+        family(
+            e,
+            "jrq_usage_tokens",
+            "Tokens the executors reported (JRQ-USAGE lines), by provider, worker and \
+             direction (input, output).",
+            MetricType::Counter,
+            &tokens,
+        )?;
+        let cost: Vec<(Labels, ConstCounter<f64>)> = usage("usage_cost_microusd")
+            .map(|(l, n)| (l, ConstCounter::new(n as f64 / 1e6)))
+            .collect();
+        family(
+            e,
+            "jrq_usage_cost_usd",
+            "US dollars the executors reported spending (JRQ-USAGE lines), by provider and \
+             worker.",
+            MetricType::Counter,
+            &cost,
+        )?;
         for (metric, bounds, help) in [
             (
                 "dispatch_seconds",

@@ -20,6 +20,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 /// Longest timeout: 365 days (a CHECK constraint on the table holds it too).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Shortest idle timeout: 1 second.
+pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest idle timeout: 30 days.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Longest delay before a new task may start: 10 years.
 pub const MAX_DELAY: Duration = Duration::from_secs(3650 * 24 * 3600);
 /// Longest unique key, in bytes (an index entry must stay well under PostgreSQL's limit).
@@ -181,6 +185,10 @@ pub struct NewTask {
     pub run_id: Option<Uuid>,
     pub max_attempts: i32,
     pub timeout: Duration,
+    /// An attempt silent this long ends (retryable); `None`: the worker's default.
+    pub idle_timeout: Option<Duration>,
+    /// The task's budget in US dollars: an attempt that reaches it ends "over budget".
+    pub max_cost_usd: Option<f64>,
     pub run_after: RunAfter,
     pub unique_key: Option<String>,
     pub source: String,
@@ -202,6 +210,8 @@ impl NewTask {
             run_id: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             timeout: DEFAULT_TIMEOUT,
+            idle_timeout: None,
+            max_cost_usd: None,
             run_after: RunAfter::Now,
             unique_key: None,
             source: "jrq".into(),
@@ -235,6 +245,22 @@ impl NewTask {
         }
         if self.timeout.is_zero() {
             return Err("timeout is zero: give a duration longer than 0, e.g. 30s".into());
+        }
+        if let Some(d) = self.idle_timeout {
+            if !(MIN_IDLE_TIMEOUT..=MAX_IDLE_TIMEOUT).contains(&d) {
+                return Err(format!(
+                    "idle_timeout {} is out of range: give 1s to 30d",
+                    validate::format_duration(d)
+                ));
+            }
+        }
+        if let Some(c) = self.max_cost_usd {
+            if !c.is_finite() || !(0.0..=validate::MAX_USD).contains(&c) {
+                return Err(format!(
+                    "max_cost_usd {c} is out of range: give 0 to {}",
+                    validate::MAX_USD
+                ));
+            }
         }
         if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&self.timeout) {
             return Err(format!(
@@ -388,6 +414,10 @@ struct TaskSpec {
     #[serde(default)]
     timeout: Option<DurationSpec>,
     #[serde(default)]
+    idle_timeout: Option<DurationSpec>,
+    #[serde(default)]
+    max_cost_usd: Option<serde_json::Value>,
+    #[serde(default)]
     delay: Option<DurationSpec>,
     #[serde(default)]
     run_at: Option<String>,
@@ -436,6 +466,17 @@ impl TaskSpec {
         }
         if let Some(d) = self.timeout {
             t.timeout = d.parse("timeout")?;
+        }
+        if let Some(d) = self.idle_timeout {
+            t.idle_timeout = Some(d.parse("idle_timeout")?);
+        }
+        if let Some(c) = self.max_cost_usd {
+            let s = match c {
+                serde_json::Value::String(s) => s,
+                v => v.to_string(),
+            };
+            t.max_cost_usd =
+                Some(validate::parse_usd(&s).map_err(|e| format!("max_cost_usd: {e}"))?);
         }
         match (self.delay, self.run_at) {
             (Some(_), Some(_)) => {

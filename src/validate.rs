@@ -217,6 +217,24 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is not a size: use e.g. 2000000, 64KiB, 1MiB"))
 }
 
+/// Most dollars a budget may hold.
+pub const MAX_USD: f64 = 1e9;
+
+/// An amount of US dollars (`5`, `0.50`, `$20`), from 0 to [`MAX_USD`].
+pub fn parse_usd(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v: f64 = t
+        .strip_prefix('$')
+        .unwrap_or(t)
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not an amount of dollars: give e.g. 5 or 0.50"))?;
+    if !v.is_finite() || !(0.0..=MAX_USD).contains(&v) {
+        return Err(format!("'{s}' is out of range: give 0 to {MAX_USD}"));
+    }
+    Ok(v)
+}
+
 /// A duration as a person reads it: whole seconds above a minute, milliseconds below one
 /// second.
 pub fn format_duration(d: Duration) -> String {

@@ -646,8 +646,9 @@ async fn prune_deletes_old_finished_tasks_and_their_events() {
     assert_eq!(j["dry_run"], true);
     let out = db.run(&["prune", "--older-than", "7d", "--dry-run"]);
     assert!(
-        out.ok()
-            .contains("would prune 3 task(s) and 3 event(s) (dry run: nothing deleted)"),
+        out.ok().contains(
+            "would prune 3 task(s), 3 event(s) and 0 chunk(s) of output (dry run: nothing deleted)"
+        ),
         "{out:#?}"
     );
     assert_eq!(db.fingerprint().await, before);
@@ -667,7 +668,9 @@ async fn prune_deletes_old_finished_tasks_and_their_events() {
         2
     );
     let out = db.run(&["prune", "--older-than", "7d"]);
-    assert!(out.ok().contains("pruned 0 task(s) and 0 event(s)"));
+    assert!(out
+        .ok()
+        .contains("pruned 0 task(s), 0 event(s) and 0 chunk(s) of output"));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -571,6 +571,35 @@ async fn postgres_refuses_a_worker_login_what_its_process_does_not_hold() {
         .unwrap()
         .get(0);
     assert_eq!(progressed, 0);
+    // What an attempt reports (V12): the worker group may call it, the fence holds.
+    let output: i64 = w
+        .query_one(
+            "SELECT jrq_tasks_output('v', $1, ARRAY[$2::int8], '{1}', '{stdout}', '{x}', \
+             '{}', 1024)",
+            &[&wrong, &running],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(output, 0);
+    let checkpointed: Vec<i64> = w
+        .query_one(
+            "SELECT jrq_tasks_checkpoint('v', $1, ARRAY[$2::int8], '{1}', '{\"{}\"}')",
+            &[&wrong, &running],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(checkpointed.is_empty());
+    let paused = w
+        .query(
+            "SELECT * FROM jrq_tasks_usage('v', $1, ARRAY[$2::int8], '{1}', '{m}', '{1}', \
+             '{1}', '{1000000000}')",
+            &[&wrong, &running],
+        )
+        .await
+        .unwrap();
+    assert!(paused.is_empty());
     let claimed = w
         .query(
             "SELECT id FROM jrq_tasks_claim('v', 10, $1, NULL)",

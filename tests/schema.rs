@@ -13,8 +13,9 @@ async fn migrate_creates_the_schema_and_is_idempotent() {
     let db = TestDb::empty().await;
     let out = db.run(&["migrate"]);
     assert!(
-        out.ok()
-            .contains("applied 11 migration(s) (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11)"),
+        out.ok().contains(
+            "applied 12 migration(s) (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12)"
+        ),
         "{out:#?}"
     );
     let out = db.run(&["migrate"]);

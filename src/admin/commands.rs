@@ -26,7 +26,7 @@ const ACTOR: &str = "jrq";
 
 /// Runs one `jrq` command. Input is validated before the database is touched; every
 /// change a command makes commits in one transaction, or not at all.
-pub async fn run(cli: Cli) -> Result<()> {
+pub async fn run(cli: Cli) -> Result<u8> {
     render::set_wide(cli.wide);
     // What needs no database.
     match &cli.command {
@@ -36,7 +36,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let mut out = Vec::new();
             clap_complete::generate(*shell, &mut cmd, program.as_str(), &mut out);
             crate::process::print_out(&String::from_utf8_lossy(&out));
-            return Ok(());
+            return Ok(0);
         }
         Command::Man { dir } => {
             std::fs::create_dir_all(dir)
@@ -48,7 +48,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 })?;
             }
             out!("man pages written in {}", dir.display());
-            return Ok(());
+            return Ok(0);
         }
         _ => {}
     }
@@ -67,10 +67,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         if !missing.is_empty() {
             render::groups_missing(&missing);
         }
-        return Ok(());
+        return Ok(0);
     }
     db::check_schema(&client).await?;
-    match cli.command {
+    let done = match cli.command {
+        Command::Logs(args) => return super::logs::logs(&cfg, &client, &args).await,
         Command::Migrate => unreachable!("handled above"),
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         Command::Enqueue(args) => match new_tasks {
@@ -90,7 +91,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Providers(cmd) => super::governor::providers_cmd(&client, cmd).await,
         Command::Pause(args) => super::governor::pause(&client, &args).await,
         Command::Resume(args) => super::governor::resume(&client, &args).await,
-    }
+    };
+    done.map(|()| 0)
 }
 
 /// The tasks an `enqueue` asks for, or the lines it must refuse.
@@ -136,6 +138,8 @@ fn read_enqueue_input(args: &EnqueueArgs) -> Result<EnqueueInput> {
         .and_then(|r| uuid::Uuid::parse_str(&r.0).ok());
     t.max_attempts = args.max_attempts;
     t.timeout = args.timeout;
+    t.idle_timeout = args.idle_timeout;
+    t.max_cost_usd = args.max_cost_usd;
     t.run_after = match (args.delay, args.run_at) {
         (Some(d), _) => RunAfter::Delay(d),
         (None, Some(at)) => RunAfter::At(at),
@@ -339,7 +343,13 @@ async fn status(client: &Client, args: &StatusArgs) -> Result<()> {
     let t = tasks::tasks_summary(client, args.window).await?;
     let w = workers::workers_summary(client, args.online_threshold).await?;
     let held = crate::db::providers::providers_held(client).await?;
-    render::status(&t, &w, &held, args.json)
+    let since = chrono::Utc::now() - chrono::Duration::from_std(args.window).unwrap_or_default();
+    let (by_provider, by_worker) = tasks::usage_since(client, since).await?;
+    let usage = render::StatusUsage {
+        by_provider,
+        by_worker,
+    };
+    render::status(&t, &w, &held, &usage, args.json)
 }
 
 async fn list_tasks(client: &Client, args: &TasksArgs) -> Result<()> {
@@ -358,17 +368,43 @@ async fn list_tasks(client: &Client, args: &TasksArgs) -> Result<()> {
     render::tasks(&rows, args.json)
 }
 
+/// Bytes of output `jrq show` reads (it prints the last lines of them).
+const SHOW_OUTPUT_BYTES: i64 = 8 * 1024;
+
 async fn show(client: &Client, args: &ShowArgs) -> Result<()> {
     let task = tasks::tasks_get_existing(client, args.id).await?;
     let events = events::events_for_task(client, args.id).await?;
     let waiting = crate::db::providers::providers_waiting(client, &task).await?;
-    render::show(&task, &events, waiting.as_deref(), args.json)
+    let usage = tasks::usage_of_task(client, args.id).await?;
+    let output_tail = tasks::output_tail(client, args.id, SHOW_OUTPUT_BYTES).await?;
+    let extras = render::ShowExtras {
+        waiting: waiting.as_deref(),
+        usage: &usage,
+        output_tail: &output_tail,
+    };
+    render::show(&task, &events, &extras, args.json)
 }
 
 async fn retry(client: &mut Client, args: &RetryArgs) -> Result<()> {
     if args.all_failed && !args.filter.dry_run {
         let txn = client.transaction().await?;
+        let failed: Vec<i64> = if args.from_scratch {
+            let f = tasks::TaskFilter {
+                status: Some(TaskStatus::Failed),
+                ..Default::default()
+            };
+            tasks::tasks_select(&txn, &[], &f, None)
+                .await?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        } else {
+            vec![]
+        };
         let report = tasks::tasks_retry_all_failed(&txn, ACTOR).await?;
+        if !failed.is_empty() {
+            tasks::tasks_clear_checkpoint(&txn, &failed, ACTOR).await?;
+        }
         txn.commit().await?;
         if args.filter.json {
             out!("{}", serde_json::json!(report));
@@ -380,6 +416,9 @@ async fn retry(client: &mut Client, args: &RetryArgs) -> Result<()> {
     if let ([id], false, false) = (args.ids.as_slice(), args.filter.any(), args.filter.dry_run) {
         let txn = client.transaction().await?;
         let task = tasks::tasks_retry(&txn, *id, ACTOR).await?;
+        if args.from_scratch {
+            tasks::tasks_clear_checkpoint(&txn, &[*id], ACTOR).await?;
+        }
         txn.commit().await?;
         if args.filter.json {
             out!(
@@ -399,7 +438,12 @@ async fn retry(client: &mut Client, args: &RetryArgs) -> Result<()> {
     if args.all_failed {
         filter = Some(TaskStatus::Failed);
     }
-    bulk(client, &args.ids, &args.filter, filter, Bulk::Retry).await
+    let action = if args.from_scratch {
+        Bulk::RetryFromScratch
+    } else {
+        Bulk::Retry
+    };
+    bulk(client, &args.ids, &args.filter, filter, action).await
 }
 
 async fn cancel(client: &mut Client, args: &CancelArgs) -> Result<()> {
@@ -437,6 +481,8 @@ async fn cancel(client: &mut Client, args: &CancelArgs) -> Result<()> {
 enum Bulk {
     Cancel,
     Retry,
+    /// Retry, and clear the checkpoint.
+    RetryFromScratch,
 }
 
 /// A bulk cancel or retry: every task among `ids` matching the filters, each in its own
@@ -477,11 +523,13 @@ async fn bulk(
             s,
             TaskStatus::Pending | TaskStatus::Assigned | TaskStatus::InProgress
         ),
-        Bulk::Retry => matches!(s, TaskStatus::Failed | TaskStatus::Cancelled),
+        Bulk::Retry | Bulk::RetryFromScratch => {
+            matches!(s, TaskStatus::Failed | TaskStatus::Cancelled)
+        }
     };
     let verb = match action {
         Bulk::Cancel => "cancel",
-        Bulk::Retry => "retry",
+        Bulk::Retry | Bulk::RetryFromScratch => "retry",
     };
     let (mut done, mut skipped) = (0usize, 0usize);
     // With --json, one document at the end instead of a line each.
@@ -498,7 +546,7 @@ async fn bulk(
             skipped += 1;
             let past = match action {
                 Bulk::Cancel => "cancelled",
-                Bulk::Retry => "retried",
+                Bulk::Retry | Bulk::RetryFromScratch => "retried",
             };
             passed.push(serde_json::json!({ "id": id, "why": format!("{s}: not {past}") }));
             line!("task {id} is {s}: not {past}");
@@ -526,6 +574,12 @@ async fn bulk(
             Bulk::Retry => tasks::tasks_retry(&txn, *id, ACTOR)
                 .await
                 .map(|_| format!("task {id} is pending again")),
+            Bulk::RetryFromScratch => match tasks::tasks_retry(&txn, *id, ACTOR).await {
+                Ok(_) => tasks::tasks_clear_checkpoint(&txn, &[*id], ACTOR)
+                    .await
+                    .map(|_| format!("task {id} is pending again, from scratch")),
+                Err(e) => Err(e),
+            },
         };
         match result {
             Ok(text) => {
@@ -555,9 +609,9 @@ async fn bulk(
     }
     let what = match (action, f.dry_run) {
         (Bulk::Cancel, false) => "cancelled (or asked to stop)",
-        (Bulk::Retry, false) => "retried",
+        (Bulk::Retry | Bulk::RetryFromScratch, false) => "retried",
         (Bulk::Cancel, true) => "would be cancelled",
-        (Bulk::Retry, true) => "would be retried",
+        (Bulk::Retry | Bulk::RetryFromScratch, true) => "would be retried",
     };
     line!(
         "{done} task(s) {what}, {skipped} skipped{}",
@@ -582,13 +636,14 @@ async fn runs_cmd(client: &mut Client, cmd: RunsCommand) -> Result<()> {
         RunsCommand::Create {
             name,
             auto_complete,
+            max_cost_usd,
             json,
         } => {
-            let id = runs::runs_create(client, &name, auto_complete).await?;
+            let id = runs::runs_create(client, &name, auto_complete, max_cost_usd).await?;
             if json {
                 out!(
                     "{}",
-                    serde_json::json!({ "id": id, "name": name, "auto_complete": auto_complete })
+                    serde_json::json!({ "id": id, "name": name, "auto_complete": auto_complete, "max_cost_usd": max_cost_usd })
                 );
             } else {
                 out!("{id}");
@@ -601,6 +656,17 @@ async fn runs_cmd(client: &mut Client, cmd: RunsCommand) -> Result<()> {
         } => {
             let rows = runs::runs_list(client, status, limit).await?;
             render::runs(&rows, json)?;
+        }
+        RunsCommand::Budget { id, max_cost_usd } => {
+            let id = runs::runs_resolve(&*client, &id.0).await?;
+            let resumed = runs::runs_set_budget(&*client, id, max_cost_usd.0).await?;
+            match max_cost_usd.0 {
+                Some(b) => out!("run {id} has a budget of ${b:.2}"),
+                None => out!("run {id} has no budget"),
+            }
+            if resumed {
+                out!("its budget pause ended: it gets assignments again");
+            }
         }
         RunsCommand::Set { id, status } => {
             let id = runs::runs_resolve(&*client, &id.0).await?;

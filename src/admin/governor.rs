@@ -20,6 +20,7 @@ pub async fn providers_cmd(client: &Client, cmd: ProvidersCommand) -> Result<()>
             name,
             max_running,
             max_starts_per_minute,
+            max_cost_usd_per_day,
             fallback,
         } => {
             let fallback: Option<Vec<String>> = fallback.map(|f| {
@@ -39,6 +40,7 @@ pub async fn providers_cmd(client: &Client, cmd: ProvidersCommand) -> Result<()>
                 max_running: max_running.map(|c| c.0),
                 max_starts_per_minute: max_starts_per_minute.map(|c| c.0),
                 fallback: fallback.as_deref(),
+                max_cost_usd_per_day: max_cost_usd_per_day.map(|c| c.0),
             };
             let row = providers::providers_set(client, &name, &change, &actor()).await?;
             super::render::provider_set(&row);

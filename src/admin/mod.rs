@@ -5,6 +5,7 @@
 
 mod commands;
 mod governor;
+mod logs;
 mod render;
 
 use std::path::PathBuf;
@@ -49,6 +50,10 @@ pub enum Command {
     Tasks(TasksArgs),
     /// One task and its timeline of events.
     Show(ShowArgs),
+    /// A task's output as its worker streamed it (every attempt, oldest first); with
+    /// --follow, what it writes next, until it ends — then exits 0 when it completed, 3
+    /// when it failed, 4 when it was cancelled.
+    Logs(LogsArgs),
     /// Put a failed or cancelled task back to pending with a fresh attempt budget.
     Retry(RetryArgs),
     /// Cancel a task: at once when pending or assigned; a running task is ended by its worker.
@@ -160,6 +165,15 @@ pub struct EnqueueArgs {
     /// How long one attempt may run (e.g. 90s, 30m, 2h). Range: 1ms to 365d.
     #[arg(long, env = "JRQ_TIMEOUT", default_value = crate::validate::format_duration(crate::task::DEFAULT_TIMEOUT), value_parser = validate::duration_in("1ms", "365d"))]
     pub timeout: Duration,
+    /// End an attempt that writes no output and no progress line for this long, as a
+    /// retryable failure ("idle: no output for 10m"), distinct from --timeout. Default:
+    /// the worker's --idle-timeout. Range: 1s to 30d.
+    #[arg(long, env = "JRQ_IDLE_TIMEOUT", value_parser = validate::duration_in("1s", "30d"))]
+    pub idle_timeout: Option<Duration>,
+    /// The task's budget in US dollars (from its executor's JRQ-USAGE lines, all attempts):
+    /// an attempt that reaches it ends as "over budget", not retried. Default: none.
+    #[arg(long, env = "JRQ_MAX_COST_USD", value_name = "USD", value_parser = validate::parse_usd)]
+    pub max_cost_usd: Option<f64>,
     /// Do not start the task before this delay has passed (e.g. 10m). Default: at once. Range: 0s to 3650d.
     #[arg(long, env = "JRQ_DELAY", value_parser = validate::duration_in("0s", "3650d"), conflicts_with = "run_at")]
     pub delay: Option<Duration>,
@@ -177,8 +191,8 @@ pub struct EnqueueArgs {
     pub created_by: Option<String>,
     /// Read tasks as JSON lines from FILE ("-" for stdin), one object per line with fields
     /// named like these options (title, description, payload, priority, urgent, provider,
-    /// fallback_ok, target, run, max_attempts, timeout, delay, run_at, unique_key, source,
-    /// created_by).
+    /// fallback_ok, target, run, max_attempts, timeout, idle_timeout, max_cost_usd, delay,
+    /// run_at, unique_key, source, created_by).
     #[arg(long, env = "JRQ_BATCH", value_name = "FILE", conflicts_with_all = ["title", "payload", "payload_file", "unique_key"])]
     pub batch: Option<PathBuf>,
     /// With --batch: insert the valid lines even when some are rejected. Default: a batch
@@ -242,12 +256,46 @@ pub struct ShowArgs {
     pub json: bool,
 }
 
+/// Options of `jrq logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Task id.
+    #[arg(value_parser = parse_task_id)]
+    pub id: i64,
+    /// Keep printing what the task writes until it ends (completed 0, failed 3,
+    /// cancelled 4).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only its standard output.
+    #[arg(long, conflicts_with_all = ["stderr", "both"])]
+    pub stdout: bool,
+    /// Only its standard error.
+    #[arg(long, conflicts_with_all = ["stdout", "both"])]
+    pub stderr: bool,
+    /// Both streams, interleaved as written (the default).
+    #[arg(long)]
+    pub both: bool,
+    /// Only output written since then: a duration ago (10m) or a time (RFC 3339).
+    #[arg(long, value_parser = logs::parse_since)]
+    pub since: Option<logs::Since>,
+    /// Only this attempt's output.
+    #[arg(long, value_parser = validate::parse_at_least_one)]
+    pub attempt: Option<i32>,
+    /// Print JSON lines, one per chunk: {"seq", "attempt", "stream", "at", "data"}.
+    #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+    pub json: bool,
+}
+
 /// Options of `jrq retry`.
 #[derive(Debug, Args)]
 pub struct RetryArgs {
     /// Task ids.
     #[arg(value_parser = parse_task_id)]
     pub ids: Vec<i64>,
+    /// Clear the tasks' checkpoints too: their next attempt starts from the beginning
+    /// instead of resuming (JR_CHECKPOINT).
+    #[arg(long)]
+    pub from_scratch: bool,
     /// Retry every failed task.
     #[arg(long, env = "JRQ_ALL_FAILED", conflicts_with_all = ["ids", "status", "provider", "worker", "run", "older_than"], value_parser = clap::builder::BoolishValueParser::new())]
     pub all_failed: bool,
@@ -315,9 +363,24 @@ pub enum RunsCommand {
         /// are finished.
         #[arg(long, env = "JRQ_AUTO_COMPLETE", value_parser = clap::builder::BoolishValueParser::new())]
         auto_complete: bool,
-        /// Print JSON: {"id": "...", "name": ..., "auto_complete": ...}.
+        /// A budget in US dollars: once its tasks' reported cost (JRQ-USAGE) reaches it,
+        /// the run is paused (no new assignments; running tasks finish) until `jrq runs
+        /// budget` raises it or `jrq resume --run` ends the pause. Default: none.
+        #[arg(long, env = "JRQ_RUN_MAX_COST_USD", value_name = "USD", value_parser = validate::parse_usd)]
+        max_cost_usd: Option<f64>,
+        /// Print JSON: {"id": "...", "name": ..., "auto_complete": ..., "max_cost_usd": ...}.
         #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
         json: bool,
+    },
+    /// Set or remove a run's budget (US dollars; `none` removes it); a pause the budget
+    /// set ends when the run is under the new one.
+    Budget {
+        /// The run: its id, a unique prefix of it, or its name.
+        #[arg(value_parser = parse_run_ref)]
+        id: RunRef,
+        /// The budget in US dollars, or `none`.
+        #[arg(value_name = "USD|none", value_parser = parse_usd_or_none)]
+        max_cost_usd: UsdOrNone,
     },
     /// List runs, newest first, with their tasks counted.
     List {
@@ -340,6 +403,17 @@ pub enum RunsCommand {
         #[arg(value_parser = parse_run_status)]
         status: RunStatus,
     },
+}
+
+/// A budget, or none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UsdOrNone(pub Option<f64>);
+
+fn parse_usd_or_none(s: &str) -> Result<UsdOrNone, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(UsdOrNone(None));
+    }
+    validate::parse_usd(s).map(|v| UsdOrNone(Some(v)))
 }
 
 /// Options of `jrq workers`.
@@ -407,6 +481,11 @@ pub enum ProvidersCommand {
         /// `none` removes the limit. Range: 1 to 1000000.
         #[arg(long, value_name = "N|none", value_parser = parse_cap(1), allow_hyphen_values = true)]
         max_starts_per_minute: Option<Cap>,
+        /// At most this many US dollars of its tasks' reported cost (JRQ-USAGE) per day
+        /// (UTC): once reached, the provider is paused until the next midnight UTC;
+        /// `none` removes the budget. Range: 0 to 1e9.
+        #[arg(long, value_name = "USD|none", value_parser = parse_usd_or_none)]
+        max_cost_usd_per_day: Option<UsdOrNone>,
         /// Providers whose workers may take its tasks while it is paused (tasks whose
         /// payload has "fallback": true), separated by commas; an empty value removes them.
         #[arg(long, value_name = "OTHER[,OTHER]")]

@@ -10,6 +10,9 @@
 //! the totals, and never goes down.
 //!
 //! What is counted, per effective provider (the fallback it was routed to, else its own):
+//! (V12) usage — tokens and cost, by provider and worker — from `jr_task_usage`, whose rows
+//! `jrq prune` carries into the totals as `usage_input_tokens`, `usage_output_tokens`,
+//! `usage_cost_microusd`; and
 //! tasks by final state and the worker that last held them (`completed`, `failed`,
 //! `cancelled`), the attempts and the retries (attempts after the first) of finished
 //! tasks, and two histograms over completed tasks: dispatch (ready → start of the attempt
@@ -138,7 +141,13 @@ pub async fn metrics_totals(client: &impl GenericClient) -> Result<Vec<Total>> {
         ") SELECT metric, provider, worker, le, sum(count)::int8, sum(sum_us)::int8 FROM ( \
              SELECT metric, provider, worker, le, count, sum_us FROM agg \
              UNION ALL \
-             SELECT metric, provider, worker, le, count, sum_us FROM jr_metric_totals) x \
+             SELECT metric, provider, worker, le, count, sum_us FROM jr_metric_totals \
+             UNION ALL \
+             SELECT x.metric, u.provider, u.worker, 'Infinity', sum(x.n)::int8, 0 \
+             FROM jr_task_usage u, LATERAL (VALUES ('usage_input_tokens', u.input_tokens), \
+                 ('usage_output_tokens', u.output_tokens), \
+                 ('usage_cost_microusd', u.cost_microusd)) x (metric, n) \
+             GROUP BY 1, 2, 3) x \
          GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
     );
     let rows = client

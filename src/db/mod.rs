@@ -41,6 +41,8 @@ pub const CHANNEL_WORKER: &str = "jrq_worker";
 pub const CANCEL_PREFIX: &str = "cancel:";
 /// Channel `jrq runs set` notifies; the payload is the run id.
 pub const CHANNEL_RUNS: &str = "jrq_runs";
+/// Written output (payload: the task ids written, separated by commas): `jrq logs --follow`.
+pub const CHANNEL_OUTPUT: &str = "jrq_output";
 
 /// A connection whose driver has not been spawned yet.
 pub type Connection =

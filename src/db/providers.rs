@@ -19,6 +19,10 @@ pub struct ProviderRow {
     pub max_running: Option<i32>,
     pub max_starts_per_minute: Option<i32>,
     pub fallback: Vec<String>,
+    /// Its daily budget in US dollars (UTC days).
+    pub max_cost_usd_per_day: Option<f64>,
+    /// What its tasks reported spending today (UTC), in US dollars.
+    pub cost_today_usd: f64,
     /// Tasks assigned + in progress under it now (its own, and others' routed to it by
     /// fallback).
     pub running: i64,
@@ -35,6 +39,7 @@ pub struct ProviderChange<'a> {
     pub max_running: Option<Option<i32>>,
     pub max_starts_per_minute: Option<Option<i32>>,
     pub fallback: Option<&'a [String]>,
+    pub max_cost_usd_per_day: Option<Option<f64>>,
 }
 
 /// Creates or changes a provider's row; returns it.
@@ -47,17 +52,31 @@ pub async fn providers_set(
     let (set_running, running) = split(change.max_running);
     let (set_starts, starts) = split(change.max_starts_per_minute);
     let fallback: Option<Vec<String>> = change.fallback.map(<[String]>::to_vec);
+    let (set_budget, budget) = match change.max_cost_usd_per_day {
+        Some(x) => (true, x),
+        None => (false, None),
+    };
+    // A pause the budget set ends when the new budget is above today's cost.
     client
         .execute(
-            "INSERT INTO jr_providers AS p (name, max_running, max_starts_per_minute, \
-                 fallback, tokens, updated_by) \
-             VALUES ($1, $3, $5, coalesce($6::text[], '{}'), coalesce($5, 0), $7) \
+            "WITH p AS ( \
+             INSERT INTO jr_providers AS p (name, max_running, max_starts_per_minute, \
+                 fallback, tokens, updated_by, max_cost_usd_per_day) \
+             VALUES ($1, $3, $5, coalesce($6::text[], '{}'), coalesce($5, 0), $7, $9) \
              ON CONFLICT (name) DO UPDATE SET \
                  max_running = CASE WHEN $2 THEN $3 ELSE p.max_running END, \
                  max_starts_per_minute = CASE WHEN $4 THEN $5 \
                      ELSE p.max_starts_per_minute END, \
                  fallback = coalesce($6::text[], p.fallback), \
-                 updated_by = $7, updated_at = now()",
+                 max_cost_usd_per_day = CASE WHEN $8 THEN $9 \
+                     ELSE p.max_cost_usd_per_day END, \
+                 updated_by = $7, updated_at = now() \
+             RETURNING p.name, p.max_cost_usd_per_day, \
+                 CASE WHEN p.cost_day = (now() AT TIME ZONE 'UTC')::date \
+                     THEN p.cost_day_microusd ELSE 0 END AS today) \
+             DELETE FROM jr_pauses x USING p \
+             WHERE $8 AND x.scope = 'provider' AND x.target = p.name AND x.set_by = 'budget' \
+               AND (p.max_cost_usd_per_day IS NULL OR p.today < p.max_cost_usd_per_day * 1e6)",
             &[
                 &name,
                 &set_running,
@@ -66,6 +85,8 @@ pub async fn providers_set(
                 &starts,
                 &fallback,
                 &actor,
+                &set_budget,
+                &budget,
             ],
         )
         .await
@@ -117,7 +138,10 @@ pub async fn providers_list(client: &impl GenericClient) -> Result<Vec<ProviderR
                  GROUP BY 1) \
              SELECT n.name, p.max_running, p.max_starts_per_minute, \
                  coalesce(p.fallback, '{}'), coalesce(c.running, 0), coalesce(c.pending, 0), \
-                 coalesce(p.updated_by, ''), coalesce(p.updated_at, now()) \
+                 coalesce(p.updated_by, ''), coalesce(p.updated_at, now()), \
+                 p.max_cost_usd_per_day, \
+                 CASE WHEN p.cost_day = (now() AT TIME ZONE 'UTC')::date \
+                     THEN p.cost_day_microusd ELSE 0 END \
              FROM names n LEFT JOIN jr_providers p ON p.name = n.name \
                  LEFT JOIN counts c ON c.provider = n.name \
              WHERE n.name <> '' ORDER BY n.name",
@@ -135,6 +159,8 @@ pub async fn providers_list(client: &impl GenericClient) -> Result<Vec<ProviderR
             pending: r.get(5),
             updated_by: r.get(6),
             updated_at: r.get(7),
+            max_cost_usd_per_day: r.get(8),
+            cost_today_usd: r.get::<_, Option<i64>>(9).unwrap_or(0) as f64 / 1e6,
         })
         .collect())
 }

@@ -24,6 +24,10 @@ pub struct RunRow {
     pub tasks_completed: i64,
     pub tasks_failed: i64,
     pub tasks_cancelled: i64,
+    /// Its budget in US dollars (None: none).
+    pub max_cost_usd: Option<f64>,
+    /// What its tasks reported spending (JRQ-USAGE), in US dollars.
+    pub cost_usd: f64,
 }
 
 fn run_from_row(r: &tokio_postgres::Row) -> RunRow {
@@ -40,22 +44,54 @@ fn run_from_row(r: &tokio_postgres::Row) -> RunRow {
         tasks_completed: r.get(9),
         tasks_failed: r.get(10),
         tasks_cancelled: r.get(11),
+        max_cost_usd: r.get(12),
+        cost_usd: r.get::<_, i64>(13) as f64 / 1e6,
     }
 }
 
-/// Creates an active run and returns its id.
+/// Creates an active run (with a budget in US dollars, if given) and returns its id.
 pub async fn runs_create(
     client: &impl GenericClient,
     name: &str,
     auto_complete: bool,
+    max_cost_usd: Option<f64>,
 ) -> Result<Uuid> {
     let row = client
         .query_one(
-            "INSERT INTO jr_runs (name, auto_complete) VALUES ($1, $2) RETURNING id",
-            &[&name, &auto_complete],
+            "INSERT INTO jr_runs (name, auto_complete, max_cost_usd) VALUES ($1, $2, $3) \
+             RETURNING id",
+            &[&name, &auto_complete, &max_cost_usd],
         )
         .await?;
     Ok(row.get(0))
+}
+
+/// Sets (or with `None` removes) a run's budget. A pause the budget set ends when the
+/// run is under its new budget (the next usage over it pauses it again). Returns whether
+/// such a pause ended.
+pub async fn runs_set_budget(
+    client: &impl GenericClient,
+    id: Uuid,
+    max_cost_usd: Option<f64>,
+) -> Result<bool> {
+    let row = client
+        .query_opt(
+            "WITH r AS ( \
+                 UPDATE jr_runs SET max_cost_usd = $2, updated_at = now() WHERE id = $1 \
+                 RETURNING id, cost_microusd), \
+             d AS ( \
+                 DELETE FROM jr_pauses p USING r \
+                 WHERE p.scope = 'run' AND p.target = r.id::text AND p.set_by = 'budget' \
+                   AND ($2::float8 IS NULL OR r.cost_microusd < $2 * 1e6) \
+                 RETURNING 1) \
+             SELECT (SELECT count(*) FROM d) FROM r",
+            &[&id, &max_cost_usd],
+        )
+        .await?;
+    match row {
+        Some(r) => Ok(r.get::<_, i64>(0) > 0),
+        None => Err(no_such_run(id)),
+    }
 }
 
 /// Runs with their tasks counted, newest first; `$1` picks one run, `$2` a status.
@@ -65,7 +101,8 @@ const RUNS_SQL: &str = "SELECT r.id, r.name, r.status, r.auto_complete, r.create
         count(t.id) FILTER (WHERE t.status IN ('pending', 'assigned', 'in_progress')), \
         count(t.id) FILTER (WHERE t.status = 'completed'), \
         count(t.id) FILTER (WHERE t.status = 'failed'), \
-        count(t.id) FILTER (WHERE t.status = 'cancelled') \
+        count(t.id) FILTER (WHERE t.status = 'cancelled'), \
+        r.max_cost_usd, r.cost_microusd \
     FROM jr_runs r LEFT JOIN jr_work_queue t ON t.run_id = r.id \
     WHERE ($1::uuid IS NULL OR r.id = $1) AND ($2::text IS NULL OR r.status = $2) \
     GROUP BY r.id ORDER BY r.created_at DESC, r.id LIMIT $3";

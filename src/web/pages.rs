@@ -11,6 +11,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use super::chart;
 use crate::db::events::EventRow;
 use crate::db::providers::{Pauses, ProviderRow};
+use crate::db::tasks::{OutputRow, UsageTotal};
 use crate::db::tasks::{TaskListRow, TaskRow, TaskSummary};
 use crate::db::workers::{WorkerRow, WorkerSummary};
 use crate::monitor::Report;
@@ -165,6 +166,8 @@ pub struct Overview {
     pub held: Vec<String>,
     pub workers: WorkerSummary,
     pub report: Report,
+    /// Usage reported in the last 24 hours, by provider and by worker.
+    pub usage: (Vec<UsageTotal>, Vec<UsageTotal>),
 }
 
 pub fn overview(o: &Overview, ctx: &Ctx) -> Markup {
@@ -250,6 +253,15 @@ pub fn overview(o: &Overview, ctx: &Ctx) -> Markup {
                 }
             }
         }
+        @if !o.usage.0.is_empty() {
+            section #usage {
+                h2 { "Usage, last 24 h: " (usd(o.usage.0.iter().map(|u| u.cost_usd).sum())) }
+                div.pair {
+                    (usage_table("usage-by-provider", "provider", &o.usage.0))
+                    (usage_table("usage-by-worker", "worker", &o.usage.1))
+                }
+            }
+        }
         section {
             h2 { "Providers and pauses" }
             @if o.providers.is_empty() && o.pauses.is_empty() {
@@ -257,7 +269,7 @@ pub fn overview(o: &Overview, ctx: &Ctx) -> Markup {
             }
             @if !o.providers.is_empty() {
                 table #providers {
-                    thead { tr { th { "provider" } th { "running" } th { "max running" } th { "starts/min" } th { "pending" } th { "fallback" } th { "state" } @if ctx.csrf.is_some() { th { "action" } } } }
+                    thead { tr { th { "provider" } th { "running" } th { "max running" } th { "starts/min" } th { "pending" } th { "cost today" } th { "fallback" } th { "state" } @if ctx.csrf.is_some() { th { "action" } } } }
                     tbody {
                         @for r in &o.providers {
                             tr {
@@ -266,6 +278,7 @@ pub fn overview(o: &Overview, ctx: &Ctx) -> Markup {
                                 td.num { (r.max_running.map(|m| m.to_string()).unwrap_or_else(|| "-".into())) }
                                 td.num { (r.max_starts_per_minute.map(|m| m.to_string()).unwrap_or_else(|| "-".into())) }
                                 td.num { (r.pending) }
+                                td.num { (usd(r.cost_today_usd)) @if let Some(b) = r.max_cost_usd_per_day { " of " (usd(b)) } }
                                 td { (if r.fallback.is_empty() { "-".to_string() } else { r.fallback.join(", ") }) }
                                 td {
                                     @if let Some(p) = o.pauses.providers.get(&r.name) { span.badge.paused { "paused" } " " (p.describe()) }
@@ -449,8 +462,47 @@ pub fn tasks(rows: &[TaskListRow], q: &TaskQuery, limit: i64, refresh: Option<Du
     layout("Tasks", Nav::Tasks, refresh, body)
 }
 
-pub fn task(t: &TaskRow, events: &[EventRow], waiting: Option<&str>, ctx: &Ctx) -> Markup {
+/// What the task page shows besides the task and its timeline.
+pub struct TaskExtras {
+    pub waiting: Option<String>,
+    /// Usage by model, all attempts.
+    pub usage: Vec<UsageTotal>,
+    /// The end of its live output.
+    pub output: Vec<OutputRow>,
+}
+
+/// Dollars, with more digits below a cent.
+fn usd(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("${v:.4}")
+    } else {
+        format!("${v:.2}")
+    }
+}
+
+/// A usage table: cost and tokens by provider, worker or model.
+fn usage_table(id: &str, what: &str, rows: &[UsageTotal]) -> Markup {
+    html! {
+        table id=(id) {
+            thead { tr { th { (what) } th { "cost" } th { "input tokens" } th { "output tokens" } } }
+            tbody {
+                @for u in rows {
+                    tr {
+                        td { @if u.key.is_empty() { "-" } @else { (u.key) } }
+                        td.num { (usd(u.cost_usd)) }
+                        td.num { (u.input_tokens) }
+                        td.num { (u.output_tokens) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn task(t: &TaskRow, events: &[EventRow], x: &TaskExtras, ctx: &Ctx) -> Markup {
+    let waiting = x.waiting.as_deref();
     let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+    let cost: f64 = x.usage.iter().map(|u| u.cost_usd).sum();
     let body = html! {
         h1 { "Task " (t.id) ": " (t.title) }
         (notice(ctx))
@@ -478,7 +530,12 @@ pub fn task(t: &TaskRow, events: &[EventRow], waiting: Option<&str>, ctx: &Ctx) 
                 dt { "worker" } dd { (opt(&t.assigned_jr)) @if let Some(p) = &t.target_jr { " (pinned to " (p) ")" } }
                 dt { "run" } dd { (t.run_id.map(|r| r.to_string()).unwrap_or_else(|| "-".into())) }
                 dt { "attempts" } dd { (t.attempts) " of " (t.max_attempts) }
-                dt { "timeout" } dd { (format_duration(Duration::from_millis(t.timeout_ms.max(0) as u64))) }
+                dt { "timeout" } dd { (format_duration(Duration::from_millis(t.timeout_ms.max(0) as u64)))
+                    @if let Some(ms) = t.idle_timeout_ms { "; idle timeout " (format_duration(Duration::from_millis(ms.max(0) as u64))) } }
+                @if !x.usage.is_empty() || t.max_cost_usd.is_some() {
+                    dt { "cost" } dd #task-cost { (usd(cost))
+                        @if let Some(b) = t.max_cost_usd { " of its budget " (usd(b)) } }
+                }
                 dt { "created" } dd { (time(t.created_at)) " by " (t.created_by) " (" (t.source) ")" }
                 @if t.run_after > t.created_at { dt { "not before" } dd { (time(t.run_after)) } }
                 @if let Some(a) = t.started_at { dt { "started" } dd { (time(a)) } }
@@ -487,6 +544,25 @@ pub fn task(t: &TaskRow, events: &[EventRow], waiting: Option<&str>, ctx: &Ctx) 
             }
         }
         @if let Some(e) = &t.error { section { h2 { "Error" } pre #task-error { (e) } } }
+        @if !x.output.is_empty() {
+            section {
+                h2 { "Output" @if !t.status.is_finished() { " (live)" } }
+                p.legend { "The end of what it wrote, stderr marked; " code { "jrq logs " (t.id) " --follow" } " has all that is kept." }
+                pre #task-output {
+                    @for c in &x.output {
+                        span class=(c.stream) title={ "attempt " (c.attempt) } { (c.data) }
+                    }
+                }
+            }
+        }
+        @if !x.usage.is_empty() { section { h2 { "Usage" } (usage_table("task-usage", "model", &x.usage)) } }
+        @if let Some(ck) = &t.checkpoint {
+            section {
+                h2 { "Checkpoint" }
+                p.legend { "Saved " @if let Some(a) = t.checkpoint_at { (time(a)) } "; the next attempt resumes from it." }
+                pre #task-checkpoint { (serde_json::to_string_pretty(ck).unwrap_or_default()) }
+            }
+        }
         @if let Some(r) = &t.result { section { h2 { "Result (output tail)" } pre #task-result { (r) } } }
         section {
             h2 { "Timeline" }

@@ -23,6 +23,8 @@ use crate::monitor::Monitor;
 use crate::task::TaskStatus;
 
 const STYLE: &str = include_str!("static/style.css");
+/// Bytes of live output the task page shows (its end).
+const TASK_OUTPUT_BYTES: i64 = 16 * 1024;
 const SCRIPT: &str = include_str!("static/live.js");
 
 /// What every handler shares.
@@ -303,6 +305,7 @@ async fn overview_data(app: &App) -> Result<pages::Overview> {
         held: providers::providers_held(&*c).await?,
         workers: workers::workers_summary(&*c, app.cfg.online_threshold).await?,
         report: app.monitor.observe(&c).await?,
+        usage: tasks::usage_since(&*c, chrono::Utc::now() - chrono::Duration::hours(24)).await?,
     })
 }
 
@@ -389,17 +392,22 @@ async fn task_page(
         let task = tasks::tasks_get_existing(&*c, id).await?;
         let events = events::events_for_task(&*c, id).await?;
         let waiting = providers::providers_waiting(&*c, &task).await?;
-        Ok::<_, Error>((task, events, waiting))
+        let extras = pages::TaskExtras {
+            waiting,
+            usage: tasks::usage_of_task(&*c, id).await?,
+            output: tasks::output_tail(&*c, id, TASK_OUTPUT_BYTES).await?,
+        };
+        Ok::<_, Error>((task, events, extras))
     };
     match data.await {
-        Ok((task, events, waiting)) => {
+        Ok((task, events, extras)) => {
             // A task that can still change refreshes by itself.
             let ctx = if task.status.is_finished() {
                 ctx.still()
             } else {
                 ctx
             };
-            pages::task(&task, &events, waiting.as_deref(), &ctx).into_response()
+            pages::task(&task, &events, &extras, &ctx).into_response()
         }
         Err(e) => failure("Task", Nav::Tasks, &e, None),
     }

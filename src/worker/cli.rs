@@ -89,6 +89,18 @@ pub struct WorkerArgs {
     #[arg(long, env = "JRQ_WORKER_OUTPUT_LIMIT", default_value_t = DEFAULT_OUTPUT_LIMIT, value_parser = validate::bytes_in(1, 16 << 20))]
     pub output_limit: usize,
 
+    /// End an attempt that writes no output (stdout or stderr) and no progress line for
+    /// this long, as a retryable failure ("idle: no output for 10m"), for tasks that give
+    /// no --idle-timeout of their own; 0s: never. Range: 0s to 30d.
+    #[arg(long, env = "JRQ_WORKER_IDLE_TIMEOUT", default_value = "0s", value_parser = validate::duration_in("0s", "30d"))]
+    pub idle_timeout: Duration,
+
+    /// Bytes of live output (stdout and stderr, `jrq logs`) kept per task in the database:
+    /// the oldest chunks go once a task holds more (checked every quarter of this, so a
+    /// task may hold up to 1.25 times it); 0 turns live output off. Range: 0 to 1GiB.
+    #[arg(long, env = "JRQ_WORKER_OUTPUT_KEEP", default_value = "1MiB", value_parser = validate::bytes_in(0, 1 << 30))]
+    pub output_keep: usize,
+
     /// Serve only this run (UUID) and exit 0 once it is completed, error or archived.
     /// Also read from RUN_FILTER_ID.
     #[arg(long, env = "JRQ_WORKER_RUN", value_parser = validate::parse_run_id)]
@@ -194,12 +206,18 @@ impl WorkerArgs {
             retry_base: self.retry_base,
             retry_max: self.retry_max,
             provider_backoff: self.provider_backoff,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            output_keep: self.output_keep,
             run_id: run,
             max_loops,
         };
         cfg.validate()?;
         let db_cfg = crate::db::config_from(self.database_url.as_deref(), "jr-queue-worker")?;
-        let handler = self.exec.handler(self.kill_grace, self.output_limit.max(1));
+        let handler = self.exec.handler(
+            self.kill_grace,
+            self.output_limit.max(1),
+            self.output_keep > 0,
+        );
         Ok((cfg, db_cfg, handler))
     }
 }

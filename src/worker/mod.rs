@@ -17,6 +17,7 @@ pub mod executor;
 pub mod guard;
 mod once;
 mod outcomes;
+mod reports;
 mod session;
 mod slots;
 mod supervise;
@@ -59,6 +60,8 @@ pub const DEFAULT_DB_GRACE: Duration = defaults::DB_GRACE;
 pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(5);
 /// Default longest retry backoff.
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(600);
+/// Default bytes of live output kept per task in the database.
+pub const DEFAULT_OUTPUT_KEEP: usize = 1 << 20;
 /// Default pause of a provider that refused (exit 76) without saying until when.
 pub const DEFAULT_PROVIDER_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -94,6 +97,12 @@ pub struct WorkerConfig {
     /// Pause of a provider that refused without a `JRQ-RETRY-AT`. Defaults to
     /// [`DEFAULT_PROVIDER_BACKOFF`].
     pub provider_backoff: Duration,
+    /// Idle timeout of tasks that set none: an attempt silent this long ends (retryable).
+    /// Defaults to `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Bytes of live output kept per task; 0: none streamed. Defaults to
+    /// [`DEFAULT_OUTPUT_KEEP`].
+    pub output_keep: usize,
     /// Serve only this run, and exit once it is completed, error or archived.
     pub run_id: Option<Uuid>,
     /// Exit after this many claim rounds. Defaults to no limit.
@@ -117,6 +126,8 @@ impl WorkerConfig {
             retry_base: DEFAULT_RETRY_BASE,
             retry_max: DEFAULT_RETRY_MAX,
             provider_backoff: DEFAULT_PROVIDER_BACKOFF,
+            idle_timeout: None,
+            output_keep: DEFAULT_OUTPUT_KEEP,
             run_id: None,
             max_loops: None,
         }

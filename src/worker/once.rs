@@ -56,7 +56,7 @@ impl Worker {
             claimed: claimed.len(),
             ..Round::default()
         };
-        let mut slots = Slots::new();
+        let mut slots = Slots::new(cfg.output_keep);
         let mut done = vec![];
         for mut t in claimed {
             match std::mem::replace(&mut t.payload, Ok(serde_json::Value::Null)) {

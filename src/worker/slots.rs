@@ -1,30 +1,28 @@
 //! The worker's slots: the attempts running in this process, each under its supervisor
-//! with a stop switch, and what they report back — their ends, and their progress,
-//! coalesced per attempt between writes.
+//! with a stop switch, and what they report back — their ends, and their reports (output,
+//! checkpoints, usage, progress: [`Reports`]), kept between writes. A task's own budget is
+//! watched here, as its usage comes in.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::executor::{Handler, Progress, StopReason, TaskContext};
+use super::executor::{Attempt, Handler, Report, Reported, StopReason, TaskContext};
+use super::reports::Reports;
 use super::supervise::{supervise, Done, Policy};
 use super::WorkerConfig;
 use crate::daemon::link::Link;
-use crate::db::tasks::{self, ClaimedTask};
-
-/// How often coalesced progress reports are written.
-const PROGRESS_FLUSH: Duration = Duration::from_millis(500);
+use crate::db::tasks::ClaimedTask;
 
 /// What the slots deliver to the loop.
 pub(super) enum Event {
     /// An attempt ended.
     Done(Done),
-    /// A running attempt reported progress.
-    Progress(Progress),
+    /// A running attempt reported something.
+    Report(Reported),
 }
 
 /// An attempt this process is running.
@@ -33,32 +31,32 @@ struct Running {
     title: String,
     stop: Arc<watch::Sender<Option<StopReason>>>,
     handle: tokio::task::JoinHandle<()>,
+    /// The task's budget and what it spent (all attempts), in micro-dollars.
+    budget: Option<i64>,
+    spent: i64,
 }
 
 /// The attempts running here, and what they reported that is not written yet.
 pub(super) struct Slots {
     running: HashMap<i64, Running>,
-    /// Progress reported since the last write, per attempt.
-    progress: HashMap<(i64, i32), i16>,
-    last_progress_flush: Instant,
+    reports: Reports,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
-    progress_tx: mpsc::UnboundedSender<Progress>,
-    progress_rx: mpsc::UnboundedReceiver<Progress>,
+    reports_tx: mpsc::UnboundedSender<Reported>,
+    reports_rx: mpsc::UnboundedReceiver<Reported>,
 }
 
 impl Slots {
-    pub fn new() -> Self {
+    pub fn new(output_keep: usize) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         Slots {
             running: HashMap::new(),
-            progress: HashMap::new(),
-            last_progress_flush: Instant::now(),
+            reports: Reports::new(output_keep),
             done_tx,
             done_rx,
-            progress_tx,
-            progress_rx,
+            reports_tx,
+            reports_rx,
         }
     }
 
@@ -88,22 +86,26 @@ impl Slots {
         cfg: &WorkerConfig,
         instance: Uuid,
     ) {
-        let (ctx, stop) = TaskContext::new(
-            t.id,
-            t.title.clone(),
-            payload,
-            t.attempt,
-            t.max_attempts,
-            t.run_id,
-            t.provider.clone(),
-            cfg.name.clone(),
-            instance,
-            t.timeout,
-            self.progress_tx.clone(),
+        let (ctx, stop, activity) = TaskContext::new(
+            Attempt {
+                id: t.id,
+                title: t.title.clone(),
+                payload,
+                attempt: t.attempt,
+                max_attempts: t.max_attempts,
+                run_id: t.run_id,
+                provider: t.provider.clone(),
+                worker: cfg.name.clone(),
+                worker_instance: instance,
+                timeout: t.timeout,
+                checkpoint: t.checkpoint.clone(),
+            },
+            self.reports_tx.clone(),
         );
         let stop = Arc::new(stop);
         let policy = Policy {
             timeout: t.timeout,
+            idle_timeout: t.idle_timeout.or(cfg.idle_timeout),
             kill_grace: cfg.kill_grace,
             retry_base: cfg.retry_base,
             retry_max: cfg.retry_max,
@@ -114,6 +116,7 @@ impl Slots {
             ctx,
             stop.clone(),
             policy,
+            activity,
             self.done_tx.clone(),
         ));
         self.running.insert(
@@ -123,6 +126,8 @@ impl Slots {
                 title: t.title.clone(),
                 stop,
                 handle,
+                budget: t.max_cost_microusd,
+                spent: t.cost_microusd,
             },
         );
     }
@@ -155,19 +160,22 @@ impl Slots {
         }
     }
 
-    /// An attempt ended: its slot and its unwritten progress are freed.
+    /// An attempt ended: its slot is freed; what it reported is written before its
+    /// outcome (its progress is dropped). The reports it sent before it ended are taken
+    /// first.
     pub fn ended(&mut self, d: &Done) {
+        self.take_reports();
         if let Some(r) = self.running.remove(&d.task_id) {
             debug_assert_eq!(r.attempt, d.attempt);
         }
-        self.progress.retain(|(id, _), _| *id != d.task_id);
+        self.reports.ended(d.task_id, d.attempt);
     }
 
-    /// The next end or progress report; pending while nothing runs.
+    /// The next end or report; pending while nothing runs.
     pub async fn next_event(&mut self) -> Event {
         tokio::select! {
             Some(d) = self.done_rx.recv() => Event::Done(d),
-            Some(p) = self.progress_rx.recv() => Event::Progress(p),
+            Some(r) = self.reports_rx.recv() => Event::Report(r),
         }
     }
 
@@ -176,39 +184,60 @@ impl Slots {
         self.done_rx.try_recv().ok()
     }
 
-    /// Keeps the latest progress of each attempt, this report and those queued behind it.
-    pub fn note_progress(&mut self, p: Progress) {
-        self.progress.insert((p.task_id, p.attempt), p.percent);
-        while let Ok(p) = self.progress_rx.try_recv() {
-            self.progress.insert((p.task_id, p.attempt), p.percent);
+    /// Keeps this report and those queued behind it.
+    pub fn note_report(&mut self, r: Reported) {
+        self.keep_report(r);
+        self.take_reports();
+    }
+
+    fn take_reports(&mut self) {
+        while let Ok(r) = self.reports_rx.try_recv() {
+            self.keep_report(r);
         }
     }
 
-    /// When coalesced progress is next due to be written.
-    pub fn next_progress_flush(&self) -> Option<Instant> {
-        (!self.progress.is_empty()).then_some(self.last_progress_flush + PROGRESS_FLUSH)
-    }
-
-    /// Writes the coalesced progress when due (fenced by `worker` and `instance`).
-    pub async fn flush_progress(&mut self, link: &mut Link, worker: &str, instance: Uuid) {
-        if self.progress.is_empty() || self.last_progress_flush.elapsed() < PROGRESS_FLUSH {
+    /// Keeps a report of an attempt that runs (a late one, of an attempt already written,
+    /// is dropped); a task whose usage reaches its budget is stopped.
+    fn keep_report(&mut self, r: Reported) {
+        let Some(run) = self
+            .running
+            .get_mut(&r.task_id)
+            .filter(|x| x.attempt == r.attempt)
+        else {
             return;
-        }
-        let Some(conn) = link.conn() else { return };
-        let items: Vec<(i64, i32, i16)> = self
-            .progress
-            .iter()
-            .map(|((id, a), p)| (*id, *a, *p))
-            .collect();
-        let written = tasks::tasks_progress(&conn.client, worker, instance, &items).await;
-        // Tried again after the usual flush interval, not at once.
-        self.last_progress_flush = Instant::now();
-        match written {
-            Ok(()) => self.progress.clear(),
-            Err(e) => {
-                link.failed("writing progress", &e);
+        };
+        if let Report::Usage { delta, .. } = &r.report {
+            run.spent = run.spent.saturating_add(delta.cost_microusd);
+            if let Some(budget) = run.budget.filter(|b| run.spent >= *b) {
+                let reason = StopReason::OverBudget {
+                    spent: run.spent,
+                    budget,
+                };
+                let id = r.task_id;
+                self.reports.note(r);
+                self.stop(id, reason);
+                return;
             }
         }
+        self.reports.note(r);
+    }
+
+    /// When reports are next due to be written.
+    pub fn next_flush(&self) -> Option<Instant> {
+        self.reports.next_flush()
+    }
+
+    /// Writes the reports when due (all of them with `force`), fenced by `worker` and
+    /// `instance`; false when the connection was lost.
+    pub async fn flush_reports(
+        &mut self,
+        link: &mut Link,
+        worker: &str,
+        instance: Uuid,
+        force: bool,
+    ) -> bool {
+        self.take_reports();
+        self.reports.flush(link, worker, instance, force).await
     }
 
     /// The next end (waits for ever while nothing runs).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 
-use super::executor::{Handler, StopReason, TaskContext, TaskOutcome};
+use super::executor::{Activity, Handler, StopReason, TaskContext, TaskOutcome};
 use crate::db::tasks::Finish;
 use crate::error::Error;
 use crate::validate::format_duration;
@@ -33,6 +33,8 @@ pub fn retry_backoff(attempt: i32, base: Duration, max: Duration) -> Duration {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Policy {
     pub timeout: Duration,
+    /// An attempt silent (no output, no progress) this long ends; `None`: never.
+    pub idle_timeout: Option<Duration>,
     pub kill_grace: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
@@ -53,6 +55,7 @@ pub(super) async fn supervise(
     ctx: TaskContext,
     stop: Arc<watch::Sender<Option<StopReason>>>,
     p: Policy,
+    activity: Arc<Activity>,
     done: mpsc::UnboundedSender<Done>,
 ) {
     let (task_id, attempt, max_attempts) = (ctx.id, ctx.attempt, ctx.max_attempts);
@@ -64,6 +67,12 @@ pub(super) async fn supervise(
         _ = tokio::time::sleep(p.timeout) => {
             stop.send_if_modified(|r| {
                 if r.is_none() { *r = Some(StopReason::Timeout); true } else { false }
+            });
+            None
+        }
+        idle = idle_for(&activity, p.idle_timeout) => {
+            stop.send_if_modified(|r| {
+                if r.is_none() { *r = Some(StopReason::Idle(idle)); true } else { false }
             });
             None
         }
@@ -85,6 +94,20 @@ pub(super) async fn supervise(
         attempt,
         finish,
     });
+}
+
+/// Resolves once the attempt has been silent for `idle` (never without one).
+async fn idle_for(activity: &Activity, idle: Option<Duration>) -> Duration {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    loop {
+        let silent = activity.silent_for();
+        if silent >= idle {
+            return idle;
+        }
+        tokio::time::sleep(idle - silent).await;
+    }
 }
 
 /// The failure written instead of an outcome the database refused: the task ends, and
@@ -134,6 +157,12 @@ fn decide(
             "timed out after {}",
             format_duration(p.timeout)
         ))),
+        // Silent is not the same as slow: another attempt may get through.
+        (_, Some(r @ StopReason::Idle(_))) => Some(attempt_failed(r.to_string())),
+        // Another attempt would spend more of what is over already.
+        (_, Some(r @ StopReason::OverBudget { .. })) => Some(Finish::Failed {
+            error: format!("{r} (not retried)"),
+        }),
         (Some(TaskOutcome::Retry(e)), None) => Some(attempt_failed(e)),
         (Some(TaskOutcome::Failed(e)), None) => Some(Finish::Failed { error: e }),
         (Some(TaskOutcome::NotStarted(e)), None) => Some(Finish::NotStarted {
@@ -167,6 +196,7 @@ mod tests {
     fn policy() -> Policy {
         Policy {
             timeout: Duration::from_secs(60),
+            idle_timeout: None,
             kill_grace: Duration::from_secs(1),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(100),

@@ -168,6 +168,15 @@ struct StatusJson<'a> {
     workers: WorkersJson,
     /// What the governor holds back: pauses, providers at their limits.
     held: &'a [String],
+    /// Usage reported in the window (JRQ-USAGE), by provider and by worker.
+    usage_by_provider: &'a [crate::db::tasks::UsageTotal],
+    usage_by_worker: &'a [crate::db::tasks::UsageTotal],
+}
+
+/// Usage reported in `jrq status`'s window.
+pub struct StatusUsage {
+    pub by_provider: Vec<crate::db::tasks::UsageTotal>,
+    pub by_worker: Vec<crate::db::tasks::UsageTotal>,
 }
 
 #[derive(Serialize)]
@@ -182,7 +191,13 @@ struct WorkersJson {
     assigners: i64,
 }
 
-pub fn status(t: &TaskSummary, w: &WorkerSummary, held: &[String], json: bool) -> Result<()> {
+pub fn status(
+    t: &TaskSummary,
+    w: &WorkerSummary,
+    held: &[String],
+    usage: &StatusUsage,
+    json: bool,
+) -> Result<()> {
     let total: i64 = t.by_status.iter().map(|(_, n)| n).sum();
     if json {
         return print_json(&StatusJson {
@@ -205,6 +220,8 @@ pub fn status(t: &TaskSummary, w: &WorkerSummary, held: &[String], json: bool) -
                 assigners: w.assigners,
             },
             held,
+            usage_by_provider: &usage.by_provider,
+            usage_by_worker: &usage.by_worker,
         });
     }
     let pct = |n: i64| {
@@ -258,6 +275,31 @@ pub fn status(t: &TaskSummary, w: &WorkerSummary, held: &[String], json: bool) -
         w.capacity
     );
     say!("assigners:       {} alive", w.assigners);
+    if !usage.by_provider.is_empty() {
+        let cost: f64 = usage.by_provider.iter().map(|u| u.cost_usd).sum();
+        let (i, o): (i64, i64) = usage.by_provider.iter().fold((0, 0), |(i, o), u| {
+            (i + u.input_tokens, o + u.output_tokens)
+        });
+        let name = |k: &str| {
+            if k.is_empty() {
+                "-".to_string()
+            } else {
+                k.to_string()
+            }
+        };
+        let list = |v: &[crate::db::tasks::UsageTotal]| {
+            v.iter()
+                .map(|u| format!("{} ${:.2}", name(&u.key), u.cost_usd))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        say!(
+            "{:<17}${cost:.2} spent, {i} tokens in, {o} out; by provider: {}; by worker: {}",
+            format!("usage {window}:"),
+            list(&usage.by_provider),
+            list(&usage.by_worker)
+        );
+    }
     for h in held {
         say!("held:            {h}");
     }
@@ -310,14 +352,31 @@ struct ShowJson<'a> {
     events: &'a [EventRow],
     /// Why a pending task waits on the governor, when it does.
     waiting: Option<&'a str>,
+    /// Its usage by model, all attempts.
+    usage: &'a [crate::db::tasks::UsageTotal],
+    /// The end of its live output (`jrq logs` has all that is kept).
+    output_tail: &'a [crate::db::tasks::OutputRow],
 }
 
-pub fn show(task: &TaskRow, events: &[EventRow], waiting: Option<&str>, json: bool) -> Result<()> {
+/// What `jrq show` reads besides the task and its events.
+pub struct ShowExtras<'a> {
+    pub waiting: Option<&'a str>,
+    pub usage: &'a [crate::db::tasks::UsageTotal],
+    pub output_tail: &'a [crate::db::tasks::OutputRow],
+}
+
+/// Lines of output `jrq show` prints at most.
+const SHOW_OUTPUT_LINES: usize = 20;
+
+pub fn show(task: &TaskRow, events: &[EventRow], x: &ShowExtras<'_>, json: bool) -> Result<()> {
+    let waiting = x.waiting;
     if json {
         return print_json(&ShowJson {
             task,
             events,
             waiting,
+            usage: x.usage,
+            output_tail: x.output_tail,
         });
     }
     let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
@@ -372,6 +431,12 @@ pub fn show(task: &TaskRow, events: &[EventRow], waiting: Option<&str>, json: bo
         "  timeout:      {}",
         format_duration(Duration::from_millis(task.timeout_ms.max(0) as u64))
     );
+    if let Some(ms) = task.idle_timeout_ms {
+        say!(
+            "  idle timeout: {}",
+            format_duration(Duration::from_millis(ms.max(0) as u64))
+        );
+    }
     say!("  unique key:   {}", opt(&task.unique_key));
     say!(
         "  created:      {} by {} via {}",
@@ -395,6 +460,45 @@ pub fn show(task: &TaskRow, events: &[EventRow], waiting: Option<&str>, json: bo
     }
     if let Some(e) = &task.error {
         say!("  error:        {}", truncate(e, 500));
+    }
+    let cost: f64 = x.usage.iter().map(|u| u.cost_usd).sum();
+    if !x.usage.is_empty() || task.max_cost_usd.is_some() {
+        let tokens_in: i64 = x.usage.iter().map(|u| u.input_tokens).sum();
+        let tokens_out: i64 = x.usage.iter().map(|u| u.output_tokens).sum();
+        let models: Vec<&str> = x
+            .usage
+            .iter()
+            .map(|u| u.key.as_str())
+            .filter(|m| !m.is_empty())
+            .collect();
+        say!(
+            "  usage:        {} spent, {tokens_in} tokens in, {tokens_out} out{}",
+            providers::spent(cost, task.max_cost_usd),
+            if models.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", models.join(", "))
+            }
+        );
+    }
+    if let Some(ck) = &task.checkpoint {
+        say!(
+            "  checkpoint:   {} (saved {}; the next attempt resumes from it, `jrq retry --from-scratch` clears it)",
+            truncate(&ck.to_string(), 300),
+            ts(task.checkpoint_at)
+        );
+    }
+    if !x.output_tail.is_empty() {
+        say!();
+        say!(
+            "output (the last {SHOW_OUTPUT_LINES} lines at most; `jrq logs {}` for all that is kept):",
+            task.id
+        );
+        let text: String = x.output_tail.iter().map(|c| c.data.as_str()).collect();
+        let lines: Vec<&str> = text.lines().collect();
+        for l in &lines[lines.len().saturating_sub(SHOW_OUTPUT_LINES)..] {
+            say!("  | {}", truncate(l, 300));
+        }
     }
     say!();
     say!("timeline:");
@@ -457,7 +561,7 @@ pub fn runs(rows: &[RunRow], json: bool) -> Result<()> {
         return Ok(());
     }
     let mut t = table(&[
-        "id", "name", "status", "tasks", "open", "done", "failed", "created",
+        "id", "name", "status", "tasks", "open", "done", "failed", "cost", "created",
     ]);
     for r in rows {
         add_row(
@@ -470,11 +574,12 @@ pub fn runs(rows: &[RunRow], json: bool) -> Result<()> {
                 r.tasks_unfinished.to_string(),
                 r.tasks_completed.to_string(),
                 r.tasks_failed.to_string(),
+                providers::spent(r.cost_usd, r.max_cost_usd),
                 age(Some(r.created_at)),
             ],
         );
     }
-    right(&mut t, &[3, 4, 5, 6]);
+    right(&mut t, &[3, 4, 5, 6, 7]);
     print_table(&t);
     Ok(())
 }
@@ -580,13 +685,15 @@ pub fn workers(
 pub fn prune_dry_run(r: &PruneReport, json: bool) -> Result<()> {
     if json {
         return print_json(&serde_json::json!({
-            "tasks": r.tasks, "events": r.events, "dry_run": true
+            "tasks": r.tasks, "events": r.events, "output_chunks": r.output_chunks,
+            "dry_run": true
         }));
     }
     say!(
-        "would prune {} task(s) and {} event(s) (dry run: nothing deleted)",
+        "would prune {} task(s), {} event(s) and {} chunk(s) of output (dry run: nothing deleted)",
         r.tasks,
-        r.events
+        r.events,
+        r.output_chunks
     );
     Ok(())
 }
@@ -595,6 +702,11 @@ pub fn prune(r: &PruneReport, json: bool) -> Result<()> {
     if json {
         return print_json(r);
     }
-    say!("pruned {} task(s) and {} event(s)", r.tasks, r.events);
+    say!(
+        "pruned {} task(s), {} event(s) and {} chunk(s) of output",
+        r.tasks,
+        r.events,
+        r.output_chunks
+    );
     Ok(())
 }

@@ -10,12 +10,23 @@ fn limit(v: Option<i32>) -> String {
     v.map_or_else(|| "-".into(), |n| n.to_string())
 }
 
+/// A budget and what was spent of it, or what was spent.
+pub fn spent(cost: f64, budget: Option<f64>) -> String {
+    match budget {
+        Some(b) => format!("${cost:.2} of ${b:.2}"),
+        None if cost > 0.0 => format!("${cost:.2}"),
+        None => "-".into(),
+    }
+}
+
 pub fn provider_set(r: &ProviderRow) {
     say!(
-        "provider '{}': max running {}, max starts per minute {}, fallback {}",
+        "provider '{}': max running {}, max starts per minute {}, budget {} a day, fallback {}",
         r.name,
         limit(r.max_running),
         limit(r.max_starts_per_minute),
+        r.max_cost_usd_per_day
+            .map_or_else(|| "-".to_string(), |b| format!("${b:.2}")),
         if r.fallback.is_empty() {
             "-".to_string()
         } else {
@@ -58,6 +69,7 @@ pub fn providers(rows: &[ProviderRow], pauses: &Pauses, json: bool) -> Result<()
         "max running",
         "starts/min",
         "pending",
+        "cost today",
         "fallback",
         "state",
     ]);
@@ -77,6 +89,7 @@ pub fn providers(rows: &[ProviderRow], pauses: &Pauses, json: bool) -> Result<()
                 limit(r.max_running),
                 limit(r.max_starts_per_minute),
                 r.pending.to_string(),
+                spent(r.cost_today_usd, r.max_cost_usd_per_day),
                 if r.fallback.is_empty() {
                     "-".into()
                 } else {
@@ -86,7 +99,7 @@ pub fn providers(rows: &[ProviderRow], pauses: &Pauses, json: bool) -> Result<()
             ],
         );
     }
-    right(&mut t, &[1, 2, 3, 4]);
+    right(&mut t, &[1, 2, 3, 4, 5]);
     print_table(&t);
     for p in others {
         say!("{} {}", p.what(), p.describe());

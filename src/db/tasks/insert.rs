@@ -117,6 +117,8 @@ async fn insert_chunk(
     let mut delay_ms: Vec<i64> = Vec::with_capacity(n);
     let mut run_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
     let mut unique_key = Vec::with_capacity(n);
+    let mut idle_ms: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut max_cost: Vec<Option<f64>> = Vec::with_capacity(n);
     for &i in idx {
         let t = &tasks[i];
         ord.push(i as i64);
@@ -148,22 +150,25 @@ async fn insert_chunk(
             }
         }
         unique_key.push(t.unique_key.as_deref());
+        idle_ms.push(t.idle_timeout.map(duration_ms));
+        max_cost.push(t.max_cost_usd);
     }
     // `ord` orders the insert so that RETURNING maps rows back to their input lines.
     // The ON CONFLICT predicate is the unique index's (jr_work_queue_unique_key_idx).
     let sql = "INSERT INTO jr_work_queue (title, description, source, created_by, priority, \
              sacred_fire_priority, payload, provider, target_jr, run_id, max_attempts, \
-             timeout, run_after, unique_key, fallback_ok) \
+             timeout, run_after, unique_key, fallback_ok, idle_timeout, max_cost_usd) \
          SELECT title, description, source, created_by, priority, urgent, payload, provider, \
              target, run_id, max_attempts, timeout_ms * interval '1 millisecond', \
              COALESCE(run_at, now() + delay_ms * interval '1 millisecond'), unique_key, \
-             fallback_ok \
+             fallback_ok, idle_ms * interval '1 millisecond', max_cost \
          FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
              $7::bool[], $8::jsonb[], $9::text[], $10::text[], $11::uuid[], $12::int4[], \
-             $13::int8[], $14::int8[], $15::timestamptz[], $16::text[], $17::bool[]) \
+             $13::int8[], $14::int8[], $15::timestamptz[], $16::text[], $17::bool[], \
+             $18::int8[], $19::float8[]) \
              AS u(ord, title, description, source, created_by, priority, urgent, payload, \
                   provider, target, run_id, max_attempts, timeout_ms, delay_ms, run_at, \
-                  unique_key, fallback_ok) \
+                  unique_key, fallback_ok, idle_ms, max_cost) \
          ORDER BY ord \
          ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
              AND status IN ('pending', 'assigned', 'in_progress') \
@@ -190,6 +195,8 @@ async fn insert_chunk(
                 &run_at,
                 &unique_key,
                 &fallback_ok,
+                &idle_ms,
+                &max_cost,
             ],
         )
         .await

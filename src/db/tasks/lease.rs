@@ -31,6 +31,14 @@ pub struct ClaimedTask {
     /// (`routed_provider`, migrations/V10).
     pub provider: String,
     pub timeout: Duration,
+    /// The task's own idle timeout (`None`: the worker's default applies).
+    pub idle_timeout: Option<Duration>,
+    /// The last checkpoint an earlier attempt stored (JSON text).
+    pub checkpoint: Option<String>,
+    /// The task's budget, in micro-dollars.
+    pub max_cost_microusd: Option<i64>,
+    /// What earlier attempts spent, in micro-dollars (0 for a task without a budget).
+    pub cost_microusd: i64,
 }
 
 /// Claims up to `limit` tasks assigned to `worker`, in the order of service, and starts
@@ -55,7 +63,8 @@ pub async fn tasks_claim(
 }
 
 /// A claimed task from the columns `id, title, payload, attempts, max_attempts, run_id,
-/// provider, timeout_ms` of a row, starting at column `at`.
+/// provider, timeout_ms, idle_timeout_ms, checkpoint, max_cost_microusd, cost_microusd` of
+/// a row, starting at column `at`.
 fn claimed_from_row(r: &tokio_postgres::Row, at: usize) -> ClaimedTask {
     ClaimedTask {
         id: r.get(at),
@@ -66,13 +75,20 @@ fn claimed_from_row(r: &tokio_postgres::Row, at: usize) -> ClaimedTask {
         run_id: r.get(at + 5),
         provider: r.get(at + 6),
         timeout: Duration::from_millis(r.get::<_, i64>(at + 7).max(1) as u64),
+        idle_timeout: r
+            .get::<_, Option<i64>>(at + 8)
+            .map(|ms| Duration::from_millis(ms.max(1) as u64)),
+        checkpoint: r.get::<_, Option<super::JsonText>>(at + 9).map(|j| j.0),
+        max_cost_microusd: r.get(at + 10),
+        cost_microusd: r.get(at + 11),
     }
 }
 
 /// The claim, fenced in `jrq_tasks_claim` (migrations/V6): only the process that holds the
 /// name may claim, and the worker's role has no rights on the tables themselves.
 const CLAIM_SQL: &str = "SELECT id, title, payload, attempts, max_attempts, run_id, provider, \
-                 timeout_ms FROM jrq_tasks_claim($1, $2, $3, $4)";
+                 timeout_ms, idle_timeout_ms, checkpoint, max_cost_microusd, cost_microusd \
+                 FROM jrq_tasks_claim($1, $2, $3, $4)";
 
 /// How a running attempt ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,9 +314,10 @@ pub async fn tasks_finish_and_claim(
     Ok((finished, claimed))
 }
 
-/// The worker's hot cycle in one call (migrations/V6).
+/// The worker's hot cycle in one call (migrations/V6, its result in V12).
 const FINISH_AND_CLAIM_SQL: &str = "SELECT finished, id, title, payload, attempts, \
-    max_attempts, run_id, provider, timeout_ms \
+    max_attempts, run_id, provider, timeout_ms, idle_timeout_ms, checkpoint, \
+    max_cost_microusd, cost_microusd \
     FROM jrq_tasks_finish_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 /// The outcome batch, fenced row by row in `jrq_tasks_finish` (migrations/V6), which also

@@ -14,10 +14,12 @@ use crate::task::TaskStatus;
 
 mod insert;
 mod lease;
+mod output;
 mod rescue;
 mod route;
 pub use insert::*;
 pub use lease::*;
+pub use output::*;
 pub use rescue::*;
 pub use route::*;
 
@@ -98,6 +100,13 @@ pub struct TaskRow {
     pub fallback_ok: bool,
     /// The fallback provider its last assignment went under (None: its own).
     pub routed_provider: Option<String>,
+    /// Its own idle timeout (None: the worker's).
+    pub idle_timeout_ms: Option<i64>,
+    /// Its budget in US dollars.
+    pub max_cost_usd: Option<f64>,
+    /// The last checkpoint an attempt stored, and when.
+    pub checkpoint: Option<serde_json::Value>,
+    pub checkpoint_at: Option<DateTime<Utc>>,
 }
 
 impl TaskRow {
@@ -136,6 +145,12 @@ impl TaskRow {
             updated_at: r.get("updated_at"),
             fallback_ok: r.get("fallback_ok"),
             routed_provider: r.get("routed_provider"),
+            idle_timeout_ms: r.get("idle_timeout_ms"),
+            max_cost_usd: r.get("max_cost_usd"),
+            checkpoint: r
+                .get::<_, Option<JsonText>>("checkpoint")
+                .map(|t| t.parse().unwrap_or(serde_json::Value::String(t.0))),
+            checkpoint_at: r.get("checkpoint_at"),
         }
     }
 }
@@ -265,7 +280,9 @@ pub async fn tasks_get(client: &impl GenericClient, id: i64) -> Result<Option<Ta
                  completed_at, progress_percent, payload, provider, target_jr, run_id, attempts, \
                  max_attempts, (extract(epoch FROM timeout) * 1000)::int8 AS timeout_ms, \
                  run_after, result, error, unique_key, cancel_requested_at, updated_at, \
-                 fallback_ok, routed_provider \
+                 fallback_ok, routed_provider, \
+                 (extract(epoch FROM idle_timeout) * 1000)::int8 AS idle_timeout_ms, \
+                 max_cost_usd, checkpoint, checkpoint_at \
              FROM jr_work_queue WHERE id = $1",
             &[&id],
         )
@@ -277,6 +294,32 @@ pub async fn tasks_get(client: &impl GenericClient, id: i64) -> Result<Option<Ta
 /// One task, or a clear "no task N" error.
 pub async fn tasks_get_existing(client: &impl GenericClient, id: i64) -> Result<TaskRow> {
     tasks_get(client, id).await?.ok_or_else(|| no_such_task(id))
+}
+
+/// Clears the checkpoint of tasks (`jrq retry --from-scratch`): their next attempt starts
+/// from the beginning. One event each that had one. Returns the ids cleared.
+pub async fn tasks_clear_checkpoint(
+    client: &impl GenericClient,
+    ids: &[i64],
+    actor: &str,
+) -> Result<Vec<i64>> {
+    let row = client
+        .query_one(
+            "WITH upd AS ( \
+                 UPDATE jr_work_queue SET checkpoint = NULL, checkpoint_at = NULL, \
+                     updated_at = now() \
+                 WHERE id = ANY($1) AND checkpoint IS NOT NULL \
+                 RETURNING id, status, attempts), \
+             ev AS ( \
+                 INSERT INTO jr_task_events \
+                     (task_id, actor, action, from_status, to_status, attempt, details) \
+                 SELECT id, $2, 'checkpoint_cleared', status, status, attempts, \
+                     'checkpoint cleared: the next attempt starts from scratch' FROM upd) \
+             SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM upd",
+            &[&ids, &actor],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 fn no_such_task(id: i64) -> Error {
@@ -508,6 +551,8 @@ pub async fn tasks_cancel(
 pub struct PruneReport {
     pub tasks: u64,
     pub events: u64,
+    /// Chunks of their live output.
+    pub output_chunks: u64,
 }
 
 /// Deletes finished tasks (completed, failed, cancelled) that finished before
@@ -526,8 +571,22 @@ pub async fn tasks_prune(client: &impl GenericClient, older_than: Duration) -> R
         "), carry AS (",
         crate::metric_carry!(),
         "), e AS ( \
-             DELETE FROM jr_task_events WHERE task_id IN (SELECT id FROM src) RETURNING 1) \
-         SELECT (SELECT count(*) FROM src), (SELECT count(*) FROM e)"
+             DELETE FROM jr_task_events WHERE task_id IN (SELECT id FROM src) RETURNING 1), \
+         o AS ( \
+             DELETE FROM jr_task_output WHERE task_id IN (SELECT id FROM src) RETURNING 1), \
+         u AS ( \
+             DELETE FROM jr_task_usage WHERE task_id IN (SELECT id FROM src) \
+             RETURNING provider, worker, input_tokens, output_tokens, cost_microusd), \
+         ucarry AS ( \
+             INSERT INTO jr_metric_totals AS t (metric, provider, worker, le, count, sum_us) \
+             SELECT x.metric, u.provider, u.worker, 'Infinity', sum(x.n)::int8, 0 \
+             FROM u, LATERAL (VALUES ('usage_input_tokens', u.input_tokens), \
+                                     ('usage_output_tokens', u.output_tokens), \
+                                     ('usage_cost_microusd', u.cost_microusd)) x (metric, n) \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
+             ON CONFLICT (metric, provider, worker, le) DO UPDATE \
+                 SET count = t.count + EXCLUDED.count) \
+         SELECT (SELECT count(*) FROM src), (SELECT count(*) FROM e), (SELECT count(*) FROM o)"
     );
     let row = client
         .query_one(
@@ -542,6 +601,7 @@ pub async fn tasks_prune(client: &impl GenericClient, older_than: Duration) -> R
     Ok(PruneReport {
         tasks: row.get::<_, i64>(0) as u64,
         events: row.get::<_, i64>(1) as u64,
+        output_chunks: row.get::<_, i64>(2) as u64,
     })
 }
 
@@ -557,13 +617,15 @@ pub async fn tasks_prune_count(
                  WHERE status IN ('completed', 'failed', 'cancelled') \
                    AND completed_at < now() - $1::int8 * interval '1 millisecond') \
              SELECT (SELECT count(*) FROM t), \
-                    (SELECT count(*) FROM jr_task_events WHERE task_id IN (SELECT id FROM t))",
+                    (SELECT count(*) FROM jr_task_events WHERE task_id IN (SELECT id FROM t)), \
+                    (SELECT count(*) FROM jr_task_output WHERE task_id IN (SELECT id FROM t))",
             &[&duration_ms(older_than)],
         )
         .await?;
     Ok(PruneReport {
         tasks: row.get::<_, i64>(0) as u64,
         events: row.get::<_, i64>(1) as u64,
+        output_chunks: row.get::<_, i64>(2) as u64,
     })
 }
 

@@ -9,7 +9,11 @@
 //!   `JR_ATTEMPT` (1 for the first), `JR_MAX_ATTEMPTS`, `JR_RUN_ID` (empty without a
 //!   run), `JR_PROVIDER` (the provider to use: the task's own, or the fallback provider it
 //!   was routed to while its own is paused; empty without one), `JR_WORKER`,
-//!   `JR_WORKER_INSTANCE` (the worker process's instance id), plus the
+//!   `JR_WORKER_INSTANCE` (the worker process's instance id), `JR_DEADLINE` (RFC 3339,
+//!   UTC: when the attempt's timeout is up — SIGTERM then, SIGKILL a kill grace later),
+//!   `JR_CHECKPOINT` (the last checkpoint an earlier attempt stored, JSON; unset when
+//!   none) and `JR_CHECKPOINT_FILE` (a file holding the same, mode 600, removed when the
+//!   attempt ends), plus the
 //!   worker's own environment minus `DATABASE_URL`, `PGPASSWORD` and systemd's notify
 //!   variables. The worker's own environment and memory are out of the program's reach
 //!   although it runs as the same user (the worker is not dumpable, see [`crate::worker::guard`]).
@@ -39,11 +43,20 @@
 //! - the program (and what it starts) is the OOM killer's preferred victim within the
 //!   unit (`oom_score_adj` raised to [`EXECUTOR_OOM_SCORE_ADJ`]): a task that outgrows
 //!   the memory limit ends, the worker that supervises it does not.
-//! - progress: a stdout line `JRQ-PROGRESS: N` (N from 0 to 100, optionally with `%`)
-//!   sets the task's `progress_percent`; such lines are not part of the result.
+//! - output: stdout and stderr are streamed into the task's log as they come (`jrq logs`;
+//!   the worker's `--output-keep` bytes kept per task); an attempt that writes nothing and
+//!   reports no progress for its idle timeout ends, retryable.
+//! - control lines on stdout, left out of the result and the log:
+//!   - `JRQ-PROGRESS: N` (N from 0 to 100, optionally with `%`) sets `progress_percent`;
+//!   - `JRQ-CHECKPOINT: <JSON>` (at most [`CHECKPOINT_MAX`] bytes) stores the task's
+//!     checkpoint, which the next attempt gets in `JR_CHECKPOINT`;
+//!   - `JRQ-USAGE: {"model": …, "input_tokens": N, "output_tokens": N, "cost_usd": X}`
+//!     (any subset) adds to the attempt's usage; a task whose usage reaches its own
+//!     budget is ended "over budget" (not retried).
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +64,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+pub use crate::db::tasks::{Stream, UsageDelta};
 use crate::validate;
 
 mod program;
@@ -70,6 +84,14 @@ pub const EXIT_PROVIDER_REFUSED: i32 = 76;
 pub const RETRY_AT_PREFIX: &str = "JRQ-RETRY-AT:";
 /// Prefix of a progress line on an executor's stdout.
 pub const PROGRESS_PREFIX: &str = "JRQ-PROGRESS:";
+/// Prefix of a checkpoint line: `JRQ-CHECKPOINT: <JSON>`, the latest of which the next
+/// attempt gets.
+pub const CHECKPOINT_PREFIX: &str = "JRQ-CHECKPOINT:";
+/// Prefix of a usage line: `JRQ-USAGE: {"model": …, "input_tokens": …, "output_tokens": …,
+/// "cost_usd": …}` (any subset), added to the attempt's usage.
+pub const USAGE_PREFIX: &str = "JRQ-USAGE:";
+/// Most bytes of a checkpoint's JSON (larger ones are refused, with a warning).
+pub const CHECKPOINT_MAX: usize = 64 * 1024;
 /// Most bytes of the title given to an executor in `JR_TASK_TITLE` (the whole title is in
 /// the task, `jrq show`): the kernel refuses to start a program whose environment holds
 /// one string over 128 KiB.
@@ -82,6 +104,10 @@ pub const DEFAULT_OUTPUT_LIMIT: usize = 16 * 1024;
 pub enum StopReason {
     /// The attempt ran past the task's timeout.
     Timeout,
+    /// The attempt wrote no output and no progress for this long (its idle timeout).
+    Idle(Duration),
+    /// The task's usage reached its own budget: spent and budget, in micro-dollars.
+    OverBudget { spent: i64, budget: i64 },
     /// `jrq cancel` asked for it.
     Cancelled,
     /// The worker no longer holds the task's lease (it was rescued and may run elsewhere).
@@ -92,12 +118,31 @@ pub enum StopReason {
 
 impl fmt::Display for StopReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StopReason::Timeout => "timed out",
-            StopReason::Cancelled => "cancelled",
-            StopReason::LeaseLost => "lease lost",
-            StopReason::Shutdown => "worker shutting down",
-        })
+        match self {
+            StopReason::Timeout => f.write_str("timed out"),
+            StopReason::Idle(d) => {
+                write!(f, "idle: no output for {}", validate::format_duration(*d))
+            }
+            StopReason::OverBudget { spent, budget } => write!(
+                f,
+                "over budget: ${} spent of the task's ${}",
+                usd(*spent),
+                usd(*budget)
+            ),
+            StopReason::Cancelled => f.write_str("cancelled"),
+            StopReason::LeaseLost => f.write_str("lease lost"),
+            StopReason::Shutdown => f.write_str("worker shutting down"),
+        }
+    }
+}
+
+/// Micro-dollars as dollars with cents (more digits below a cent).
+pub fn usd(microusd: i64) -> String {
+    let d = microusd as f64 / 1e6;
+    if d != 0.0 && d.abs() < 0.01 {
+        format!("{d:.4}")
+    } else {
+        format!("{d:.2}")
     }
 }
 
@@ -123,12 +168,103 @@ pub enum TaskOutcome {
     },
 }
 
-/// A progress report from a running task.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
+/// What a running attempt reports to the worker besides its end. Everything but
+/// progress is written before the attempt's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// Progress, 0–100 (coalesced: the latest is written).
+    Progress(i16),
+    /// Output, streamed live into the task's log (`jrq logs`).
+    Output { stream: Stream, data: Vec<u8> },
+    /// The latest checkpoint (JSON text): the next attempt gets it.
+    Checkpoint(String),
+    /// Usage to add (tokens, cost), by model ('' when not said).
+    Usage { model: String, delta: UsageDelta },
+}
+
+/// A report and the attempt it is from.
+#[derive(Debug, Clone)]
+pub struct Reported {
     pub task_id: i64,
     pub attempt: i32,
-    pub percent: i16,
+    pub report: Report,
+}
+
+/// When an attempt last showed signs of life (output or progress): what an idle timeout
+/// measures.
+#[derive(Debug)]
+pub struct Activity {
+    start: std::time::Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: std::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The attempt is alive now.
+    pub fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// How long the attempt has been silent.
+    pub fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// The sending end of an attempt's reports; every report is a sign of life.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    task_id: i64,
+    attempt: i32,
+    tx: mpsc::UnboundedSender<Reported>,
+    activity: Arc<Activity>,
+}
+
+impl Reporter {
+    fn send(&self, report: Report) {
+        self.activity.touch();
+        let _ = self.tx.send(Reported {
+            task_id: self.task_id,
+            attempt: self.attempt,
+            report,
+        });
+    }
+
+    /// Reports progress (0–100).
+    pub fn progress(&self, percent: u8) {
+        self.send(Report::Progress(i16::from(percent.min(100))));
+    }
+
+    /// Adds output to the task's log.
+    pub fn output(&self, stream: Stream, data: Vec<u8>) {
+        if !data.is_empty() {
+            self.send(Report::Output { stream, data });
+        }
+    }
+
+    /// Stores a checkpoint (JSON text, at most [`CHECKPOINT_MAX`] bytes) for the next
+    /// attempt.
+    pub fn checkpoint(&self, json: String) {
+        self.send(Report::Checkpoint(json));
+    }
+
+    /// Adds usage.
+    pub fn usage(&self, model: String, delta: UsageDelta) {
+        self.send(Report::Usage { model, delta });
+    }
+
+    /// A sign of life that is no report (output that is not kept, e.g. with live output off).
+    pub fn touch(&self) {
+        self.activity.touch();
+    }
 }
 
 /// What a handler knows about the attempt it runs.
@@ -147,43 +283,65 @@ pub struct TaskContext {
     /// The worker process instance running the attempt (it fences the attempt's writes).
     pub worker_instance: Uuid,
     pub timeout: Duration,
+    /// The checkpoint an earlier attempt stored (JSON text), to resume from.
+    pub checkpoint: Option<String>,
     stop: watch::Receiver<Option<StopReason>>,
-    progress: mpsc::UnboundedSender<Progress>,
+    reporter: Reporter,
+}
+
+/// What [`TaskContext::new`] needs besides the channels.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub id: i64,
+    pub title: String,
+    pub payload: serde_json::Value,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub run_id: Option<Uuid>,
+    pub provider: String,
+    pub worker: String,
+    pub worker_instance: Uuid,
+    pub timeout: Duration,
+    pub checkpoint: Option<String>,
 }
 
 impl TaskContext {
-    /// A context and the sender that stops it; for the worker and for tests of handlers.
-    #[allow(clippy::too_many_arguments)]
+    /// A context, the sender that stops it, and its activity; for the worker and for
+    /// tests of handlers.
     pub fn new(
-        id: i64,
-        title: String,
-        payload: serde_json::Value,
-        attempt: i32,
-        max_attempts: i32,
-        run_id: Option<Uuid>,
-        provider: String,
-        worker: String,
-        worker_instance: Uuid,
-        timeout: Duration,
-        progress: mpsc::UnboundedSender<Progress>,
-    ) -> (TaskContext, watch::Sender<Option<StopReason>>) {
+        a: Attempt,
+        reports: mpsc::UnboundedSender<Reported>,
+    ) -> (
+        TaskContext,
+        watch::Sender<Option<StopReason>>,
+        Arc<Activity>,
+    ) {
         let (tx, rx) = watch::channel(None);
+        let activity = Arc::new(Activity::new());
+        let reporter = Reporter {
+            task_id: a.id,
+            attempt: a.attempt,
+            tx: reports,
+            activity: activity.clone(),
+        };
         (
             TaskContext {
-                id,
-                title,
-                payload,
-                attempt,
-                max_attempts,
-                run_id,
-                provider,
-                worker,
-                worker_instance,
-                timeout,
+                id: a.id,
+                title: a.title,
+                payload: a.payload,
+                attempt: a.attempt,
+                max_attempts: a.max_attempts,
+                run_id: a.run_id,
+                provider: a.provider,
+                worker: a.worker,
+                worker_instance: a.worker_instance,
+                timeout: a.timeout,
+                checkpoint: a.checkpoint,
                 stop: rx,
-                progress,
+                reporter,
             },
             tx,
+            activity,
         )
     }
 
@@ -203,11 +361,12 @@ impl TaskContext {
 
     /// Reports progress (0–100).
     pub fn progress(&self, percent: u8) {
-        let _ = self.progress.send(Progress {
-            task_id: self.id,
-            attempt: self.attempt,
-            percent: i16::from(percent.min(100)),
-        });
+        self.reporter.progress(percent);
+    }
+
+    /// The attempt's reporter: output, checkpoints, usage, progress.
+    pub fn reporter(&self) -> Reporter {
+        self.reporter.clone()
     }
 }
 
@@ -286,7 +445,12 @@ impl FromStr for ExecSpec {
 
 impl ExecSpec {
     /// The handler for this spec.
-    pub fn handler(&self, kill_grace: Duration, output_limit: usize) -> Arc<dyn Handler> {
+    pub fn handler(
+        &self,
+        kill_grace: Duration,
+        output_limit: usize,
+        live_output: bool,
+    ) -> Arc<dyn Handler> {
         match self {
             ExecSpec::Noop => Arc::new(Noop),
             ExecSpec::Sleep(d) => Arc::new(Sleep(*d)),
@@ -295,6 +459,7 @@ impl ExecSpec {
                 args: args.clone(),
                 kill_grace,
                 output_limit,
+                live_output,
                 memory: crate::cgroup::MemoryCgroup::own(),
             }),
         }

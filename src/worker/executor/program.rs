@@ -9,11 +9,11 @@ use futures_util::future::BoxFuture;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use super::{
-    Handler, Progress, TaskContext, TaskOutcome, EXECUTOR_OOM_SCORE_ADJ, EXIT_PROVIDER_REFUSED,
-    EXIT_RETRY, PROGRESS_PREFIX, RETRY_AT_PREFIX, TITLE_ENV_MAX,
+    Handler, Reporter, Stream, TaskContext, TaskOutcome, UsageDelta, CHECKPOINT_MAX,
+    CHECKPOINT_PREFIX, EXECUTOR_OOM_SCORE_ADJ, EXIT_PROVIDER_REFUSED, EXIT_RETRY, PROGRESS_PREFIX,
+    RETRY_AT_PREFIX, TITLE_ENV_MAX, USAGE_PREFIX,
 };
 use crate::worker::guard;
 
@@ -26,6 +26,8 @@ pub struct Program {
     pub kill_grace: Duration,
     /// Bytes kept from the end of stdout and stderr.
     pub output_limit: usize,
+    /// Stream stdout and stderr into the task's log as they come (`jrq logs`).
+    pub live_output: bool,
     /// The worker's memory cgroup, to recognise OOM kills (`None`: not recognised).
     pub memory: Option<crate::cgroup::MemoryCgroup>,
 }
@@ -81,6 +83,25 @@ impl Program {
             // When the attempt's time is up (RFC 3339, UTC): SIGTERM comes then, SIGKILL a
             // --kill-grace later; a wrapper saves its state before.
             .env("JR_DEADLINE", deadline(ctx.timeout));
+        // The checkpoint an earlier attempt stored: in the environment, and in a file
+        // (mode 600, removed when the attempt ends) for programs that prefer one.
+        let checkpoint_file = ctx
+            .checkpoint
+            .as_deref()
+            .and_then(|ck| CheckpointFile::write(&ctx, ck));
+        match (&ctx.checkpoint, &checkpoint_file) {
+            (Some(ck), file) => {
+                cmd.env("JR_CHECKPOINT", ck);
+                match file {
+                    Some(f) => cmd.env("JR_CHECKPOINT_FILE", &f.0),
+                    None => cmd.env_remove("JR_CHECKPOINT_FILE"),
+                };
+            }
+            (None, _) => {
+                cmd.env_remove("JR_CHECKPOINT")
+                    .env_remove("JR_CHECKPOINT_FILE");
+            }
+        }
         for v in SCRUBBED_VARS
             .iter()
             .chain(crate::systemd::PROTOCOL_VARS.iter())
@@ -150,11 +171,17 @@ impl Program {
         // Invariant: both were set to Stdio::piped() above, and are taken once, here.
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
-        let progress = ctx.progress.clone();
-        let (id, attempt) = (ctx.id, ctx.attempt);
+        let id = ctx.id;
         let limit = self.output_limit;
-        let out_reader = tokio::spawn(read_tail(stdout, limit, Some((progress, id, attempt))));
-        let err_reader = tokio::spawn(read_tail(stderr, limit, None));
+        let (live, reporter) = (self.live_output, ctx.reporter());
+        let out_reader = tokio::spawn(read_tail(
+            stdout,
+            limit,
+            Stream::Stdout,
+            reporter.clone(),
+            live,
+        ));
+        let err_reader = tokio::spawn(read_tail(stderr, limit, Stream::Stderr, reporter, live));
 
         let status = tokio::select! {
             s = child.wait() => s,
@@ -186,6 +213,7 @@ impl Program {
             Ok(Ok(t)) => t,
             _ => String::new(),
         };
+        drop(checkpoint_file);
         let status = match status {
             Ok(s) => s,
             Err(e) => return TaskOutcome::Retry(format!("cannot wait for the executor: {e}")),
@@ -289,59 +317,237 @@ fn signal_name(sig: i32) -> String {
         .unwrap_or_else(|_| format!("signal {sig}"))
 }
 
+/// The longest line held back to see whether it is a control line (a checkpoint's JSON
+/// and its prefix); a longer one is output.
+const CONTROL_LINE_MAX: usize = CHECKPOINT_MAX + 64;
+
 /// Reads a stream to its end and returns its last `limit` bytes as storable text (see
-/// [`crate::text::storable_from_bytes`]). With a
-/// progress sink, `JRQ-PROGRESS: N` lines are reported and left out of the text.
+/// [`crate::text::storable_from_bytes`]); with `live`, what it reads goes to the task's log
+/// as it comes. Every read is a sign of life. On stdout, the control lines —
+/// `JRQ-PROGRESS`, `JRQ-USAGE`, `JRQ-CHECKPOINT` — are reported and left out of the text
+/// and the log.
 async fn read_tail(
     mut r: impl AsyncRead + Unpin,
     limit: usize,
-    progress: Option<(mpsc::UnboundedSender<Progress>, i64, i32)>,
+    stream: Stream,
+    reporter: Reporter,
+    live: bool,
 ) -> String {
-    let mut tail = Tail::new(limit);
-    let mut line: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 8192];
+    let mut lines = Lines::new(limit, stream == Stream::Stdout);
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        for chunk in buf[..n].split_inclusive(|b| *b == b'\n') {
-            line.extend_from_slice(chunk);
-            if chunk.ends_with(b"\n") {
-                if !report_progress(&line, &progress) {
-                    tail.push(&line);
+        lines.feed(&buf[..n], &reporter);
+        let out = std::mem::take(&mut lines.out);
+        if live {
+            reporter.output(stream, out);
+        }
+        reporter.touch();
+    }
+    lines.finish(&reporter);
+    if live {
+        reporter.output(stream, std::mem::take(&mut lines.out));
+    }
+    lines.tail.into_string()
+}
+
+/// A stream cut into what is output (kept in the tail, sent to the log) and, on stdout,
+/// control lines (reported).
+struct Lines {
+    tail: Tail,
+    /// Output read since the last take.
+    out: Vec<u8>,
+    /// The start of a line that may be a control line, held until its end.
+    held: Vec<u8>,
+    /// The current line is output (its start went out already).
+    plain: bool,
+    control: bool,
+}
+
+impl Lines {
+    fn new(limit: usize, control: bool) -> Self {
+        Lines {
+            tail: Tail::new(limit),
+            out: Vec::new(),
+            held: Vec::new(),
+            plain: false,
+            control,
+        }
+    }
+
+    fn emit(&mut self, bytes: &[u8]) {
+        self.tail.push(bytes);
+        self.out.extend_from_slice(bytes);
+    }
+
+    fn feed(&mut self, bytes: &[u8], reporter: &Reporter) {
+        if !self.control {
+            self.emit(bytes);
+            return;
+        }
+        for piece in bytes.split_inclusive(|b| *b == b'\n') {
+            let ends = piece.ends_with(b"\n");
+            if self.plain {
+                self.emit(piece);
+                self.plain = !ends;
+                continue;
+            }
+            self.held.extend_from_slice(piece);
+            if ends {
+                let line = std::mem::take(&mut self.held);
+                if !report_control(&line, reporter) {
+                    self.emit(&line);
                 }
-                line.clear();
-            } else if line.len() > 4096 {
-                // Too long to be a progress line.
-                tail.push(&line);
-                line.clear();
+            } else if !could_be_control(&self.held) || self.held.len() > CONTROL_LINE_MAX {
+                // Output (a token stream need not end its lines): out at once.
+                let start = std::mem::take(&mut self.held);
+                self.emit(&start);
+                self.plain = true;
             }
         }
     }
-    if !line.is_empty() && !report_progress(&line, &progress) {
-        tail.push(&line);
+
+    fn finish(&mut self, reporter: &Reporter) {
+        let line = std::mem::take(&mut self.held);
+        if !line.is_empty() && !report_control(&line, reporter) {
+            self.emit(&line);
+        }
     }
-    tail.into_string()
 }
 
-fn report_progress(
-    line: &[u8],
-    progress: &Option<(mpsc::UnboundedSender<Progress>, i64, i32)>,
-) -> bool {
-    let Some((tx, id, attempt)) = progress else {
+/// Whether a line's start may still become a control line.
+fn could_be_control(start: &[u8]) -> bool {
+    const P: &[u8] = b"JRQ-";
+    start.starts_with(P) || P.starts_with(start)
+}
+
+/// Reports a control line; false when `line` is none (or is malformed: then it stays
+/// output, and a warning says why).
+fn report_control(line: &[u8], reporter: &Reporter) -> bool {
+    if !line.starts_with(b"JRQ-") {
+        return false;
+    }
+    if let Some(p) = parse_progress(line) {
+        reporter.progress(p as u8);
+        return true;
+    }
+    let Ok(text) = std::str::from_utf8(line) else {
         return false;
     };
-    match parse_progress(line) {
-        Some(p) => {
-            let _ = tx.send(Progress {
-                task_id: *id,
-                attempt: *attempt,
-                percent: p,
-            });
-            true
+    let text = text.trim();
+    if let Some(json) = text.strip_prefix(CHECKPOINT_PREFIX) {
+        match parse_checkpoint(json) {
+            Ok(ck) => {
+                reporter.checkpoint(ck);
+                return true;
+            }
+            Err(why) => {
+                tracing::warn!(task_id = reporter.task_id, "checkpoint line ignored: {why}");
+                return false;
+            }
         }
-        None => false,
+    }
+    if let Some(json) = text.strip_prefix(USAGE_PREFIX) {
+        match parse_usage(json) {
+            Ok((model, delta)) => {
+                reporter.usage(model, delta);
+                return true;
+            }
+            Err(why) => {
+                tracing::warn!(task_id = reporter.task_id, "usage line ignored: {why}");
+                return false;
+            }
+        }
+    }
+    false
+}
+
+/// A checkpoint line's JSON, as stored: valid JSON of at most [`CHECKPOINT_MAX`] bytes
+/// that PostgreSQL's jsonb accepts.
+pub fn parse_checkpoint(json: &str) -> Result<String, String> {
+    let json = json.trim();
+    if json.len() > CHECKPOINT_MAX {
+        return Err(format!(
+            "{} bytes, more than the {} a checkpoint may hold",
+            json.len(),
+            CHECKPOINT_MAX
+        ));
+    }
+    serde_json::from_str::<serde_json::Value>(json).map_err(|e| format!("not JSON ({e})"))?;
+    if json.contains("\\u0000") {
+        return Err("it holds \\u0000, which PostgreSQL's jsonb cannot store".into());
+    }
+    Ok(json.to_string())
+}
+
+/// A usage line's JSON: `{"model": …, "input_tokens": …, "output_tokens": …,
+/// "cost_usd": …}`, any subset (other keys are ignored).
+pub fn parse_usage(json: &str) -> Result<(String, UsageDelta), String> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        model: Option<String>,
+        input_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+        cost_usd: Option<f64>,
+    }
+    let l: Line = serde_json::from_str(json.trim()).map_err(|e| {
+        format!(
+            "not a usage object ({e}): expected {{\"model\": …, \"input_tokens\": N, \"output_tokens\": N, \"cost_usd\": X}}"
+        )
+    })?;
+    let tokens = |n: Option<u64>| n.unwrap_or(0).min(i64::MAX as u64) as i64;
+    let cost = match l.cost_usd {
+        None => 0,
+        Some(c) if c.is_finite() && (0.0..=1e9).contains(&c) => (c * 1e6).round() as i64,
+        Some(c) => return Err(format!("cost_usd {c} is not between 0 and 1e9")),
+    };
+    let model = l.model.unwrap_or_default();
+    Ok((
+        crate::text::truncate_bytes(&model, 200).replace('\0', ""),
+        UsageDelta {
+            input_tokens: tokens(l.input_tokens),
+            output_tokens: tokens(l.output_tokens),
+            cost_microusd: cost,
+        },
+    ))
+}
+
+/// The checkpoint given to an attempt as a file (`JR_CHECKPOINT_FILE`), removed when the
+/// attempt ends.
+struct CheckpointFile(std::path::PathBuf);
+
+impl CheckpointFile {
+    fn write(ctx: &TaskContext, json: &str) -> Option<CheckpointFile> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = std::env::temp_dir().join(format!(
+            "jrq-checkpoint-{}-{}-{}.json",
+            ctx.id, ctx.attempt, ctx.worker_instance
+        ));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(json.as_bytes()));
+        match written {
+            Ok(()) => Some(CheckpointFile(path)),
+            Err(e) => {
+                tracing::warn!(task_id = ctx.id, path = %path.display(), error = %e,
+                    "cannot write the checkpoint file: JR_CHECKPOINT_FILE is not set");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for CheckpointFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

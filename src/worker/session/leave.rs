@@ -46,6 +46,15 @@ impl Session {
                 link.reconnect_now().await;
             }
             self.outcomes.write_now();
+            // The attempts' reports first, as in every round.
+            let (name, instance) = (&self.w.cfg.name, self.w.instance);
+            if !self.slots.flush_reports(link, name, instance, true).await {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until((Instant::now() + link.retry_delay()).min(deadline)).await;
+                continue;
+            }
             let fence = Fence {
                 name: &self.w.cfg.name,
                 instance: self.w.instance,

@@ -54,9 +54,10 @@ pub(super) struct Session {
 impl Session {
     pub(super) fn new(w: Worker) -> Session {
         let now = Instant::now();
+        let slots = Slots::new(w.cfg.output_keep);
         Session {
             w,
-            slots: Slots::new(),
+            slots,
             outcomes: Outcomes::new(),
             mode: Mode::Serving,
             wake: true,
@@ -217,6 +218,22 @@ impl Session {
             title = %crate::text::for_terminal(&t.title, false),
             "task started"
         );
+        if let Some(budget) = t.max_cost_microusd.filter(|b| t.cost_microusd >= *b) {
+            // Earlier attempts spent its budget already (they were rescued or retried).
+            let why = crate::worker::StopReason::OverBudget {
+                spent: t.cost_microusd,
+                budget,
+            };
+            tracing::warn!(task_id = t.id, reason = %why, "task failed before it started");
+            self.outcomes.push(FinishedAttempt {
+                task_id: t.id,
+                attempt: t.attempt,
+                finish: Finish::Failed {
+                    error: format!("{why} (not retried)"),
+                },
+            });
+            return;
+        }
         // The payload moves to the attempt; the rest of the row stays for its slot.
         let payload = match std::mem::replace(&mut t.payload, Ok(serde_json::Value::Null)) {
             Ok(p) => p,
@@ -308,9 +325,16 @@ impl Component for Session {
                 self.slots.stop_all(StopReason::Shutdown);
             }
         }
-        self.write_outcomes(ctx).await;
+        // What the attempts reported goes before their outcomes: their output, checkpoint
+        // and usage are in the database however they ended.
         let (name, instance) = (&self.w.cfg.name, self.w.instance);
-        self.slots.flush_progress(ctx.link, name, instance).await;
+        let flushed = self
+            .slots
+            .flush_reports(ctx.link, name, instance, false)
+            .await;
+        if flushed {
+            self.write_outcomes(ctx).await;
+        }
         if self.wake || Instant::now() >= self.next_poll {
             self.claim(ctx).await;
         }
@@ -368,7 +392,7 @@ impl Component for Session {
                     self.on_done(d);
                 }
             }
-            Event::Progress(p) => self.slots.note_progress(p),
+            Event::Report(r) => self.slots.note_report(r),
         }
     }
 
@@ -402,7 +426,7 @@ impl Component for Session {
         // Writes wait for a connection: without one, their timers are not reasons to wake
         // (a past deadline here would spin the loop until the database is back).
         if connected {
-            if let Some(p) = self.slots.next_progress_flush() {
+            if let Some(p) = self.slots.next_flush() {
                 at(p);
             }
             if let Some(w) = self.outcomes.next_write() {
