@@ -24,14 +24,17 @@
 -- stops assignments and what `jrq show` gives as the reason a task waits. A task's own
 -- max_cost_usd is the worker's to enforce: it ends the attempt "over budget".
 
+-- The new columns are NULL in every existing row, so their checks are added NOT VALID:
+-- enforced from now on, without a scan of the whole table under this migration's lock.
 ALTER TABLE jr_work_queue
-    ADD COLUMN idle_timeout interval
-        CONSTRAINT jr_work_queue_idle_timeout_check CHECK (idle_timeout > interval '0'),
-    ADD COLUMN max_cost_usd float8
-        CONSTRAINT jr_work_queue_max_cost_check
-        CHECK (max_cost_usd >= 0 AND max_cost_usd <= 1e9),
+    ADD COLUMN idle_timeout interval,
+    ADD COLUMN max_cost_usd float8,
     ADD COLUMN checkpoint jsonb,
-    ADD COLUMN checkpoint_at timestamptz;
+    ADD COLUMN checkpoint_at timestamptz,
+    ADD CONSTRAINT jr_work_queue_idle_timeout_check CHECK (idle_timeout > interval '0')
+        NOT VALID,
+    ADD CONSTRAINT jr_work_queue_max_cost_check
+        CHECK (max_cost_usd >= 0 AND max_cost_usd <= 1e9) NOT VALID;
 
 ALTER TABLE jr_runs
     ADD COLUMN max_cost_usd float8
@@ -320,9 +323,13 @@ BEGIN
         WHERE o.task_id = x.task_id AND o.seq = x.seq
           AND x.upto > greatest(p_keep_bytes, 0)
         RETURNING 1),
+    -- (A notification's payload holds at most 8000 bytes: past that, 'many'.)
+    ids AS (
+        SELECT string_agg(DISTINCT ok.id::text, ',') AS list FROM ok HAVING count(*) > 0),
     n AS (
-        SELECT pg_notify('jrq_output', string_agg(DISTINCT ok.id::text, ',')) FROM ok
-        HAVING count(*) > 0)
+        SELECT pg_notify('jrq_output',
+            CASE WHEN octet_length(ids.list) > 7000 THEN 'many' ELSE ids.list END)
+        FROM ids)
     SELECT (SELECT count(*) FROM ins) + 0 * (SELECT count(*) FROM trimmed)
         + 0 * (SELECT count(*) FROM n)
     INTO v_rows;
@@ -330,8 +337,21 @@ BEGIN
 END;
 $$;
 
--- The latest checkpoint of running attempts (JSON, at most 64 KiB), fenced; one event
--- each. Returns the ids stored.
+-- Text as jsonb, or NULL when jsonb refuses it (a number beyond numeric's range, ...):
+-- one bad checkpoint must not fail the batch it came in.
+CREATE FUNCTION jrq_jsonb_or_null(p_text text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN p_text::jsonb;
+EXCEPTION WHEN others THEN
+    RETURN NULL;
+END;
+$$;
+
+-- The latest checkpoint of running attempts (JSON, at most 64 KiB as written and as
+-- jsonb prints it: it goes into the next attempt's environment, where a string may hold
+-- at most 128 KiB), fenced; one event each. Returns the ids stored.
 CREATE FUNCTION jrq_tasks_checkpoint(p_worker text, p_instance uuid, p_ids bigint[],
     p_attempts integer[], p_checkpoints text[])
 RETURNS bigint[]
@@ -340,15 +360,19 @@ AS $$
 DECLARE
     v_ids bigint[];
 BEGIN
-    WITH f AS (
-        SELECT * FROM unnest(p_ids, p_attempts, p_checkpoints) AS f(id, attempt, ck)
-        WHERE octet_length(f.ck) <= 65536),
+    WITH f0 AS (
+        SELECT f0.id, f0.attempt, public.jrq_jsonb_or_null(f0.ck) AS ck
+        FROM unnest(p_ids, p_attempts, p_checkpoints) AS f0(id, attempt, ck)
+        WHERE octet_length(f0.ck) <= 65536),
+    f AS (
+        SELECT f0.* FROM f0
+        WHERE f0.ck IS NOT NULL AND octet_length(f0.ck::text) <= 65536),
     upd AS (
-        UPDATE public.jr_work_queue q SET checkpoint = f.ck::jsonb, checkpoint_at = now()
+        UPDATE public.jr_work_queue q SET checkpoint = f.ck, checkpoint_at = now()
         FROM f
         WHERE q.id = f.id AND q.assigned_jr = p_worker AND q.lease_instance = p_instance
           AND q.attempts = f.attempt AND q.status = 'in_progress'
-        RETURNING q.id, f.attempt, octet_length(f.ck) AS bytes),
+        RETURNING q.id, f.attempt, octet_length(f.ck::text) AS bytes),
     ev AS (
         INSERT INTO public.jr_task_events
             (task_id, actor, action, from_status, to_status, worker, attempt, details)
@@ -371,11 +395,22 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
+    -- The runs' and providers' rows in one order, whatever the batch: two workers
+    -- reporting at once wait for each other instead of deadlocking.
+    PERFORM 1 FROM public.jr_runs r
+    WHERE r.id IN (SELECT q.run_id FROM public.jr_work_queue q WHERE q.id = ANY (p_ids))
+    ORDER BY r.id FOR UPDATE;
+    PERFORM 1 FROM public.jr_providers p
+    WHERE p.name IN (SELECT coalesce(q.routed_provider, q.provider)
+                     FROM public.jr_work_queue q WHERE q.id = ANY (p_ids))
+    ORDER BY p.name FOR UPDATE;
     RETURN QUERY
     WITH f AS (
         SELECT f.id, f.attempt, left(coalesce(f.model, ''), 200) AS model,
-            greatest(coalesce(f.i, 0), 0) AS i, greatest(coalesce(f.o, 0), 0) AS o,
-            greatest(coalesce(f.c, 0), 0) AS c
+            -- Bounded, whatever a worker login sends: sums never overflow.
+            least(greatest(coalesce(f.i, 0), 0), 1000000000000) AS i,
+            least(greatest(coalesce(f.o, 0), 0), 1000000000000) AS o,
+            least(greatest(coalesce(f.c, 0), 0), 1000000000000000) AS c
         FROM unnest(p_ids, p_attempts, p_models, p_input, p_output, p_cost_microusd)
             AS f(id, attempt, model, i, o, c)),
     ok AS (
@@ -438,9 +473,12 @@ BEGIN
         FROM provs
         WHERE provs.max_cost_usd_per_day IS NOT NULL
           AND provs.cost_day_microusd >= provs.max_cost_usd_per_day * 1e6
+        -- A pause set by hand is left as it is (also a timed one); a refusal's pause
+        -- (set by a worker, rate-limited) gives way to the longer budget pause.
         ON CONFLICT (scope, target) DO UPDATE SET until = EXCLUDED.until,
             reason = EXCLUDED.reason, set_by = EXCLUDED.set_by, set_at = now()
             WHERE p.until IS NOT NULL AND p.until <= EXCLUDED.until
+              AND (p.set_by = 'budget' OR p.reason LIKE 'rate-limited by worker %')
         RETURNING p.scope, p.target, p.reason)
     SELECT * FROM run_pause UNION ALL SELECT * FROM prov_pause
     -- (the insert runs whether or not a row is returned: a data-modifying WITH always does)

@@ -571,3 +571,73 @@ async fn usage_sums_across_attempts_and_budgets_stop_assignments() {
     assert!(list.contains("$0.60 of $0.50"), "{list}");
     drop(worker_claude);
 }
+
+#[tokio::test]
+async fn a_handler_that_reports_nothing_is_never_idle() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    // `sleep:` writes nothing and reports nothing: an idle timeout cannot judge it.
+    let _w = WorkerProc::start(
+        &db.url,
+        "w_quiet",
+        &[
+            "--exec",
+            "sleep:2s",
+            "--idle-timeout",
+            "1s",
+            "--poll-interval",
+            "200ms",
+        ],
+        &[],
+    );
+    let id = assigned_task(&client, "w_quiet", "{}").await;
+    wait_status(&client, id, "completed").await;
+}
+
+#[tokio::test]
+async fn a_checkpoint_postgresql_refuses_is_skipped_and_the_others_are_stored() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let _w = worker(&db, "w_cks", &["--capacity", "2"], &[]);
+    let release = tempfile::tempdir().unwrap();
+    let gate = release.path().join("go");
+    let gate = gate.to_str().unwrap();
+    // Both checkpoint, then wait together: their checkpoints go in one batch.
+    // serde_json reads 1e-20000 (as 0), jsonb refuses it (beyond numeric's range).
+    let bad = assigned_task(
+        &client,
+        "w_cks",
+        &json!({"checkpoint_raw": r#"{"x": 1e-20000}"#, "wait_file": gate}).to_string(),
+    )
+    .await;
+    let good = assigned_task(
+        &client,
+        "w_cks",
+        &json!({"checkpoint": {"step": 7}, "wait_file": gate}).to_string(),
+    )
+    .await;
+    wait_for(T, "the good checkpoint", || async {
+        client
+            .query_one(
+                "SELECT checkpoint IS NOT NULL FROM jr_work_queue WHERE id = $1",
+                &[&good],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    })
+    .await;
+    std::fs::write(gate, "").unwrap();
+    wait_status(&client, bad, "completed").await;
+    wait_status(&client, good, "completed").await;
+    let r = client
+        .query_one(
+            "SELECT (SELECT checkpoint FROM jr_work_queue WHERE id = $1) IS NULL, \
+                    (SELECT checkpoint->>'step' FROM jr_work_queue WHERE id = $2)",
+            &[&bad, &good],
+        )
+        .await
+        .unwrap();
+    assert!(r.get::<_, bool>(0), "the refused checkpoint is not stored");
+    assert_eq!(r.get::<_, String>(1), "7");
+}

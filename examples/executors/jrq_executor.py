@@ -175,8 +175,32 @@ def work_dir(payload):
 
 # --- what the worker reads -----------------------------------------------------------------
 
+# The lines the worker reads on stdout (the executor contract).
+CONTROL_PREFIXES = ("JRQ-PROGRESS:", "JRQ-USAGE:", "JRQ-CHECKPOINT:", "JRQ-RETRY-AT:")
+
+
+def is_control(line):
+    """Whether the worker would read this line as a control line."""
+    return line.lstrip().startswith(CONTROL_PREFIXES)
+
+
+def escape_control(text):
+    """The agent's text with its lines that read as the worker's control lines
+    (JRQ-USAGE, JRQ-CHECKPOINT, JRQ-PROGRESS, JRQ-RETRY-AT) escaped with a backslash: a
+    model that prints "JRQ-USAGE: {...}" (a prompt injection, a quoted log) must not
+    report cost, overwrite the checkpoint or set progress."""
+    return "\n".join("\\" + l if is_control(l) else l for l in text.split("\n"))
+
+
 def say(line=""):
-    """A line of output (the task's log, and its result when it comes last)."""
+    """A line of output (the task's log, and its result when it comes last); lines that
+    look like control lines are escaped (escape_control)."""
+    sys.stdout.write(escape_control(line) + "\n")
+    sys.stdout.flush()
+
+
+def control(line):
+    """One of the executor's own control lines, as it is."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
@@ -194,7 +218,7 @@ def fail(status, message):
 
 
 def progress(percent):
-    say(f"JRQ-PROGRESS: {max(0, min(100, int(percent)))}")
+    control(f"JRQ-PROGRESS: {max(0, min(100, int(percent)))}")
 
 
 def usage(model=None, input_tokens=0, output_tokens=0, cost_usd=None):
@@ -211,7 +235,7 @@ def usage(model=None, input_tokens=0, output_tokens=0, cost_usd=None):
     if cost_usd is not None:
         line["cost_usd"] = round(float(cost_usd), 6)
     if set(line) - {"model"}:
-        say("JRQ-USAGE: " + json.dumps(line))
+        control("JRQ-USAGE: " + json.dumps(line))
 
 
 def checkpoint(value):
@@ -220,7 +244,7 @@ def checkpoint(value):
     if len(text.encode("utf-8")) > CHECKPOINT_MAX_BYTES:
         note(f"checkpoint not stored: over {CHECKPOINT_MAX_BYTES} bytes")
         return
-    say("JRQ-CHECKPOINT: " + text)
+    control("JRQ-CHECKPOINT: " + text)
 
 
 def rfc3339(when):
@@ -232,7 +256,7 @@ def refuse(message, reset=None):
     the reset time is known; without it the worker pauses the provider for its
     --provider-backoff."""
     if reset is not None:
-        say(f"JRQ-RETRY-AT: {rfc3339(reset)}")
+        control(f"JRQ-RETRY-AT: {rfc3339(reset)}")
     fail(EXIT_REFUSED, message + (f" (resets {rfc3339(reset)})" if reset else ""))
 
 

@@ -659,13 +659,16 @@ async fn runs_cmd(client: &mut Client, cmd: RunsCommand) -> Result<()> {
         }
         RunsCommand::Budget { id, max_cost_usd } => {
             let id = runs::runs_resolve(&*client, &id.0).await?;
-            let resumed = runs::runs_set_budget(&*client, id, max_cost_usd.0).await?;
+            let (resumed, paused) = runs::runs_set_budget(&*client, id, max_cost_usd.0).await?;
             match max_cost_usd.0 {
                 Some(b) => out!("run {id} has a budget of ${b:.2}"),
                 None => out!("run {id} has no budget"),
             }
             if resumed {
                 out!("its budget pause ended: it gets assignments again");
+            }
+            if paused {
+                out!("it has spent that already: paused (no new assignments)");
             }
         }
         RunsCommand::Set { id, status } => {

@@ -67,13 +67,13 @@ pub async fn runs_create(
 }
 
 /// Sets (or with `None` removes) a run's budget. A pause the budget set ends when the
-/// run is under its new budget (the next usage over it pauses it again). Returns whether
-/// such a pause ended.
+/// run is under its new budget; a run already over its new budget is paused at once.
+/// Returns whether a budget pause ended, and whether one began.
 pub async fn runs_set_budget(
     client: &impl GenericClient,
     id: Uuid,
     max_cost_usd: Option<f64>,
-) -> Result<bool> {
+) -> Result<(bool, bool)> {
     let row = client
         .query_opt(
             "WITH r AS ( \
@@ -83,13 +83,22 @@ pub async fn runs_set_budget(
                  DELETE FROM jr_pauses p USING r \
                  WHERE p.scope = 'run' AND p.target = r.id::text AND p.set_by = 'budget' \
                    AND ($2::float8 IS NULL OR r.cost_microusd < $2 * 1e6) \
-                 RETURNING 1) \
-             SELECT (SELECT count(*) FROM d) FROM r",
+                 RETURNING 1), \
+             p AS ( \
+                 INSERT INTO jr_pauses (scope, target, until, reason, set_by) \
+                 SELECT 'run', r.id::text, NULL, \
+                     'over budget: $' || to_char(r.cost_microusd / 1e6, 'FM999999990.00') \
+                         || ' spent of the run''s $' || to_char($2, 'FM999999990.00'), \
+                     'budget' \
+                 FROM r WHERE $2::float8 IS NOT NULL AND r.cost_microusd >= $2 * 1e6 \
+                   AND r.cost_microusd > 0 \
+                 ON CONFLICT (scope, target) DO NOTHING RETURNING 1) \
+             SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM p) FROM r",
             &[&id, &max_cost_usd],
         )
         .await?;
     match row {
-        Some(r) => Ok(r.get::<_, i64>(0) > 0),
+        Some(r) => Ok((r.get::<_, i64>(0) > 0, r.get::<_, i64>(1) > 0)),
         None => Err(no_such_run(id)),
     }
 }

@@ -1,7 +1,7 @@
 //! One worker round without the daemon loop — for a program that embeds the worker and
 //! drives it itself, and for tests: claim what is assigned here, run each attempt to its
-//! end under the daemon's own supervision ([`Slots`]), write the outcomes fenced by this
-//! instance. No heartbeats, no watchdog, no drain: the caller owns time.
+//! end under the daemon's own supervision ([`Slots`]), write what they reported and then
+//! their outcomes, fenced by this instance. No heartbeats, no watchdog, no drain: the caller owns time.
 
 use tokio_postgres::Client;
 
@@ -88,10 +88,15 @@ impl Worker {
                 finish: finish.into_storable(),
             });
         }
+        // What the attempts reported goes before their outcomes, as in the daemon.
+        let mut sink = client;
+        slots
+            .flush_reports(&mut sink, &cfg.name, self.instance, true)
+            .await;
         for f in &done {
             match f.finish {
                 Finish::Completed { .. } => round.completed += 1,
-                Finish::Failed { .. } => round.failed += 1,
+                Finish::Failed { .. } | Finish::OverBudget { .. } => round.failed += 1,
                 Finish::RetryLater { .. } => round.retried += 1,
                 _ => round.other += 1,
             }

@@ -249,6 +249,13 @@ impl Outcomes {
                 }
                 match &f.finish {
                     Finish::Failed { .. } => log!(error, "failed", "task failed for good"),
+                    Finish::OverBudget { .. } => {
+                        log!(
+                            warn,
+                            "over_budget",
+                            "task over its budget: failed, not retried"
+                        )
+                    }
                     Finish::RetryLater { .. } => {
                         log!(warn, "retry_scheduled", "attempt failed: retry scheduled")
                     }

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::executor::{Report, Reported, Stream, UsageDelta};
 use crate::daemon::link::Link;
 use crate::db::tasks::{self, OutputChunk};
+use crate::error::Error;
 
 /// Longest time reports wait to be written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
@@ -23,6 +24,11 @@ pub const FLUSH_BYTES: usize = 64 * 1024;
 /// Most output buffered per attempt while the database does not take it: beyond, the
 /// oldest goes (and the log says how much).
 const BUFFER_MAX: usize = 4 << 20;
+/// Tries of a usage write the database refuses before it is given up.
+const USAGE_TRIES: u32 = 3;
+/// Output one statement carries at most (about: whole attempts are taken): after an
+/// outage, many attempts' buffers go in several statements, none too large to send.
+const STATEMENT_MAX: usize = 8 << 20;
 
 type Key = (i64, i32);
 
@@ -47,10 +53,20 @@ impl AttemptOutput {
             Some((s, d)) if *s == stream => d.extend_from_slice(&data),
             _ => self.pieces.push((stream, data)),
         }
+        // Over the bound, the oldest bytes go (a piece's start, or whole pieces).
         while self.buffered > BUFFER_MAX && !self.pieces.is_empty() {
-            let (_, d) = self.pieces.remove(0);
-            self.buffered -= d.len();
-            self.dropped += d.len();
+            let excess = self.buffered - BUFFER_MAX;
+            let first = &mut self.pieces[0].1;
+            let n = if first.len() > excess {
+                first.drain(..excess);
+                excess
+            } else {
+                let n = first.len();
+                self.pieces.remove(0);
+                n
+            };
+            self.buffered -= n;
+            self.dropped += n;
         }
     }
 
@@ -140,6 +156,8 @@ pub(super) struct Reports {
     last_flush: Instant,
     /// Bytes kept per task (0: no live output).
     keep: usize,
+    /// Usage writes refused in a row.
+    usage_refused: u32,
 }
 
 impl Reports {
@@ -152,6 +170,7 @@ impl Reports {
             ended: vec![],
             last_flush: Instant::now(),
             keep,
+            usage_refused: 0,
         }
     }
 
@@ -220,7 +239,7 @@ impl Reports {
     /// the outcomes for ever.
     pub async fn flush(
         &mut self,
-        link: &mut Link,
+        link: &mut impl Sink,
         worker: &str,
         instance: Uuid,
         force: bool,
@@ -230,7 +249,7 @@ impl Reports {
         if !due || !self.pending() && self.ended.is_empty() {
             return true;
         }
-        if !link.is_up() {
+        if link.client().is_none() {
             return false;
         }
         self.last_flush = Instant::now();
@@ -238,19 +257,24 @@ impl Reports {
 
         // Output: every attempt's chunks in one statement; the tasks that grew by a
         // quarter of the keep since their last trim are trimmed in it.
-        let mut chunks = vec![];
+        let mut chunks: Vec<OutputChunk> = vec![];
         let mut trim = vec![];
+        let mut bytes = 0;
         for ((id, attempt), o) in self.output.iter_mut() {
+            if bytes >= STATEMENT_MAX {
+                break; // the rest goes in the next statement, due at once
+            }
+            let before = chunks.len();
             o.take_chunks(*id, *attempt, &mut chunks);
+            bytes += chunks[before..].iter().map(|c| c.data.len()).sum::<usize>();
             if o.since_trim > keep / 4 {
                 trim.push(*id);
             }
         }
         if !chunks.is_empty() {
-            let written = match link.conn() {
+            let written = match link.client() {
                 Some(c) => {
-                    tasks::tasks_output(&c.client, worker, instance, &chunks, &trim, keep as i64)
-                        .await
+                    tasks::tasks_output(c, worker, instance, &chunks, &trim, keep as i64).await
                 }
                 None => {
                     self.unflush(chunks);
@@ -285,8 +309,8 @@ impl Reports {
                 .iter()
                 .map(|((id, a), j)| (*id, *a, j.as_str()))
                 .collect();
-            let written = match link.conn() {
-                Some(c) => tasks::tasks_checkpoint(&c.client, worker, instance, &items).await,
+            let written = match link.client() {
+                Some(c) => tasks::tasks_checkpoint(c, worker, instance, &items).await,
                 None => return false,
             };
             match written {
@@ -307,8 +331,8 @@ impl Reports {
                 .iter()
                 .map(|((id, a, m), d)| (*id, *a, m.as_str(), d))
                 .collect();
-            let written = match link.conn() {
-                Some(c) => tasks::tasks_usage(&c.client, worker, instance, &items).await,
+            let written = match link.client() {
+                Some(c) => tasks::tasks_usage(c, worker, instance, &items).await,
                 None => return false,
             };
             match written {
@@ -317,13 +341,22 @@ impl Reports {
                         tracing::warn!(scope = %p.scope, target = %p.target, reason = %p.reason, "budget reached: paused");
                     }
                     self.usage.clear();
+                    self.usage_refused = 0;
                 }
                 Err(e) => {
                     if link.failed("writing usage", &e) {
                         return false;
                     }
-                    tracing::warn!(error = %e, "usage dropped");
-                    self.usage.clear();
+                    // Usage is money: a refusal that may pass (a deadlock, a timeout) is
+                    // tried again, a few times, before it is given up.
+                    self.usage_refused += 1;
+                    if self.usage_refused >= USAGE_TRIES {
+                        tracing::error!(error = %e, tries = USAGE_TRIES, "usage not recorded: given up");
+                        self.usage.clear();
+                        self.usage_refused = 0;
+                    } else {
+                        tracing::warn!(error = %e, "writing usage failed: tried again next round");
+                    }
                 }
             }
         }
@@ -334,8 +367,8 @@ impl Reports {
                 .iter()
                 .map(|((id, a), p)| (*id, *a, *p))
                 .collect();
-            let written = match link.conn() {
-                Some(c) => tasks::tasks_progress(&c.client, worker, instance, &items).await,
+            let written = match link.client() {
+                Some(c) => tasks::tasks_progress(c, worker, instance, &items).await,
                 None => return false,
             };
             match written {
@@ -381,6 +414,36 @@ impl Reports {
             o.buffered = pieces.iter().map(|p| p.1.len()).sum();
             o.pieces = pieces;
         }
+    }
+}
+
+/// Where reports are written: the daemon's [`Link`] (which reconnects), or a plain
+/// client (one round of [`crate::worker::Worker::run_once`]).
+pub(super) trait Sink {
+    /// The connection, while there is one.
+    fn client(&self) -> Option<&tokio_postgres::Client>;
+    /// A write failed: whether the connection is lost (then what failed is kept).
+    fn failed(&mut self, what: &str, e: &Error) -> bool;
+}
+
+impl Sink for Link {
+    fn client(&self) -> Option<&tokio_postgres::Client> {
+        self.conn().map(|c| &c.client)
+    }
+
+    fn failed(&mut self, what: &str, e: &Error) -> bool {
+        Link::failed(self, what, e)
+    }
+}
+
+impl Sink for &tokio_postgres::Client {
+    fn client(&self) -> Option<&tokio_postgres::Client> {
+        (!self.is_closed()).then_some(*self)
+    }
+
+    fn failed(&mut self, what: &str, e: &Error) -> bool {
+        tracing::warn!(error = %e, "{what} failed");
+        self.is_closed()
     }
 }
 

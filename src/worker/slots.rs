@@ -11,10 +11,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::executor::{Attempt, Handler, Report, Reported, StopReason, TaskContext};
-use super::reports::Reports;
+use super::reports::{Reports, Sink};
 use super::supervise::{supervise, Done, Policy};
 use super::WorkerConfig;
-use crate::daemon::link::Link;
 use crate::db::tasks::ClaimedTask;
 
 /// What the slots deliver to the loop.
@@ -105,7 +104,11 @@ impl Slots {
         let stop = Arc::new(stop);
         let policy = Policy {
             timeout: t.timeout,
-            idle_timeout: t.idle_timeout.or(cfg.idle_timeout),
+            // Only a handler that reports signs of life can be idle.
+            idle_timeout: t
+                .idle_timeout
+                .or(cfg.idle_timeout)
+                .filter(|_| handler.reports_activity()),
             kill_grace: cfg.kill_grace,
             retry_base: cfg.retry_base,
             retry_max: cfg.retry_max,
@@ -208,7 +211,8 @@ impl Slots {
         };
         if let Report::Usage { delta, .. } = &r.report {
             run.spent = run.spent.saturating_add(delta.cost_microusd);
-            if let Some(budget) = run.budget.filter(|b| run.spent >= *b) {
+            // (Nothing spent is never over, also with a budget of 0.)
+            if let Some(budget) = run.budget.filter(|b| run.spent > 0 && run.spent >= *b) {
                 let reason = StopReason::OverBudget {
                     spent: run.spent,
                     budget,
@@ -231,7 +235,7 @@ impl Slots {
     /// `instance`; false when the connection was lost.
     pub async fn flush_reports(
         &mut self,
-        link: &mut Link,
+        link: &mut impl Sink,
         worker: &str,
         instance: Uuid,
         force: bool,

@@ -160,7 +160,7 @@ fn decide(
         // Silent is not the same as slow: another attempt may get through.
         (_, Some(r @ StopReason::Idle(_))) => Some(attempt_failed(r.to_string())),
         // Another attempt would spend more of what is over already.
-        (_, Some(r @ StopReason::OverBudget { .. })) => Some(Finish::Failed {
+        (_, Some(r @ StopReason::OverBudget { .. })) => Some(Finish::OverBudget {
             error: format!("{r} (not retried)"),
         }),
         (Some(TaskOutcome::Retry(e)), None) => Some(attempt_failed(e)),

@@ -99,6 +99,9 @@ pub enum Finish {
     RetryLater { error: String, backoff: Duration },
     /// The task failed for good (permanent failure, or its attempts are used up).
     Failed { error: String },
+    /// The task spent its own budget (`max_cost_usd`): failed for good, like `Failed`,
+    /// but not the worker's fault — its circuit and health are not touched.
+    OverBudget { error: String },
     /// Ended on a cancel request.
     Cancelled { reason: String },
     /// Given back unfinished (worker shutdown): back to pending at once, the attempt not
@@ -130,7 +133,9 @@ impl Finish {
                 Some(error),
                 duration_ms(*backoff),
             ),
-            Finish::Failed { error } => ("failed", "failed", None, Some(error), 0),
+            Finish::Failed { error } | Finish::OverBudget { error } => {
+                ("failed", "failed", None, Some(error), 0)
+            }
             Finish::Cancelled { reason } => ("cancelled", "cancelled", None, Some(reason), 0),
             Finish::Released { reason } | Finish::NotStarted { reason } => {
                 ("pending", "released", None, Some(reason), 0)
@@ -168,6 +173,9 @@ impl Finish {
                 backoff,
             },
             Finish::Failed { error } => Finish::Failed {
+                error: storable(error),
+            },
+            Finish::OverBudget { error } => Finish::OverBudget {
                 error: storable(error),
             },
             Finish::Cancelled { reason } => Finish::Cancelled {

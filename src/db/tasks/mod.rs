@@ -296,8 +296,9 @@ pub async fn tasks_get_existing(client: &impl GenericClient, id: i64) -> Result<
     tasks_get(client, id).await?.ok_or_else(|| no_such_task(id))
 }
 
-/// Clears the checkpoint of tasks (`jrq retry --from-scratch`): their next attempt starts
-/// from the beginning. One event each that had one. Returns the ids cleared.
+/// Clears the checkpoint of tasks that are pending (`jrq retry --from-scratch`, after the
+/// retry: a task the retry skipped keeps its own): their next attempt starts from the
+/// beginning. One event each that had one. Returns the ids cleared.
 pub async fn tasks_clear_checkpoint(
     client: &impl GenericClient,
     ids: &[i64],
@@ -308,7 +309,7 @@ pub async fn tasks_clear_checkpoint(
             "WITH upd AS ( \
                  UPDATE jr_work_queue SET checkpoint = NULL, checkpoint_at = NULL, \
                      updated_at = now() \
-                 WHERE id = ANY($1) AND checkpoint IS NOT NULL \
+                 WHERE id = ANY($1) AND checkpoint IS NOT NULL AND status = 'pending' \
                  RETURNING id, status, attempts), \
              ev AS ( \
                  INSERT INTO jr_task_events \

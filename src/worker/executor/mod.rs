@@ -380,6 +380,13 @@ pub trait Handler: Send + Sync + 'static {
     fn runs_programs(&self) -> bool {
         false
     }
+
+    /// Whether its attempts report signs of life (output, progress) as they run: only
+    /// then can an idle timeout tell a silent attempt from a busy one. A handler that
+    /// says no is never ended as idle.
+    fn reports_activity(&self) -> bool {
+        false
+    }
 }
 
 /// Completes every task at once (tests, benchmarks).

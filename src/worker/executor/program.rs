@@ -41,6 +41,10 @@ impl Handler for Program {
     fn runs_programs(&self) -> bool {
         true
     }
+
+    fn reports_activity(&self) -> bool {
+        true
+    }
 }
 
 /// `JR_DEADLINE`: now plus the attempt's timeout, in RFC 3339 (UTC, whole seconds).
@@ -427,12 +431,14 @@ fn could_be_control(start: &[u8]) -> bool {
 /// Reports a control line; false when `line` is none (or is malformed: then it stays
 /// output, and a warning says why).
 fn report_control(line: &[u8], reporter: &Reporter) -> bool {
-    if !line.starts_with(b"JRQ-") {
-        return false;
-    }
+    // Progress lines were always read with their surroundings trimmed; the lines that
+    // carry money and state only at the start of a line.
     if let Some(p) = parse_progress(line) {
         reporter.progress(p as u8);
         return true;
+    }
+    if !line.starts_with(b"JRQ-") {
+        return false;
     }
     let Ok(text) = std::str::from_utf8(line) else {
         return false;
@@ -483,6 +489,10 @@ pub fn parse_checkpoint(json: &str) -> Result<String, String> {
     Ok(json.to_string())
 }
 
+/// Most tokens one usage line may add (more is taken as this): sums stay far from
+/// overflowing a bigint whatever an executor prints.
+pub const USAGE_TOKENS_MAX: u64 = 1_000_000_000_000;
+
 /// A usage line's JSON: `{"model": …, "input_tokens": …, "output_tokens": …,
 /// "cost_usd": …}`, any subset (other keys are ignored).
 pub fn parse_usage(json: &str) -> Result<(String, UsageDelta), String> {
@@ -498,7 +508,7 @@ pub fn parse_usage(json: &str) -> Result<(String, UsageDelta), String> {
             "not a usage object ({e}): expected {{\"model\": …, \"input_tokens\": N, \"output_tokens\": N, \"cost_usd\": X}}"
         )
     })?;
-    let tokens = |n: Option<u64>| n.unwrap_or(0).min(i64::MAX as u64) as i64;
+    let tokens = |n: Option<u64>| n.unwrap_or(0).min(USAGE_TOKENS_MAX) as i64;
     let cost = match l.cost_usd {
         None => 0,
         Some(c) if c.is_finite() && (0.0..=1e9).contains(&c) => (c * 1e6).round() as i64,

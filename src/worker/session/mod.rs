@@ -218,7 +218,10 @@ impl Session {
             title = %crate::text::for_terminal(&t.title, false),
             "task started"
         );
-        if let Some(budget) = t.max_cost_microusd.filter(|b| t.cost_microusd >= *b) {
+        if let Some(budget) = t
+            .max_cost_microusd
+            .filter(|b| t.cost_microusd > 0 && t.cost_microusd >= *b)
+        {
             // Earlier attempts spent its budget already (they were rescued or retried).
             let why = crate::worker::StopReason::OverBudget {
                 spent: t.cost_microusd,
@@ -228,7 +231,7 @@ impl Session {
             self.outcomes.push(FinishedAttempt {
                 task_id: t.id,
                 attempt: t.attempt,
-                finish: Finish::Failed {
+                finish: Finish::OverBudget {
                     error: format!("{why} (not retried)"),
                 },
             });
