@@ -45,6 +45,33 @@ fn spawn(bin: &Path, url: &str, args: &[String]) -> Child {
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
 }
 
+/// Starts one worker serving `provider`, as a fleet of its own.
+pub fn spawn_worker(
+    bin_dir: &Path,
+    url: &str,
+    name: &str,
+    capacity: u32,
+    exec: &str,
+    provider: &str,
+) -> Fleet {
+    let args: Vec<String> = vec![
+        "--name".into(),
+        name.into(),
+        "--capacity".into(),
+        capacity.to_string(),
+        "--exec".into(),
+        exec.into(),
+        "--provider".into(),
+        provider.into(),
+    ];
+    let c = spawn(&bin_dir.join("jr-queue-worker"), url, &args);
+    Fleet {
+        worker_pids: vec![c.id()],
+        children: vec![c],
+        assigner_pid: None,
+    }
+}
+
 impl Fleet {
     /// Starts one assigner (unless `assigner` is false) and `workers` (name, capacity)
     /// running `exec`.

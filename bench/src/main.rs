@@ -37,12 +37,12 @@ pub struct BenchArgs {
     /// Runs per figure (the median is reported, with min and max).
     #[arg(long, env = "JRQ_BENCH_RUNS", default_value = "3")]
     pub runs: usize,
-    /// Scenarios to run: throughput, latency, backlog, fleet, footprint, ceiling.
+    /// Scenarios to run: throughput, latency, backlog, fleet, footprint, ceiling, output.
     #[arg(
         long,
         env = "JRQ_BENCH_SCENARIOS",
         value_delimiter = ',',
-        default_value = "throughput,latency,backlog,fleet,footprint,ceiling"
+        default_value = "throughput,latency,backlog,fleet,footprint,ceiling,output"
     )]
     pub scenarios: Vec<String>,
     /// Smaller sizes, for a quick look (the report says so).
@@ -196,7 +196,29 @@ pub struct Results {
     pub fleet: Vec<FleetRow>,
     pub footprint: Option<Footprint>,
     pub ceiling: Vec<CeilingRow>,
+    #[serde(default)]
+    pub output: Option<OutputResult>,
     pub seconds: f64,
+}
+
+/// Live output's cost (scenario 7).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OutputResult {
+    pub chatty_tasks: u32,
+    /// Lines a second each chatty task prints (about 60 bytes each).
+    pub lines_per_s: u32,
+    pub noop_tasks: usize,
+    /// Noop throughput, 1 worker x 10, tasks/s: alone, and next to the chatty tasks.
+    pub alone: Stat,
+    pub with_chatty: Stat,
+    /// Chunks written into jr_task_output a second.
+    pub output_rows_per_s: Stat,
+    /// WAL the chatty tasks alone make, MiB an hour.
+    pub wal_mib_per_hour: Stat,
+    /// jr_task_output's size at the end (data, indexes, TOAST), MiB.
+    pub table_mib: Stat,
+    /// CPU of the chatty worker (not its tasks), % of one core.
+    pub chatty_worker_cpu_pct: Stat,
 }
 
 /// Shared state of a benchmark run.
@@ -363,6 +385,9 @@ pub async fn run(args: BenchArgs) -> Result<Results> {
     }
     if want("ceiling") {
         res.ceiling = ceiling(&mut ctx).await?;
+    }
+    if want("output") {
+        res.output = output_cost(&mut ctx).await?;
     }
     res.seconds = started.elapsed().as_secs_f64();
     Ok(res)
@@ -901,4 +926,179 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// The program of the chatty tasks: `lines` lines a second (in bursts of a tenth of a
+/// second), about 60 bytes each, until killed.
+const CHATTY_PY: &str = r#"import random, sys, time
+# Words in random order and a random number: about as compressible as an agent's log
+# (TOAST compresses what it stores; a repeated line would flatter the figures).
+words = ("the agent reads code tests file function error build change patch review "
+         "diff commit branch module type value fails passes").split()
+per_burst = int(sys.argv[1]) // 10
+i = 0
+while True:
+    t = time.time()
+    for _ in range(per_burst):
+        i += 1
+        sys.stdout.write("line %d: %s %016x\n" % (i, " ".join(random.choices(words, k=5)),
+                                                 random.getrandbits(64)))
+    sys.stdout.flush()
+    time.sleep(max(0.0, 0.1 - (time.time() - t)))
+"#;
+
+/// Scenario 7: live output's cost. Noop throughput (1 worker x 10) alone, and next to a
+/// chatty worker running 10 tasks that print 1 000 lines a second each (their output
+/// streamed into `jr_task_output`); and what the chatty tasks alone write.
+async fn output_cost(ctx: &mut Ctx) -> Result<Option<OutputResult>> {
+    let n = if ctx.quick { 4_000 } else { 20_000 };
+    let (chatty_tasks, lines) = (10u32, 1000u32);
+    let window = Duration::from_secs(if ctx.quick { 5 } else { 15 });
+    let dir = std::env::temp_dir().join(format!("jrq-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let prog = dir.join("chatty.py");
+    std::fs::write(&prog, CHATTY_PY)
+        .map_err(|e| Error::io(format!("cannot write {}", prog.display()), e))?;
+    let exec = format!("python3 {} {lines}", prog.display());
+    let mut r = OutputResult {
+        chatty_tasks,
+        lines_per_s: lines,
+        noop_tasks: n,
+        ..Default::default()
+    };
+    let (mut alone, mut with, mut rows, mut wal, mut table, mut cpu) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..ctx.runs {
+        // Alone.
+        let (url, mut client) = ctx.fresh_db().await?;
+        alone.push(noop_throughput(ctx, &url, &mut client, n, true).await?);
+        ctx.drop_db(&url).await?;
+
+        // Next to the chatty tasks.
+        let (url, mut client) = ctx.fresh_db().await?;
+        let tasks: Vec<jrq::task::NewTask> = (0..chatty_tasks)
+            .map(|i| {
+                let mut t = jrq::task::NewTask::new(format!("chatty {i}"));
+                t.provider = "chatty".into();
+                t.timeout = Duration::from_secs(3600);
+                t
+            })
+            .collect();
+        db::tasks::tasks_insert(&client, &tasks).await?;
+        let chatty =
+            fleet::spawn_worker(&ctx.bin_dir, &url, "chatty", chatty_tasks, &exec, "chatty");
+        let assigner = Fleet::start(&ctx.bin_dir, &url, &[], "noop", true);
+        wait_count(
+            &client,
+            "SELECT count(*) FROM jr_work_queue WHERE status = 'in_progress'",
+            i64::from(chatty_tasks),
+            Duration::from_secs(60),
+            |_| {},
+        )
+        .await?;
+        // What the chatty tasks alone write, over a window.
+        let (lsn0, ins0) = (wal_lsn(&client).await?, output_inserts(&client).await?);
+        let (cpu0, t0) = (fleet::cpu_ticks(chatty.worker_pids[0]), Instant::now());
+        tokio::time::sleep(window).await;
+        let (lsn1, cpu1) = (
+            wal_lsn(&client).await?,
+            fleet::cpu_ticks(chatty.worker_pids[0]),
+        );
+        let secs = t0.elapsed().as_secs_f64();
+        // pg_stat counters are sent at the end of transactions, with a delay: read last.
+        let diff: i64 = client
+            .query_one(
+                "SELECT ($2::text::pg_lsn - $1::text::pg_lsn)::int8",
+                &[&lsn0, &lsn1],
+            )
+            .await?
+            .get(0);
+        wal.push(diff as f64 / secs * 3600.0 / 1024.0 / 1024.0);
+        cpu.push((cpu1 - cpu0) as f64 / fleet::ticks_per_second() / secs * 100.0);
+        with.push(noop_throughput(ctx, &url, &mut client, n, false).await?);
+        let ins1 = output_inserts(&client).await?;
+        rows.push((ins1 - ins0) as f64 / t0.elapsed().as_secs_f64());
+        let size: i64 = client
+            .query_one("SELECT pg_total_relation_size('jr_task_output')", &[])
+            .await?
+            .get(0);
+        table.push(size as f64 / 1024.0 / 1024.0);
+        assigner.stop();
+        chatty.stop();
+        ctx.drop_db(&url).await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    r.alone = Stat::of(&alone);
+    r.with_chatty = Stat::of(&with);
+    r.output_rows_per_s = Stat::of(&rows);
+    r.wal_mib_per_hour = Stat::of(&wal);
+    r.table_mib = Stat::of(&table);
+    r.chatty_worker_cpu_pct = Stat::of(&cpu);
+    eprintln!(
+        "output      noop 1x10 alone {:>6.0} tasks/s, next to {} chatty tasks {:>6.0} tasks/s; \
+         chatty: {:.0} chunks/s, WAL {:.0} MiB/h, table {:.1} MiB, worker CPU {:.0} %",
+        r.alone.median,
+        chatty_tasks,
+        r.with_chatty.median,
+        r.output_rows_per_s.median,
+        r.wal_mib_per_hour.median,
+        r.table_mib.median,
+        r.chatty_worker_cpu_pct.median
+    );
+    Ok(Some(r))
+}
+
+/// Enqueues `n` noop tasks and runs them with an assigner's help on one noop worker x 10;
+/// returns tasks/s (first assignment to last completion).
+async fn noop_throughput(
+    ctx: &Ctx,
+    url: &str,
+    client: &mut Client,
+    n: usize,
+    assigner: bool,
+) -> Result<f64> {
+    let tasks: Vec<jrq::task::NewTask> = (0..n)
+        .map(|i| jrq::task::NewTask::new(format!("bench {i}")))
+        .collect();
+    let txn = client.transaction().await?;
+    db::tasks::tasks_insert(&txn, &tasks).await?;
+    txn.commit().await?;
+    let fleet = Fleet::start(&ctx.bin_dir, url, &names("w", 1, 10), "noop", assigner);
+    wait_count(
+        client,
+        "SELECT count(*) FROM jr_work_queue WHERE status = 'completed' AND provider = ''",
+        n as i64,
+        Duration::from_secs(300),
+        |_| {},
+    )
+    .await?;
+    let secs: f64 = client
+        .query_one(
+            "SELECT extract(epoch FROM max(q.completed_at) - min(e.at))::float8 \
+             FROM jr_work_queue q JOIN jr_task_events e ON e.task_id = q.id \
+             WHERE q.provider = '' AND e.action = 'assigned'",
+            &[],
+        )
+        .await?
+        .get(0);
+    fleet.stop();
+    Ok(n as f64 / secs.max(1e-6))
+}
+
+async fn wal_lsn(c: &Client) -> Result<String> {
+    Ok(c.query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0))
+}
+
+/// Rows inserted into jr_task_output so far (the statistics collector's count).
+async fn output_inserts(c: &Client) -> Result<i64> {
+    Ok(c.query_one(
+        "SELECT coalesce((SELECT n_tup_ins FROM pg_stat_user_tables \
+         WHERE relname = 'jr_task_output'), 0)::int8",
+        &[],
+    )
+    .await?
+    .get(0))
 }

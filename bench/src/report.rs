@@ -383,6 +383,61 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
         }
         let _ = writeln!(s);
     }
+    if let Some(o) = &r.output {
+        let _ = writeln!(s, "## 7. Live output\n");
+        let _ = writeln!(
+            s,
+            "Noop throughput (1 worker x 10, {} tasks, assigner included) alone, and next to \
+             a second worker running {} tasks that print {} lines of about 60 bytes a second \
+             each, streamed into `jr_task_output` (batches every 500 ms, 1 MiB kept per \
+             task). The database growth is what the chatty tasks alone write, measured over a \
+             window before the noop tasks: the table stays bounded (trimmed to the keep), \
+             the WAL is the cost that grows.\n",
+            o.noop_tasks, o.chatty_tasks, o.lines_per_s
+        );
+        let cut = if o.alone.median > 0.0 {
+            format!(
+                "{:.0} %",
+                (1.0 - o.with_chatty.median / o.alone.median) * 100.0
+            )
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(s, "| figure | value |");
+        let _ = writeln!(s, "|---|---|");
+        let _ = writeln!(
+            s,
+            "| noop throughput alone | {} |",
+            fmt_stat(&o.alone, "tasks/s", 0)
+        );
+        let _ = writeln!(
+            s,
+            "| noop throughput next to the chatty tasks | {} |",
+            fmt_stat(&o.with_chatty, "tasks/s", 0)
+        );
+        let _ = writeln!(s, "| throughput lost (medians) | {cut} |");
+        let _ = writeln!(
+            s,
+            "| output chunks written | {} |",
+            fmt_stat(&o.output_rows_per_s, "/s", 0)
+        );
+        let _ = writeln!(
+            s,
+            "| WAL of the chatty tasks | {} |",
+            fmt_stat(&o.wal_mib_per_hour, "MiB/h", 0)
+        );
+        let _ = writeln!(
+            s,
+            "| `jr_task_output` at the end | {} |",
+            fmt_stat(&o.table_mib, "MiB", 1)
+        );
+        let _ = writeln!(
+            s,
+            "| chatty worker's CPU | {} |",
+            fmt_stat(&o.chatty_worker_cpu_pct, "% of a core", 0)
+        );
+        let _ = writeln!(s);
+    }
     if !notes.trim().is_empty() {
         let _ = writeln!(s, "{}", notes.trim_end());
     }
