@@ -511,3 +511,28 @@ async fn the_installer_installs_starts_updates_and_uninstalls() {
         .join(".config/systemd/user/jr-queue-worker@.service")
         .exists());
 }
+
+#[tokio::test]
+async fn a_workers_own_environment_file_wins_over_jrq_env() {
+    let f = Fleet::new().await;
+    // jrq.env says capacity 1 (the default); a drop-in's Environment= loses to any
+    // environment file, the worker's own file wins over jrq.env.
+    std::fs::write(
+        f.sd.home.path().join(".config/jrq/worker-it_triad_jr.env"),
+        "JRQ_WORKER_CAPACITY=3\n",
+    )
+    .unwrap();
+    f.start_worker("[Service]\nEnvironment=JRQ_WORKER_CAPACITY=2\n")
+        .await;
+    wait_for(T, "the worker's registration", || async {
+        f.client
+            .query_opt(
+                "SELECT capacity FROM jr_status WHERE jr_name = 'it_triad_jr' AND is_online",
+                &[],
+            )
+            .await
+            .unwrap()
+            .is_some_and(|r| r.get::<_, i32>(0) == 3)
+    })
+    .await;
+}
