@@ -255,26 +255,38 @@ impl Reports {
         self.last_flush = Instant::now();
         let keep = self.keep;
 
-        // Output: every attempt's chunks in one statement; the tasks that grew by a
-        // quarter of the keep since their last trim are trimmed in it.
-        let mut chunks: Vec<OutputChunk> = vec![];
-        let mut trim = vec![];
-        let mut bytes = 0;
-        for ((id, attempt), o) in self.output.iter_mut() {
-            if bytes >= STATEMENT_MAX {
-                break; // the rest goes in the next statement, due at once
+        // Output: every attempt's chunks in one statement (several after an outage, none
+        // over STATEMENT_MAX); the tasks that grew by a quarter of the keep since their
+        // last trim are trimmed in it. Ended attempts go first, and all of theirs goes
+        // now: their outcomes wait for it.
+        let mut keys: Vec<Key> = self
+            .output
+            .iter()
+            .filter(|(_, o)| o.buffered > 0 || o.dropped > 0)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.sort_by_key(|k| (!self.output[k].ended, *k));
+        let mut next = 0;
+        while next < keys.len() {
+            let (mut chunks, mut trim, mut bytes) = (Vec::<OutputChunk>::new(), vec![], 0);
+            while next < keys.len() && bytes < STATEMENT_MAX {
+                let (id, attempt) = keys[next];
+                let o = self.output.get_mut(&keys[next]).expect("a key of the map");
+                let before = chunks.len();
+                o.take_chunks(id, attempt, &mut chunks);
+                bytes += chunks[before..].iter().map(|c| c.data.len()).sum::<usize>();
+                if o.since_trim > keep / 4 {
+                    trim.push(keys[next]);
+                }
+                next += 1;
             }
-            let before = chunks.len();
-            o.take_chunks(*id, *attempt, &mut chunks);
-            bytes += chunks[before..].iter().map(|c| c.data.len()).sum::<usize>();
-            if o.since_trim > keep / 4 {
-                trim.push(*id);
+            if chunks.is_empty() {
+                continue;
             }
-        }
-        if !chunks.is_empty() {
+            let trim_ids: Vec<i64> = trim.iter().map(|k| k.0).collect();
             let written = match link.client() {
                 Some(c) => {
-                    tasks::tasks_output(c, worker, instance, &chunks, &trim, keep as i64).await
+                    tasks::tasks_output(c, worker, instance, &chunks, &trim_ids, keep as i64).await
                 }
                 None => {
                     self.unflush(chunks);
@@ -283,11 +295,8 @@ impl Reports {
             };
             match written {
                 Ok(_) => {
-                    for o in self.output.values_mut() {
-                        if trim.is_empty() {
-                            break;
-                        }
-                        if o.since_trim > keep / 4 {
+                    for k in &trim {
+                        if let Some(o) = self.output.get_mut(k) {
                             o.since_trim = 0;
                         }
                     }
@@ -300,6 +309,10 @@ impl Reports {
                     }
                     tracing::warn!(chunks = chunks.len(), error = %e, "task output dropped");
                 }
+            }
+            // What is left of running attempts waits for the next flush, due at once.
+            if keys.get(next).is_some_and(|k| !self.output[k].ended) {
+                break;
             }
         }
 
