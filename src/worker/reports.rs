@@ -199,12 +199,26 @@ impl Reports {
     }
 
     /// An attempt ended: its progress goes; the rest is written before its outcome.
+    /// An attempt that left nothing to write (a noop) costs nothing more.
     pub fn ended(&mut self, id: i64, attempt: i32) {
-        self.progress.remove(&(id, attempt));
-        if let Some(o) = self.output.get_mut(&(id, attempt)) {
-            o.ended = true;
+        let key = (id, attempt);
+        self.progress.remove(&key);
+        let output = match self.output.get_mut(&key) {
+            Some(o) if o.buffered > 0 || o.dropped > 0 => {
+                o.ended = true;
+                true
+            }
+            Some(_) => {
+                self.output.remove(&key);
+                false
+            }
+            None => false,
+        };
+        let other = self.checkpoints.contains_key(&key)
+            || self.usage.keys().any(|(i, a, _)| (*i, *a) == key);
+        if output || other {
+            self.ended.push(key);
         }
-        self.ended.push((id, attempt));
     }
 
     fn big(&self) -> bool {
