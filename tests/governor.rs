@@ -434,6 +434,20 @@ async fn a_retry_runs_on_another_worker_when_one_is_free() {
         .unwrap()
         .get(0);
     wait_status(&client, long, "in_progress").await;
+    // Both alive before the task comes: a worker still starting is no candidate.
+    common::wait_for(common::WAIT, "both workers online", || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM jr_status WHERE jr_name IN ('w_first', 'w_second') \
+                 AND is_online AND status <> 'starting'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 2
+    })
+    .await;
     let id = task(&client, "flaky", "", r#"{"exit_attempt": {"1": 75}}"#).await;
     wait_status(&client, id, "completed").await;
     let started: Vec<(String, i32)> = client
