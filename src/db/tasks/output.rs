@@ -164,6 +164,19 @@ pub struct OutputRow {
     pub data: String,
 }
 
+impl OutputRow {
+    /// From the columns `seq, attempt, stream, at, data`.
+    fn from_row(r: &tokio_postgres::Row) -> Self {
+        OutputRow {
+            seq: r.get(0),
+            attempt: r.get(1),
+            stream: r.get(2),
+            at: r.get(3),
+            data: r.get(4),
+        }
+    }
+}
+
 /// Which chunks [`output_read`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct OutputQuery {
@@ -203,16 +216,7 @@ pub async fn output_read(
             ],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| OutputRow {
-            seq: r.get(0),
-            attempt: r.get(1),
-            stream: r.get(2),
-            at: r.get(3),
-            data: r.get(4),
-        })
-        .collect())
+    Ok(rows.iter().map(OutputRow::from_row).collect())
 }
 
 /// The last `bytes` (about: whole chunks) of a task's output, oldest first.
@@ -231,16 +235,7 @@ pub async fn output_tail(
             &[&task_id, &bytes],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| OutputRow {
-            seq: r.get(0),
-            attempt: r.get(1),
-            stream: r.get(2),
-            at: r.get(3),
-            data: r.get(4),
-        })
-        .collect())
+    Ok(rows.iter().map(OutputRow::from_row).collect())
 }
 
 /// A usage total: by model, or by task, run, provider or worker.
@@ -253,15 +248,17 @@ pub struct UsageTotal {
     pub cost_usd: f64,
 }
 
-fn usage_rows(rows: &[tokio_postgres::Row]) -> Vec<UsageTotal> {
-    rows.iter()
-        .map(|r| UsageTotal {
-            key: r.get(0),
-            input_tokens: r.get(1),
-            output_tokens: r.get(2),
-            cost_usd: r.get::<_, i64>(3) as f64 / 1e6,
-        })
-        .collect()
+impl UsageTotal {
+    /// From the columns `key, input_tokens, output_tokens, cost_microusd` starting at
+    /// column `at`.
+    fn from_row(r: &tokio_postgres::Row, at: usize) -> Self {
+        UsageTotal {
+            key: r.get(at),
+            input_tokens: r.get(at + 1),
+            output_tokens: r.get(at + 2),
+            cost_usd: r.get::<_, i64>(at + 3) as f64 / 1e6,
+        }
+    }
 }
 
 /// A task's usage by model (all its attempts).
@@ -274,7 +271,7 @@ pub async fn usage_of_task(client: &impl GenericClient, task_id: i64) -> Result<
             &[&task_id],
         )
         .await?;
-    Ok(usage_rows(&rows))
+    Ok(rows.iter().map(|r| UsageTotal::from_row(r, 0)).collect())
 }
 
 /// Usage reported since `since`, by provider and by worker.
@@ -298,12 +295,7 @@ pub async fn usage_since(
     let mut by_provider = vec![];
     let mut by_worker = vec![];
     for r in &rows {
-        let t = UsageTotal {
-            key: r.get(1),
-            input_tokens: r.get(2),
-            output_tokens: r.get(3),
-            cost_usd: r.get::<_, i64>(4) as f64 / 1e6,
-        };
+        let t = UsageTotal::from_row(r, 1);
         if r.get::<_, &str>(0) == "p" {
             by_provider.push(t);
         } else {
