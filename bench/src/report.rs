@@ -403,39 +403,35 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
         } else {
             "-".into()
         };
+        let rows = [
+            ("noop throughput alone", fmt_stat(&o.alone, "tasks/s", 0)),
+            (
+                "noop throughput next to the chatty tasks",
+                fmt_stat(&o.with_chatty, "tasks/s", 0),
+            ),
+            ("throughput lost (medians)", cut),
+            (
+                "output chunks written",
+                fmt_stat(&o.output_rows_per_s, "/s", 0),
+            ),
+            (
+                "WAL of the chatty tasks",
+                fmt_stat(&o.wal_mib_per_hour, "MiB/h", 0),
+            ),
+            (
+                "`jr_task_output` at the end",
+                fmt_stat(&o.table_mib, "MiB", 1),
+            ),
+            (
+                "chatty worker's CPU",
+                fmt_stat(&o.chatty_worker_cpu_pct, "% of a core", 0),
+            ),
+        ];
         let _ = writeln!(s, "| figure | value |");
         let _ = writeln!(s, "|---|---|");
-        let _ = writeln!(
-            s,
-            "| noop throughput alone | {} |",
-            fmt_stat(&o.alone, "tasks/s", 0)
-        );
-        let _ = writeln!(
-            s,
-            "| noop throughput next to the chatty tasks | {} |",
-            fmt_stat(&o.with_chatty, "tasks/s", 0)
-        );
-        let _ = writeln!(s, "| throughput lost (medians) | {cut} |");
-        let _ = writeln!(
-            s,
-            "| output chunks written | {} |",
-            fmt_stat(&o.output_rows_per_s, "/s", 0)
-        );
-        let _ = writeln!(
-            s,
-            "| WAL of the chatty tasks | {} |",
-            fmt_stat(&o.wal_mib_per_hour, "MiB/h", 0)
-        );
-        let _ = writeln!(
-            s,
-            "| `jr_task_output` at the end | {} |",
-            fmt_stat(&o.table_mib, "MiB", 1)
-        );
-        let _ = writeln!(
-            s,
-            "| chatty worker's CPU | {} |",
-            fmt_stat(&o.chatty_worker_cpu_pct, "% of a core", 0)
-        );
+        for (figure, value) in rows {
+            let _ = writeln!(s, "| {figure} | {value} |");
+        }
         let _ = writeln!(s);
     }
     if !notes.trim().is_empty() {
