@@ -124,6 +124,24 @@ impl Error {
         }
     }
 
+    /// Whether the session that returned this error cannot go on — the server is shutting
+    /// down or starting (SQLSTATE 57P01–57P03), the connection broke (class 08), or the
+    /// session is read-only (25006: a standby, or a primary demoted behind a failover) —
+    /// so the way on is a new connection, which a multi-host address with
+    /// `target_session_attrs=read-write` takes to whichever server is the primary now.
+    pub fn is_session_unusable(&self) -> bool {
+        match self {
+            Error::Db {
+                sqlstate: Some(code),
+                ..
+            } => {
+                code.starts_with("08")
+                    || matches!(code.as_str(), "57P01" | "57P02" | "57P03" | "25006")
+            }
+            _ => false,
+        }
+    }
+
     /// A JSON encoding error, saying what was being encoded.
     pub fn encode(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
         Error::Encode {

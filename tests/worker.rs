@@ -557,6 +557,61 @@ async fn a_late_completion_after_losing_the_lease_changes_nothing() {
     assert_eq!(row.get::<_, i32>(2), 2);
 }
 
+/// A lease the database gives a live worker on an attempt it does not run — the reply to
+/// its claim was lost in a crash, or a failover to an asynchronous standby brought back a
+/// state before its outcome — is given back at its next heartbeat, not left in_progress
+/// until the task's timeout.
+#[tokio::test]
+async fn a_lease_on_an_attempt_the_worker_does_not_run_is_given_back() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let args = [
+        "--exec",
+        &test_executor(),
+        "--poll-interval",
+        "100ms",
+        "--heartbeat-interval",
+        "200ms",
+    ];
+    let w = WorkerProc::start(&db.url, "jr_ghost", &args, &[]);
+    w.wait_log(T, "worker ready").await;
+    // What a committed claim whose answer never came leaves behind: in_progress under this
+    // very instance, attempt 1, and nothing running it.
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO jr_work_queue (title, payload, status, assigned_jr, assigned_at, \
+             started_at, attempts, lease_instance, timeout) \
+             SELECT 'ghost', '{}', 'in_progress', 'jr_ghost', now(), now(), 1, instance_id, \
+             interval '1 hour' FROM jr_status WHERE jr_name = 'jr_ghost' RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_for(T, "the unrun lease to be given back", || async {
+        status_of(&client, id).await != "in_progress"
+    })
+    .await;
+    let row = client
+        .query_one(
+            "SELECT status, attempts, assigned_jr FROM jr_work_queue WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "pending");
+    assert_eq!(row.get::<_, i32>(1), 0, "the attempt is not charged");
+    assert_eq!(row.get::<_, Option<String>>(2), None);
+    let ev = events(&client, id).await;
+    let last = ev.last().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("released", "jr_ghost"));
+    assert!(last.2.contains("does not run the attempt"), "{last:?}");
+    w.wait_log(T, "given back").await;
+    // And it runs: assigned again, it completes on this worker.
+    let _a = FakeAssigner::start(&db.url, "jr_ghost");
+    wait_status(&client, id, "completed").await;
+}
+
 #[tokio::test]
 async fn sigterm_drains_short_tasks_and_gives_back_long_ones() {
     let db = TestDb::new().await;

@@ -86,10 +86,12 @@ impl Link {
     }
 
     /// Handles the error of a statement (`what` failed): logs it, and when the connection
-    /// turns out closed, drops it for a reconnect. Other errors are the caller's to retry.
-    /// Whether the connection was lost.
+    /// turns out closed or no longer usable (the server shutting down, a standby's
+    /// read-only session: [`Error::is_session_unusable`]), drops it for a reconnect. Other
+    /// errors are the caller's to retry. Whether the connection was lost.
     pub fn failed(&mut self, what: &str, e: &Error) -> bool {
-        let closed = self.conn.as_ref().is_none_or(|c| c.client.is_closed());
+        let closed =
+            self.conn.as_ref().is_none_or(|c| c.client.is_closed()) || e.is_session_unusable();
         tracing::warn!(error = %e, "{what} failed");
         if closed {
             self.lost(what);

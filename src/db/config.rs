@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, TargetSessionAttrs};
 use tokio_postgres::Config;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -15,6 +15,20 @@ use crate::error::{describe_chain, Error, Result};
 
 /// How long a connection attempt may take when the address does not say.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP keepalive when the address does not say (`keepalives_idle`, `keepalives_interval`,
+/// `keepalives_retries`): an idle connection to a server that vanished without a word (a
+/// power cut, a failover behind a network partition) is given up after about
+/// 30 s + 3 × 10 s, instead of the kernel's two hours and more.
+pub const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+pub const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_KEEPALIVES_RETRIES: u32 = 3;
+/// How long sent data may stay unacknowledged before the connection is given up, when the
+/// address does not say (`tcp_user_timeout`): a statement sent to a server that is gone
+/// fails after this instead of the kernel's ~15 minutes of retransmissions. A long-running
+/// statement is not affected: the server's kernel acknowledges the statement at once.
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+/// tokio-postgres's own keepalive idle time: the address did not set one.
+const TOKIO_POSTGRES_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// Where the database is and how to reach it: tokio-postgres's settings and the TLS
 /// settings it has no place for, with the TLS connector built from them once (connections
@@ -124,6 +138,24 @@ pub fn config_from_env(
     let (mut cfg, ssl) = address_from_env(database_url, &env)?;
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+    }
+    if cfg.get_keepalives_idle() == TOKIO_POSTGRES_KEEPALIVES_IDLE {
+        cfg.keepalives_idle(DEFAULT_KEEPALIVES_IDLE);
+    }
+    if cfg.get_keepalives_interval().is_none() {
+        cfg.keepalives_interval(DEFAULT_KEEPALIVES_INTERVAL);
+    }
+    if cfg.get_keepalives_retries().is_none() {
+        cfg.keepalives_retries(DEFAULT_KEEPALIVES_RETRIES);
+    }
+    if cfg.get_tcp_user_timeout().is_none() {
+        cfg.tcp_user_timeout(DEFAULT_TCP_USER_TIMEOUT);
+    }
+    // As in libpq, the variable gives what the address does not say.
+    if cfg.get_target_session_attrs() == TargetSessionAttrs::Any {
+        if let Some(t) = env("PGTARGETSESSIONATTRS") {
+            cfg.target_session_attrs(parse_target_session_attrs(&t)?);
+        }
     }
     if cfg.get_application_name().is_none() {
         cfg.application_name(application_name);
@@ -250,10 +282,15 @@ fn config_from_pg_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
         cfg.host(h);
     }
     if let Some(p) = env("PGPORT") {
-        let port: u16 = p
-            .parse()
-            .map_err(|_| Error::usage(format!("PGPORT '{p}' is not a port number")))?;
-        cfg.port(port);
+        // One port for every host, or one per host (PGHOST=h1,h2 PGPORT=5432,5433).
+        for one in p.split(',') {
+            let port: u16 = one.trim().parse().map_err(|_| {
+                Error::usage(format!(
+                    "PGPORT '{p}' is not a port number (or a comma-separated list of them, one per PGHOST entry)"
+                ))
+            })?;
+            cfg.port(port);
+        }
     }
     let user = env("PGUSER")
         .or_else(|| env("USER"))
@@ -276,6 +313,19 @@ fn config_from_pg_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
         cfg.connect_timeout(Duration::from_secs(secs.max(1)));
     }
     Ok(cfg)
+}
+
+/// `target_session_attrs` as written (libpq's values tokio-postgres knows).
+fn parse_target_session_attrs(value: &str) -> Result<TargetSessionAttrs> {
+    match value {
+        "any" => Ok(TargetSessionAttrs::Any),
+        "read-write" => Ok(TargetSessionAttrs::ReadWrite),
+        "read-only" => Ok(TargetSessionAttrs::ReadOnly),
+        other => Err(Error::usage(format!(
+            "PGTARGETSESSIONATTRS '{other}' is not supported: use read-write (the primary of \
+             a replicated cluster), read-only or any"
+        ))),
+    }
 }
 
 /// Where a configuration points, for messages: `host:port/dbname`, never the password.
@@ -304,26 +354,34 @@ pub fn describe_target(cfg: &Config) -> String {
     }
 }
 
-/// A libpq `key=value` address for database `dbname` on the server `cfg` points at (its
-/// first host and port, its user and password, and its TLS settings): for handing to child
-/// processes, such as the workers a test or the benchmark starts against a database of
-/// their own.
+/// A libpq `key=value` address for database `dbname` on the servers `cfg` points at (its
+/// hosts and ports, `target_session_attrs`, its user and password, and its TLS settings):
+/// for handing to child processes, such as the workers a test or the benchmark starts
+/// against a database of their own.
 pub fn conninfo_with_dbname(cfg: &DbConfig, dbname: &str) -> String {
     use conninfo::quote as kv;
     let pg = &cfg.pg;
+    let list = |items: Vec<String>| items.join(",");
     let mut parts = vec![];
-    if let Some(h) = pg.get_hosts().first() {
-        let host = match h {
+    if !pg.get_hosts().is_empty() {
+        let hosts = pg.get_hosts().iter().map(|h| match h {
             Host::Tcp(s) => s.clone(),
             Host::Unix(p) => p.display().to_string(),
-        };
-        parts.push(format!("host={}", kv(&host)));
+        });
+        parts.push(format!("host={}", kv(&list(hosts.collect()))));
     }
-    if let Some(a) = pg.get_hostaddrs().first() {
-        parts.push(format!("hostaddr={a}"));
+    if !pg.get_hostaddrs().is_empty() {
+        let addrs = pg.get_hostaddrs().iter().map(|a| a.to_string());
+        parts.push(format!("hostaddr={}", list(addrs.collect())));
     }
-    if let Some(p) = pg.get_ports().first() {
-        parts.push(format!("port={p}"));
+    if !pg.get_ports().is_empty() {
+        let ports = pg.get_ports().iter().map(|p| p.to_string());
+        parts.push(format!("port={}", list(ports.collect())));
+    }
+    match pg.get_target_session_attrs() {
+        TargetSessionAttrs::ReadWrite => parts.push("target_session_attrs=read-write".into()),
+        TargetSessionAttrs::ReadOnly => parts.push("target_session_attrs=read-only".into()),
+        _ => {}
     }
     if let Some(u) = pg.get_user() {
         parts.push(format!("user={}", kv(u)));
@@ -442,6 +500,63 @@ mod tests {
             _ => None,
         };
         assert!(ServerId::from_env(None, &env).unwrap().same_database(&a));
+    }
+
+    #[test]
+    fn several_hosts_and_the_primary_only() {
+        let none = |_: &str| None;
+        let url = "postgres://w@db1:5433,db2:5434/q?target_session_attrs=read-write";
+        let cfg = config_from_env(Some(url), &none, "t").unwrap();
+        assert_eq!(cfg.describe(), "db1:5433,db2:5434 (database 'q')");
+        let c = conninfo_with_dbname(&cfg, "other");
+        assert_eq!(
+            c,
+            "host='db1,db2' port=5433,5434 target_session_attrs=read-write user='w' dbname='other'"
+        );
+        let back = config_from_env(Some(&c), &none, "t").unwrap();
+        assert_eq!(back.pg.get_hosts(), cfg.pg.get_hosts());
+        assert_eq!(back.pg.get_ports(), &[5433, 5434]);
+        assert_eq!(
+            back.pg.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+        // The libpq variables: a port per host, and the session attributes.
+        let env = |k: &str| match k {
+            "PGHOST" => Some("db1,db2".to_string()),
+            "PGPORT" => Some("5433,5434".to_string()),
+            "PGTARGETSESSIONATTRS" => Some("read-write".to_string()),
+            _ => None,
+        };
+        let cfg = config_from_env(None, &env, "t").unwrap();
+        assert_eq!(cfg.describe(), "db1:5433,db2:5434 (database 'postgres')");
+        assert_eq!(
+            cfg.pg.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+        let bad = |k: &str| (k == "PGTARGETSESSIONATTRS").then(|| "primary".to_string());
+        let e = config_from_env(Some("host=h"), &bad, "t").unwrap_err();
+        assert!(e.to_string().contains("use read-write"), "{e}");
+        let bad = |k: &str| (k == "PGPORT").then(|| "5432,x".to_string());
+        assert!(config_from_env(None, &bad, "t").is_err());
+    }
+
+    #[test]
+    fn keepalives_find_a_vanished_server_in_about_a_minute() {
+        let cfg = config_from_env(Some("host=h"), &|_: &str| None, "t").unwrap();
+        assert_eq!(cfg.pg.get_keepalives_idle(), DEFAULT_KEEPALIVES_IDLE);
+        assert_eq!(
+            cfg.pg.get_keepalives_interval(),
+            Some(DEFAULT_KEEPALIVES_INTERVAL)
+        );
+        assert_eq!(cfg.pg.get_keepalives_retries(), Some(3));
+        assert_eq!(
+            cfg.pg.get_tcp_user_timeout(),
+            Some(&DEFAULT_TCP_USER_TIMEOUT)
+        );
+        let given = "host=h keepalives_idle=7 tcp_user_timeout=9";
+        let cfg = config_from_env(Some(given), &|_: &str| None, "t").unwrap();
+        assert_eq!(cfg.pg.get_keepalives_idle(), Duration::from_secs(7));
+        assert_eq!(cfg.pg.get_tcp_user_timeout(), Some(&Duration::from_secs(9)));
     }
 
     #[test]

@@ -54,12 +54,15 @@ pub type Connection =
 pub async fn open(cfg: &DbConfig) -> Result<(Client, Connection)> {
     // tokio-postgres's connect_timeout covers the TCP connect only: a server (or a proxy)
     // that accepts and then never answers would hang the caller — and a daemon's SIGTERM
-    // — for as long as the peer likes. The whole startup gets the limit (per attempt).
+    // — for as long as the peer likes. The whole startup gets the limit per attempt and
+    // per host of the address (each host is tried in turn, as in libpq).
+    let hosts = cfg.pg.get_hosts().len().max(cfg.pg.get_hostaddrs().len());
     let limit = cfg
         .pg
         .get_connect_timeout()
         .copied()
-        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+        * hosts.clamp(1, 16) as u32;
     match tokio::time::timeout(limit * 2, open_unbounded(cfg)).await {
         Ok(r) => r,
         Err(_) => Err(Error::Connect {

@@ -114,9 +114,12 @@ impl Component for Watch {
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = %format_duration(self.every), "monitor round failed");
                 // A closed connection goes back to the link's reconnects; one that goes on
-                // must not keep the round's lock (other monitors would skip for ever).
+                // must not keep the round's lock (other monitors would skip for ever). One
+                // that cannot go on (a standby's now, the server shutting down) is dropped.
                 let released = match ctx.link.conn() {
-                    Some(c) if !c.client.is_closed() => self.monitor.release(&c.client).await,
+                    Some(c) if !c.client.is_closed() && !e.is_session_unusable() => {
+                        self.monitor.release(&c.client).await
+                    }
                     _ => Err(e),
                 };
                 if released.is_err() {

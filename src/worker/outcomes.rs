@@ -56,6 +56,11 @@ impl Outcomes {
         self.unwritten.len()
     }
 
+    /// Whether an outcome of task `id` waits to be written.
+    pub fn contains(&self, id: i64) -> bool {
+        self.unwritten.iter().any(|f| f.task_id == id)
+    }
+
     /// Whether a write is due (something to write, and no failed write to wait out).
     pub fn due(&self) -> bool {
         !self.unwritten.is_empty() && Instant::now() >= self.next_write
@@ -113,7 +118,7 @@ impl Outcomes {
                 }
             }
             // The connection is gone: the outcomes wait for it as well.
-            Err(e) if conn.client.is_closed() => {
+            Err(e) if conn.client.is_closed() || e.is_session_unusable() => {
                 self.failed(link, &e);
                 return None;
             }

@@ -470,7 +470,7 @@ impl Sink for &tokio_postgres::Client {
 
     fn failed(&mut self, what: &str, e: &Error) -> bool {
         tracing::warn!(error = %e, "{what} failed");
-        self.is_closed()
+        self.is_closed() || e.is_session_unusable()
     }
 }
 

@@ -68,6 +68,11 @@ impl Slots {
         self.running.is_empty()
     }
 
+    /// Whether an attempt of task `id` runs here (until its end is taken, [`Slots::ended`]).
+    pub fn contains(&self, id: i64) -> bool {
+        self.running.contains_key(&id)
+    }
+
     /// The lowest task id running and its title (for the status line).
     pub fn first(&self) -> Option<(i64, &str)> {
         self.running

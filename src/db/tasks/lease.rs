@@ -355,6 +355,28 @@ pub async fn tasks_progress(
     Ok(())
 }
 
+/// Gives back leases this worker instance holds on attempts it does not run — the reply to
+/// its claim, or its outcome, was lost in a database crash or a failover — as released
+/// attempts (not charged; cancelled where a cancel was requested). Fenced by worker and
+/// instance in `jrq_tasks_release_unrun` (migrations/V13). The ids given back.
+pub async fn tasks_release_unrun(
+    client: &impl GenericClient,
+    worker: &str,
+    instance: Uuid,
+    ids: &[i64],
+) -> Result<Vec<i64>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let row = client
+        .query_one(
+            "SELECT jrq_tasks_release_unrun($1, $2, $3)",
+            &[&worker, &instance, &ids],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// A task put back because the process running it is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rescued {

@@ -127,6 +127,42 @@ impl Session {
         self.slots.stop_unheld(&reply.held);
     }
 
+    /// Leases the heartbeat says this instance holds on attempts it neither runs nor has an
+    /// outcome of: the reply to a claim, or an outcome, was lost (a database crash between
+    /// commit and answer; a failover to a standby that had not received it). Claims and
+    /// outcome writes happen on this loop, one statement at a time, so what this worker
+    /// knows is complete when the reply comes.
+    fn unrun(&self, held: &[i64]) -> Vec<i64> {
+        held.iter()
+            .copied()
+            .filter(|id| !self.slots.contains(*id) && !self.outcomes.contains(*id))
+            .collect()
+    }
+
+    /// Gives the unrun leases back, so that the tasks run again at once instead of waiting
+    /// for their timeout under a worker that looks alive.
+    async fn release_unrun(&mut self, ctx: &mut Ctx<'_>, unrun: &[i64]) {
+        if unrun.is_empty() {
+            return;
+        }
+        let Some(conn) = ctx.link.conn() else { return };
+        match tasks::tasks_release_unrun(&conn.client, &self.w.cfg.name, self.w.instance, unrun)
+            .await
+        {
+            Ok(released) => {
+                for id in released {
+                    tracing::warn!(
+                        task_id = id,
+                        "lease held on an attempt this worker does not run (its claim's reply or its outcome was lost): given back"
+                    );
+                }
+            }
+            Err(e) => {
+                ctx.link.failed("giving back unrun leases", &e);
+            }
+        }
+    }
+
     /// At the top of every claim, a run-scoped worker checks its run: once the run is
     /// over it claims nothing more.
     async fn check_run(&mut self, ctx: &mut Ctx<'_>) {
@@ -302,7 +338,9 @@ impl Component for Session {
                         "task outcomes could not be written for longer than the database grace: not pinging the watchdog"
                     );
                 }
+                let unrun = self.unrun(&reply.held);
                 self.on_heartbeat_reply(reply);
+                self.release_unrun(ctx, &unrun).await;
                 Beat::Ok
             }
             Ok(None) => {
