@@ -620,6 +620,40 @@ impl PrivateCluster {
         self.script("server-start");
     }
 
+    /// Stops the server as a crash would (immediate shutdown: no checkpoint, sessions cut).
+    pub fn kill_server(&self) {
+        self.script("server-kill");
+    }
+
+    /// A streaming standby of this cluster (`scripts/dev-postgres standby`), caught up when
+    /// this returns; with `sync`, this cluster waits for it on every commit.
+    pub fn standby(&self, sync: bool) -> PrivateCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("jrq-test-pg.")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let mut cmd = Command::new(project_root().join("scripts/dev-postgres"));
+        cmd.arg("standby")
+            .arg(&dir)
+            .arg("--from")
+            .arg(&self.dir)
+            .arg("--owner-pid")
+            .arg(std::process::id().to_string());
+        if sync {
+            cmd.arg("--sync");
+        }
+        let out = cmd.stderr(Stdio::inherit()).output().unwrap();
+        assert!(out.status.success(), "dev-postgres standby failed");
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        PrivateCluster { dir, url }
+    }
+
+    /// Promotes this standby to primary (returns once it takes writes).
+    pub fn promote(&self) {
+        self.script("promote");
+    }
+
     /// Lets other users of this host reach the server's socket (the cluster's directory
     /// is its owner's alone): for tests that run a program as another user.
     pub fn allow_other_users(&self) {
