@@ -281,7 +281,7 @@ async fn an_idle_task_is_ended_and_retried_while_a_chatty_one_runs_on() {
     )
     .await;
     let _ = client
-        .execute("SELECT pg_notify('jrq_worker', 'w_idle')", &[])
+        .execute("SELECT pg_notify('jrq_worker:w_idle', 'w_idle')", &[])
         .await;
     wait_status(&client, own, "completed").await;
     let show = db.run(&["show", &own.to_string()]).ok().to_string();
@@ -313,7 +313,7 @@ async fn the_next_attempt_gets_the_checkpoint_and_retry_from_scratch_clears_it()
     )
     .await;
     let _ = client
-        .execute("SELECT pg_notify('jrq_worker', 'w_ck')", &[])
+        .execute("SELECT pg_notify('jrq_worker:w_ck', 'w_ck')", &[])
         .await;
     wait_status(&client, id, "completed").await;
     let start2: Value = serde_json::from_str(

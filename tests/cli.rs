@@ -514,7 +514,7 @@ async fn cancel_ends_queued_tasks_at_once_and_asks_the_worker_for_running_ones()
     )
     .await;
     let cfg = db.config();
-    let (_l, mut notes) = jrq::db::listen::listen(&cfg, &[jrq::db::CHANNEL_WORKER])
+    let (_l, mut notes) = jrq::db::listen::listen(&cfg, &[&jrq::db::worker_channel("w1")])
         .await
         .unwrap();
 

@@ -402,7 +402,7 @@ impl Component for Busy {
 #[tokio::test]
 async fn the_runner_hears_a_shutdown_while_the_component_has_work_at_once() {
     let db = TestDb::new().await;
-    let link = Link::open(db.config(), &[]).await.unwrap();
+    let link = Link::open(db.config(), vec![]).await.unwrap();
     let (tx, shutdown) = ShutdownSignal::channel();
     let run = tokio::spawn(runner::run(
         Busy {

@@ -37,12 +37,13 @@ pub struct BenchArgs {
     /// Runs per figure (the median is reported, with min and max).
     #[arg(long, env = "JRQ_BENCH_RUNS", default_value = "3")]
     pub runs: usize,
-    /// Scenarios to run: throughput, latency, backlog, fleet, footprint, ceiling, output.
+    /// Scenarios to run: throughput, latency, backlog, fleet, footprint, ceiling, output,
+    /// notify.
     #[arg(
         long,
         env = "JRQ_BENCH_SCENARIOS",
         value_delimiter = ',',
-        default_value = "throughput,latency,backlog,fleet,footprint,ceiling,output"
+        default_value = "throughput,latency,backlog,fleet,footprint,ceiling,output,notify"
     )]
     pub scenarios: Vec<String>,
     /// Smaller sizes, for a quick look (the report says so).
@@ -198,6 +199,8 @@ pub struct Results {
     pub ceiling: Vec<CeilingRow>,
     #[serde(default)]
     pub output: Option<OutputResult>,
+    #[serde(default)]
+    pub notify: Vec<NotifyRow>,
     pub seconds: f64,
 }
 
@@ -388,6 +391,9 @@ pub async fn run(args: BenchArgs) -> Result<Results> {
     }
     if want("output") {
         res.output = output_cost(&mut ctx).await?;
+    }
+    if want("notify") {
+        res.notify = notify_cost(&ctx).await?;
     }
     res.seconds = started.elapsed().as_secs_f64();
     Ok(res)
@@ -1101,4 +1107,151 @@ async fn output_inserts(c: &Client) -> Result<i64> {
     )
     .await?
     .get(0))
+}
+
+/// One layout of scenario 8: what a notification costs with this many listening backends.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NotifyRow {
+    pub layout: String,
+    pub listeners: usize,
+    pub notifications: usize,
+    /// Notifications the listeners' clients received, per notification sent.
+    pub deliveries_per_notify: f64,
+    /// CPU of all PostgreSQL processes per notification sent, microseconds.
+    pub pg_cpu_us: Stat,
+    /// CPU of the listening clients (and the sender: one process), per notification, µs.
+    pub client_cpu_us: Stat,
+    pub notify_per_s: Stat,
+}
+
+/// Scenario 8: the wake-ups an assignment costs at fleet scale. 500 connections LISTEN as
+/// 500 workers do; one sender notifies one of them per transaction, as an assigner round
+/// of one task does — once with every worker on one channel (jrq before issue 16), once
+/// with a channel per worker (`jrq_worker:NAME`). On a private cluster of its own (stock
+/// settings, max_connections raised to fit the listeners).
+async fn notify_cost(ctx: &Ctx) -> Result<Vec<NotifyRow>> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let listeners = if ctx.quick { 100 } else { 500 };
+    let sends = if ctx.quick { 500 } else { 2_000 };
+    let dir = tempfile_dir("jrq-bench-notify-pg")?;
+    let script = std::path::Path::new("scripts/dev-postgres");
+    let run = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(script)
+            .args(args)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| Error::io("cannot run scripts/dev-postgres", e))?;
+        if !out.status.success() {
+            return Err(Error::Bench(format!(
+                "scripts/dev-postgres {} failed",
+                args[0]
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let d = dir.display().to_string();
+    let pid = std::process::id().to_string();
+    let url = run(&["start", &d, "--stock", "--owner-pid", &pid])?;
+    let result = async {
+        let admin = Ctx::connect(&url).await?;
+        admin
+            .batch_execute(&format!(
+                "ALTER SYSTEM SET max_connections = {}",
+                listeners + 50
+            ))
+            .await?;
+        drop(admin);
+        run(&["server-stop", &d])?;
+        run(&["server-start", &d])?;
+        let cfg = db::config_from(Some(&url), "jrq-bench")?;
+        let mut rows = vec![];
+        for (layout, per_worker) in [
+            ("one channel for the fleet (before)", false),
+            ("a channel per worker (after)", true),
+        ] {
+            let (mut pg, mut client, mut rate, mut per) = (vec![], vec![], vec![], 0.0);
+            for _ in 0..ctx.runs {
+                let delivered = Arc::new(AtomicU64::new(0));
+                let mut held = vec![];
+                for i in 0..listeners {
+                    let name = format!("w{i}");
+                    let ch = if per_worker {
+                        db::worker_channel(&name)
+                    } else {
+                        db::CHANNEL_WORKER.to_string()
+                    };
+                    let (c, mut notes) = db::listen::listen(&cfg, &[&ch]).await?;
+                    let count = delivered.clone();
+                    tokio::spawn(async move {
+                        while notes.recv().await.is_some() {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                    held.push(c);
+                }
+                let sender = Ctx::connect(&url).await?;
+                let expected = if per_worker { sends } else { sends * listeners } as u64;
+                let (pg0, me0) = (
+                    fleet::postgres_ticks(),
+                    fleet::cpu_ticks(std::process::id()),
+                );
+                let t = Instant::now();
+                for k in 0..sends {
+                    let name = format!("w{}", k % listeners);
+                    let ch = if per_worker {
+                        db::worker_channel(&name)
+                    } else {
+                        db::CHANNEL_WORKER.to_string()
+                    };
+                    sender
+                        .execute("SELECT pg_notify($1, $2)", &[&ch, &name])
+                        .await?;
+                }
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let secs = t.elapsed().as_secs_f64();
+                let (pg1, me1) = (
+                    fleet::postgres_ticks(),
+                    fleet::cpu_ticks(std::process::id()),
+                );
+                let got = delivered.load(Ordering::Relaxed);
+                let us = |ticks: u64| ticks as f64 / fleet::ticks_per_second() * 1e6 / sends as f64;
+                pg.push(us(pg1 - pg0));
+                client.push(us(me1 - me0));
+                rate.push(sends as f64 / secs);
+                per = got as f64 / sends as f64;
+                drop(held);
+            }
+            let row = NotifyRow {
+                layout: layout.into(),
+                listeners,
+                notifications: sends,
+                deliveries_per_notify: per,
+                pg_cpu_us: Stat::of(&pg),
+                client_cpu_us: Stat::of(&client),
+                notify_per_s: Stat::of(&rate),
+            };
+            eprintln!(
+                "notify      {listeners} listeners, {layout}: {:.0} deliveries/notify, \
+                 PostgreSQL {:.0} µs, clients {:.0} µs CPU per notification",
+                row.deliveries_per_notify, row.pg_cpu_us.median, row.client_cpu_us.median
+            );
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+    .await;
+    let _ = run(&["stop", &d]);
+    result
+}
+
+/// A new directory under the temporary directory (removed by whoever uses it).
+fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{prefix}.{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    Ok(dir)
 }

@@ -434,6 +434,36 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
         }
         let _ = writeln!(s);
     }
+    if !r.notify.is_empty() {
+        let _ = writeln!(s, "## 8. Notifications at fleet scale\n");
+        let _ = writeln!(
+            s,
+            "{} connections LISTEN as {} workers do; one sender notifies one of them per \
+             transaction ({} notifications), as an assigner round of one task does. Before \
+             issue 16 every worker listened on one channel; now each has its own \
+             (`jrq_worker:NAME`). CPU is summed over every PostgreSQL process and over the \
+             benchmark process (the listeners' clients and the sender). A private cluster \
+             with stock settings and `max_connections` raised to fit.\n",
+            r.notify[0].listeners, r.notify[0].listeners, r.notify[0].notifications
+        );
+        let _ = writeln!(
+            s,
+            "| layout | deliveries per notification | PostgreSQL CPU per notification | clients' CPU per notification | notifications/s |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        for n in &r.notify {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {} | {} | {} |",
+                n.layout,
+                n.deliveries_per_notify,
+                fmt_stat(&n.pg_cpu_us, "µs", 0),
+                fmt_stat(&n.client_cpu_us, "µs", 0),
+                fmt_stat(&n.notify_per_s, "/s", 0)
+            );
+        }
+        let _ = writeln!(s);
+    }
     if !notes.trim().is_empty() {
         let _ = writeln!(s, "{}", notes.trim_end());
     }

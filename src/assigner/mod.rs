@@ -462,7 +462,8 @@ impl Assigner {
         self.cfg.validate()?;
         self.cfg.heartbeat_interval =
             Liveness::heartbeat_interval(self.cfg.heartbeat_interval, &self.cfg.name);
-        let mut link = Link::open(self.db_cfg.clone(), &[db::CHANNEL_PENDING]).await?;
+        let mut link =
+            Link::open(self.db_cfg.clone(), vec![db::CHANNEL_PENDING.to_string()]).await?;
         let conn = link.conn_mut().ok_or_else(|| Error::Db {
             message: "the connection closed before registration".into(),
             sqlstate: None,

@@ -29,7 +29,7 @@ pub struct Conn {
 /// The connection, or when it is down, when to try again.
 pub struct Link {
     db: DbConfig,
-    channels: &'static [&'static str],
+    channels: Vec<String>,
     /// Whether the session is tuned for the daemons' hot statements.
     tuned: bool,
     conn: Option<Conn>,
@@ -40,18 +40,18 @@ pub struct Link {
 impl Link {
     /// Connects (an error here is a failed start), LISTENs on `channels`, checks the schema
     /// and tunes the session for the daemons' statements.
-    pub async fn open(db: DbConfig, channels: &'static [&'static str]) -> Result<Link> {
+    pub async fn open(db: DbConfig, channels: Vec<String>) -> Result<Link> {
         Link::start(db, channels, true).await
     }
 
     /// Like [`Link::open`], without notifications and with the planner's defaults: for a
     /// daemon whose statements read whole tables (the watching monitor's statistics).
     pub async fn open_plain(db: DbConfig) -> Result<Link> {
-        Link::start(db, &[], false).await
+        Link::start(db, vec![], false).await
     }
 
-    async fn start(db: DbConfig, channels: &'static [&'static str], tuned: bool) -> Result<Link> {
-        let conn = connect(&db, channels, tuned).await?;
+    async fn start(db: DbConfig, channels: Vec<String>, tuned: bool) -> Result<Link> {
+        let conn = connect(&db, &channels, tuned).await?;
         Ok(Link {
             db,
             channels,
@@ -124,7 +124,7 @@ impl Link {
         if self.conn.is_some() {
             return true;
         }
-        match connect(&self.db, self.channels, self.tuned).await {
+        match connect(&self.db, &self.channels, self.tuned).await {
             Ok(c) => {
                 tracing::info!("database connection restored");
                 self.conn = Some(c);
@@ -156,8 +156,9 @@ impl Link {
     }
 }
 
-async fn connect(db: &DbConfig, channels: &[&str], tuned: bool) -> Result<Conn> {
-    let (client, notes) = db::listen::listen(db, channels).await?;
+async fn connect(db: &DbConfig, channels: &[String], tuned: bool) -> Result<Conn> {
+    let channels: Vec<&str> = channels.iter().map(String::as_str).collect();
+    let (client, notes) = db::listen::listen(db, &channels).await?;
     db::check_schema(&client).await?;
     if tuned {
         db::tune_session(&client).await?;

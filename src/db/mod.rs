@@ -33,12 +33,29 @@ pub use tls::{SslMode, TlsSettings};
 
 /// Channel the insert trigger (and `jrq retry`) notify: pending tasks to route.
 pub const CHANNEL_PENDING: &str = "jrq_pending";
-/// Channel the assigner (and `jrq cancel`) notify: the payload is the worker name when
-/// tasks were assigned to it, [`CANCEL_PREFIX`] and the name when one of its running tasks
-/// is to be cancelled.
+/// The prefix of every worker's own channel ([`worker_channel`]), which the assigner (and
+/// `jrq cancel`) notify: the payload is the worker name when tasks were assigned to it,
+/// [`CANCEL_PREFIX`] and the name when one of its running tasks is to be cancelled.
 pub const CHANNEL_WORKER: &str = "jrq_worker";
-/// Prefix of a cancel request's payload on [`CHANNEL_WORKER`] (names hold no `:`).
+/// Prefix of a cancel request's payload on a [`worker_channel`] (names hold no `:`).
 pub const CANCEL_PREFIX: &str = "cancel:";
+
+/// The channel worker `name` LISTENs on: `jrq_worker:NAME`, cut to PostgreSQL's 63 bytes
+/// at a character boundary. A notification reaches the one worker it is for, not the
+/// whole fleet (two long names with the same first 52 bytes share a channel: the payload,
+/// always the full name, tells them apart).
+pub fn worker_channel(name: &str) -> String {
+    const MAX: usize = 63;
+    let mut ch = format!("{CHANNEL_WORKER}:{name}");
+    if ch.len() > MAX {
+        let mut cut = MAX;
+        while !ch.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        ch.truncate(cut);
+    }
+    ch
+}
 /// Channel `jrq runs set` notifies; the payload is the run id.
 pub const CHANNEL_RUNS: &str = "jrq_runs";
 /// Written output (payload: the task ids written, separated by commas): `jrq logs --follow`.
@@ -283,6 +300,15 @@ pub async fn check_schema(client: &Client) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_channels_fit_postgresql_identifiers() {
+        assert_eq!(worker_channel("jr1"), "jrq_worker:jr1");
+        let long = "é".repeat(40);
+        let ch = worker_channel(&long);
+        assert!(ch.len() <= 63 && ch.starts_with("jrq_worker:é"), "{ch}");
+        assert_eq!(worker_channel(&long), ch, "the same name, the same channel");
+    }
 
     #[test]
     fn quoting() {

@@ -227,7 +227,11 @@ impl Worker {
         }
         self.cfg.heartbeat_interval =
             Liveness::heartbeat_interval(self.cfg.heartbeat_interval, &self.cfg.name);
-        let channels = &[db::CHANNEL_WORKER, db::CHANNEL_RUNS];
+        // Its own channel: an assignment to another worker does not wake this one.
+        let channels = vec![
+            db::worker_channel(&self.cfg.name),
+            db::CHANNEL_RUNS.to_string(),
+        ];
         let mut link = Link::open(self.db_cfg.clone(), channels).await?;
         let Some(conn) = link.conn_mut() else {
             return Err(Error::Db {

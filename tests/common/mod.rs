@@ -542,7 +542,7 @@ impl FakeAssigner {
                             "WITH a AS (UPDATE jr_work_queue SET status = 'assigned', \
                                  assigned_jr = $1, assigned_at = now() \
                              WHERE status = 'pending' AND run_after <= now() RETURNING 1) \
-                             SELECT count(*), pg_notify('jrq_worker', $1) FROM a",
+                             SELECT count(*), pg_notify('jrq_worker:' || $1, $1) FROM a",
                             &[&worker],
                         )
                         .await;

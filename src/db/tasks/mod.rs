@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use crate::db::{events, metrics, CHANNEL_PENDING, CHANNEL_WORKER};
+use crate::db::{events, metrics, worker_channel, CHANNEL_PENDING};
 use crate::error::{sqlstate, Error, Result};
 use crate::task::TaskStatus;
 
@@ -536,7 +536,7 @@ pub async fn tasks_cancel(
             if let Some(w) = &worker {
                 let payload = format!("{}{w}", crate::db::CANCEL_PREFIX);
                 client
-                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_WORKER, &payload])
+                    .execute("SELECT pg_notify($1, $2)", &[&worker_channel(w), &payload])
                     .await?;
             }
             Ok(CancelOutcome::Requested)

@@ -7,7 +7,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::duration_ms;
-use crate::db::{Statements, CHANNEL_WORKER};
+use crate::db::Statements;
 use crate::error::Result;
 
 /// A pending task as the router sees it.
@@ -146,7 +146,7 @@ pub struct Assignment {
 
 /// Writes assignments in one statement: pending → assigned, one `assigned` event each
 /// (by `actor`, with the reason; the provider it went under when that is a fallback), and
-/// one notification per worker (payload: its name),
+/// one notification per worker on its own channel (payload: its name),
 /// delivered when the transaction commits; `spent` sets the token buckets of the
 /// providers whose tasks started (the tokens left). Returns how many were written.
 pub async fn tasks_assign(
@@ -166,6 +166,10 @@ pub async fn tasks_assign(
         .iter()
         .map(|a| a.routed_provider.as_deref())
         .collect();
+    let channels: Vec<String> = assignments
+        .iter()
+        .map(|a| crate::db::worker_channel(&a.worker))
+        .collect();
     let (names, tokens): (Vec<&str>, Vec<f64>) =
         spent.iter().map(|(n, t)| (n.as_str(), *t)).unzip();
     let stmt = stmts.get(client, ASSIGN_SQL).await?;
@@ -173,14 +177,7 @@ pub async fn tasks_assign(
         .query_one(
             &stmt,
             &[
-                &ids,
-                &workers,
-                &reasons,
-                &actor,
-                &CHANNEL_WORKER,
-                &names,
-                &tokens,
-                &routed,
+                &ids, &workers, &reasons, &actor, &channels, &names, &tokens, &routed,
             ],
         )
         .await?;
@@ -188,20 +185,21 @@ pub async fn tasks_assign(
 }
 
 const ASSIGN_SQL: &str = "WITH a AS ( \
-                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $8::text[]) \
-                 AS a(id, worker, reason, routed)), \
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $8::text[], \
+                     $5::text[]) AS a(id, worker, reason, routed, channel)), \
              upd AS ( \
                  UPDATE jr_work_queue q SET status = 'assigned', assigned_jr = a.worker, \
                      assigned_at = now(), routed_provider = a.routed, updated_at = now() \
                  FROM a WHERE q.id = a.id AND q.status = 'pending' \
-                 RETURNING q.id, a.worker, a.reason, q.attempts), \
+                 RETURNING q.id, a.worker, a.reason, q.attempts, a.channel), \
              ev AS ( \
                  INSERT INTO jr_task_events \
                      (task_id, actor, action, from_status, to_status, worker, attempt, details) \
                  SELECT id, $4, 'assigned', 'pending', 'assigned', worker, attempts, reason \
                  FROM upd), \
              n AS ( \
-                 SELECT pg_notify($5, w) FROM (SELECT DISTINCT worker AS w FROM upd) d), \
+                 SELECT pg_notify(c, w) FROM (SELECT DISTINCT worker AS w, channel AS c \
+                     FROM upd) d), \
              spend AS ( \
                  UPDATE jr_providers p SET tokens = s.tokens, tokens_at = clock_timestamp() \
                  FROM unnest($6::text[], $7::float8[]) AS s(name, tokens) \

@@ -397,10 +397,11 @@ impl Component for Session {
 
     fn on_notification(&mut self, n: &Notification, ctx: &mut Ctx<'_>) {
         let name = &self.w.cfg.name;
-        if n.channel() == db::CHANNEL_WORKER {
-            // Notifications for other workers cost nothing: no query. Assignments wake a
-            // claim; a cancel request a heartbeat, which reads the cancel requests (a
-            // heartbeat on every assignment would double the worker's statements).
+        if n.channel() == db::worker_channel(name) {
+            // This worker's own channel (shared only by long names with the same first 52
+            // bytes: the payload is the full name). Assignments wake a claim; a cancel
+            // request a heartbeat, which reads the cancel requests (a heartbeat on every
+            // assignment would double the worker's statements).
             let payload = n.payload();
             if payload == name {
                 self.wake = true;
