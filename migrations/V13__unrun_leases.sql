@@ -24,7 +24,7 @@ BEGIN
                 ELSE 'pending' END,
             completed_at = CASE WHEN q.cancel_requested_at IS NOT NULL THEN now() END,
             progress_percent = 0,
-            attempts = q.attempts - 1,
+            attempts = greatest(q.attempts - 1, 0),
             assigned_jr = CASE WHEN q.cancel_requested_at IS NOT NULL
                 THEN q.assigned_jr END,
             assigned_at = CASE WHEN q.cancel_requested_at IS NOT NULL

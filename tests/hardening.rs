@@ -117,7 +117,7 @@ async fn output_postgres_cannot_store_is_replaced_and_a_refused_outcome_blocks_n
         let p = serde_json::json!({"stdout": format!("fine {i}"), "wait_file": release});
         fine.push(assigned_task(&client, "jr_nul", &p).await);
     }
-    exec_sql(&client, "NOTIFY jrq_worker, 'jr_nul'").await;
+    exec_sql(&client, "SELECT pg_notify('jrq_worker:jr_nul', 'jr_nul')").await;
     for id in fine.iter().chain([&poison]) {
         wait_status(&client, *id, "in_progress").await;
     }
@@ -134,7 +134,7 @@ async fn output_postgres_cannot_store_is_replaced_and_a_refused_outcome_blocks_n
     );
     // And the worker goes on.
     let after = assigned_task(&client, "jr_nul", &serde_json::json!({})).await;
-    exec_sql(&client, "NOTIFY jrq_worker, 'jr_nul'").await;
+    exec_sql(&client, "SELECT pg_notify('jrq_worker:jr_nul', 'jr_nul')").await;
     wait_status(&client, after, "completed").await;
 }
 
@@ -173,7 +173,7 @@ async fn a_worker_whose_outcome_writes_keep_failing_stops_pinging_the_watchdog()
     next_datagram(&sock, T, |m| m.contains("READY=1")).await;
     next_datagram(&sock, T, |m| m.contains("WATCHDOG=1")).await;
     let id = assigned_task(&client, "jr_wd", &serde_json::json!({})).await;
-    exec_sql(&client, "NOTIFY jrq_worker, 'jr_wd'").await;
+    exec_sql(&client, "SELECT pg_notify('jrq_worker:jr_wd', 'jr_wd')").await;
     next_datagram(&sock, T, |m| m.contains("outcome(s) unwritten")).await;
     let failing = tokio::time::Instant::now();
     // Watch for 3 s (the grace is 1 s): the last ping must come within the grace.
@@ -263,7 +263,11 @@ async fn a_task_program_cannot_read_the_workers_environment_or_memory() {
     );
     assigner.wait_log(T, "assigner ready").await;
     let id = assigned_task(&client, "jr_snoop", &serde_json::json!({})).await;
-    exec_sql(&client, "NOTIFY jrq_worker, 'jr_snoop'").await;
+    exec_sql(
+        &client,
+        "SELECT pg_notify('jrq_worker:jr_snoop', 'jr_snoop')",
+    )
+    .await;
     wait_status(&client, id, "completed").await;
     let result = text_of(&client, id, "result").await;
     assert!(
@@ -370,7 +374,7 @@ async fn what_a_task_started_ends_with_it_timeout_cancel_or_exit() {
         &format!("UPDATE jr_work_queue SET timeout = '1s', max_attempts = 1 WHERE id = {id}"),
     )
     .await;
-    exec_sql(&client, "NOTIFY jrq_worker, 'jr_tree'").await;
+    exec_sql(&client, "SELECT pg_notify('jrq_worker:jr_tree', 'jr_tree')").await;
     let left = Left::read(out.path(), id, 1).await;
     assert!(
         left.0.iter().all(|p| common::process_runs(*p as i32)),
@@ -386,7 +390,7 @@ async fn what_a_task_started_ends_with_it_timeout_cancel_or_exit() {
         &escaping(serde_json::json!({"sleep": 60})),
     )
     .await;
-    exec_sql(&client, "NOTIFY jrq_worker, 'jr_tree'").await;
+    exec_sql(&client, "SELECT pg_notify('jrq_worker:jr_tree', 'jr_tree')").await;
     let left = Left::read(out.path(), id, 1).await;
     wait_status(&client, id, "in_progress").await;
     db.run(&["cancel", &id.to_string()]).ok();
@@ -395,7 +399,7 @@ async fn what_a_task_started_ends_with_it_timeout_cancel_or_exit() {
 
     // Exited by itself, successfully.
     let id = assigned_task(&client, "jr_tree", &escaping(serde_json::json!({}))).await;
-    exec_sql(&client, "NOTIFY jrq_worker, 'jr_tree'").await;
+    exec_sql(&client, "SELECT pg_notify('jrq_worker:jr_tree', 'jr_tree')").await;
     let left = Left::read(out.path(), id, 1).await;
     wait_status(&client, id, "completed").await;
     left.wait_gone("exit").await;
@@ -411,7 +415,7 @@ async fn a_worker_killed_outside_systemd_leaves_nothing_running_once_restarted()
     let first = WorkerProc::start(&db.url, "jr_k9", &args, &env);
     let payload = escaping(serde_json::json!({"sleep_attempt": {"1": 60}}));
     let id = assigned_task(&client, "jr_k9", &payload).await;
-    exec_sql(&client, "NOTIFY jrq_worker, 'jr_k9'").await;
+    exec_sql(&client, "SELECT pg_notify('jrq_worker:jr_k9', 'jr_k9')").await;
     let left = Left::read(out.path(), id, 1).await;
     first.signal(nix::sys::signal::Signal::SIGKILL);
     drop(first);
@@ -539,7 +543,11 @@ async fn a_title_too_long_for_an_environment_still_runs() {
         .await
         .unwrap()
         .get(0);
-    exec_sql(&client, "NOTIFY jrq_worker, 'jr_title'").await;
+    exec_sql(
+        &client,
+        "SELECT pg_notify('jrq_worker:jr_title', 'jr_title')",
+    )
+    .await;
     wait_status(&client, id, "completed").await;
     let rec: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.path().join(format!("{id}.1.start.json"))).unwrap(),
@@ -563,7 +571,11 @@ async fn cancel_then_kill(db: &TestDb, client: &Client, name: &str) -> i64 {
         &[],
     );
     let id = assigned_task(client, name, &serde_json::json!({})).await;
-    exec_sql(client, &format!("NOTIFY jrq_worker, '{name}'")).await;
+    exec_sql(
+        client,
+        &format!("SELECT pg_notify('jrq_worker:{name}', '{name}')"),
+    )
+    .await;
     wait_status(client, id, "in_progress").await;
     w.signal(nix::sys::signal::Signal::SIGSTOP);
     let out = db.run(&["cancel", &id.to_string()]);
@@ -1024,7 +1036,7 @@ async fn stored_json_serde_cannot_read_and_used_up_attempts_fail_their_task_not_
         .await
         .unwrap()
         .get(0);
-    exec_sql(&client, "NOTIFY jrq_worker, 'jr_json'").await;
+    exec_sql(&client, "SELECT pg_notify('jrq_worker:jr_json', 'jr_json')").await;
     for id in &bad {
         wait_status(&client, *id, "failed").await;
         let error = text_of(&client, *id, "error").await;
@@ -1035,7 +1047,7 @@ async fn stored_json_serde_cannot_read_and_used_up_attempts_fail_their_task_not_
         .await
         .contains("no attempts left"));
     let ok = assigned_task(&client, "jr_json", &serde_json::json!({})).await;
-    exec_sql(&client, "NOTIFY jrq_worker, 'jr_json'").await;
+    exec_sql(&client, "SELECT pg_notify('jrq_worker:jr_json', 'jr_json')").await;
     wait_status(&client, ok, "completed").await;
     assert!(!w.log().contains("panicked"), "{}", w.log());
     // jrq shows such a task too: its payload as the text it is.
@@ -1069,7 +1081,11 @@ async fn a_title_cannot_add_lines_to_the_workers_systemd_notifications() {
         )
         .await
         .unwrap();
-    exec_sql(&client, "NOTIFY jrq_worker, 'jr_notify'").await;
+    exec_sql(
+        &client,
+        "SELECT pg_notify('jrq_worker:jr_notify', 'jr_notify')",
+    )
+    .await;
     let status = next_datagram(&sock, T, |m| m.contains("running 1/1")).await;
     assert!(
         status
@@ -1118,7 +1134,7 @@ async fn a_worker_that_cannot_start_its_executor_gives_tasks_back_uncharged() {
     .await;
     std::fs::remove_file(&prog).unwrap();
     let id = assigned_task(&client, "jr_gone", &serde_json::json!({})).await;
-    exec_sql(&client, "NOTIFY jrq_worker, 'jr_gone'").await;
+    exec_sql(&client, "SELECT pg_notify('jrq_worker:jr_gone', 'jr_gone')").await;
     wait_status(&client, id, "pending").await;
     let row = client
         .query_one(
@@ -1164,7 +1180,7 @@ async fn sighup_drains_like_sigterm_and_a_closed_log_stops_nothing() {
         .spawn()
         .unwrap();
     let id = assigned_task(&client, "jr_hup", &serde_json::json!({})).await;
-    exec_sql(&client, "NOTIFY jrq_worker, 'jr_hup'").await;
+    exec_sql(&client, "SELECT pg_notify('jrq_worker:jr_hup', 'jr_hup')").await;
     wait_status(&client, id, "in_progress").await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

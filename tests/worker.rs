@@ -612,6 +612,59 @@ async fn a_lease_on_an_attempt_the_worker_does_not_run_is_given_back() {
     wait_status(&client, id, "completed").await;
 }
 
+/// After a failover to a standby that had not received a claim, the task is `assigned` to
+/// the worker again while the worker runs it; the worker claims it anew (the same attempt,
+/// the same instance) and must not start it a second time: the running attempt goes on
+/// under the renewed lease and its outcome is written.
+#[tokio::test]
+async fn a_claim_made_again_while_the_attempt_runs_does_not_start_it_twice() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let out = tempfile::tempdir().unwrap();
+    let env = [("EXEC_TEST_OUT", out.path().to_str().unwrap())];
+    let args = [
+        "--exec",
+        &test_executor(),
+        "--capacity",
+        "2",
+        "--poll-interval",
+        "100ms",
+        "--heartbeat-interval",
+        "5s",
+    ];
+    // No heartbeat between the lost claim and the new one, as after a reconnect (the
+    // worker claims first); a heartbeat first would stop the attempt as unheld instead.
+    let w = WorkerProc::start(&db.url, "jr_again", &args, &env);
+    let id = assigned_task(&client, "jr_again", r#"{"sleep": 2}"#).await;
+    wait_file(&out.path().join(format!("{id}.1.start.json"))).await;
+    // The database forgets the claim.
+    exec(
+        &client,
+        &format!(
+            "UPDATE jr_work_queue SET status = 'assigned', attempts = 0, lease_instance = NULL, \
+             started_at = NULL WHERE id = {id}; SELECT pg_notify('jrq_worker:jr_again', 'jr_again')"
+        ),
+    )
+    .await;
+    w.wait_log(T, "claimed again while it runs here").await;
+    wait_status(&client, id, "completed").await;
+    let row = client
+        .query_one(
+            "SELECT attempts, result FROM jr_work_queue WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_eq!(row.get::<_, String>(1), "done attempt 1\n");
+    let started = w
+        .log()
+        .lines()
+        .filter(|l| l.contains("task started") && l.contains(&format!("task_id={id}")))
+        .count();
+    assert_eq!(started, 1, "one execution:\n{}", w.log());
+}
+
 #[tokio::test]
 async fn sigterm_drains_short_tasks_and_gives_back_long_ones() {
     let db = TestDb::new().await;
@@ -777,7 +830,7 @@ async fn systemd_notifications_and_the_watchdog_follow_the_database() {
     next_datagram(&sock, T, |m| m.contains("WATCHDOG=1")).await;
     // A task shows in STATUS.
     assigned_task(&client, "jr_sd", "{}").await;
-    exec(&client, "NOTIFY jrq_worker, 'jr_sd'").await;
+    exec(&client, "SELECT pg_notify('jrq_worker:jr_sd', 'jr_sd')").await;
     next_datagram(&sock, T, |m| m.contains("STATUS=running 1/1: #")).await;
 
     // The database goes away: pings go on for the grace, then stop.

@@ -1158,7 +1158,8 @@ async fn notify_cost(ctx: &Ctx) -> Result<Vec<NotifyRow>> {
         admin
             .batch_execute(&format!(
                 "ALTER SYSTEM SET max_connections = {}",
-                listeners + 50
+                // The previous run's backends may still be exiting as the next run connects.
+                2 * listeners + 50
             ))
             .await?;
         drop(admin);
@@ -1219,8 +1220,9 @@ async fn notify_cost(ctx: &Ctx) -> Result<Vec<NotifyRow>> {
                 );
                 let got = delivered.load(Ordering::Relaxed);
                 let us = |ticks: u64| ticks as f64 / fleet::ticks_per_second() * 1e6 / sends as f64;
-                pg.push(us(pg1 - pg0));
-                client.push(us(me1 - me0));
+                // (A backend that exited meanwhile takes its ticks with it.)
+                pg.push(us(pg1.saturating_sub(pg0)));
+                client.push(us(me1.saturating_sub(me0)));
                 rate.push(sends as f64 / secs);
                 per = got as f64 / sends as f64;
                 drop(held);

@@ -73,6 +73,11 @@ impl Slots {
         self.running.contains_key(&id)
     }
 
+    /// The attempt of task `id` running here.
+    pub fn attempt_of(&self, id: i64) -> Option<i32> {
+        self.running.get(&id).map(|r| r.attempt)
+    }
+
     /// The lowest task id running and its title (for the status line).
     pub fn first(&self) -> Option<(i64, &str)> {
         self.running

@@ -245,6 +245,33 @@ impl Session {
     }
 
     fn spawn(&mut self, mut t: ClaimedTask) {
+        // Claimed again while it runs here: the database lost the first claim (a failover
+        // to a standby that had not received it) and this worker claimed it anew.
+        match self.slots.attempt_of(t.id) {
+            // The same attempt under the same instance: the running one holds the lease
+            // again, and goes on.
+            Some(a) if a == t.attempt => {
+                tracing::warn!(
+                    task_id = t.id,
+                    attempt = a,
+                    "claimed again while it runs here (the database lost the first claim): the running attempt goes on"
+                );
+                return;
+            }
+            // Another attempt: the running one has lost its lease. It is stopped, and the
+            // new claim, which nothing runs, is given back at the next heartbeat.
+            Some(a) => {
+                tracing::warn!(
+                    task_id = t.id,
+                    running = a,
+                    claimed = t.attempt,
+                    "claimed again as another attempt while one runs here: stopping the running one"
+                );
+                self.slots.stop(t.id, StopReason::LeaseLost);
+                return;
+            }
+            None => {}
+        }
         let cfg = &self.w.cfg;
         tracing::info!(
             task_id = t.id,
