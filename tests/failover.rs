@@ -15,17 +15,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{connect_str, process_runs, wait_for, PrivateCluster, Web, WorkerProc};
+use common::{connect_str, count, process_runs, wait_for, PrivateCluster, Web, WorkerProc};
 use tokio_postgres::Client;
 
 const T: Duration = Duration::from_secs(60);
 /// Tasks enqueued; the primary dies after [`KILL_AFTER`] of them completed.
 const TASKS: i64 = 240;
 const KILL_AFTER: i64 = 60;
-
-async fn count(client: &Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
 
 async fn completed_attempts(client: &Client) -> HashMap<i64, i32> {
     client
