@@ -1,7 +1,7 @@
 //! The programs' environment variables. One `jrq.env` feeds every unit, so each daemon's
 //! options have variables of their own — `JRQ_WORKER_*`, `JRQ_ASSIGNER_*`,
 //! `JRQ_MONITOR_*`, `JRQ_CLEANUP_*`, `JRQ_WEB_*` — and only what is truly shared is
-//! shared: `DATABASE_URL` (and libpq's `PG*`), `JRQ_LOG_FORMAT`. The `jrq` CLI reads
+//! shared: `DATABASE_URL` (and libpq's `PG*`), `JRQ_POOL_MODE`, `JRQ_LOG_FORMAT`. The `jrq` CLI reads
 //! `JRQ_*` (its options are a person's).
 //!
 //! The names before this split (`JRQ_POLL_INTERVAL`, `JRQ_CAPACITY`, …, read by every

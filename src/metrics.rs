@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use crate::db::Sql;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -16,7 +17,6 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use tokio_postgres::GenericClient;
 
 use crate::db::{metrics as dbm, tasks, workers};
 use crate::error::Result;
@@ -67,10 +67,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Reads everything a scrape reports. `online_threshold`: the heartbeat age after
     /// which a worker is not alive (the monitor's `--dead-after`).
-    pub async fn gather(
-        client: &impl GenericClient,
-        online_threshold: Duration,
-    ) -> Result<Snapshot> {
+    pub async fn gather(client: &impl Sql, online_threshold: Duration) -> Result<Snapshot> {
         let tasks = tasks::tasks_by_provider(client).await?;
         let mut failure_ratio = vec![];
         let mut oldest = None;

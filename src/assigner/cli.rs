@@ -13,7 +13,8 @@ use crate::validate;
 /// jr-auto-assigner — routes pending tasks to live workers with free capacity.
 ///
 /// Variables: each option also reads the JRQ_ASSIGNER_* variable shown with it; DATABASE_URL
-/// (and libpq's PG* variables) and JRQ_LOG_FORMAT are shared by every program. The older
+/// (and libpq's PG* variables), JRQ_POOL_MODE (session, or transaction behind PgBouncer) and
+/// JRQ_LOG_FORMAT are shared by every program. The older
 /// names without ASSIGNER_ (JRQ_POLL_INTERVAL, ...) are still read, with a warning.
 #[derive(Debug, Parser)]
 #[command(name = "jr-auto-assigner", version, about)]

@@ -13,7 +13,7 @@ use crate::host;
     name = "jr-stale-cleanup",
     version,
     about = "jr-stale-cleanup — find (and with --force, end) this host's worker processes that have no reason to live",
-    after_help = "Variables: each option also reads the JRQ_CLEANUP_* variable shown with it; DATABASE_URL (and libpq's PG* variables) and JRQ_LOG_FORMAT are shared by every program. The older names without CLEANUP_ (JRQ_FORCE, ...) are still read, with a warning."
+    after_help = "Variables: each option also reads the JRQ_CLEANUP_* variable shown with it; DATABASE_URL (and libpq's PG* variables), JRQ_POOL_MODE (session, or transaction behind PgBouncer) and JRQ_LOG_FORMAT are shared by every program. The older names without CLEANUP_ (JRQ_FORCE, ...) are still read, with a warning."
 )]
 pub struct CleanupArgs {
     /// Act: end stale processes and release registry rows whose process is gone. Without

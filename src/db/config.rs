@@ -10,6 +10,7 @@ use tokio_postgres::Config;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::conninfo;
+use super::sql::PoolMode;
 use super::tls::{self, SslMode, TlsSettings};
 use crate::error::{describe_chain, Error, Result};
 
@@ -40,6 +41,9 @@ pub struct DbConfig {
     pub pg: Config,
     pub(super) tls: TlsSettings,
     pub(super) connector: MakeRustlsConnect,
+    /// Whether a pooler in transaction mode stands between this program and PostgreSQL
+    /// (`JRQ_POOL_MODE`; [`PoolMode`]).
+    pub pool_mode: PoolMode,
 }
 
 impl std::fmt::Debug for DbConfig {
@@ -48,6 +52,7 @@ impl std::fmt::Debug for DbConfig {
         f.debug_struct("DbConfig")
             .field("pg", &self.pg)
             .field("tls", &self.tls)
+            .field("pool_mode", &self.pool_mode)
             .finish_non_exhaustive()
     }
 }
@@ -57,7 +62,12 @@ impl DbConfig {
     /// the certificate and key files these name (an unreadable one is a usage error).
     pub fn new(pg: Config, tls: TlsSettings) -> Result<DbConfig> {
         let connector = tls.connector()?;
-        Ok(DbConfig { pg, tls, connector })
+        Ok(DbConfig {
+            pg,
+            tls,
+            connector,
+            pool_mode: PoolMode::default(),
+        })
     }
 
     /// The TLS settings.
@@ -173,7 +183,11 @@ pub fn config_from_env(
     };
     let home = env("HOME").map(PathBuf::from);
     let tls = TlsSettings::resolve(&given, home.as_deref())?;
-    DbConfig::new(cfg, tls)
+    let mut db = DbConfig::new(cfg, tls)?;
+    if let Some(mode) = env("JRQ_POOL_MODE") {
+        db.pool_mode = mode.parse()?;
+    }
+    Ok(db)
 }
 
 /// The address part of [`config_from_env`]: tokio-postgres's settings and the TLS keys

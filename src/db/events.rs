@@ -1,8 +1,8 @@
 //! SQL on `jr_task_events`, the append-only history of every task transition.
 
+use crate::db::Sql;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::GenericClient;
 
 use crate::error::Result;
 
@@ -36,9 +36,9 @@ pub struct EventRow {
 }
 
 /// Records one transition.
-pub async fn events_insert(client: &impl GenericClient, e: &NewEvent<'_>) -> Result<()> {
+pub async fn events_insert(client: &impl Sql, e: &NewEvent<'_>) -> Result<()> {
     client
-        .execute(
+        .exec(
             "INSERT INTO jr_task_events \
                  (task_id, actor, action, from_status, to_status, worker, attempt, details) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -58,9 +58,9 @@ pub async fn events_insert(client: &impl GenericClient, e: &NewEvent<'_>) -> Res
 }
 
 /// A task's history, oldest first.
-pub async fn events_for_task(client: &impl GenericClient, task_id: i64) -> Result<Vec<EventRow>> {
+pub async fn events_for_task(client: &impl Sql, task_id: i64) -> Result<Vec<EventRow>> {
     let rows = client
-        .query(
+        .rows(
             "SELECT id, task_id, at, actor, action, from_status, to_status, worker, attempt, \
                     details \
              FROM jr_task_events WHERE task_id = $1 ORDER BY id",

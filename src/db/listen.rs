@@ -3,13 +3,14 @@
 //! A pooled connection drops notifications, so listeners open their own connection and
 //! drive it here. The channel names pass through [`quote_ident`](super::quote_ident).
 //! When the connection dies the receiver ends: reconnect, LISTEN again, and poll at once,
-//! because notifications sent meanwhile are gone.
+//! because notifications sent meanwhile are gone. Through a transaction pooler
+//! ([`PoolMode::Transaction`]) nothing listens: the callers poll.
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, Notification};
 
-use super::{open, quote_ident, DbConfig};
+use super::{open, quote_ident, DbConfig, PoolMode};
 use crate::error::{describe_chain, Result};
 
 /// Opens a connection (with the TLS settings of `cfg`, as [`super::connect`] does),
@@ -39,6 +40,16 @@ pub async fn listen(
             }
         }
     });
+    // Through a transaction pooler a LISTEN would hold on to whichever server connection
+    // ran it, and its notifications would reach whichever client used that one next:
+    // nothing listens, the stream stays silent, and the caller's polling does the work.
+    if cfg.pool_mode == PoolMode::Transaction {
+        tracing::debug!(
+            ?channels,
+            "transaction pooling: not listening, polling only"
+        );
+        return Ok((client, rx));
+    }
     let mut sql = String::new();
     for ch in channels {
         sql.push_str(&format!("LISTEN {};", quote_ident(ch)?));

@@ -18,7 +18,7 @@
 //! tasks, and two histograms over completed tasks: dispatch (ready → start of the attempt
 //! that completed) and run time (that start → completion).
 
-use tokio_postgres::GenericClient;
+use crate::db::Sql;
 
 use crate::error::Result;
 
@@ -131,7 +131,7 @@ pub struct Total {
 
 /// Every counter and histogram bucket: the final rows' aggregate plus the carried totals.
 /// Reads the whole task table (one scan); `jr-web` caches the answer between scrapes.
-pub async fn metrics_totals(client: &impl GenericClient) -> Result<Vec<Total>> {
+pub async fn metrics_totals(client: &impl Sql) -> Result<Vec<Total>> {
     let sql = concat!(
         "WITH src AS MATERIALIZED (SELECT status, ",
         metric_cols!(),
@@ -151,7 +151,7 @@ pub async fn metrics_totals(client: &impl GenericClient) -> Result<Vec<Total>> {
          GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
     );
     let rows = client
-        .query(
+        .rows(
             sql,
             &[&bounds_us(&DISPATCH_BOUNDS), &bounds_us(&RUN_BOUNDS)],
         )

@@ -1,6 +1,7 @@
 //! Schema migrations: refinery, embedded in every binary, under an advisory lock so that
 //! several processes can migrate one database at once.
 
+use crate::db::Sql;
 use tokio_postgres::Client;
 
 use crate::error::{describe_chain, Error, Result};
@@ -26,7 +27,7 @@ pub fn latest_version() -> i32 {
 /// The newest applied version, or `None` when the database has no jrq schema.
 pub async fn current_version(client: &Client) -> Result<Option<i32>> {
     let row = client
-        .query_one(
+        .row(
             "SELECT to_regclass($1) IS NOT NULL",
             &[&format!("public.{HISTORY_TABLE}")],
         )
@@ -36,7 +37,7 @@ pub async fn current_version(client: &Client) -> Result<Option<i32>> {
     }
     // The table name is our own constant; it cannot be a parameter.
     let row = client
-        .query_one(
+        .row(
             &format!("SELECT max(version)::int4 FROM {HISTORY_TABLE}"),
             &[],
         )
@@ -54,14 +55,22 @@ pub struct MigrateReport {
 }
 
 /// Applies every migration the database lacks. Safe to run from several processes at once:
-/// they queue on an advisory lock, and the later ones find nothing to do.
+/// they queue on an advisory lock, and the later ones find nothing to do. Refused through
+/// a transaction pooler.
 pub async fn migrate(client: &mut Client) -> Result<MigrateReport> {
+    if super::sql::transaction_pooling() {
+        return Err(Error::usage(
+            "jrq migrate holds a session's lock around its DDL, which a transaction pooler \
+             cannot keep: run it against PostgreSQL itself (the server's address in \
+             DATABASE_URL, JRQ_POOL_MODE unset), not through PgBouncer",
+        ));
+    }
     client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .exec("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
     let result = migrate_locked(client).await;
     let unlocked = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .exec("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
         .await;
     let report = result?;
     unlocked?;
@@ -72,7 +81,7 @@ async fn migrate_locked(client: &mut Client) -> Result<MigrateReport> {
     // Tasks carry any text a program writes; a database in another encoding (SQL_ASCII
     // stores bytes unchecked) hands the daemons text that is not UTF-8.
     let row = client
-        .query_one(
+        .row(
             "SELECT current_database(), pg_encoding_to_char(encoding) FROM pg_database \
              WHERE datname = current_database()",
             &[],

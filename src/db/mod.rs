@@ -13,15 +13,13 @@ pub mod providers;
 pub mod roles;
 pub mod runs;
 pub mod server;
+pub mod sql;
 pub mod tasks;
 pub mod tls;
 pub mod workers;
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
-
 use tokio_postgres::tls::MakeTlsConnect;
-use tokio_postgres::{Client, GenericClient, Socket, Statement};
+use tokio_postgres::{Client, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{describe_chain, Error, Result};
@@ -29,6 +27,7 @@ pub use config::{
     config_from, config_from_env, conninfo_with_dbname, describe_target, DbConfig, ServerId,
     DEFAULT_CONNECT_TIMEOUT,
 };
+pub use sql::{PoolMode, Sql, Statements};
 pub use tls::{SslMode, TlsSettings};
 
 /// Channel the insert trigger (and `jrq retry`) notify: pending tasks to route.
@@ -69,6 +68,7 @@ pub type Connection =
 /// tries without TLS first and with it when the server's pg_hba.conf refuses; `prefer`
 /// the other way round, also when TLS itself fails; every other mode makes one attempt.
 pub async fn open(cfg: &DbConfig) -> Result<(Client, Connection)> {
+    sql::note_mode(cfg.pool_mode);
     // tokio-postgres's connect_timeout covers the TCP connect only: a server (or a proxy)
     // that accepts and then never answers would hang the caller — and a daemon's SIGTERM
     // — for as long as the peer likes. The whole startup gets the limit per attempt and
@@ -223,39 +223,18 @@ pub fn quote_ident(ident: &str) -> Result<String> {
 /// instead of reading the first rows of the index. Sequential and bitmap scans stay
 /// possible where no index applies (these are cost penalties, not prohibitions); JIT is
 /// off because the penalty would trigger it, and short statements never gain from it.
+///
+/// Through a transaction pooler ([`PoolMode::Transaction`]) a session setting would stay on
+/// whichever server connection ran it, for other clients: nothing is set; set these on
+/// the daemons' login role instead (`ALTER ROLE … SET`, docs/operations.md).
 pub async fn tune_session(client: &Client) -> Result<()> {
+    if sql::transaction_pooling() {
+        return Ok(());
+    }
     client
         .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off; SET jit = off")
         .await?;
     Ok(())
-}
-
-/// The prepared statements of one connection, prepared on first use. The daemons' hot
-/// statements are planned once per connection instead of on every call (planning a CTE
-/// costs several times its execution). Make a new one for every new connection.
-#[derive(Default)]
-pub struct Statements {
-    cache: Mutex<HashMap<&'static str, Statement>>,
-}
-
-impl Statements {
-    /// The prepared statement for `sql` on this connection.
-    pub async fn get(&self, client: &impl GenericClient, sql: &'static str) -> Result<Statement> {
-        if let Some(s) = self
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(sql)
-        {
-            return Ok(s.clone());
-        }
-        let stmt = client.prepare(sql).await?;
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(sql, stmt.clone());
-        Ok(stmt)
-    }
 }
 
 /// Reads a status column (text, CHECKed by the schema) as its enum.
@@ -286,7 +265,7 @@ pub async fn check_schema(client: &Client) -> Result<()> {
     let known = migrate::latest_version();
     match migrate::current_version(client).await? {
         None => {
-            let row = client.query_one("SELECT current_database()", &[]).await?;
+            let row = client.row("SELECT current_database()", &[]).await?;
             Err(Error::SchemaMissing {
                 database: row.get(0),
             })

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
+use crate::db::Sql;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::db::Statements;
@@ -44,7 +44,7 @@ pub struct ProviderChange<'a> {
 
 /// Creates or changes a provider's row; returns it.
 pub async fn providers_set(
-    client: &impl GenericClient,
+    client: &impl Sql,
     name: &str,
     change: &ProviderChange<'_>,
     actor: &str,
@@ -58,7 +58,7 @@ pub async fn providers_set(
     };
     // A pause the budget set ends when the new budget is above today's cost.
     client
-        .execute(
+        .exec(
             "WITH p AS ( \
              INSERT INTO jr_providers AS p (name, max_running, max_starts_per_minute, \
                  fallback, tokens, updated_by, max_cost_usd_per_day) \
@@ -112,18 +112,18 @@ fn split(v: Option<Option<i32>>) -> (bool, Option<i32>) {
 }
 
 /// Removes a provider's row (its limits); whether there was one.
-pub async fn providers_unset(client: &impl GenericClient, name: &str) -> Result<bool> {
+pub async fn providers_unset(client: &impl Sql, name: &str) -> Result<bool> {
     Ok(client
-        .execute("DELETE FROM jr_providers WHERE name = $1", &[&name])
+        .exec("DELETE FROM jr_providers WHERE name = $1", &[&name])
         .await?
         > 0)
 }
 
 /// Every provider with a row, and every provider a task or a worker names, with their
 /// counts (a provider without a row has no limits).
-pub async fn providers_list(client: &impl GenericClient) -> Result<Vec<ProviderRow>> {
+pub async fn providers_list(client: &impl Sql) -> Result<Vec<ProviderRow>> {
     let rows = client
-        .query(
+        .rows(
             "WITH names AS ( \
                  SELECT name FROM jr_providers \
                  UNION SELECT DISTINCT provider FROM jr_work_queue \
@@ -215,12 +215,11 @@ impl Budget {
 /// other round holds them, and their budgets: running counts, and the token bucket
 /// refilled to now.
 pub async fn providers_lock_budgets(
-    client: &impl GenericClient,
+    client: &impl Sql,
     stmts: &Statements,
     providers: &[String],
 ) -> Result<Vec<Budget>> {
-    let stmt = stmts.get(client, LOCK_BUDGETS_SQL).await?;
-    let rows = client.query(&stmt, &[&providers]).await?;
+    let rows = stmts.rows(client, LOCK_BUDGETS_SQL, &[&providers]).await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -335,19 +334,20 @@ impl Pauses {
 }
 
 /// The pauses in force now (a timed one that ran out is not).
-pub async fn pauses_active(client: &impl GenericClient, stmts: &Statements) -> Result<Pauses> {
-    let stmt = stmts
-        .get(
+pub async fn pauses_active(client: &impl Sql, stmts: &Statements) -> Result<Pauses> {
+    let rows = stmts
+        .rows(
             client,
             "SELECT p.scope, p.target, p.until, p.reason, p.set_by, p.set_at, \
                  coalesce(r.fallback, '{}') \
              FROM jr_pauses p \
                  LEFT JOIN jr_providers r ON p.scope = 'provider' AND r.name = p.target \
              WHERE p.until IS NULL OR p.until > now() ORDER BY p.scope, p.target",
+            &[],
         )
         .await?;
     let mut out = Pauses::default();
-    for r in client.query(&stmt, &[]).await? {
+    for r in rows {
         let p = Pause {
             scope: r.get(0),
             target: r.get(1),
@@ -381,7 +381,7 @@ pub async fn pauses_active(client: &impl GenericClient, stmts: &Statements) -> R
 
 /// Pauses a scope (again: the new reason and time replace the old).
 pub async fn pauses_set(
-    client: &impl GenericClient,
+    client: &impl Sql,
     scope: &str,
     target: &str,
     until: Option<DateTime<Utc>>,
@@ -389,7 +389,7 @@ pub async fn pauses_set(
     actor: &str,
 ) -> Result<()> {
     client
-        .execute(
+        .exec(
             "INSERT INTO jr_pauses (scope, target, until, reason, set_by) \
              VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (scope, target) DO UPDATE SET until = EXCLUDED.until, \
@@ -401,9 +401,9 @@ pub async fn pauses_set(
 }
 
 /// Ends a pause; whether there was one in force.
-pub async fn pauses_clear(client: &impl GenericClient, scope: &str, target: &str) -> Result<bool> {
+pub async fn pauses_clear(client: &impl Sql, scope: &str, target: &str) -> Result<bool> {
     Ok(client
-        .query_opt(
+        .row_opt(
             "DELETE FROM jr_pauses WHERE scope = $1 AND target = $2 \
              RETURNING until IS NULL OR until > now()",
             &[&scope, &target],
@@ -417,7 +417,7 @@ pub async fn pauses_clear(client: &impl GenericClient, scope: &str, target: &str
 /// the attempt gives (fenced: only tasks this instance holds). Returns the providers paused
 /// (or whose pause was extended) and until when.
 pub async fn providers_refused(
-    client: &impl GenericClient,
+    client: &impl Sql,
     worker: &str,
     instance: Uuid,
     done: &[crate::db::tasks::FinishedAttempt],
@@ -441,7 +441,7 @@ pub async fn providers_refused(
         return Ok(vec![]);
     }
     let rows = client
-        .query(
+        .rows(
             "SELECT provider, until FROM jrq_providers_refused($1, $2, $3, $4, $5, $6)",
             &[&worker, &instance, &ids, &attempts, &pause_ms, &whys],
         )
@@ -496,7 +496,7 @@ pub fn providers_waiting_reason(
 
 /// What `jrq status` lists as held: pauses, and providers at their limits with tasks
 /// waiting.
-pub async fn providers_held(client: &impl GenericClient) -> Result<Vec<String>> {
+pub async fn providers_held(client: &impl Sql) -> Result<Vec<String>> {
     let rows = providers_list(client).await?;
     let pauses = pauses_active(client, &Statements::default()).await?;
     let mut out: Vec<String> = pauses
@@ -520,7 +520,7 @@ pub async fn providers_held(client: &impl GenericClient) -> Result<Vec<String>> 
 
 /// What `jrq show` says about a pending task the governor holds back.
 pub async fn providers_waiting(
-    client: &impl GenericClient,
+    client: &impl Sql,
     task: &crate::db::tasks::TaskRow,
 ) -> Result<Option<String>> {
     if task.status != TaskStatus::Pending {

@@ -3,8 +3,9 @@
 //! attaching a login user to one. Role names reach SQL text only through
 //! [`quote_ident`](super::quote_ident).
 
+use crate::db::Sql;
 use serde::Serialize;
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::Client;
 
 use super::quote_ident;
 use crate::error::{sqlstate, Error, Result};
@@ -76,10 +77,10 @@ pub struct RolesReport {
 }
 
 /// Lists the groups, their members and whether this database granted them their rights.
-pub async fn roles_list(client: &impl GenericClient) -> Result<RolesReport> {
+pub async fn roles_list(client: &impl Sql) -> Result<RolesReport> {
     let names: Vec<&str> = GROUPS.iter().map(|(g, _)| *g).collect();
     let rows = client
-        .query(
+        .rows(
             "SELECT g.name, r.oid IS NOT NULL, coalesce(r.rolcanlogin, false), \
                  CASE WHEN r.oid IS NULL THEN false \
                       ELSE has_table_privilege(r.oid, 'public.jrq_schema_history', 'SELECT') \
@@ -129,7 +130,7 @@ pub async fn roles_list(client: &impl GenericClient) -> Result<RolesReport> {
         })
         .collect();
     let row = client
-        .query_one(
+        .row(
             "SELECT current_database()::text, has_schema_privilege('public', 'public', 'CREATE')",
             &[],
         )
@@ -142,10 +143,10 @@ pub async fn roles_list(client: &impl GenericClient) -> Result<RolesReport> {
 }
 
 /// The groups that do not exist in this cluster.
-pub async fn roles_missing(client: &impl GenericClient) -> Result<Vec<String>> {
+pub async fn roles_missing(client: &impl Sql) -> Result<Vec<String>> {
     let names: Vec<&str> = GROUPS.iter().map(|(g, _)| *g).collect();
     Ok(client
-        .query(
+        .rows(
             "SELECT g FROM unnest($1::text[]) WITH ORDINALITY AS u(g, ord) \
              WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = g) ORDER BY ord",
             &[&names],
@@ -173,7 +174,7 @@ pub struct SetupReport {
 pub async fn roles_setup(client: &Client) -> Result<SetupReport> {
     let mut report = SetupReport::default();
     for r in client
-        .query("SELECT group_name, outcome FROM jrq_create_groups()", &[])
+        .rows("SELECT group_name, outcome FROM jrq_create_groups()", &[])
         .await?
     {
         let (name, outcome): (String, String) = (r.get(0), r.get(1));
@@ -185,7 +186,7 @@ pub async fn roles_setup(client: &Client) -> Result<SetupReport> {
     }
     // The governor's tables (V9) have their grants in a function of their own.
     match client
-        .query_one("SELECT jrq_grant_groups(), jrq_grant_governor()", &[])
+        .row("SELECT jrq_grant_groups(), jrq_grant_governor()", &[])
         .await
     {
         Ok(row) => report.granted = row.get(0),
@@ -207,11 +208,8 @@ pub async fn roles_setup(client: &Client) -> Result<SetupReport> {
     Ok(report)
 }
 
-async fn current_user(client: &impl GenericClient) -> Result<String> {
-    Ok(client
-        .query_one("SELECT current_user::text", &[])
-        .await?
-        .get(0))
+async fn current_user(client: &impl Sql) -> Result<String> {
+    Ok(client.row("SELECT current_user::text", &[]).await?.get(0))
 }
 
 /// A role the CLI is asked to attach.
@@ -224,10 +222,10 @@ struct RoleInfo {
     groups: Vec<String>,
 }
 
-async fn role_info(client: &impl GenericClient, name: &str) -> Result<Option<RoleInfo>> {
+async fn role_info(client: &impl Sql, name: &str) -> Result<Option<RoleInfo>> {
     let names: Vec<&str> = GROUPS.iter().map(|(g, _)| *g).collect();
     Ok(client
-        .query_opt(
+        .row_opt(
             "SELECT r.rolcanlogin, r.rolinherit, r.rolsuper, \
                  coalesce((SELECT array_agg(g.rolname::text ORDER BY g.rolname) \
                            FROM pg_auth_members am JOIN pg_roles g ON g.oid = am.roleid \
@@ -265,7 +263,7 @@ pub async fn roles_grant(client: &mut Client, group: &str, login: &str) -> Resul
         .await?
         .ok_or_else(|| no_such_login(login))?;
     let database: String = txn
-        .query_one("SELECT current_database()::text", &[])
+        .row("SELECT current_database()::text", &[])
         .await?
         .get(0);
     let (g, l, d) = (
@@ -359,9 +357,9 @@ pub async fn roles_revoke(client: &mut Client, group: &str, login: &str) -> Resu
     Ok(true)
 }
 
-async fn check_group_exists(client: &impl GenericClient, group: &str) -> Result<()> {
+async fn check_group_exists(client: &impl Sql, group: &str) -> Result<()> {
     let exists = client
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&group])
+        .row_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&group])
         .await?
         .is_some();
     if exists {

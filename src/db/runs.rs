@@ -1,8 +1,8 @@
 //! SQL on `jr_runs`: runs group tasks and the workers started for them.
 
+use crate::db::Sql;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::db::CHANNEL_RUNS;
@@ -51,13 +51,13 @@ fn run_from_row(r: &tokio_postgres::Row) -> RunRow {
 
 /// Creates an active run (with a budget in US dollars, if given) and returns its id.
 pub async fn runs_create(
-    client: &impl GenericClient,
+    client: &impl Sql,
     name: &str,
     auto_complete: bool,
     max_cost_usd: Option<f64>,
 ) -> Result<Uuid> {
     let row = client
-        .query_one(
+        .row(
             "INSERT INTO jr_runs (name, auto_complete, max_cost_usd) VALUES ($1, $2, $3) \
              RETURNING id",
             &[&name, &auto_complete, &max_cost_usd],
@@ -70,12 +70,12 @@ pub async fn runs_create(
 /// run is under its new budget; a run already over its new budget is paused at once.
 /// Returns whether a budget pause ended, and whether one began.
 pub async fn runs_set_budget(
-    client: &impl GenericClient,
+    client: &impl Sql,
     id: Uuid,
     max_cost_usd: Option<f64>,
 ) -> Result<(bool, bool)> {
     let row = client
-        .query_opt(
+        .row_opt(
             "WITH r AS ( \
                  UPDATE jr_runs SET max_cost_usd = $2, updated_at = now() WHERE id = $1 \
                  RETURNING id, cost_microusd), \
@@ -118,21 +118,21 @@ const RUNS_SQL: &str = "SELECT r.id, r.name, r.status, r.auto_complete, r.create
 
 /// Lists runs, newest first; `status` filters.
 pub async fn runs_list(
-    client: &impl GenericClient,
+    client: &impl Sql,
     status: Option<RunStatus>,
     limit: i64,
 ) -> Result<Vec<RunRow>> {
     let status = status.map(|s| s.as_str());
     let rows = client
-        .query(RUNS_SQL, &[&None::<Uuid>, &status, &limit])
+        .rows(RUNS_SQL, &[&None::<Uuid>, &status, &limit])
         .await?;
     Ok(rows.iter().map(run_from_row).collect())
 }
 
 /// One run, or a clear "no run" error.
-pub async fn runs_get(client: &impl GenericClient, id: Uuid) -> Result<RunRow> {
+pub async fn runs_get(client: &impl Sql, id: Uuid) -> Result<RunRow> {
     client
-        .query_opt(RUNS_SQL, &[&Some(id), &None::<&str>, &1i64])
+        .row_opt(RUNS_SQL, &[&Some(id), &None::<&str>, &1i64])
         .await?
         .as_ref()
         .map(run_from_row)
@@ -147,13 +147,9 @@ fn no_such_run(id: Uuid) -> Error {
 
 /// Sets a run's status; a terminal status records `finished_at` and wakes the workers
 /// serving the run so they exit at once.
-pub async fn runs_set_status(
-    client: &impl GenericClient,
-    id: Uuid,
-    status: RunStatus,
-) -> Result<()> {
+pub async fn runs_set_status(client: &impl Sql, id: Uuid, status: RunStatus) -> Result<()> {
     let n = client
-        .execute(
+        .exec(
             "UPDATE jr_runs SET status = $2, updated_at = now(), \
                  finished_at = CASE WHEN $2 = 'active' THEN NULL \
                                     ELSE coalesce(finished_at, now()) END \
@@ -165,7 +161,7 @@ pub async fn runs_set_status(
         return Err(no_such_run(id));
     }
     client
-        .execute(
+        .exec(
             "SELECT pg_notify($1, $2)",
             &[&CHANNEL_RUNS, &id.to_string()],
         )
@@ -174,20 +170,20 @@ pub async fn runs_set_status(
 }
 
 /// The status of a run, or `None` if there is no such run.
-pub async fn runs_status(client: &impl GenericClient, run: Uuid) -> Result<Option<RunStatus>> {
+pub async fn runs_status(client: &impl Sql, run: Uuid) -> Result<Option<RunStatus>> {
     Ok(client
-        .query_opt("SELECT status FROM jr_runs WHERE id = $1", &[&run])
+        .row_opt("SELECT status FROM jr_runs WHERE id = $1", &[&run])
         .await?
         .map(|r| r.get(0)))
 }
 
 /// Which of `ids` name runs that exist.
 pub async fn runs_existing(
-    client: &impl GenericClient,
+    client: &impl Sql,
     ids: &[Uuid],
 ) -> Result<std::collections::HashSet<Uuid>> {
     Ok(client
-        .query("SELECT id FROM jr_runs WHERE id = ANY($1)", &[&ids])
+        .rows("SELECT id FROM jr_runs WHERE id = ANY($1)", &[&ids])
         .await?
         .iter()
         .map(|r| r.get(0))
@@ -196,9 +192,9 @@ pub async fn runs_existing(
 
 /// Marks `auto_complete` runs whose tasks are all finished: completed, or error when any
 /// task failed. Wakes the workers serving them. Returns (run id, new status).
-pub async fn runs_complete_finished(client: &impl GenericClient) -> Result<Vec<(Uuid, String)>> {
+pub async fn runs_complete_finished(client: &impl Sql) -> Result<Vec<(Uuid, String)>> {
     let rows = client
-        .query(
+        .rows(
             "WITH done AS ( \
                  SELECT r.id, bool_or(t.status = 'failed') AS any_failed \
                  FROM jr_runs r JOIN jr_work_queue t ON t.run_id = r.id \
@@ -221,10 +217,10 @@ pub async fn runs_complete_finished(client: &impl GenericClient) -> Result<Vec<(
 
 /// The run a person names: its id, its name, or a unique prefix of its id (at least 4
 /// characters). An unknown or ambiguous reference is refused with what to give instead.
-pub async fn runs_resolve(client: &impl GenericClient, r: &str) -> Result<Uuid> {
+pub async fn runs_resolve(client: &impl Sql, r: &str) -> Result<Uuid> {
     if let Ok(id) = Uuid::parse_str(r) {
         let known = client
-            .query_opt("SELECT 1 FROM jr_runs WHERE id = $1", &[&id])
+            .row_opt("SELECT 1 FROM jr_runs WHERE id = $1", &[&id])
             .await?
             .is_some();
         return if known {
@@ -237,7 +233,7 @@ pub async fn runs_resolve(client: &impl GenericClient, r: &str) -> Result<Uuid> 
         };
     }
     let named: Vec<Uuid> = client
-        .query(
+        .rows(
             "SELECT id FROM jr_runs WHERE name = $1 ORDER BY created_at DESC LIMIT 3",
             &[&r],
         )
@@ -256,7 +252,7 @@ pub async fn runs_resolve(client: &impl GenericClient, r: &str) -> Result<Uuid> 
     // Only hex digits and '-' reach the LIKE: no wildcard of the caller's.
     if prefix.len() >= 4 && prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         found = client
-            .query(
+            .rows(
                 "SELECT id FROM jr_runs WHERE id::text LIKE $1 || '%' LIMIT 2",
                 &[&prefix],
             )

@@ -1,31 +1,62 @@
-//! SQL on PostgreSQL itself: session advisory locks and the server's own statistics that
-//! jrq reports (the notification queue, the task table's dead rows).
+//! SQL on PostgreSQL itself: advisory locks and the server's own statistics that jrq
+//! reports (the notification queue, the task table's dead rows).
 
-use tokio_postgres::GenericClient;
+use tokio_postgres::Client;
 
+use crate::db::{DbConfig, Sql};
 use crate::error::Result;
 
+/// A transaction-level advisory lock, held by an open transaction on a connection of its
+/// own for as long as this lives: the lock a session cannot hold through a transaction
+/// pooler. Through one it keeps one server connection for the holder's duration.
+pub struct XactLock {
+    client: Client,
+}
+
+impl XactLock {
+    /// Takes lock `key` if nobody holds it (as a session or a transaction lock): the lock,
+    /// or `None`.
+    pub async fn try_take(db: &DbConfig, key: i64) -> Result<Option<XactLock>> {
+        let client = super::connect(db).await?;
+        client.batch_execute("BEGIN").await?;
+        let taken: bool = client
+            .row("SELECT pg_try_advisory_xact_lock($1)", &[&key])
+            .await?
+            .get(0);
+        if !taken {
+            client.batch_execute("ROLLBACK").await?;
+            return Ok(None);
+        }
+        Ok(Some(XactLock { client }))
+    }
+
+    /// Ends the transaction, and with it the lock (dropping it without does too, when the
+    /// connection closes).
+    pub async fn release(self) -> Result<()> {
+        self.client.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+}
+
 /// Takes the session-level advisory lock `key` if nobody holds it; whether it was taken.
-pub async fn server_try_lock(client: &impl GenericClient, key: i64) -> Result<bool> {
+pub async fn server_try_lock(client: &impl Sql, key: i64) -> Result<bool> {
     Ok(client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .row("SELECT pg_try_advisory_lock($1)", &[&key])
         .await?
         .get(0))
 }
 
 /// Releases the session-level advisory lock `key`.
-pub async fn server_unlock(client: &impl GenericClient, key: i64) -> Result<()> {
+pub async fn server_unlock(client: &impl Sql, key: i64) -> Result<()> {
     client
-        .execute("SELECT pg_advisory_unlock($1)", &[&key])
+        .exec("SELECT pg_advisory_unlock($1)", &[&key])
         .await?;
     Ok(())
 }
 
 /// Releases every session-level advisory lock this connection holds.
-pub async fn server_unlock_all(client: &impl GenericClient) -> Result<()> {
-    client
-        .execute("SELECT pg_advisory_unlock_all()", &[])
-        .await?;
+pub async fn server_unlock_all(client: &impl Sql) -> Result<()> {
+    client.exec("SELECT pg_advisory_unlock_all()", &[]).await?;
     Ok(())
 }
 
@@ -40,9 +71,9 @@ pub struct QueueHealth {
 }
 
 /// Reads [`QueueHealth`].
-pub async fn server_queue_health(client: &impl GenericClient) -> Result<QueueHealth> {
+pub async fn server_queue_health(client: &impl Sql) -> Result<QueueHealth> {
     let row = client
-        .query_one(
+        .row(
             "SELECT pg_notification_queue_usage(), \
                  coalesce((SELECT n_dead_tup FROM pg_stat_user_tables \
                            WHERE relname = 'jr_work_queue'), 0)",
@@ -67,12 +98,12 @@ pub struct Standing {
 /// Records this round's alerts in `host`'s row of `jr_monitor_state` and returns what it
 /// held before (run under the monitor's lock: one round at a time).
 pub async fn server_swap_standing(
-    client: &impl GenericClient,
+    client: &impl Sql,
     host: &str,
     alerts: &[String],
 ) -> Result<Standing> {
     let row = client
-        .query_one(
+        .row(
             "WITH old AS (SELECT alerts, since FROM jr_monitor_state WHERE host = $2), \
                   up AS ( \
                  INSERT INTO jr_monitor_state AS s (host, alerts, since, updated_at) \

@@ -18,7 +18,8 @@ use crate::validate;
 /// when the queue became unhealthy, 4 when it recovered, 0 otherwise.
 ///
 /// Variables: each option also reads the JRQ_MONITOR_* variable shown with it; DATABASE_URL
-/// (and libpq's PG* variables) and JRQ_LOG_FORMAT are shared by every program. The older
+/// (and libpq's PG* variables), JRQ_POOL_MODE (session, or transaction behind PgBouncer) and
+/// JRQ_LOG_FORMAT are shared by every program. The older
 /// names without MONITOR_ (JRQ_STUCK_AFTER, ...) are still read, with a warning.
 #[derive(Debug, Parser)]
 #[command(name = "jr-health-monitor", version, about)]
@@ -151,7 +152,7 @@ impl MonitorArgs {
 pub async fn run(args: MonitorArgs) -> Result<u8> {
     let cfg = args.config()?;
     let db = crate::db::config_from(args.database_url.as_deref(), "jr-health-monitor")?;
-    let monitor = Monitor::new(cfg);
+    let monitor = Monitor::new(cfg).with_lock_db(db.clone());
     let out = Output {
         json: args.json,
         textfile: args.textfile,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::db::{runs, server, tasks, workers};
+use crate::db::{runs, server, tasks, workers, DbConfig};
 use crate::error::Result;
 use crate::validate::format_duration;
 
@@ -197,32 +197,65 @@ impl Report {
 /// The health monitor.
 pub struct Monitor {
     cfg: MonitorConfig,
+    /// Where the round's lock is taken through a transaction pooler (see [`Monitor::run_once`]).
+    lock_db: Option<DbConfig>,
 }
 
 impl Monitor {
     pub fn new(cfg: MonitorConfig) -> Self {
-        Monitor { cfg }
+        Monitor { cfg, lock_db: None }
+    }
+
+    /// The database the rounds' lock is taken in when a session cannot hold it (a
+    /// transaction pooler between: [`crate::db::PoolMode::Transaction`]).
+    pub fn with_lock_db(mut self, db: DbConfig) -> Self {
+        self.lock_db = Some(db);
+        self
     }
 
     /// One round. Holds an advisory lock for its duration; when another monitor holds it,
-    /// returns a report with `skipped` set.
+    /// returns a report with `skipped` set. The lock is the session's; through a
+    /// transaction pooler, a transaction's on a connection of its own.
     pub async fn run_once(&self, client: &Client) -> Result<Report> {
-        if !server::server_try_lock(client, MONITOR_LOCK_KEY).await? {
-            return Ok(Report {
+        let skipped = || {
+            Ok(Report {
                 skipped: true,
                 ..Default::default()
-            });
-        }
+            })
+        };
+        let pooled = self
+            .lock_db
+            .as_ref()
+            .filter(|db| db.pool_mode == crate::db::PoolMode::Transaction);
+        let xact = match pooled {
+            Some(db) => match server::XactLock::try_take(db, MONITOR_LOCK_KEY).await? {
+                Some(lock) => Some(lock),
+                None => return skipped(),
+            },
+            None => {
+                if !server::server_try_lock(client, MONITOR_LOCK_KEY).await? {
+                    return skipped();
+                }
+                None
+            }
+        };
         let result = self.round(client).await;
-        let unlocked = server::server_unlock(client, MONITOR_LOCK_KEY).await;
+        let unlocked = match xact {
+            Some(lock) => lock.release().await,
+            None => server::server_unlock(client, MONITOR_LOCK_KEY).await,
+        };
         let report = result?;
         unlocked?;
         Ok(report)
     }
 
     /// Releases the round's lock on a connection that goes on after a failed round (a
-    /// connection that closes releases it by itself).
+    /// connection that closes releases it by itself; a transaction's lock is released by
+    /// [`Monitor::run_once`] on every path).
     pub async fn release(&self, client: &Client) -> Result<()> {
+        if crate::db::sql::transaction_pooling() {
+            return Ok(());
+        }
         server::server_unlock_all(client).await
     }
 

@@ -34,6 +34,11 @@ impl managed::Manager for Manager {
         });
         // The dashboard only reads: a bug cannot write through it. No statement may run for
         // ever (a page's: seconds at most; a scrape's scan of a big task table: longer).
+        // Through a transaction pooler these would stay on a server connection other
+        // clients then use: set them on the dashboard's login role (docs/operations.md).
+        if self.db.pool_mode == db::PoolMode::Transaction {
+            return Ok(client);
+        }
         client
             .batch_execute("SET default_transaction_read_only = on; SET statement_timeout = '30s'")
             .await

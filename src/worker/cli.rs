@@ -17,7 +17,8 @@ use crate::validate;
 /// jr-queue-worker — runs the tasks assigned to one worker name.
 ///
 /// Variables: each option also reads the JRQ_WORKER_* variable shown with it; DATABASE_URL
-/// (and libpq's PG* variables) and JRQ_LOG_FORMAT are shared by every program. The older
+/// (and libpq's PG* variables), JRQ_POOL_MODE (session, or transaction behind PgBouncer) and
+/// JRQ_LOG_FORMAT are shared by every program. The older
 /// names without WORKER_ (JRQ_POLL_INTERVAL, ...) are still read, with a warning.
 #[derive(Debug, Parser)]
 #[command(name = "jr-queue-worker", version, about)]

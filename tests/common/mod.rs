@@ -675,6 +675,62 @@ impl Drop for PrivateCluster {
     }
 }
 
+/// PgBouncer in transaction pooling mode in front of a [`PrivateCluster`]
+/// (`scripts/dev-postgres pgbouncer`): `pool` server connections at most per database and
+/// user. Stopped when dropped.
+pub struct PgBouncer {
+    dir: PathBuf,
+    pub url: String,
+}
+
+impl PgBouncer {
+    pub fn start(cluster: &PrivateCluster, pool: u32) -> PgBouncer {
+        let dir = tempfile::Builder::new()
+            .prefix("jrq-test-pgbouncer.")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let out = Command::new(project_root().join("scripts/dev-postgres"))
+            .arg("pgbouncer")
+            .arg(&dir)
+            .arg("--from")
+            .arg(&cluster.dir)
+            .args(["--pool-size", &pool.to_string()])
+            .arg("--owner-pid")
+            .arg(std::process::id().to_string())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dev-postgres pgbouncer failed");
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        PgBouncer { dir, url }
+    }
+
+    /// Stops PgBouncer (its clients' connections are cut) and starts it again, same port.
+    pub fn restart(&self) {
+        let st = Command::new(project_root().join("scripts/dev-postgres"))
+            .arg("pgbouncer-restart")
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "dev-postgres pgbouncer-restart failed");
+    }
+
+    /// PgBouncer's own log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = Command::new(project_root().join("scripts/dev-postgres"))
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
 /// What every unit gets under the tests' user manager: its output in HOME/logs, and what
 /// the test machine needs besides the units' hardening — the tests' HOME (binaries, the
 /// database socket) lives in /tmp, which a unit's private /tmp would hide, and the tests

@@ -3,8 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::db::Sql;
 use chrono::{DateTime, Utc};
-use tokio_postgres::GenericClient;
 
 use super::duration_ms;
 use crate::error::{constraint, sqlstate, Error, Result};
@@ -26,10 +26,7 @@ pub enum InsertOutcome {
 /// statement). The outcomes come back in input order. A task whose unique key an
 /// unfinished task already holds — in the table or earlier in `tasks` — is not inserted
 /// and reported as a duplicate. Run inside a transaction to make the whole batch atomic.
-pub async fn tasks_insert(
-    client: &impl GenericClient,
-    tasks: &[NewTask],
-) -> Result<Vec<InsertOutcome>> {
+pub async fn tasks_insert(client: &impl Sql, tasks: &[NewTask]) -> Result<Vec<InsertOutcome>> {
     let mut outcomes: Vec<Option<InsertOutcome>> = vec![None; tasks.len()];
 
     // Keys held by unfinished tasks already in the table.
@@ -41,7 +38,7 @@ pub async fn tasks_insert(
     if !keys.is_empty() {
         let sql = "SELECT unique_key, id FROM jr_work_queue \
              WHERE unique_key = ANY($1) AND status IN ('pending', 'assigned', 'in_progress')";
-        for r in client.query(sql, &[&keys]).await? {
+        for r in client.rows(sql, &[&keys]).await? {
             held.insert(r.get(0), r.get(1));
         }
     }
@@ -95,7 +92,7 @@ pub async fn tasks_insert(
 
 /// Inserts the tasks at `idx` with one statement; returns (id, input index) in order.
 async fn insert_chunk(
-    client: &impl GenericClient,
+    client: &impl Sql,
     tasks: &[NewTask],
     idx: &[usize],
 ) -> Result<Vec<(i64, i64)>> {
@@ -175,7 +172,7 @@ async fn insert_chunk(
          DO NOTHING \
          RETURNING id, unique_key";
     let rows = client
-        .query(
+        .rows(
             sql,
             &[
                 &ord,

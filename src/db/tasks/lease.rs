@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
+use crate::db::Sql;
 use serde::Serialize;
-use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::duration_ms;
@@ -45,7 +45,7 @@ pub struct ClaimedTask {
 /// them: one statement, `FOR UPDATE SKIP LOCKED`, one `started` event per task. With
 /// `run`, only that run's tasks are claimed.
 pub async fn tasks_claim(
-    client: &impl GenericClient,
+    client: &impl Sql,
     stmts: &Statements,
     worker: &str,
     instance: Uuid,
@@ -55,9 +55,8 @@ pub async fn tasks_claim(
     if limit <= 0 {
         return Ok(vec![]);
     }
-    let stmt = stmts.get(client, CLAIM_SQL).await?;
-    let rows = client
-        .query(&stmt, &[&worker, &limit, &instance, &run])
+    let rows = stmts
+        .rows(client, CLAIM_SQL, &[&worker, &limit, &instance, &run])
         .await?;
     Ok(rows.iter().map(|r| claimed_from_row(r, 0)).collect())
 }
@@ -217,7 +216,7 @@ pub struct FinishedAttempt {
 /// may be pending again). Returns the ids whose write matched; the others had lost their
 /// lease and were left untouched.
 pub async fn tasks_finish(
-    client: &impl GenericClient,
+    client: &impl Sql,
     stmts: &Statements,
     worker: &str,
     instance: Uuid,
@@ -227,9 +226,8 @@ pub async fn tasks_finish(
         return Ok(vec![]);
     }
     let p = FinishParams::new(done);
-    let stmt = stmts.get(client, FINISH_SQL).await?;
-    let row = client
-        .query_one(&stmt, &p.params(&worker, &instance))
+    let row = stmts
+        .row(client, FINISH_SQL, &p.params(&worker, &instance))
         .await?;
     Ok(row.get(0))
 }
@@ -306,13 +304,12 @@ pub async fn tasks_finish_and_claim(
     limit: i64,
     run: Option<Uuid>,
 ) -> Result<(Vec<i64>, Vec<ClaimedTask>)> {
-    let stmt = stmts.get(client, FINISH_AND_CLAIM_SQL).await?;
     let p = FinishParams::new(done);
     let f = p.params(&worker, &instance);
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
         f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], &limit, &run,
     ];
-    let rows = client.query(&stmt, &params).await?;
+    let rows = stmts.rows(client, FINISH_AND_CLAIM_SQL, &params).await?;
     let finished: Vec<i64> = rows.first().map(|r| r.get(0)).unwrap_or_default();
     let claimed = rows
         .iter()
@@ -335,7 +332,7 @@ const FINISH_SQL: &str = "SELECT jrq_tasks_finish($1, $2, $3, $4, $5, $6, $7, $8
 /// Records progress (0–100) of running attempts; fenced like every worker write (in
 /// `jrq_tasks_progress`, migrations/V6).
 pub async fn tasks_progress(
-    client: &impl GenericClient,
+    client: &impl Sql,
     worker: &str,
     instance: Uuid,
     progress: &[(i64, i32, i16)],
@@ -347,7 +344,7 @@ pub async fn tasks_progress(
     let attempts: Vec<i32> = progress.iter().map(|p| p.1).collect();
     let pct: Vec<i16> = progress.iter().map(|p| p.2).collect();
     client
-        .execute(
+        .exec(
             "SELECT jrq_tasks_progress($1, $2, $3, $4, $5)",
             &[&worker, &instance, &ids, &attempts, &pct],
         )
@@ -360,7 +357,7 @@ pub async fn tasks_progress(
 /// attempts (not charged; cancelled where a cancel was requested). Fenced by worker and
 /// instance in `jrq_tasks_release_unrun` (migrations/V13). The ids given back.
 pub async fn tasks_release_unrun(
-    client: &impl GenericClient,
+    client: &impl Sql,
     worker: &str,
     instance: Uuid,
     ids: &[i64],
@@ -369,7 +366,7 @@ pub async fn tasks_release_unrun(
         return Ok(vec![]);
     }
     let row = client
-        .query_one(
+        .row(
             "SELECT jrq_tasks_release_unrun($1, $2, $3)",
             &[&worker, &instance, &ids],
         )
@@ -391,13 +388,13 @@ pub struct Rescued {
 /// again with the attempt counted, failed when its attempts are used up, cancelled when a
 /// cancel was requested. One event each, by `actor`, saying `why`.
 pub async fn tasks_rescue_worker(
-    client: &impl GenericClient,
+    client: &impl Sql,
     worker: &str,
     actor: &str,
     why: &str,
 ) -> Result<Vec<Rescued>> {
     let rows = client
-        .query(
+        .rows(
             "WITH old AS ( \
                  SELECT id FROM jr_work_queue \
                  WHERE status = 'in_progress' AND assigned_jr = $1 ORDER BY id FOR UPDATE), \
@@ -420,13 +417,9 @@ pub async fn tasks_rescue_worker(
 
 /// Gives the tasks assigned to `worker` but not started back to pending (its process is
 /// gone: the stale cleanup), one event each. Returns how many.
-pub async fn tasks_unassign_worker(
-    client: &impl GenericClient,
-    worker: &str,
-    why: &str,
-) -> Result<u64> {
+pub async fn tasks_unassign_worker(client: &impl Sql, worker: &str, why: &str) -> Result<u64> {
     let row = client
-        .query_one(
+        .row(
             "WITH upd AS ( \
                  UPDATE jr_work_queue SET status = 'pending', assigned_jr = NULL, \
                      assigned_at = NULL, updated_at = now() \
@@ -448,13 +441,13 @@ pub async fn tasks_unassign_worker(
 /// worker is stopping, one event each; only while `instance` holds the name (fenced in
 /// `jrq_tasks_unassign_own`, migrations/V6). Returns how many.
 pub async fn tasks_unassign_own(
-    client: &impl GenericClient,
+    client: &impl Sql,
     worker: &str,
     instance: Uuid,
     why: &str,
 ) -> Result<u64> {
     let row = client
-        .query_one(
+        .row(
             "SELECT jrq_tasks_unassign_own($1, $2, $3)",
             &[&worker, &instance, &why],
         )

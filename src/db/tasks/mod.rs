@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::db::Sql;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::db::{events, metrics, worker_channel, CHANNEL_PENDING};
@@ -163,7 +164,7 @@ pub fn duration_ms(d: Duration) -> i64 {
 /// The ids (and statuses) of the tasks among `ids` (when not empty) that match every
 /// filter given, oldest first.
 pub async fn tasks_select(
-    client: &impl GenericClient,
+    client: &impl Sql,
     ids: &[i64],
     f: &TaskFilter,
     older_than: Option<Duration>,
@@ -171,7 +172,7 @@ pub async fn tasks_select(
     let status = f.status.map(|s| s.as_str());
     let older = older_than.map(duration_ms);
     let rows = client
-        .query(
+        .rows(
             "SELECT id, status FROM jr_work_queue \
              WHERE (cardinality($1::int8[]) = 0 OR id = ANY($1)) \
                AND ($2::text IS NULL OR status = $2) \
@@ -225,7 +226,7 @@ pub struct TaskListRow {
 }
 
 /// Lists tasks, newest first.
-pub async fn tasks_list(client: &impl GenericClient, f: &TaskFilter) -> Result<Vec<TaskListRow>> {
+pub async fn tasks_list(client: &impl Sql, f: &TaskFilter) -> Result<Vec<TaskListRow>> {
     let sql = "SELECT id, left(title, 200), status, priority, sacred_fire_priority, \
              provider, assigned_jr, target_jr, run_id, attempts, max_attempts, \
              progress_percent, created_at, started_at, completed_at FROM jr_work_queue \
@@ -237,7 +238,7 @@ pub async fn tasks_list(client: &impl GenericClient, f: &TaskFilter) -> Result<V
          ORDER BY id DESC LIMIT $5";
     let status = f.status.map(|s| s.as_str());
     let rows = client
-        .query(
+        .rows(
             sql,
             &[
                 &status,
@@ -272,9 +273,9 @@ pub async fn tasks_list(client: &impl GenericClient, f: &TaskFilter) -> Result<V
 }
 
 /// One task, or `None`.
-pub async fn tasks_get(client: &impl GenericClient, id: i64) -> Result<Option<TaskRow>> {
+pub async fn tasks_get(client: &impl Sql, id: i64) -> Result<Option<TaskRow>> {
     Ok(client
-        .query_opt(
+        .row_opt(
             "SELECT id, title, description, source, created_by, priority, \
                  sacred_fire_priority, status, assigned_jr, created_at, assigned_at, started_at, \
                  completed_at, progress_percent, payload, provider, target_jr, run_id, attempts, \
@@ -292,7 +293,7 @@ pub async fn tasks_get(client: &impl GenericClient, id: i64) -> Result<Option<Ta
 }
 
 /// One task, or a clear "no task N" error.
-pub async fn tasks_get_existing(client: &impl GenericClient, id: i64) -> Result<TaskRow> {
+pub async fn tasks_get_existing(client: &impl Sql, id: i64) -> Result<TaskRow> {
     tasks_get(client, id).await?.ok_or_else(|| no_such_task(id))
 }
 
@@ -300,12 +301,12 @@ pub async fn tasks_get_existing(client: &impl GenericClient, id: i64) -> Result<
 /// retry: a task the retry skipped keeps its own): their next attempt starts from the
 /// beginning. One event each that had one. Returns the ids cleared.
 pub async fn tasks_clear_checkpoint(
-    client: &impl GenericClient,
+    client: &impl Sql,
     ids: &[i64],
     actor: &str,
 ) -> Result<Vec<i64>> {
     let row = client
-        .query_one(
+        .row(
             "WITH upd AS ( \
                  UPDATE jr_work_queue SET checkpoint = NULL, checkpoint_at = NULL, \
                      updated_at = now() \
@@ -331,7 +332,7 @@ fn no_such_task(id: i64) -> Error {
 
 /// Puts one failed or cancelled task back to pending with a fresh attempt budget. Run in
 /// a transaction: the change, its event and the assigners' wake-up commit together.
-pub async fn tasks_retry(client: &impl GenericClient, id: i64, actor: &str) -> Result<TaskRow> {
+pub async fn tasks_retry(client: &impl Sql, id: i64, actor: &str) -> Result<TaskRow> {
     // The same reset as tasks_retry_all_failed's: a fresh attempt budget.
     // What the row counted moves into the metric totals in the same statement (V11).
     let sql = concat!(
@@ -355,7 +356,7 @@ pub async fn tasks_retry(client: &impl GenericClient, id: i64, actor: &str) -> R
          RETURNING task_id"
     );
     let rows = client
-        .query(
+        .rows(
             sql,
             &[
                 &id,
@@ -398,10 +399,7 @@ pub struct RetryAllReport {
 }
 
 /// Puts every failed task back to pending (one statement, one event each).
-pub async fn tasks_retry_all_failed(
-    client: &impl GenericClient,
-    actor: &str,
-) -> Result<RetryAllReport> {
+pub async fn tasks_retry_all_failed(client: &impl Sql, actor: &str) -> Result<RetryAllReport> {
     // The same reset as tasks_retry's: a fresh attempt budget.
     // What the rows counted moves into the metric totals in the same statement (V11).
     let sql = concat!(
@@ -435,7 +433,7 @@ pub async fn tasks_retry_all_failed(
                    AND id NOT IN (SELECT id FROM upd))"
     );
     let row = client
-        .query_one(
+        .row(
             sql,
             &[
                 &actor,
@@ -468,13 +466,9 @@ pub enum CancelOutcome {
 
 /// Cancels a task: at once when it is pending or assigned; a running task gets a cancel
 /// request its worker acts on. Run in a transaction.
-pub async fn tasks_cancel(
-    client: &impl GenericClient,
-    id: i64,
-    actor: &str,
-) -> Result<CancelOutcome> {
+pub async fn tasks_cancel(client: &impl Sql, id: i64, actor: &str) -> Result<CancelOutcome> {
     let row = client
-        .query_opt(
+        .row_opt(
             "SELECT status, assigned_jr, cancel_requested_at IS NOT NULL \
              FROM jr_work_queue WHERE id = $1 FOR UPDATE",
             &[&id],
@@ -487,7 +481,7 @@ pub async fn tasks_cancel(
     match status.as_str() {
         "pending" | "assigned" => {
             client
-                .execute(
+                .exec(
                     "UPDATE jr_work_queue SET status = 'cancelled', completed_at = now(), \
                          cancel_requested_at = now(), error = 'cancelled', updated_at = now() \
                      WHERE id = $1",
@@ -513,7 +507,7 @@ pub async fn tasks_cancel(
         "in_progress" if already => Ok(CancelOutcome::AlreadyRequested),
         "in_progress" => {
             client
-                .execute(
+                .exec(
                     "UPDATE jr_work_queue SET cancel_requested_at = now(), updated_at = now() \
                      WHERE id = $1",
                     &[&id],
@@ -536,7 +530,7 @@ pub async fn tasks_cancel(
             if let Some(w) = &worker {
                 let payload = format!("{}{w}", crate::db::CANCEL_PREFIX);
                 client
-                    .execute("SELECT pg_notify($1, $2)", &[&worker_channel(w), &payload])
+                    .exec("SELECT pg_notify($1, $2)", &[&worker_channel(w), &payload])
                     .await?;
             }
             Ok(CancelOutcome::Requested)
@@ -558,7 +552,7 @@ pub struct PruneReport {
 
 /// Deletes finished tasks (completed, failed, cancelled) that finished before
 /// `now() - older_than`, and their events.
-pub async fn tasks_prune(client: &impl GenericClient, older_than: Duration) -> Result<PruneReport> {
+pub async fn tasks_prune(client: &impl Sql, older_than: Duration) -> Result<PruneReport> {
     // What the rows counted moves into the metric totals in the same statement (V11).
     let sql = concat!(
         "WITH src AS ( \
@@ -590,7 +584,7 @@ pub async fn tasks_prune(client: &impl GenericClient, older_than: Duration) -> R
          SELECT (SELECT count(*) FROM src), (SELECT count(*) FROM e), (SELECT count(*) FROM o)"
     );
     let row = client
-        .query_one(
+        .row(
             sql,
             &[
                 &duration_ms(older_than),
@@ -607,12 +601,9 @@ pub async fn tasks_prune(client: &impl GenericClient, older_than: Duration) -> R
 }
 
 /// What [`tasks_prune`] would delete now: the tasks and their events.
-pub async fn tasks_prune_count(
-    client: &impl GenericClient,
-    older_than: Duration,
-) -> Result<PruneReport> {
+pub async fn tasks_prune_count(client: &impl Sql, older_than: Duration) -> Result<PruneReport> {
     let row = client
-        .query_one(
+        .row(
             "WITH t AS ( \
                  SELECT id FROM jr_work_queue \
                  WHERE status IN ('completed', 'failed', 'cancelled') \
@@ -649,9 +640,9 @@ pub struct TaskSummary {
 }
 
 /// Summarises the queue: tasks by status, oldest pending age, failures in `window`.
-pub async fn tasks_summary(client: &impl GenericClient, window: Duration) -> Result<TaskSummary> {
+pub async fn tasks_summary(client: &impl Sql, window: Duration) -> Result<TaskSummary> {
     let counts = client
-        .query(
+        .rows(
             "SELECT status, count(*) FROM jr_work_queue GROUP BY status",
             &[],
         )
@@ -662,7 +653,7 @@ pub async fn tasks_summary(client: &impl GenericClient, window: Duration) -> Res
         .map(|s| (s.as_str().to_string(), map.remove(s.as_str()).unwrap_or(0)))
         .collect();
     let row = client
-        .query_one(
+        .row(
             "SELECT \
                (SELECT count(*) FROM jr_work_queue WHERE status = 'pending' AND run_after > now()), \
                (SELECT extract(epoch FROM now() - min(greatest(created_at, run_after)))::float8 \
@@ -688,9 +679,9 @@ pub async fn tasks_summary(client: &impl GenericClient, window: Duration) -> Res
 }
 
 /// Wakes the assigners (e.g. after tasks went back to pending).
-pub async fn notify_pending(client: &impl GenericClient, why: &str) -> Result<()> {
+pub async fn notify_pending(client: &impl Sql, why: &str) -> Result<()> {
     client
-        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_PENDING, &why])
+        .exec("SELECT pg_notify($1, $2)", &[&CHANNEL_PENDING, &why])
         .await?;
     Ok(())
 }
@@ -698,11 +689,11 @@ pub async fn notify_pending(client: &impl GenericClient, why: &str) -> Result<()
 /// Tasks completed and failed in each of the last `minutes` minutes (the current one
 /// last, minutes without any included): (minute, completed, failed).
 pub async fn tasks_per_minute(
-    client: &impl GenericClient,
+    client: &impl Sql,
     minutes: i32,
 ) -> Result<Vec<(DateTime<Utc>, i64, i64)>> {
     let rows = client
-        .query(
+        .rows(
             "WITH c AS ( \
                  SELECT date_trunc('minute', completed_at) AS m, \
                         count(*) FILTER (WHERE status = 'completed') AS c, \
@@ -725,9 +716,9 @@ pub async fn tasks_per_minute(
 }
 
 /// Tasks by status and provider: (status, provider, tasks).
-pub async fn tasks_by_provider(client: &impl GenericClient) -> Result<Vec<(String, String, i64)>> {
+pub async fn tasks_by_provider(client: &impl Sql) -> Result<Vec<(String, String, i64)>> {
     let rows = client
-        .query(
+        .rows(
             "SELECT status, provider, count(*) FROM jr_work_queue GROUP BY 1, 2 ORDER BY 2, 1",
             &[],
         )

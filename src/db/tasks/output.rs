@@ -3,9 +3,9 @@
 //! cost), which keeps the runs' and providers' sums and pauses those over budget. The
 //! worker's writes are fenced like its outcomes; the readers' queries follow.
 
+use crate::db::Sql;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::error::Result;
@@ -40,7 +40,7 @@ pub struct OutputChunk {
 /// row; then trims the tasks in `trim` to their newest `keep_bytes`. Returns the chunks
 /// stored (the others had lost their lease).
 pub async fn tasks_output(
-    client: &impl GenericClient,
+    client: &impl Sql,
     worker: &str,
     instance: Uuid,
     chunks: &[OutputChunk],
@@ -55,7 +55,7 @@ pub async fn tasks_output(
     let streams: Vec<&str> = chunks.iter().map(|c| c.stream.as_str()).collect();
     let data: Vec<&str> = chunks.iter().map(|c| c.data.as_str()).collect();
     let row = client
-        .query_one(
+        .row(
             "SELECT jrq_tasks_output($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 &worker,
@@ -75,7 +75,7 @@ pub async fn tasks_output(
 /// Stores the latest checkpoint (JSON text) of running attempts, fenced, with an event
 /// each. Returns the task ids stored.
 pub async fn tasks_checkpoint(
-    client: &impl GenericClient,
+    client: &impl Sql,
     worker: &str,
     instance: Uuid,
     checkpoints: &[(i64, i32, &str)],
@@ -87,7 +87,7 @@ pub async fn tasks_checkpoint(
     let attempts: Vec<i32> = checkpoints.iter().map(|c| c.1).collect();
     let json: Vec<&str> = checkpoints.iter().map(|c| c.2).collect();
     let row = client
-        .query_one(
+        .row(
             "SELECT jrq_tasks_checkpoint($1, $2, $3, $4, $5)",
             &[&worker, &instance, &ids, &attempts, &json],
         )
@@ -122,7 +122,7 @@ pub struct BudgetPause {
 /// Adds usage of running attempts `(task, attempt, model, delta)` to the ledger, fenced;
 /// returns the pauses set for runs and providers that reached their budgets.
 pub async fn tasks_usage(
-    client: &impl GenericClient,
+    client: &impl Sql,
     worker: &str,
     instance: Uuid,
     usage: &[(i64, i32, &str, &UsageDelta)],
@@ -137,7 +137,7 @@ pub async fn tasks_usage(
     let output: Vec<i64> = usage.iter().map(|u| u.3.output_tokens).collect();
     let cost: Vec<i64> = usage.iter().map(|u| u.3.cost_microusd).collect();
     let rows = client
-        .query(
+        .rows(
             "SELECT scope, target, reason FROM jrq_tasks_usage($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 &worker, &instance, &ids, &attempts, &models, &input, &output, &cost,
@@ -194,13 +194,13 @@ pub struct OutputQuery {
 
 /// A task's stored output, oldest first.
 pub async fn output_read(
-    client: &impl GenericClient,
+    client: &impl Sql,
     task_id: i64,
     q: &OutputQuery,
 ) -> Result<Vec<OutputRow>> {
     let stream = q.stream.map(Stream::as_str);
     let rows = client
-        .query(
+        .rows(
             "SELECT seq, attempt, stream, at, data FROM jr_task_output \
              WHERE task_id = $1 AND seq > $2 AND ($3::text IS NULL OR stream = $3) \
                AND ($4::timestamptz IS NULL OR at >= $4) \
@@ -220,13 +220,9 @@ pub async fn output_read(
 }
 
 /// The last `bytes` (about: whole chunks) of a task's output, oldest first.
-pub async fn output_tail(
-    client: &impl GenericClient,
-    task_id: i64,
-    bytes: i64,
-) -> Result<Vec<OutputRow>> {
+pub async fn output_tail(client: &impl Sql, task_id: i64, bytes: i64) -> Result<Vec<OutputRow>> {
     let rows = client
-        .query(
+        .rows(
             "SELECT seq, attempt, stream, at, data FROM ( \
                  SELECT seq, attempt, stream, at, data, \
                      sum(octet_length(data)) OVER (ORDER BY seq DESC) AS upto \
@@ -262,9 +258,9 @@ impl UsageTotal {
 }
 
 /// A task's usage by model (all its attempts).
-pub async fn usage_of_task(client: &impl GenericClient, task_id: i64) -> Result<Vec<UsageTotal>> {
+pub async fn usage_of_task(client: &impl Sql, task_id: i64) -> Result<Vec<UsageTotal>> {
     let rows = client
-        .query(
+        .rows(
             "SELECT model, sum(input_tokens)::int8, sum(output_tokens)::int8, \
                  sum(cost_microusd)::int8 \
              FROM jr_task_usage WHERE task_id = $1 GROUP BY model ORDER BY model",
@@ -276,11 +272,11 @@ pub async fn usage_of_task(client: &impl GenericClient, task_id: i64) -> Result<
 
 /// Usage reported since `since`, by provider and by worker.
 pub async fn usage_since(
-    client: &impl GenericClient,
+    client: &impl Sql,
     since: DateTime<Utc>,
 ) -> Result<(Vec<UsageTotal>, Vec<UsageTotal>)> {
     let rows = client
-        .query(
+        .rows(
             "SELECT g, key, sum(input_tokens)::int8, sum(output_tokens)::int8, \
                  sum(cost_microusd)::int8 \
              FROM (SELECT 'p' AS g, provider AS key, input_tokens, output_tokens, \

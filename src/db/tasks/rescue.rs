@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use crate::db::Sql;
 use serde::Serialize;
-use tokio_postgres::GenericClient;
 
 use super::duration_ms;
 use crate::error::Result;
@@ -24,12 +24,12 @@ pub struct Acted {
 /// the rules of every rescue). One `rescued` event each. Tasks of workers that
 /// still heartbeat are slow, not stuck, and are left alone.
 pub async fn tasks_rescue_stuck(
-    client: &impl GenericClient,
+    client: &impl Sql,
     actor: &str,
     stuck_after: Duration,
 ) -> Result<Vec<Acted>> {
     let rows = client
-        .query(
+        .rows(
             "WITH stuck AS ( \
                  SELECT q.id, q.assigned_jr, \
                      'stuck: worker ''' || q.assigned_jr || ''' ' || \
@@ -71,12 +71,12 @@ pub async fn tasks_rescue_stuck(
 /// worker is alive (it should have ended them). The worker's later write then finds its
 /// lease gone and stops the process.
 pub async fn tasks_fail_overdue(
-    client: &impl GenericClient,
+    client: &impl Sql,
     actor: &str,
     grace: Duration,
 ) -> Result<Vec<Acted>> {
     let rows = client
-        .query(
+        .rows(
             "WITH late AS ( \
                  SELECT id FROM jr_work_queue \
                  WHERE status = 'in_progress' \

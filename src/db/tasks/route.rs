@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::GenericClient;
+use crate::db::Sql;
 use uuid::Uuid;
 
 use super::duration_ms;
@@ -63,7 +63,7 @@ macro_rules! pending_sql {
 /// could serve (its target, if any, has room), not of a paused run, locking them `FOR
 /// UPDATE SKIP LOCKED` for the rest of the transaction.
 pub async fn tasks_pending_for_routing(
-    client: &impl GenericClient,
+    client: &impl Sql,
     stmts: &Statements,
     providers: &[String],
     with_unprovided: bool,
@@ -83,7 +83,7 @@ pub async fn tasks_pending_for_routing(
 /// As [`tasks_pending_for_routing`], the tasks of the (paused) `providers` that allow
 /// fallback (`fallback_ok`, migrations/V10: few, and indexed).
 pub async fn tasks_pending_fallback(
-    client: &impl GenericClient,
+    client: &impl Sql,
     stmts: &Statements,
     providers: &[String],
     workers: &[String],
@@ -100,7 +100,7 @@ pub async fn tasks_pending_fallback(
 }
 
 async fn pending(
-    client: &impl GenericClient,
+    client: &impl Sql,
     stmts: &Statements,
     sql: &'static str,
     (providers, with_unprovided, workers, paused_runs, limit): (
@@ -111,10 +111,10 @@ async fn pending(
         i64,
     ),
 ) -> Result<Vec<PendingTask>> {
-    let stmt = stmts.get(client, sql).await?;
-    let rows = client
-        .query(
-            &stmt,
+    let rows = stmts
+        .rows(
+            client,
+            sql,
             &[&providers, &workers, &limit, &paused_runs, &with_unprovided],
         )
         .await?;
@@ -150,7 +150,7 @@ pub struct Assignment {
 /// delivered when the transaction commits; `spent` sets the token buckets of the
 /// providers whose tasks started (the tokens left). Returns how many were written.
 pub async fn tasks_assign(
-    client: &impl GenericClient,
+    client: &impl Sql,
     stmts: &Statements,
     actor: &str,
     assignments: &[Assignment],
@@ -172,10 +172,10 @@ pub async fn tasks_assign(
         .collect();
     let (names, tokens): (Vec<&str>, Vec<f64>) =
         spent.iter().map(|(n, t)| (n.as_str(), *t)).unzip();
-    let stmt = stmts.get(client, ASSIGN_SQL).await?;
-    let row = client
-        .query_one(
-            &stmt,
+    let row = stmts
+        .row(
+            client,
+            ASSIGN_SQL,
             &[
                 &ids, &workers, &reasons, &actor, &channels, &names, &tokens, &routed,
             ],
@@ -211,12 +211,12 @@ const ASSIGN_SQL: &str = "WITH a AS ( \
 /// names never registered once the assignment is older than the threshold. One event
 /// each, saying why. Returns how many.
 pub async fn tasks_unassign_vanished(
-    client: &impl GenericClient,
+    client: &impl Sql,
     actor: &str,
     online_threshold: Duration,
 ) -> Result<u64> {
     let row = client
-        .query_one(
+        .row(
             "WITH gone AS ( \
                  SELECT q.id, q.assigned_jr, \
                      CASE WHEN w.jr_name IS NULL THEN 'is not registered' \
@@ -254,13 +254,13 @@ pub async fn tasks_unassign_vanished(
 /// task became ready, with the error `target worker 'NAME' is not online`. Returns how
 /// many.
 pub async fn tasks_fail_unreachable_pins(
-    client: &impl GenericClient,
+    client: &impl Sql,
     actor: &str,
     online_threshold: Duration,
     grace: Duration,
 ) -> Result<u64> {
     let row = client
-        .query_one(
+        .row(
             "WITH dead AS ( \
                  SELECT q.id FROM jr_work_queue q \
                  WHERE q.status = 'pending' AND q.target_jr IS NOT NULL \
@@ -291,9 +291,9 @@ pub async fn tasks_fail_unreachable_pins(
 }
 
 /// Ready pending tasks and the age of the oldest, for the assigner's status line.
-pub async fn tasks_pending_depth(client: &impl GenericClient) -> Result<(i64, Option<f64>)> {
+pub async fn tasks_pending_depth(client: &impl Sql) -> Result<(i64, Option<f64>)> {
     let row = client
-        .query_one(
+        .row(
             "SELECT count(*), \
                  extract(epoch FROM now() - min(greatest(created_at, run_after)))::float8 \
              FROM jr_work_queue WHERE status = 'pending' AND run_after <= now()",

@@ -21,8 +21,8 @@
 
 use std::time::Duration;
 
+use crate::db::Sql;
 use serde::Serialize;
-use tokio_postgres::GenericClient;
 
 use crate::db::tasks::duration_ms;
 use crate::error::Result;
@@ -144,11 +144,11 @@ pub fn median(scores: &[i32]) -> Option<f64> {
 /// The health of every alive worker (online, heartbeat within `online_threshold`), by
 /// name.
 pub async fn workers_health(
-    client: &impl GenericClient,
+    client: &impl Sql,
     online_threshold: Duration,
 ) -> Result<Vec<(String, Health)>> {
     let rows = client
-        .query(
+        .rows(
             "SELECT jr_name, health_ok, health_failed, \
                  extract(epoch FROM now() - health_at)::float8, recent_outcomes, \
                  extract(epoch FROM now() - last_success_at)::float8, consecutive_failures, \

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use crate::db::Sql;
 use serde::Serialize;
-use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::db::tasks::duration_ms;
@@ -21,12 +21,9 @@ pub struct MarkedDead {
 
 /// Marks `lost` (offline, to be restarted by their host's monitor) the workers and
 /// assigners that are online but silent for longer than `dead_after`.
-pub async fn workers_mark_dead(
-    client: &impl GenericClient,
-    dead_after: Duration,
-) -> Result<Vec<MarkedDead>> {
+pub async fn workers_mark_dead(client: &impl Sql, dead_after: Duration) -> Result<Vec<MarkedDead>> {
     let rows = client
-        .query(
+        .rows(
             "UPDATE jr_status SET is_online = false, status = 'lost', current_load = 0, \
                  status_text = 'marked offline by the health monitor: ' || coalesce( \
                      CASE WHEN last_seen > now() THEN 'its heartbeat is in the future' END, \
@@ -63,9 +60,9 @@ pub struct Lost {
 /// Takes over the `lost` rows of `host` (marks them `offline`) and says which to restart:
 /// those that ran under systemd and have a reason to live (no run, or a run still active).
 /// A worker started by hand, or one whose run is over, is not brought back as a unit.
-pub async fn workers_take_lost(client: &impl GenericClient, host: &str) -> Result<Vec<Lost>> {
+pub async fn workers_take_lost(client: &impl Sql, host: &str) -> Result<Vec<Lost>> {
     let rows = client
-        .query(
+        .rows(
             "UPDATE jr_status s SET status = 'offline', updated_at = now() \
              WHERE s.status = 'lost' AND NOT s.is_online AND s.host = $1 \
              RETURNING s.jr_name, s.kind, \
@@ -91,13 +88,9 @@ pub async fn workers_take_lost(client: &impl GenericClient, host: &str) -> Resul
 }
 
 /// Registry rows of `kind` on `host`.
-pub async fn workers_on_host(
-    client: &impl GenericClient,
-    kind: &str,
-    host: &str,
-) -> Result<Vec<String>> {
+pub async fn workers_on_host(client: &impl Sql, kind: &str, host: &str) -> Result<Vec<String>> {
     Ok(client
-        .query(
+        .rows(
             "SELECT jr_name FROM jr_status WHERE kind = $1 AND host = $2 ORDER BY jr_name",
             &[&kind, &host],
         )
@@ -116,12 +109,9 @@ pub struct HostWorker {
 }
 
 /// The workers registered on `host` with a process id (live or not).
-pub async fn workers_registered_on_host(
-    client: &impl GenericClient,
-    host: &str,
-) -> Result<Vec<HostWorker>> {
+pub async fn workers_registered_on_host(client: &impl Sql, host: &str) -> Result<Vec<HostWorker>> {
     Ok(client
-        .query(
+        .rows(
             "SELECT jr_name, pid, run_id FROM jr_status \
              WHERE kind = 'worker' AND host = $1 AND pid IS NOT NULL ORDER BY jr_name",
             &[&host],
@@ -147,9 +137,9 @@ pub struct NameHolder {
 }
 
 /// The registry row of worker `name`, if any.
-pub async fn workers_holder(client: &impl GenericClient, name: &str) -> Result<Option<NameHolder>> {
+pub async fn workers_holder(client: &impl Sql, name: &str) -> Result<Option<NameHolder>> {
     Ok(client
-        .query_opt(
+        .row_opt(
             "SELECT host, pid, is_online, \
                  extract(epoch FROM now() - last_seen)::float8 < 60 \
              FROM jr_status WHERE jr_name = $1 AND kind = 'worker'",
@@ -173,12 +163,9 @@ pub struct OnlineWorker {
 }
 
 /// The workers registered as online on `host`, by name.
-pub async fn workers_online_on_host(
-    client: &impl GenericClient,
-    host: &str,
-) -> Result<Vec<OnlineWorker>> {
+pub async fn workers_online_on_host(client: &impl Sql, host: &str) -> Result<Vec<OnlineWorker>> {
     Ok(client
-        .query(
+        .rows(
             "SELECT jr_name, pid, boot_id FROM jr_status \
              WHERE kind = 'worker' AND host = $1 AND is_online ORDER BY jr_name",
             &[&host],
@@ -198,14 +185,14 @@ pub async fn workers_online_on_host(
 /// the rest of the transaction. Whether it was marked. This host's health monitor then
 /// takes the row over (`workers_take_lost`).
 pub async fn workers_mark_lost(
-    client: &impl GenericClient,
+    client: &impl Sql,
     name: &str,
     host: &str,
     pid: Option<i32>,
     why: &str,
 ) -> Result<bool> {
     let n = client
-        .execute(
+        .exec(
             "UPDATE jr_status SET is_online = false, status = 'lost', current_load = 0, \
                  status_text = $4, updated_at = now() \
              WHERE jr_name = $1 AND host = $2 AND pid IS NOT DISTINCT FROM $3 AND is_online",
@@ -216,9 +203,9 @@ pub async fn workers_mark_lost(
 }
 
 /// Notes on a registry row what the health monitor did (shown by `jrq workers --json`).
-pub async fn workers_note(client: &impl GenericClient, name: &str, text: &str) -> Result<()> {
+pub async fn workers_note(client: &impl Sql, name: &str, text: &str) -> Result<()> {
     client
-        .execute(
+        .exec(
             "UPDATE jr_status SET status_text = $2, updated_at = now() WHERE jr_name = $1",
             &[&name, &text],
         )
@@ -227,9 +214,9 @@ pub async fn workers_note(client: &impl GenericClient, name: &str, text: &str) -
 }
 
 /// The longest silence among workers registered as online, in seconds.
-pub async fn workers_longest_silence(client: &impl GenericClient) -> Result<Option<f64>> {
+pub async fn workers_longest_silence(client: &impl Sql) -> Result<Option<f64>> {
     Ok(client
-        .query_one(
+        .row(
             "SELECT max(extract(epoch FROM now() - last_seen))::float8 FROM jr_status \
              WHERE kind = 'worker' AND is_online",
             &[],

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use crate::db::Sql;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::db::tasks::{duration_ms, Rescued};
@@ -142,12 +142,9 @@ impl WorkerRow {
 }
 
 /// Lists the registry, workers first, by name.
-pub async fn workers_list(
-    client: &impl GenericClient,
-    online_threshold: Duration,
-) -> Result<Vec<WorkerRow>> {
+pub async fn workers_list(client: &impl Sql, online_threshold: Duration) -> Result<Vec<WorkerRow>> {
     let rows = client
-        .query(
+        .rows(
             "SELECT jr_name, kind, host, pid, instance_id, providers, capacity, \
                     (SELECT count(*) FROM jr_work_queue q \
                      WHERE q.status = 'in_progress' AND q.assigned_jr = w.jr_name)::int4, \
@@ -232,11 +229,11 @@ impl WorkerSummary {
 
 /// Counts workers by liveness and load.
 pub async fn workers_summary(
-    client: &impl GenericClient,
+    client: &impl Sql,
     online_threshold: Duration,
 ) -> Result<WorkerSummary> {
     let row = client
-        .query_one(
+        .row(
             "WITH w AS ( \
                  SELECT kind, capacity, circuit_open_until, \
                         (SELECT count(*) FROM jr_work_queue q WHERE q.status = 'in_progress' \
@@ -285,9 +282,9 @@ pub struct Holder {
 /// `jrq_workers_lock`, migrations/V6). The name is locked, not only its row: a name nobody
 /// registered yet has no row to lock, and processes registering one new name at the same
 /// moment must still take turns (each then sees the one before it).
-pub async fn workers_lock(client: &impl GenericClient, name: &str) -> Result<Option<Holder>> {
+pub async fn workers_lock(client: &impl Sql, name: &str) -> Result<Option<Holder>> {
     let row = client
-        .query_opt(
+        .row_opt(
             "SELECT kind, host, pid, boot_id, is_online, last_seen_age_s \
              FROM jrq_workers_lock($1)",
             &[&name],
@@ -342,12 +339,9 @@ pub struct Registered {
 /// when it was the last, cancelled when a cancel was requested), each with a `rescued`
 /// event saying `takeover_why`. In `jrq_workers_register` (migrations/V6); call it after
 /// [`workers_lock`], in the same transaction, once the name may be taken.
-pub async fn workers_register(
-    client: &impl GenericClient,
-    r: &Registration<'_>,
-) -> Result<Registered> {
+pub async fn workers_register(client: &impl Sql, r: &Registration<'_>) -> Result<Registered> {
     let row = client
-        .query_one(
+        .row(
             "SELECT previous_host, previous_instance, rescued_ids, rescued_status \
              FROM jrq_workers_register($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             &[
@@ -405,14 +399,14 @@ pub struct HeartbeatReply {
 /// Refreshes `last_seen` and the load, and reads back the run's status and the leases
 /// held. `None` means another instance has taken the name over.
 pub async fn workers_heartbeat(
-    client: &impl GenericClient,
+    client: &impl Sql,
     stmts: &Statements,
     hb: &Heartbeat<'_>,
 ) -> Result<Option<HeartbeatReply>> {
-    let stmt = stmts.get(client, HEARTBEAT_SQL).await?;
-    let row = client
-        .query_one(
-            &stmt,
+    let row = stmts
+        .row(
+            client,
+            HEARTBEAT_SQL,
             &[
                 &hb.name,
                 &hb.instance,
@@ -440,13 +434,13 @@ const HEARTBEAT_SQL: &str = "SELECT matched, run_status, held, cancel_requested 
 /// Marks this instance's registry row offline (a clean exit), in
 /// `jrq_workers_set_offline` (migrations/V6).
 pub async fn workers_set_offline(
-    client: &impl GenericClient,
+    client: &impl Sql,
     name: &str,
     instance: Uuid,
     status_text: &str,
 ) -> Result<()> {
     client
-        .execute(
+        .exec(
             "SELECT jrq_workers_set_offline($1, $2, $3)",
             &[&name, &instance, &status_text],
         )

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::GenericClient;
+use crate::db::Sql;
 use uuid::Uuid;
 
 use crate::db::tasks::duration_ms;
@@ -61,15 +61,15 @@ const CANDIDATES_SQL: &str = "WITH c AS MATERIALIZED ( \
 /// guarded by a per-worker advisory lock held until the transaction ends; workers another
 /// assigner holds are skipped: two assigners never fill one worker at once.
 pub async fn workers_lock_candidates(
-    client: &impl GenericClient,
+    client: &impl Sql,
     stmts: &Statements,
     online_threshold: Duration,
     circuit: &CircuitPolicy,
 ) -> Result<Vec<Candidate>> {
-    let stmt = stmts.get(client, CANDIDATES_SQL).await?;
-    let rows = client
-        .query(
-            &stmt,
+    let rows = stmts
+        .rows(
+            client,
+            CANDIDATES_SQL,
             &[
                 &duration_ms(online_threshold),
                 &circuit.failures,
@@ -103,12 +103,11 @@ pub async fn workers_lock_candidates(
 /// Tasks assigned to or running on each named worker. Run it after locking the workers:
 /// its snapshot then sees every assignment committed by whoever held the locks before.
 pub async fn workers_loads(
-    client: &impl GenericClient,
+    client: &impl Sql,
     stmts: &Statements,
     names: &[String],
 ) -> Result<std::collections::HashMap<String, i32>> {
-    let stmt = stmts.get(client, LOADS_SQL).await?;
-    let rows = client.query(&stmt, &[&names]).await?;
+    let rows = stmts.rows(client, LOADS_SQL, &[&names]).await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
@@ -123,7 +122,7 @@ const LOADS_SQL: &str = "SELECT n, \
 /// workers with K or more consecutive failures (until when, and why) and clears it for
 /// the others. Returns (opened, closed) counts of rows changed.
 pub async fn workers_update_circuits(
-    client: &impl GenericClient,
+    client: &impl Sql,
     circuit: &CircuitPolicy,
 ) -> Result<(u64, u64)> {
     let sql = "WITH o AS ( \
@@ -143,7 +142,7 @@ pub async fn workers_update_circuits(
             RETURNING 1) \
         SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM c)";
     let row = client
-        .query_one(
+        .row(
             sql,
             &[
                 &circuit.failures,
@@ -157,9 +156,9 @@ pub async fn workers_update_circuits(
 
 /// Takes (waiting for it) the routing lock an assigner's round holds on worker `name`
 /// for the rest of the transaction: a round routing to it now finishes first.
-pub async fn workers_lock_for_routing(client: &impl GenericClient, name: &str) -> Result<()> {
+pub async fn workers_lock_for_routing(client: &impl Sql, name: &str) -> Result<()> {
     client
-        .execute(
+        .exec(
             "SELECT pg_advisory_xact_lock($1, hashtext($2))",
             &[&ROUTING_LOCK_CLASS, &name],
         )
