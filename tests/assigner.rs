@@ -654,3 +654,140 @@ async fn work_flows_on_notifications_alone_when_nobody_polls() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn assigners_split_the_workers_and_a_dead_ones_share_is_taken_within_the_online_threshold() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    // Which of two assigners' shares each worker falls into (by hashtext, as the
+    // assigners compute it).
+    let names = ["ws1", "ws2", "ws3", "ws4", "ws5", "ws6", "ws7", "ws8"];
+    let share = |name: &str| {
+        let c = &client;
+        let name = name.to_string();
+        async move {
+            c.query_one("SELECT mod(hashtext($1)::int8 + 2147483648, 2)", &[&name])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    let mut shares: HashMap<String, i64> = HashMap::new();
+    for n in names {
+        shares.insert(n.to_string(), share(n).await);
+    }
+    assert!(
+        shares.values().any(|s| *s == 0) && shares.values().any(|s| *s == 1),
+        "the test's names must fall into both shares: {shares:?}"
+    );
+    let fast = ["--heartbeat-interval", "1s"];
+    let workers: Vec<WorkerProc> = names
+        .iter()
+        .map(|n| {
+            let mut args = vec!["--exec", "sleep:5ms", "--capacity", "2"];
+            args.extend(fast);
+            WorkerProc::start(&db.url, n, &args, &[])
+        })
+        .collect();
+    // "a1" sorts first: it serves share 0, "a2" share 1.
+    let assigner = |name: &str| {
+        WorkerProc::assigner(
+            &db.url,
+            name,
+            &[
+                "--poll-interval",
+                "50ms",
+                "--heartbeat-interval",
+                "1s",
+                "--online-threshold",
+                "5s",
+            ],
+        )
+    };
+    let a1 = assigner("a1");
+    let a2 = assigner("a2");
+    for w in &workers {
+        w.wait_log(T, "worker ready").await;
+    }
+    a1.wait_log(T, "assigner ready").await;
+    a2.wait_log(T, "assigner ready").await;
+    wait_count(
+        &client,
+        "SELECT count(*) FROM jr_status WHERE kind = 'assigner' AND is_online",
+        2,
+    )
+    .await;
+
+    exec(
+        &client,
+        "INSERT INTO jr_work_queue (title) SELECT 'share ' || g FROM generate_series(1, 400) g",
+    )
+    .await;
+    wait_count(
+        &client,
+        "SELECT count(*) FROM jr_work_queue WHERE status = 'completed'",
+        400,
+    )
+    .await;
+    // Each worker was routed to by the one assigner whose share it is.
+    let rows = client
+        .query(
+            "SELECT worker, array_agg(DISTINCT actor) FROM jr_task_events \
+             WHERE action = 'assigned' GROUP BY worker",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), names.len(), "every worker got tasks");
+    for r in &rows {
+        let (worker, actors): (String, Vec<String>) = (r.get(0), r.get(1));
+        let want = if shares[&worker] == 0 { "a1" } else { "a2" };
+        assert_eq!(actors, vec![want.to_string()], "{worker}'s assigners");
+    }
+
+    // a1 dies without a word: its share goes to a2 once a1 is no longer live. Tasks
+    // pinned to a1's workers can only be routed by whoever serves that share.
+    let orphans: Vec<String> = shares
+        .iter()
+        .filter(|(_, s)| **s == 0)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let killed_at: chrono::DateTime<chrono::Utc> =
+        client.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    drop(a1);
+    client
+        .execute(
+            "INSERT INTO jr_work_queue (title, target_jr) \
+             SELECT 'pinned ' || g, w FROM generate_series(1, 20) g, unnest($1::text[]) w",
+            &[&orphans],
+        )
+        .await
+        .unwrap();
+    wait_count(
+        &client,
+        "SELECT count(*) FROM jr_work_queue WHERE status = 'completed'",
+        400 + 20 * orphans.len() as i64,
+    )
+    .await;
+    let row = client
+        .query_one(
+            "SELECT count(DISTINCT worker), extract(epoch FROM min(at) - $2)::float8 \
+             FROM jr_task_events WHERE action = 'assigned' AND actor = 'a2' \
+               AND worker = ANY($1) AND at > $2",
+            &[&orphans, &killed_at],
+        )
+        .await
+        .unwrap();
+    let (served, first): (i64, Option<f64>) = (row.get(0), row.get(1));
+    assert_eq!(
+        served,
+        orphans.len() as i64,
+        "a2 took every worker of a1 over"
+    );
+    eprintln!(
+        "a1's {} workers: a2's first assignment to one of them {:.1} s after a1 was killed \
+         (online threshold 5 s, heartbeat 1 s)",
+        orphans.len(),
+        first.unwrap_or_default()
+    );
+}

@@ -208,9 +208,14 @@ impl Assigner {
                 ..Default::default()
             });
         }
-        let cands =
-            workers::workers_lock_candidates(&txn, stmts, cfg.online_threshold, &cfg.circuit)
-                .await?;
+        let cands = workers::workers_lock_candidates(
+            &txn,
+            stmts,
+            &cfg.name,
+            cfg.online_threshold,
+            &cfg.circuit,
+        )
+        .await?;
         let names: Vec<String> = cands.iter().map(|c| c.name.clone()).collect();
         let loads = workers::workers_loads(&txn, stmts, &names).await?;
         let mut slots: Vec<plan::Slot> = cands
