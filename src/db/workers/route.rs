@@ -42,32 +42,33 @@ pub const ROUTING_LOCK_CLASS: i32 = 0x006a_7271;
 /// a row lock: a row lock would make the worker's own writes to its registry row (outcome
 /// counters, heartbeats) wait for the assigner's round, and the two would take turns.
 ///
-/// The share: the live assigners (online, heartbeat within the online threshold `$1`, and
-/// the asking one `$5` itself) in name order; a worker belongs to the `i`-th of `n` when
-/// its name hashes to `i` modulo `n`. Several assigners thus route to disjoint sets of
+/// The share: of the `n` live assigners (online, heartbeat within the online threshold
+/// `$1`, and the asking one `$5` itself) in name order, the asking one is the `i`-th (the
+/// live ones with a smaller name); a worker belongs to it when its name hashes to `i`
+/// modulo `n`. Both numbers come from one scan, computed once per statement. Several assigners thus route to disjoint sets of
 /// workers instead of all try-locking all of them each round, and when one dies its
 /// workers fall to the others once it is no longer live (one online threshold). While
 /// the assigners disagree about who is live (a round apart), a worker can be in two shares
 /// for a round — the lock keeps that safe — or in none, until the next round.
-const CANDIDATES_SQL: &str = "WITH a AS ( \
-        SELECT array_agg(jr_name ORDER BY jr_name) AS names FROM ( \
-            SELECT jr_name FROM jr_status \
-            WHERE kind = 'assigner' AND is_online \
-              AND last_seen BETWEEN now() - $1::int8 * interval '1 millisecond' \
-                  AND now() + interval '1 minute' \
-            UNION SELECT $5::text) s), \
-    share AS (SELECT array_position(names, $5::text) - 1 AS i, cardinality(names) AS n FROM a), \
+const CANDIDATES_SQL: &str = "WITH share AS ( \
+        SELECT count(*) FILTER (WHERE jr_name < $5::text) AS i, count(*) + 1 AS n \
+        FROM jr_status \
+        WHERE kind = 'assigner' AND is_online AND jr_name <> $5::text \
+          AND last_seen BETWEEN now() - $1::int8 * interval '1 millisecond' \
+              AND now() + interval '1 minute'), \
     c AS MATERIALIZED ( \
         SELECT jr_name, providers, capacity, run_id, prefetch, health_ok, health_failed, \
             extract(epoch FROM now() - health_at)::float8 AS health_age, recent_outcomes, \
             extract(epoch FROM now() - last_success_at)::float8 AS success_age, \
-            consecutive_failures FROM jr_status, share \
+            consecutive_failures FROM jr_status \
         WHERE kind = 'worker' AND is_online AND status IN ('starting', 'idle', 'busy') \
           AND last_seen BETWEEN now() - $1::int8 * interval '1 millisecond' \
               AND now() + interval '1 minute' \
           AND NOT coalesce(jrq_circuit_open_until(last_failure_at, consecutive_failures, \
               $2, $3, $4) > now(), false) \
-          AND (share.n = 1 OR mod(hashtext(jr_name)::int8 + 2147483648, share.n) = share.i) \
+          AND ((SELECT n FROM share) = 1 \
+               OR mod(hashtext(jr_name)::int8 + 2147483648, (SELECT n FROM share)) \
+                  = (SELECT i FROM share)) \
         ORDER BY jr_name) \
     SELECT jr_name, providers, capacity, run_id, prefetch, health_ok, health_failed, \
         health_age, recent_outcomes, success_age, consecutive_failures FROM c \
