@@ -26,6 +26,14 @@ async fn a_fleet_through_pgbouncer_in_transaction_mode_completes_every_task_on_a
     let cluster = PrivateCluster::start();
     // The schema is migrated directly: jrq migrate refuses a transaction pooler.
     let client = cluster.migrated().await;
+    // Every statement the server runs is logged: none may leave session state behind.
+    for sql in [
+        "ALTER SYSTEM SET log_statement = 'all'",
+        "ALTER SYSTEM SET log_line_prefix = '%m [%p] app=%a '",
+        "SELECT pg_reload_conf()",
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
     let bouncer = PgBouncer::start(&cluster, POOL);
     let url = bouncer.url.clone();
     let pooled = [("JRQ_POOL_MODE", "transaction")];
@@ -56,7 +64,8 @@ async fn a_fleet_through_pgbouncer_in_transaction_mode_completes_every_task_on_a
         let most = most.clone();
         tokio::spawn(async move {
             loop {
-                let n = count(&client, server_sql).await - 1; // the sampler itself
+                // (The statement leaves out the sampler; the test's own client is one.)
+                let n = count(&client, server_sql).await - 1;
                 most.fetch_max(n, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -165,6 +174,33 @@ async fn a_fleet_through_pgbouncer_in_transaction_mode_completes_every_task_on_a
         !bouncer.log().contains("prepared statement"),
         "{}",
         bouncer.log()
+    );
+    // What the server ran: no LISTEN, no session setting, no session lock, no named
+    // statement — nothing that would stay on a server connection for the next client.
+    // (The test's own direct connections, application jrq-test, are not the fleet.)
+    let log = cluster.server_log();
+    let fleet: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains("app=jrq-test "))
+        .collect();
+    for banned in [
+        "LISTEN ",
+        "SET enable_seqscan",
+        "SET default_transaction_read_only",
+        "pg_advisory_lock(",
+        "pg_try_advisory_lock(",
+        "execute s",
+    ] {
+        let hit = fleet.iter().find(|l| l.contains(banned));
+        assert!(
+            hit.is_none(),
+            "the server ran {banned:?}: {}",
+            hit.copied().unwrap_or("")
+        );
+    }
+    assert!(
+        log.contains("pg_try_advisory_xact_lock("),
+        "the monitor's lock, a transaction's, is in the log"
     );
     for p in workers.iter().chain([&assigner, &monitor]) {
         let log = p.log();

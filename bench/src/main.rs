@@ -7,6 +7,7 @@
 
 mod error;
 mod fleet;
+mod fleet500;
 mod report;
 
 use std::process::ExitCode;
@@ -38,12 +39,13 @@ pub struct BenchArgs {
     #[arg(long, env = "JRQ_BENCH_RUNS", default_value = "3")]
     pub runs: usize,
     /// Scenarios to run: throughput, latency, backlog, fleet, footprint, ceiling, output,
-    /// notify.
+    /// notify, fleet500 (hundreds of real workers, directly and through PgBouncer; one run
+    /// whatever --runs says, several minutes).
     #[arg(
         long,
         env = "JRQ_BENCH_SCENARIOS",
         value_delimiter = ',',
-        default_value = "throughput,latency,backlog,fleet,footprint,ceiling,output,notify"
+        default_value = "throughput,latency,backlog,fleet,footprint,ceiling,output,notify,fleet500"
     )]
     pub scenarios: Vec<String>,
     /// Smaller sizes, for a quick look (the report says so).
@@ -201,6 +203,8 @@ pub struct Results {
     pub output: Option<OutputResult>,
     #[serde(default)]
     pub notify: Vec<NotifyRow>,
+    #[serde(default)]
+    pub fleet500: Vec<fleet500::Fleet500Row>,
     pub seconds: f64,
 }
 
@@ -245,7 +249,7 @@ impl Ctx {
     }
 
     /// A connection to `url`, with the TLS settings it names.
-    async fn connect(url: &str) -> Result<Client> {
+    pub(crate) async fn connect(url: &str) -> Result<Client> {
         Ok(db::connect(&db::config_from(Some(url), "jrq-bench")?).await?)
     }
 
@@ -394,6 +398,14 @@ pub async fn run(args: BenchArgs) -> Result<Results> {
     }
     if want("notify") {
         res.notify = notify_cost(&ctx).await?;
+    }
+    if want("fleet500") {
+        // Minutes of work and more moving parts (PgBouncer): a failure here keeps what the
+        // other scenarios measured.
+        match fleet500::fleet500(&ctx).await {
+            Ok(rows) => res.fleet500 = rows,
+            Err(e) => eprintln!("fleet500    not measured: {e}"),
+        }
     }
     res.seconds = started.elapsed().as_secs_f64();
     Ok(res)
@@ -787,7 +799,9 @@ async fn fleet_scale(ctx: &mut Ctx, report_rows: bool) -> Result<Vec<FleetRow>> 
         // Idle round time: the same round the assigner runs, measured in-process.
         let mut probe = jrq::assigner::Assigner::new(
             jrq::assigner::AssignerConfig {
-                name: "bench-probe".into(),
+                // The real assigner's name: the probe routes the same share of the workers
+                // (all of them) rather than half of them as a second assigner would.
+                name: "bench-assigner".into(),
                 ..Default::default()
             },
             db::config_from(Some(&url), "jrq-bench")?,
@@ -1251,7 +1265,7 @@ async fn notify_cost(ctx: &Ctx) -> Result<Vec<NotifyRow>> {
 }
 
 /// A new directory under the temporary directory (removed by whoever uses it).
-fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
+pub(crate) fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("{prefix}.{}", std::process::id()));
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;

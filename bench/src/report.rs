@@ -126,6 +126,15 @@ fn targets(r: &Results) -> Vec<Target> {
             miss: pct_over(cpu, 1.0),
         });
     }
+    if let Some(f) = r.fleet500.iter().find(|f| f.limit.starts_with("pool_size")) {
+        t.push(Target {
+            what: "server connections of a pooled fleet (through PgBouncer)",
+            goal: format!("{} workers on ≤ 50", f.workers),
+            got: format!("at most {}", f.connections_max),
+            met: f.connections_max <= 50,
+            miss: pct_over(f.connections_max as f64, 50.0),
+        });
+    }
     if let Some(fp) = &r.footprint {
         t.push(Target {
             what: "idle worker resident memory",
@@ -462,6 +471,110 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
                 fmt_stat(&n.notify_per_s, "/s", 0)
             );
         }
+        let _ = writeln!(s);
+    }
+    if !r.fleet500.is_empty() {
+        let f = &r.fleet500[0];
+        let _ = writeln!(s, "## 9. A fleet of {} workers\n", f.workers);
+        let _ = writeln!(
+            s,
+            "{} real `jr-queue-worker` processes (capacity 1; a fifth each on `sleep:1s` … \
+             `sleep:5s`), {} assigners and a watching monitor (`--watch 5s`, `--dead-after \
+             {:.0}s`) on a private cluster (stock settings, `max_connections` raised to fit \
+             the direct layout), first connected directly, then through PgBouncer in \
+             transaction mode (`JRQ_POOL_MODE=transaction`). At rest: {} s after every \
+             worker is online. Under load: tasks inserted at half the fleet's capacity for \
+             {} s. Then one busy worker is killed (SIGKILL) and the time until its task \
+             starts on another worker is taken. CPU in % of one core (the machine has {}); \
+             one run (the scenario takes minutes).\n",
+            f.workers,
+            f.assigners,
+            f.dead_after_s,
+            if r.quick { 10 } else { 20 },
+            if r.quick { 15 } else { 30 },
+            r.machine.as_ref().map(|m| m.cores).unwrap_or(0),
+        );
+        let _ = writeln!(
+            s,
+            "| figure | {} |",
+            r.fleet500
+                .iter()
+                .map(|f| f.layout.as_str())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        let _ = writeln!(s, "|---|{}", "---|".repeat(r.fleet500.len()));
+        let line =
+            |s: &mut String, name: &str, f: &dyn Fn(&crate::fleet500::Fleet500Row) -> String| {
+                let cells: Vec<String> = r.fleet500.iter().map(f).collect();
+                let _ = writeln!(s, "| {name} | {} |", cells.join(" | "));
+            };
+        line(&mut s, "poll intervals", &|f| f.intervals.clone());
+        line(&mut s, "server connections: limit", &|f| f.limit.clone());
+        line(
+            &mut s,
+            "server connections: at rest / most under load",
+            &|f| format!("{} / {}", f.connections_idle, f.connections_max),
+        );
+        line(&mut s, "start: all workers online after", &|f| {
+            format!("{:.1} s", f.start_s)
+        });
+        line(&mut s, "fleet memory (RSS, all processes)", &|f| {
+            format!("{:.0} MiB", f.fleet_rss_mib)
+        });
+        line(&mut s, "at rest: PostgreSQL CPU / fleet CPU", &|f| {
+            format!("{:.1} % / {:.1} %", f.idle_pg_cpu_pct, f.idle_fleet_cpu_pct)
+        });
+        line(&mut s, "at rest: PgBouncer CPU", &|f| {
+            f.idle_bouncer_cpu_pct
+                .map(|c| format!("{c:.1} %"))
+                .unwrap_or_else(|| "-".into())
+        });
+        line(&mut s, "at rest: commits/s", &|f| {
+            format!("{:.0}", f.idle_commits_per_s)
+        });
+        line(&mut s, "load: offered / completed tasks/s", &|f| {
+            format!(
+                "{:.0} / {:.0}",
+                f.load_offered_per_s, f.load_completed_per_s
+            )
+        });
+        line(&mut s, "load: PostgreSQL CPU / fleet CPU", &|f| {
+            format!("{:.0} % / {:.0} %", f.load_pg_cpu_pct, f.load_fleet_cpu_pct)
+        });
+        line(&mut s, "load: PgBouncer CPU", &|f| {
+            f.load_bouncer_cpu_pct
+                .map(|c| format!("{c:.0} %"))
+                .unwrap_or_else(|| "-".into())
+        });
+        line(&mut s, "load: commits/s", &|f| {
+            format!("{:.0}", f.load_commits_per_s)
+        });
+        line(
+            &mut s,
+            "assigner round (rounds that assigned) p50 / p99",
+            &|f| {
+                format!(
+                    "{:.1} / {:.1} ms ({} rounds)",
+                    f.round_ms_p50, f.round_ms_p99, f.rounds
+                )
+            },
+        );
+        line(&mut s, "dispatch (insert → start) p50 / p99", &|f| {
+            format!(
+                "{:.0} / {:.0} ms ({} tasks)",
+                f.dispatch_ms_p50, f.dispatch_ms_p99, f.dispatched
+            )
+        });
+        line(
+            &mut s,
+            "killed busy worker: its task started again after",
+            &|f| {
+                f.dead_rerun_s
+                    .map(|v| format!("{v:.1} s"))
+                    .unwrap_or_else(|| "not within 3 × dead-after".into())
+            },
+        );
         let _ = writeln!(s);
     }
     if !notes.trim().is_empty() {

@@ -70,6 +70,10 @@ pub(super) struct AssignerDaemon {
     lost_name: Option<String>,
     last: Maintenance,
     last_round: RoundOutcome,
+    /// The last routing round failed (and none succeeded since): the heartbeat is held
+    /// back, so that once the online threshold passes the other assigners no longer count
+    /// this one and take its share of the workers.
+    rounds_failing: bool,
 }
 
 impl AssignerDaemon {
@@ -82,6 +86,7 @@ impl AssignerDaemon {
             lost_name: None,
             last: Maintenance::default(),
             last_round: RoundOutcome::default(),
+            rounds_failing: false,
         }
     }
 }
@@ -98,6 +103,13 @@ impl Component for AssignerDaemon {
         let Some(conn) = ctx.link.conn() else {
             return Beat::Failed;
         };
+        if self.rounds_failing {
+            tracing::warn!(
+                "routing rounds are failing: holding back the heartbeat, so that the other \
+                 assigners take this one's workers"
+            );
+            return Beat::Failed;
+        }
         match self.a.heartbeat(conn, &self.last, &self.last_round).await {
             Ok(m) => {
                 self.last = m;
@@ -128,6 +140,7 @@ impl Component for AssignerDaemon {
         match self.a.run_once(&mut conn.client, &conn.stmts).await {
             Ok(r) => {
                 ctx.live.db_ok();
+                self.rounds_failing = false;
                 if r.assigned > 0 {
                     tracing::debug!(
                         assigned = r.assigned,
@@ -141,6 +154,7 @@ impl Component for AssignerDaemon {
                 self.last_round = r;
             }
             Err(e) => {
+                self.rounds_failing = true;
                 ctx.link.failed("routing round", &e);
             }
         }

@@ -126,6 +126,12 @@ impl AssignerConfig {
         if self.circuit.failures < 1 {
             return Err(Error::usage("circuit failures must be at least 1"));
         }
+        if self.online_threshold <= self.heartbeat_interval {
+            return Err(Error::usage(
+                "--online-threshold must be longer than --heartbeat-interval (three intervals \
+                 or more): the assigners judge each other, and the workers, by it",
+            ));
+        }
         if self.takeover_after <= self.heartbeat_interval {
             return Err(Error::usage(
                 "takeover threshold must be longer than the heartbeat interval",

@@ -65,6 +65,19 @@ pub async fn migrate(client: &mut Client) -> Result<MigrateReport> {
              DATABASE_URL, JRQ_POOL_MODE unset), not through PgBouncer",
         ));
     }
+    // A transaction pooler nobody said was there: two statements, two server sessions.
+    let pid = "SELECT pg_backend_pid()";
+    let (a, b): (i32, i32) = (
+        client.row(pid, &[]).await?.get(0),
+        client.row(pid, &[]).await?.get(0),
+    );
+    if a != b {
+        return Err(Error::usage(
+            "this address does not give jrq migrate one session (two statements ran in two \
+             server processes: a pooler in transaction mode?): run it against PostgreSQL \
+             itself, not through PgBouncer",
+        ));
+    }
     client
         .exec("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;

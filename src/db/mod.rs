@@ -18,7 +18,9 @@ pub mod tasks;
 pub mod tls;
 pub mod workers;
 
+use std::sync::{Mutex, PoisonError};
 use tokio_postgres::tls::MakeTlsConnect;
+
 use tokio_postgres::{Client, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -229,12 +231,37 @@ pub fn quote_ident(ident: &str) -> Result<String> {
 /// the daemons' login role instead (`ALTER ROLE … SET`, docs/operations.md).
 pub async fn tune_session(client: &Client) -> Result<()> {
     if sql::transaction_pooling() {
+        warn_once_unless(
+            client,
+            "enable_seqscan",
+            "off",
+            "the daemons' planner settings are not on this login (a transaction pooler \
+             cannot hold a session's): ALTER ROLE … SET enable_seqscan = off, \
+             enable_bitmapscan = off, jit = off (docs/operations.md, \"Through PgBouncer\")",
+        )
+        .await;
         return Ok(());
     }
     client
         .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off; SET jit = off")
         .await?;
     Ok(())
+}
+
+/// Logs `warning` once per process when setting `name` is not `want` on `client`'s
+/// session (what a login role's `ALTER ROLE … SET` would give it). A failed read is
+/// silent: this is advice, not a check.
+pub async fn warn_once_unless(client: &Client, name: &str, want: &str, warning: &str) {
+    static WARNED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let Ok(row) = client.row("SELECT current_setting($1)", &[&name]).await else {
+        return;
+    };
+    let value: String = row.get(0);
+    let mut warned = WARNED.lock().unwrap_or_else(PoisonError::into_inner);
+    if value != want && !warned.iter().any(|w| w == name) {
+        warned.push(name.to_string());
+        tracing::warn!(setting = name, value = %value, "{warning}");
+    }
 }
 
 /// Reads a status column (text, CHECKed by the schema) as its enum.

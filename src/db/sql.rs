@@ -87,8 +87,12 @@ static TYPES: LazyLock<Mutex<TypeCache>> = LazyLock::new(Default::default);
 
 type TypeCache = HashMap<Box<str>, Arc<[Type]>>;
 
-/// Names of the probes' prepared statements, unique in this process (see [`param_types`]).
+/// Names of the probes' prepared statements: a token of this process (random: in
+/// containers every process may be pid 1) and a counter (see [`param_types`]). A probe cut
+/// off between its PREPARE and DEALLOCATE leaves a name nobody else uses.
 static PROBE: AtomicU64 = AtomicU64::new(0);
+static PROCESS_TOKEN: LazyLock<String> =
+    LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string());
 
 /// The types the server infers for the parameters of `sql`, asked once per process: a
 /// `PREPARE`, a read of `pg_prepared_statements` and a `DEALLOCATE` in one simple-query
@@ -105,15 +109,17 @@ pub async fn param_types<C: GenericClient + Sync + ?Sized>(
     {
         return Ok(t.clone());
     }
+    // One statement only: the probe is a simple query, which would run a second one.
+    debug_assert!(!sql.contains(';'), "one statement: {sql}");
     let name = format!(
         "jrq_probe_{}_{}",
-        std::process::id(),
+        *PROCESS_TOKEN,
         PROBE.fetch_add(1, Ordering::Relaxed)
     );
     // The statement text is this program's own (every statement is a constant of the
     // db module); the name is made here of digits. Nothing from outside goes in.
     let probe = format!(
-        "PREPARE {name} AS {sql};\n\
+        "PREPARE {name} AS {sql}\n;\n\
          SELECT coalesce(array_to_string(parameter_types::oid[], ','), '') \
          FROM pg_prepared_statements WHERE name = '{name}';\n\
          DEALLOCATE {name}"

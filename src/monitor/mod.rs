@@ -206,16 +206,19 @@ impl Monitor {
         Monitor { cfg, lock_db: None }
     }
 
-    /// The database the rounds' lock is taken in when a session cannot hold it (a
-    /// transaction pooler between: [`crate::db::PoolMode::Transaction`]).
+    /// The database the rounds' lock is taken in, by a transaction of its own (see
+    /// [`Monitor::run_once`]).
     pub fn with_lock_db(mut self, db: DbConfig) -> Self {
         self.lock_db = Some(db);
         self
     }
 
     /// One round. Holds an advisory lock for its duration; when another monitor holds it,
-    /// returns a report with `skipped` set. The lock is the session's; through a
-    /// transaction pooler, a transaction's on a connection of its own.
+    /// returns a report with `skipped` set. With a lock database ([`Monitor::with_lock_db`],
+    /// as the program runs) the lock is a transaction's on a connection of its own, which
+    /// holds also through a transaction pooler — and through one nobody said was there,
+    /// where a session's lock would stay behind on whichever server connection took it;
+    /// without one, it is `client`'s session's.
     pub async fn run_once(&self, client: &Client) -> Result<Report> {
         let skipped = || {
             Ok(Report {
@@ -223,11 +226,7 @@ impl Monitor {
                 ..Default::default()
             })
         };
-        let pooled = self
-            .lock_db
-            .as_ref()
-            .filter(|db| db.pool_mode == crate::db::PoolMode::Transaction);
-        let xact = match pooled {
+        let xact = match &self.lock_db {
             Some(db) => match server::XactLock::try_take(db, MONITOR_LOCK_KEY).await? {
                 Some(lock) => Some(lock),
                 None => return skipped(),
@@ -253,7 +252,7 @@ impl Monitor {
     /// connection that closes releases it by itself; a transaction's lock is released by
     /// [`Monitor::run_once`] on every path).
     pub async fn release(&self, client: &Client) -> Result<()> {
-        if crate::db::sql::transaction_pooling() {
+        if self.lock_db.is_some() {
             return Ok(());
         }
         server::server_unlock_all(client).await

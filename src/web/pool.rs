@@ -37,6 +37,15 @@ impl managed::Manager for Manager {
         // Through a transaction pooler these would stay on a server connection other
         // clients then use: set them on the dashboard's login role (docs/operations.md).
         if self.db.pool_mode == db::PoolMode::Transaction {
+            db::warn_once_unless(
+                &client,
+                "default_transaction_read_only",
+                "on",
+                "the dashboard's login is not read-only (a transaction pooler cannot hold a \
+                 session's setting): ALTER ROLE … SET default_transaction_read_only = on, \
+                 statement_timeout = '30s' (docs/operations.md, \"Through PgBouncer\")",
+            )
+            .await;
             return Ok(client);
         }
         client

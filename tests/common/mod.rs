@@ -654,6 +654,11 @@ impl PrivateCluster {
         self.script("promote");
     }
 
+    /// The server's log (`server.log` in the cluster's directory).
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
     /// Lets other users of this host reach the server's socket (the cluster's directory
     /// is its owner's alone): for tests that run a program as another user.
     pub fn allow_other_users(&self) {
