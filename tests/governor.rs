@@ -852,3 +852,52 @@ async fn a_failing_worker_loses_health_and_the_monitor_reports_it() {
         "{report:#}"
     );
 }
+
+#[tokio::test]
+async fn a_round_that_found_a_limited_provider_busy_goes_again_soon_not_at_the_next_poll() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    db.run(&["providers", "set", "claude", "--max-running", "100"])
+        .ok();
+    let _w = worker(&db, "w_busy", "claude", "2", "sleep:10ms");
+    // Polls only every minute: what assigns below is the retry, or nothing.
+    let _a = WorkerProc::assigner(
+        &db.url,
+        "assigner.busy",
+        &["--poll-interval", "60s", "--heartbeat-interval", "1s"],
+    );
+    wait_for(WAIT, "the assigner and the worker online", || async {
+        count(
+            &client,
+            "SELECT count(*) FROM jr_status WHERE is_online AND status <> 'starting'",
+        )
+        .await
+            == 2
+    })
+    .await;
+    // Another round holds the provider's row (this test's transaction, as another
+    // assigner's round would): the round the insert wakes gives claude no room.
+    let mut holder = db.client().await;
+    let txn = holder.transaction().await.unwrap();
+    txn.execute(
+        "SELECT 1 FROM jr_providers WHERE name = 'claude' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    let id = task(&client, "held back", "claude", "{}").await;
+    wait_for(WAIT, "the assigner to say the provider is busy", || async {
+        count(
+            &client,
+            "SELECT count(*) FROM jr_status WHERE jr_name = 'assigner.busy' \
+             AND status_text LIKE '%busy in another assigner''s round%'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert_eq!(status_of(&client, id).await, "pending");
+    txn.commit().await.unwrap();
+    // Nothing notifies and the next poll is a minute away: only the retry assigns it.
+    wait_status(&client, id, "completed").await;
+}

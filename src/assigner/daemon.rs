@@ -59,6 +59,10 @@ enum HeartbeatError {
     LostName(String),
 }
 
+/// How soon a round that found a limited provider's row held by another assigner's round
+/// goes again.
+const CONTENDED_RETRY: Duration = Duration::from_millis(20);
+
 /// The assigner as the runner drives it: rounds when woken (an insert, freed capacity, a
 /// poll), maintenance with every heartbeat.
 pub(super) struct AssignerDaemon {
@@ -150,6 +154,10 @@ impl Component for AssignerDaemon {
                     );
                     // There may be more: go again at once.
                     self.wake = true;
+                } else if r.contended {
+                    // Another round held a limited provider's row: once it commits, this
+                    // share gets its room (soon, not at the next poll).
+                    self.next_round = self.next_round.min(Instant::now() + CONTENDED_RETRY);
                 }
                 self.last_round = r;
             }

@@ -155,6 +155,11 @@ pub struct RoundOutcome {
     /// What the governor held back: "provider 'claude' at its limit 8/8", "everything
     /// paused by alice: upgrade", one line each.
     pub held: Vec<String>,
+    /// A limited provider's row was held by another assigner's round, so this round gave
+    /// that provider no room: the next round comes soon, not at the next poll (with
+    /// several assigners each serving its own share, the provider's tasks would otherwise
+    /// go to the other share only).
+    pub contended: bool,
 }
 
 /// What one maintenance pass did.
@@ -259,7 +264,14 @@ impl Assigner {
         // round holds gives its provider no room here).
         let budgets = providers::providers_lock_budgets(&txn, stmts, &providers).await?;
         let mut room: HashMap<String, i64> = HashMap::new();
+        out.contended = budgets.iter().any(|b| !b.locked);
         for b in &budgets {
+            if !b.locked {
+                out.held.push(format!(
+                    "provider '{}' busy in another assigner's round",
+                    b.name
+                ));
+            }
             if let Some(why) = b.holding() {
                 out.held.push(format!("provider '{}' {why}", b.name));
             }
