@@ -1077,3 +1077,57 @@ async fn each_program_reads_its_own_variables_and_the_old_names_with_a_warning()
         assert!(help.contains("[env: JRQ_LOG_FORMAT="), "{program}: {help}");
     }
 }
+
+/// A slot freed by a lost lease writes no outcome (whose statement would have claimed the
+/// next task): the worker looks at once for what is assigned to it, instead of at its next
+/// poll — an assignment whose notification came while the slot was still taken would
+/// otherwise wait for it.
+#[tokio::test]
+async fn a_slot_freed_by_a_lost_lease_claims_what_waits_at_once() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let args = [
+        "--exec",
+        "sleep:10m",
+        "--capacity",
+        "1",
+        "--poll-interval",
+        "60s",
+        "--heartbeat-interval",
+        "200ms",
+    ];
+    let w = WorkerProc::start(&db.url, "jr_lost", &args, &[]);
+    w.wait_log(T, "worker ready").await;
+    let assign = |title: &'static str| {
+        let c = &client;
+        async move {
+            c.query_one(
+                "INSERT INTO jr_work_queue (title, status, assigned_jr, assigned_at) \
+                 VALUES ($1, 'assigned', 'jr_lost', now()) RETURNING id",
+                &[&title],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        }
+    };
+    let first = assign("first").await;
+    client
+        .execute("SELECT pg_notify('jrq_worker:jr_lost', 'jr_lost')", &[])
+        .await
+        .unwrap();
+    wait_status(&client, first, "in_progress").await;
+    // The next one is assigned while the worker is full: no notification will come.
+    let second = assign("second").await;
+    // The first task's lease goes to another owner (as a rescue would give it).
+    client
+        .execute(
+            "UPDATE jr_work_queue SET lease_instance = gen_random_uuid() WHERE id = $1",
+            &[&first],
+        )
+        .await
+        .unwrap();
+    w.wait_log(T, "lease lost").await;
+    // The poll is a minute away: only the freed slot's own look claims the second.
+    wait_status(&client, second, "in_progress").await;
+}

@@ -84,11 +84,16 @@ impl Session {
                 attempt: d.attempt,
                 finish: finish.into_storable(),
             }),
-            None => tracing::warn!(
-                task_id = d.task_id,
-                attempt = d.attempt,
-                "lease lost: the task was given to another owner; its outcome here is dropped"
-            ),
+            None => {
+                tracing::warn!(
+                    task_id = d.task_id,
+                    attempt = d.attempt,
+                    "lease lost: the task was given to another owner; its outcome here is dropped"
+                );
+                // No outcome write will claim for the freed slot, and a notification that
+                // came while it was still taken found the worker full: look now.
+                self.wake = true;
+            }
         }
         // Capacity freed: the outcome write claims more in the same statement.
     }
