@@ -122,8 +122,9 @@ fn spawn(
         .map_err(|e| Error::io(format!("cannot start {}", bin.display()), e))
 }
 
-/// Runs `scripts/dev-postgres ARGS`; its standard output.
-fn dev_postgres(args: &[&str]) -> Result<String> {
+/// Runs `scripts/dev-postgres ARGS` (from the project's root, where `scripts/bench` runs
+/// the benchmark); its standard output.
+pub(crate) fn dev_postgres(args: &[&str]) -> Result<String> {
     let out = Command::new("scripts/dev-postgres")
         .args(args)
         .stderr(Stdio::inherit())

@@ -1149,21 +1149,7 @@ async fn notify_cost(ctx: &Ctx) -> Result<Vec<NotifyRow>> {
     let listeners = if ctx.quick { 100 } else { 500 };
     let sends = if ctx.quick { 500 } else { 2_000 };
     let dir = tempfile_dir("jrq-bench-notify-pg")?;
-    let script = std::path::Path::new("scripts/dev-postgres");
-    let run = |args: &[&str]| -> Result<String> {
-        let out = std::process::Command::new(script)
-            .args(args)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .map_err(|e| Error::io("cannot run scripts/dev-postgres", e))?;
-        if !out.status.success() {
-            return Err(Error::Bench(format!(
-                "scripts/dev-postgres {} failed",
-                args[0]
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
+    let run = fleet500::dev_postgres;
     let d = dir.display().to_string();
     let pid = std::process::id().to_string();
     let url = run(&["start", &d, "--stock", "--owner-pid", &pid])?;
