@@ -116,8 +116,8 @@ pub async fn param_types<C: GenericClient + Sync + ?Sized>(
         *PROCESS_TOKEN,
         PROBE.fetch_add(1, Ordering::Relaxed)
     );
-    // The statement text is this program's own (every statement is a constant of the
-    // db module); the name is made here of digits. Nothing from outside goes in.
+    // The statement text is this program's own (every statement is a constant of the db
+    // module); the name is made here, of letters and digits. Nothing from outside goes in.
     let probe = format!(
         "PREPARE {name} AS {sql}\n;\n\
          SELECT coalesce(array_to_string(parameter_types::oid[], ','), '') \
