@@ -24,9 +24,18 @@ pub struct Fleet {
 }
 
 fn spawn(bin: &Path, url: &str, args: &[String]) -> Child {
+    command(bin, url, args, "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+}
+
+/// A fleet program's command: `DATABASE_URL`, `RUST_LOG=rust_log`, text logs, `args`,
+/// no stdin or stdout; it gets SIGTERM when the benchmark dies, so a killed benchmark
+/// takes its fleet with it. Standard error is the caller's to set.
+pub fn command(bin: &Path, url: &str, args: &[String], rust_log: &str) -> Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(bin);
-    // If the benchmark itself is killed, its fleet goes with it.
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -35,14 +44,12 @@ fn spawn(bin: &Path, url: &str, args: &[String]) -> Child {
         });
     }
     cmd.env("DATABASE_URL", url)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", rust_log)
         .args(["--log-format", "text"])
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+        .stdout(Stdio::null());
+    cmd
 }
 
 /// Starts one worker serving `provider`, as a fleet of its own.

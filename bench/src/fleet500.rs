@@ -88,29 +88,13 @@ fn spawn(
     args: &[String],
     log: Option<&Path>,
 ) -> Result<Child> {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(bin);
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                .map_err(std::io::Error::from)
-        });
-    }
-    cmd.env("DATABASE_URL", url)
-        .env(
-            "RUST_LOG",
-            if log.is_some() {
-                "warn,jrq::assigner=debug"
-            } else {
-                "warn"
-            },
-        )
-        .args(["--log-format", "text"])
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+    let rust_log = if log.is_some() {
+        "warn,jrq::assigner=debug"
+    } else {
+        "warn"
+    };
+    let mut cmd = fleet::command(bin, url, args, rust_log);
+    cmd.envs(env.iter().copied());
     match log {
         Some(p) => cmd.stderr(
             std::fs::File::create(p)
