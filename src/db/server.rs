@@ -30,6 +30,18 @@ impl XactLock {
         Ok(Some(XactLock { client }))
     }
 
+    /// Whether the lock is still held: its connection answers, so its transaction (and
+    /// the lock) is open. A round checks before it acts outside the database (restarts),
+    /// where no row lock would stop a second monitor that took the lock meanwhile.
+    pub async fn check(&self) -> Result<()> {
+        self.client.batch_execute("SELECT 1").await.map_err(|e| {
+            crate::error::Error::Conflict(format!(
+                "the round's lock was lost with its connection ({e}): the round ends \
+                     before restarting anything, another monitor may hold the lock now"
+            ))
+        })
+    }
+
     /// Ends the transaction, and with it the lock (dropping it without does too, when the
     /// connection closes).
     pub async fn release(self) -> Result<()> {

@@ -238,7 +238,7 @@ impl Monitor {
                 None
             }
         };
-        let result = self.round(client).await;
+        let result = self.round(client, xact.as_ref()).await;
         let unlocked = match xact {
             Some(lock) => lock.release().await,
             None => server::server_unlock(client, MONITOR_LOCK_KEY).await,
@@ -258,7 +258,7 @@ impl Monitor {
         server::server_unlock_all(client).await
     }
 
-    async fn round(&self, client: &Client) -> Result<Report> {
+    async fn round(&self, client: &Client, lock: Option<&server::XactLock>) -> Result<Report> {
         let cfg = &self.cfg;
         let actor = cfg.actor.as_str();
         // Order matters: mark the dead first, so their running tasks count as stuck now.
@@ -284,6 +284,9 @@ impl Monitor {
                         .await?;
                     continue;
                 }
+                if let Some(l) = lock {
+                    l.check().await?;
+                }
                 let restart = self.restart(&unit);
                 let note = if restart.ok {
                     format!("restarted by the health monitor ({unit})")
@@ -298,7 +301,7 @@ impl Monitor {
             tracing::warn!(task_id = a.id, to = %a.to_status, why = %crate::text::for_terminal(&a.why, false), "acted on a running task");
         }
         r.runs_finished = runs::runs_complete_finished(client).await?;
-        self.look(client, &mut r, true).await?;
+        self.look(client, &mut r, Some(lock)).await?;
         if !self.cfg.alert_on_change {
             for a in &r.alerts {
                 tracing::warn!(alert = %crate::text::for_terminal(a, false), "unhealthy");
@@ -342,12 +345,18 @@ impl Monitor {
     /// here (marking them is an action); the dashboard shows them as stale.
     pub async fn observe(&self, client: &Client) -> Result<Report> {
         let mut r = Report::default();
-        self.look(client, &mut r, false).await?;
+        self.look(client, &mut r, None).await?;
         Ok(r)
     }
 
-    /// The checks of a round, into `r`; `act`: restart a missing local assigner.
-    async fn look(&self, client: &Client, r: &mut Report, act: bool) -> Result<()> {
+    /// The checks of a round, into `r`; `act`: restart a missing local assigner (with
+    /// the round's lock, when it has one: checked first).
+    async fn look(
+        &self,
+        client: &Client,
+        r: &mut Report,
+        act: Option<Option<&server::XactLock>>,
+    ) -> Result<()> {
         let cfg = &self.cfg;
         let summary = tasks::tasks_summary(client, cfg.failure_window).await?;
         let w = workers::workers_summary(client, cfg.dead_after).await?;
@@ -387,8 +396,13 @@ impl Monitor {
                 .restarts
                 .iter()
                 .any(|x| x.unit == "jr-auto-assigner.service");
-            if act && !local.is_empty() && !already && cfg.manager != Manager::None {
-                r.restarts.push(self.restart("jr-auto-assigner.service"));
+            if let Some(lock) = act {
+                if !local.is_empty() && !already && cfg.manager != Manager::None {
+                    if let Some(l) = lock {
+                        l.check().await?;
+                    }
+                    r.restarts.push(self.restart("jr-auto-assigner.service"));
+                }
             }
         }
         self.check_thresholds(r);
