@@ -161,7 +161,15 @@ async fn three_assigners_never_exceed_capacity_nor_assign_twice() {
             WorkerProc::start(
                 &db.url,
                 n,
-                &["--exec", "sleep:2ms", "--capacity", &c.to_string()],
+                // Capacity alone (no prefetch) is the limit checked below.
+                &[
+                    "--exec",
+                    "sleep:2ms",
+                    "--capacity",
+                    &c.to_string(),
+                    "--prefetch",
+                    "0",
+                ],
                 &[],
             )
         })
@@ -623,6 +631,69 @@ async fn prefetch_queues_tasks_beyond_capacity_but_runs_only_capacity() {
         &client,
         "SELECT count(*) FROM jr_work_queue WHERE status = 'completed'",
         6,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_automatic_prefetch_pipelines_short_tasks() {
+    // The default prefetch: 10 ms attempts at 2 slots would wait ≤ 50 ms behind 10 more,
+    // so the worker asks for its ceiling, twice its capacity, after its first attempt,
+    // and the assigner keeps 2 running + 4 waiting there.
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let w = WorkerProc::start(
+        &db.url,
+        "auto_pf",
+        &["--exec", "sleep:10ms", "--capacity", "2"],
+        &[],
+    );
+    w.wait_log(T, "worker ready").await;
+    assert_eq!(
+        count(
+            &client,
+            "SELECT prefetch::int8 FROM jr_status WHERE jr_name = 'auto_pf'"
+        )
+        .await,
+        0,
+        "nothing measured yet: no prefetch"
+    );
+    let _a = WorkerProc::assigner(&db.url, "a1", &["--poll-interval", "100ms"]);
+    client
+        .execute(
+            "INSERT INTO jr_work_queue (title) SELECT 't' || g FROM generate_series(1, 400) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    wait_count(
+        &client,
+        "SELECT prefetch::int8 FROM jr_status WHERE jr_name = 'auto_pf'",
+        4,
+    )
+    .await;
+    // Held at once: running and queued, beyond the capacity of 2.
+    wait_count(
+        &client,
+        "SELECT CASE WHEN count(*) >= 5 THEN 1::int8 ELSE 0::int8 END FROM jr_work_queue \
+         WHERE assigned_jr = 'auto_pf' AND status IN ('assigned', 'in_progress')",
+        1,
+    )
+    .await;
+    assert!(
+        count(
+            &client,
+            "SELECT count(*) FROM jr_work_queue WHERE assigned_jr = 'auto_pf' \
+             AND status IN ('assigned', 'in_progress')"
+        )
+        .await
+            <= 6,
+        "never more than capacity + prefetch"
+    );
+    wait_count(
+        &client,
+        "SELECT count(*) FROM jr_work_queue WHERE status = 'completed'",
+        400,
     )
     .await;
 }

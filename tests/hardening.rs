@@ -925,7 +925,7 @@ fn every_duration_and_count_option_outside_its_range_is_refused_at_start() {
         (
             "jr-queue-worker",
             &["--name", "w", "--exec", "noop", "--prefetch", "4294967295"],
-            "4294967295 is out of range: give 0 to 10000",
+            "4294967295 is out of range: give auto, or 0 to 10000",
         ),
         (
             "jr-queue-worker",

@@ -89,17 +89,18 @@ impl Fleet {
         exec: &str,
         assigner: bool,
     ) -> Fleet {
-        Fleet::start_with(bin_dir, url, workers, exec, assigner, 0)
+        Fleet::start_with(bin_dir, url, workers, exec, assigner, None)
     }
 
-    /// Like [`Fleet::start`], with each worker's `--prefetch`.
+    /// Like [`Fleet::start`], with each worker's `--prefetch` (`None`: the default,
+    /// automatic).
     pub fn start_with(
         bin_dir: &Path,
         url: &str,
         workers: &[(String, u32)],
         exec: &str,
         assigner: bool,
-        prefetch: u32,
+        prefetch: Option<u32>,
     ) -> Fleet {
         let mut children = vec![];
         let mut assigner_pid = None;
@@ -121,9 +122,10 @@ impl Fleet {
                 cap.to_string(),
                 "--exec".into(),
                 exec.into(),
-                "--prefetch".into(),
-                prefetch.to_string(),
             ];
+            if let Some(p) = prefetch {
+                args.extend(["--prefetch".into(), p.to_string()]);
+            }
             if let Some(p) = WORKER_PROVIDER.get() {
                 args.extend(["--provider".into(), p.clone()]);
             }

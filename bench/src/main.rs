@@ -121,7 +121,9 @@ pub struct ThroughputRow {
     pub label: String,
     pub workers: u32,
     pub capacity: u32,
-    pub prefetch: u32,
+    /// The workers' `--prefetch`; `None`: the default (automatic). Results written before
+    /// it was automatic have 0 for the default.
+    pub prefetch: Option<u32>,
     pub exec: String,
     pub tasks: usize,
     pub enqueue_per_s: Stat,
@@ -468,22 +470,41 @@ async fn throughput(ctx: &mut Ctx) -> Result<Vec<ThroughputRow>> {
     let n_noop = if ctx.quick { 4_000 } else { 20_000 };
     let n_sleep_1 = if ctx.quick { 500 } else { 3_000 };
     let n_sleep_4 = if ctx.quick { 2_000 } else { 10_000 };
-    let configs: [(&str, u32, u32, u32, &str, usize); 6] = [
-        ("1 worker x 10, noop", 1, 10, 0, "noop", n_noop),
+    // The first of each fleet has the defaults (automatic prefetch); the others fix it.
+    // (label, workers, capacity, prefetch, executor, tasks)
+    type Config<'a> = (&'a str, u32, u32, Option<u32>, &'a str, usize);
+    let configs: [Config; 8] = [
+        ("1 worker x 10, noop", 1, 10, None, "noop", n_noop),
         (
-            "1 worker x 10 + prefetch 10, noop",
+            "1 worker x 10, prefetch 0, noop",
             1,
             10,
-            10,
+            Some(0),
             "noop",
             n_noop,
         ),
-        ("4 workers x 10, noop", 4, 10, 0, "noop", n_noop),
         (
-            "4 workers x 10 + prefetch 10, noop",
+            "1 worker x 10, prefetch 10, noop",
+            1,
+            10,
+            Some(10),
+            "noop",
+            n_noop,
+        ),
+        ("4 workers x 10, noop", 4, 10, None, "noop", n_noop),
+        (
+            "4 workers x 10, prefetch 0, noop",
             4,
             10,
+            Some(0),
+            "noop",
+            n_noop,
+        ),
+        (
+            "4 workers x 10, prefetch 10, noop",
+            4,
             10,
+            Some(10),
             "noop",
             n_noop,
         ),
@@ -491,7 +512,7 @@ async fn throughput(ctx: &mut Ctx) -> Result<Vec<ThroughputRow>> {
             "1 worker x 10, sleep:10ms",
             1,
             10,
-            0,
+            None,
             "sleep:10ms",
             n_sleep_1,
         ),
@@ -499,7 +520,7 @@ async fn throughput(ctx: &mut Ctx) -> Result<Vec<ThroughputRow>> {
             "4 workers x 10, sleep:10ms",
             4,
             10,
-            0,
+            None,
             "sleep:10ms",
             n_sleep_4,
         ),

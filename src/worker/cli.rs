@@ -41,10 +41,13 @@ pub struct WorkerArgs {
     #[arg(long, env = "JRQ_WORKER_CAPACITY", default_value_t = super::DEFAULT_CAPACITY, value_parser = validate::count_in::<u32>(1, 10000))]
     pub capacity: u32,
 
-    /// Tasks the assigner may queue at this worker beyond --capacity, so that short tasks
-    /// do not wait for an assigner round between them. Keep 0 for long agent tasks. Range: 0 to 10000.
-    #[arg(long, env = "JRQ_WORKER_PREFETCH", default_value_t = super::DEFAULT_PREFETCH, value_parser = validate::count_in::<u32>(0, 10000))]
-    pub prefetch: u32,
+    /// Tasks the assigners may queue at this worker beyond --capacity, so that short tasks
+    /// do not wait for an assigner round between them. auto: as many as would wait at most
+    /// 50 ms for a slot, from the run times of the last 16 attempts (up to 2 x --capacity;
+    /// none for tasks of a second or more at capacity 10, none before the first attempt
+    /// ends). Or a number of tasks, 0 to 10000 (0: none).
+    #[arg(long, env = "JRQ_WORKER_PREFETCH", default_value_t = super::DEFAULT_PREFETCH)]
+    pub prefetch: super::Prefetch,
 
     /// Time between heartbeats (and systemd watchdog pings); lowered to half of
     /// WatchdogSec when that is shorter. Range: 100ms to 5m.

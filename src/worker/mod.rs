@@ -17,6 +17,7 @@ pub mod executor;
 pub mod guard;
 mod once;
 mod outcomes;
+pub mod prefetch;
 mod reports;
 mod session;
 mod slots;
@@ -38,12 +39,13 @@ use crate::error::{Error, Result};
 use crate::registry;
 use crate::validate::format_duration;
 pub use executor::{ExecSpec, Handler, StopReason, TaskContext, TaskOutcome};
+pub use prefetch::Prefetch;
 use session::Session;
 
 /// Default number of tasks run at once.
 pub const DEFAULT_CAPACITY: u32 = 1;
 /// Default number of tasks queued at a worker beyond its capacity.
-pub const DEFAULT_PREFETCH: u32 = 0;
+pub const DEFAULT_PREFETCH: Prefetch = Prefetch::Auto;
 /// Default time between heartbeats (and watchdog pings).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = defaults::HEARTBEAT_INTERVAL;
 /// Default time between claim polls when no notification arrives.
@@ -75,8 +77,9 @@ pub struct WorkerConfig {
     /// Tasks run at once. Defaults to [`DEFAULT_CAPACITY`].
     pub capacity: u32,
     /// Tasks the assigner may queue here beyond `capacity`, so short tasks do not wait for
-    /// an assigner round between them. Defaults to 0 (right for long agent tasks).
-    pub prefetch: u32,
+    /// an assigner round between them: fixed, or chosen from the measured run times
+    /// ([`prefetch`]). Defaults to [`DEFAULT_PREFETCH`], automatic.
+    pub prefetch: Prefetch,
     /// Time between heartbeats. Defaults to [`DEFAULT_HEARTBEAT_INTERVAL`]; lowered to
     /// half the systemd watchdog interval when that is shorter.
     pub heartbeat_interval: Duration,
@@ -295,7 +298,7 @@ impl Worker {
                 boot_id: &self.boot_id,
                 providers: &cfg.providers,
                 capacity: cfg.capacity as i32,
-                prefetch: cfg.prefetch as i32,
+                prefetch: cfg.prefetch.initial() as i32,
                 run_id: cfg.run_id,
                 takeover_why: &why,
             },

@@ -33,6 +33,7 @@ struct Running {
     /// The task's budget and what it spent (all attempts), in micro-dollars.
     budget: Option<i64>,
     spent: i64,
+    started: Instant,
 }
 
 /// The attempts running here, and what they reported that is not written yet.
@@ -141,6 +142,7 @@ impl Slots {
                 handle,
                 budget: t.max_cost_microusd,
                 spent: t.cost_microusd,
+                started: Instant::now(),
             },
         );
     }
@@ -176,12 +178,20 @@ impl Slots {
     /// An attempt ended: its slot is freed; what it reported is written before its
     /// outcome (its progress is dropped). The reports it sent before it ended are taken
     /// first.
-    pub fn ended(&mut self, d: &Done) {
+    /// How long it ran, when it ran here.
+    pub fn ended(&mut self, d: &Done) -> Option<std::time::Duration> {
         self.take_reports();
-        if let Some(r) = self.running.remove(&d.task_id) {
+        let ran = self.running.remove(&d.task_id).map(|r| {
             debug_assert_eq!(r.attempt, d.attempt);
-        }
+            r.started.elapsed()
+        });
         self.reports.ended(d.task_id, d.attempt);
+        ran
+    }
+
+    /// How long the oldest attempt running has run.
+    pub fn oldest_age(&self) -> Option<std::time::Duration> {
+        self.running.values().map(|r| r.started.elapsed()).max()
     }
 
     /// The next end or report; pending while nothing runs.

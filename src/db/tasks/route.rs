@@ -149,6 +149,12 @@ pub struct Assignment {
 /// one notification per worker on its own channel (payload: its name),
 /// delivered when the transaction commits; `spent` sets the token buckets of the
 /// providers whose tasks started (the tokens left). Returns how many were written.
+///
+/// The round's transaction then commits without waiting for its WAL to reach the disk
+/// (`synchronous_commit = off` for this transaction only): an assignment a crash takes is
+/// a task pending again — its event and notification go with it — and whatever a worker
+/// does with an assignment it saw starts with the worker's own synchronous commit, which
+/// flushes the WAL up to and past the assignment. docs/benchmarks-notes.md argues it.
 pub async fn tasks_assign(
     client: &impl Sql,
     stmts: &Statements,
@@ -204,7 +210,8 @@ const ASSIGN_SQL: &str = "WITH a AS ( \
                  UPDATE jr_providers p SET tokens = s.tokens, tokens_at = clock_timestamp() \
                  FROM unnest($6::text[], $7::float8[]) AS s(name, tokens) \
                  WHERE p.name = s.name) \
-             SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n)";
+             SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n), \
+                 set_config('synchronous_commit', 'off', true)";
 
 /// Gives back to pending the tasks assigned (not started) to workers that are not alive:
 /// registered workers that are offline or silent longer than `online_threshold`, and

@@ -431,6 +431,24 @@ pub async fn workers_heartbeat(
 const HEARTBEAT_SQL: &str = "SELECT matched, run_status, held, cancel_requested \
                  FROM jrq_workers_heartbeat($1, $2, $3, $4, $5, $6)";
 
+/// Sets this instance's prefetch (`--prefetch auto`), in `jrq_workers_prefetch`
+/// (migrations/V14), which wakes the assigners when it grew. False when the instance no
+/// longer holds the name.
+pub async fn workers_set_prefetch(
+    client: &impl Sql,
+    name: &str,
+    instance: Uuid,
+    prefetch: i32,
+) -> Result<bool> {
+    let row = client
+        .row(
+            "SELECT jrq_workers_prefetch($1, $2, $3)",
+            &[&name, &instance, &prefetch],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Marks this instance's registry row offline (a clean exit), in
 /// `jrq_workers_set_offline` (migrations/V6).
 pub async fn workers_set_offline(

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::executor::StopReason;
 use super::guard;
 use super::outcomes::{Fence, Outcomes};
+use super::prefetch::{AutoPrefetch, Prefetch};
 use super::slots::{Event, Slots};
 use super::supervise::Done;
 use super::{Exit, Worker, WorkerConfig};
@@ -49,13 +50,18 @@ pub(super) struct Session {
     next_reap: Instant,
     loops: u64,
     lost_name: Option<String>,
+    /// The automatic prefetch (`--prefetch auto`); `None` when it is fixed.
+    prefetch: Option<AutoPrefetch>,
 }
 
 impl Session {
     pub(super) fn new(w: Worker) -> Session {
         let now = Instant::now();
         let slots = Slots::new(w.cfg.output_keep);
+        let prefetch =
+            (w.cfg.prefetch == Prefetch::Auto).then(|| AutoPrefetch::new(w.cfg.capacity));
         Session {
+            prefetch,
             w,
             slots,
             outcomes: Outcomes::new(),
@@ -77,7 +83,10 @@ impl Session {
     }
 
     fn on_done(&mut self, d: Done) {
-        self.slots.ended(&d);
+        let ran = self.slots.ended(&d);
+        if let (Some(ran), Some(p)) = (ran, self.prefetch.as_mut()) {
+            p.observe(ran);
+        }
         match d.finish {
             Some(finish) => self.outcomes.push(FinishedAttempt {
                 task_id: d.task_id,
@@ -193,6 +202,36 @@ impl Session {
             let status = status.map_or("deleted".to_string(), |s| s.to_string());
             tracing::info!(run_id = %run, status = %status, "the run is over: finishing running tasks, then exiting");
             self.mode = Mode::Finishing(Exit::RunFinished(status));
+        }
+    }
+
+    /// Tells the assigners the automatic prefetch when it changed (at most once a second).
+    async fn publish_prefetch(&mut self, ctx: &mut Ctx<'_>) {
+        let now = Instant::now();
+        let oldest = self.slots.oldest_age();
+        let Some(value) = self.prefetch.as_ref().and_then(|p| p.due(oldest, now)) else {
+            return;
+        };
+        let Some(conn) = ctx.link.conn() else { return };
+        let stored = match workers::workers_set_prefetch(
+            &conn.client,
+            &self.w.cfg.name,
+            self.w.instance,
+            value as i32,
+        )
+        .await
+        {
+            Ok(stored) => {
+                tracing::debug!(prefetch = value, stored, "automatic prefetch");
+                stored
+            }
+            Err(e) => {
+                ctx.link.failed("setting the prefetch", &e);
+                false
+            }
+        };
+        if let Some(p) = self.prefetch.as_mut() {
+            p.sent(value, stored, now);
         }
     }
 
@@ -411,6 +450,7 @@ impl Component for Session {
         if self.wake || Instant::now() >= self.next_poll {
             self.claim(ctx).await;
         }
+        self.publish_prefetch(ctx).await;
         if self.w.handler.runs_programs() && Instant::now() >= self.next_reap {
             // Orphans that exited since: reaped; unattributed ones once no task runs.
             guard::reap_orphans();
