@@ -284,9 +284,9 @@ impl Monitor {
                         .await?;
                     continue;
                 }
-                if let Some(l) = lock {
-                    l.check().await?;
-                }
+                // (No lock check here: taking a lost row is one UPDATE … RETURNING, so
+                // each row goes to exactly one monitor, lock or not; ending the round
+                // now would leave the rows taken and never restarted.)
                 let restart = self.restart(&unit);
                 let note = if restart.ok {
                     format!("restarted by the health monitor ({unit})")

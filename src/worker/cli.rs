@@ -44,7 +44,7 @@ pub struct WorkerArgs {
     /// Tasks the assigners may queue at this worker beyond --capacity, so that short tasks
     /// do not wait for an assigner round between them. auto: as many as would wait at most
     /// 50 ms for a slot, from the run times of the last 16 attempts (up to 2 x --capacity;
-    /// none for tasks of a second or more at capacity 10, none before the first attempt
+    /// none for tasks over 0.5 s at capacity 10, none before the first attempt
     /// ends). Or a number of tasks, 0 to 10000 (0: none).
     #[arg(long, env = "JRQ_WORKER_PREFETCH", default_value_t = super::DEFAULT_PREFETCH)]
     pub prefetch: super::Prefetch,

@@ -10,8 +10,8 @@
 //! its recent attempts (and the age of the oldest one running) is the time a slot takes to
 //! free. The prefetch is as many tasks as would wait no longer than [`AUTO_WAIT`] for a
 //! slot — `AUTO_WAIT × capacity / slowest` — at most twice the capacity. No measurement
-//! yet: none. So no-op and millisecond tasks get a full pipeline, tasks of a second or more
-//! at capacity 10 get none, and one slow attempt among fast ones turns it off until it is
+//! yet: none. So no-op and millisecond tasks get a full pipeline, tasks of more than half a
+//! second at capacity 10 get none, and one slow attempt among fast ones turns it off until it is
 //! out of the window.
 
 use std::collections::VecDeque;
@@ -86,8 +86,8 @@ impl FromStr for Prefetch {
 pub struct AutoPrefetch {
     capacity: u32,
     recent: VecDeque<Duration>,
-    /// What the database has.
-    published: u32,
+    /// What the database has (`None`: not known, after a reconnect).
+    published: Option<u32>,
     /// When a value was last sent (sent or failed: retries wait as long).
     last_sent: Option<Instant>,
 }
@@ -97,7 +97,7 @@ impl AutoPrefetch {
         AutoPrefetch {
             capacity,
             recent: VecDeque::with_capacity(AUTO_WINDOW),
-            published: 0,
+            published: Some(0),
             last_sent: None,
         }
     }
@@ -137,19 +137,37 @@ impl AutoPrefetch {
         let quiet = self
             .last_sent
             .is_none_or(|t| now.duration_since(t) >= AUTO_PUBLISH_EVERY);
-        (target != self.published && quiet).then_some(target)
+        (Some(target) != self.published && quiet).then_some(target)
+    }
+
+    /// When a change held back by the once-a-second limit may be sent (`None`: nothing
+    /// to send).
+    pub fn next_send_at(&self, oldest_running: Option<Duration>) -> Option<Instant> {
+        if Some(self.target(oldest_running)) == self.published {
+            return None;
+        }
+        Some(
+            self.last_sent
+                .map_or_else(Instant::now, |t| t + AUTO_PUBLISH_EVERY),
+        )
+    }
+
+    /// The database may not have what was sent (the connection was lost: a failover to a
+    /// standby that had not received it): send the value again at the next chance.
+    pub fn forget(&mut self) {
+        self.published = None;
     }
 
     /// `value` was sent at `now`; `stored` says whether the database took it.
     pub fn sent(&mut self, value: u32, stored: bool, now: Instant) {
         self.last_sent = Some(now);
         if stored {
-            self.published = value;
+            self.published = Some(value);
         }
     }
 
-    /// What the database has.
-    pub fn published(&self) -> u32 {
+    /// What the database has, when known.
+    pub fn published(&self) -> Option<u32> {
         self.published
     }
 }
@@ -243,16 +261,32 @@ mod tests {
         a.observe(ms(1));
         assert_eq!(a.due(None, t0), Some(20));
         a.sent(20, true, t0);
-        assert_eq!(a.published(), 20);
+        assert_eq!(a.published(), Some(20));
         assert_eq!(a.due(None, t0), None, "the database has it");
         a.observe(Duration::from_secs(2));
         assert_eq!(a.due(None, t0 + ms(10)), None, "sent 10 ms ago");
         assert_eq!(a.due(None, t0 + AUTO_PUBLISH_EVERY), Some(0));
         // A failed send is tried again, not at once.
         a.sent(0, false, t0 + AUTO_PUBLISH_EVERY);
-        assert_eq!(a.published(), 20);
+        assert_eq!(a.published(), Some(20));
         assert_eq!(a.due(None, t0 + AUTO_PUBLISH_EVERY + ms(10)), None);
         assert_eq!(a.due(None, t0 + 2 * AUTO_PUBLISH_EVERY), Some(0));
+        assert_eq!(
+            a.next_send_at(None),
+            Some(t0 + 2 * AUTO_PUBLISH_EVERY),
+            "the held-back change has a time to be sent"
+        );
+    }
+
+    #[test]
+    fn after_a_reconnect_the_value_is_sent_again() {
+        let t0 = Instant::now();
+        let mut a = AutoPrefetch::new(10);
+        a.observe(ms(1));
+        a.sent(20, true, t0);
+        assert_eq!(a.next_send_at(None), None);
+        a.forget();
+        assert_eq!(a.due(None, t0 + AUTO_PUBLISH_EVERY), Some(20));
     }
 
     #[test]

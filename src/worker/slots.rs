@@ -177,8 +177,7 @@ impl Slots {
 
     /// An attempt ended: its slot is freed; what it reported is written before its
     /// outcome (its progress is dropped). The reports it sent before it ended are taken
-    /// first.
-    /// How long it ran, when it ran here.
+    /// first. Returns how long it ran, when it ran here.
     pub fn ended(&mut self, d: &Done) -> Option<std::time::Duration> {
         self.take_reports();
         let ran = self.running.remove(&d.task_id).map(|r| {

@@ -152,7 +152,8 @@ pub struct Assignment {
 ///
 /// The round's transaction then commits without waiting for its WAL to reach the disk
 /// (`synchronous_commit = off` for this transaction only): an assignment a crash takes is
-/// a task pending again — its event and notification go with it — and whatever a worker
+/// a task pending again — its event goes with it; its notification, delivered at commit,
+/// may have woken the worker for nothing (its claim finds no task) — and whatever a worker
 /// does with an assignment it saw starts with the worker's own synchronous commit, which
 /// flushes the WAL up to and past the assignment. docs/benchmarks-notes.md argues it.
 pub async fn tasks_assign(

@@ -207,9 +207,11 @@ impl Session {
 
     /// Tells the assigners the automatic prefetch when it changed (at most once a second).
     async fn publish_prefetch(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(auto) = self.prefetch.as_ref() else {
+            return;
+        };
         let now = Instant::now();
-        let oldest = self.slots.oldest_age();
-        let Some(value) = self.prefetch.as_ref().and_then(|p| p.due(oldest, now)) else {
+        let Some(value) = auto.due(self.slots.oldest_age(), now) else {
             return;
         };
         let Some(conn) = ctx.link.conn() else { return };
@@ -226,7 +228,16 @@ impl Session {
                 stored
             }
             Err(e) => {
-                ctx.link.failed("setting the prefetch", &e);
+                if !ctx.link.failed("setting the prefetch", &e) {
+                    // Refused, not lost (a login without EXECUTE on the function): stop
+                    // asking every second; the value stays what the registration set.
+                    tracing::warn!(
+                        "the automatic prefetch is off for this process: run `jrq roles setup` \
+                         (or `jrq migrate`) so the worker's login may set it"
+                    );
+                    self.prefetch = None;
+                    return;
+                }
                 false
             }
         };
@@ -492,6 +503,10 @@ impl Component for Session {
     fn on_reconnected(&mut self) {
         // Notifications sent while we were away are gone: look at once.
         self.wake = true;
+        // The database may have lost the last prefetch sent (a failover): send it again.
+        if let Some(p) = self.prefetch.as_mut() {
+            p.forget();
+        }
     }
 
     async fn next_event(&mut self) -> Event {
@@ -545,6 +560,12 @@ impl Component for Session {
             }
             if let Some(w) = self.outcomes.next_write() {
                 at(w);
+            }
+            // A prefetch change held back by its once-a-second limit.
+            if let Some(p) = self.prefetch.as_ref() {
+                if let Some(s) = p.next_send_at(self.slots.oldest_age()) {
+                    at(s);
+                }
             }
         }
         t
