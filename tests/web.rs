@@ -105,8 +105,19 @@ impl Browser {
         }
     }
 
+    /// The text of `css`; found again when the live page replaced the element between the
+    /// find and the read (a stale element reference).
     async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await.unwrap()
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.find(css).await.text().await {
+                Ok(t) => return t,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{css}: cannot read its text: {e}"),
+            }
+        }
     }
 
     /// Clicks `button` and waits for the page it leads to: one whose #notice says `says`
