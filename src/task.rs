@@ -28,18 +28,26 @@ pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const MAX_DELAY: Duration = Duration::from_secs(3650 * 24 * 3600);
 /// Longest unique key, in bytes (an index entry must stay well under PostgreSQL's limit).
 pub const MAX_UNIQUE_KEY_BYTES: usize = 1024;
+/// Most dependencies one task may have.
+pub const MAX_DEPENDENCIES: usize = 1000;
 /// Default largest payload `jrq enqueue` accepts, in bytes of JSON: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 /// Where a task is in its life. Enforced by a CHECK constraint on `jr_work_queue.status`.
 ///
 /// ```text
+/// waiting (dependencies) -> awaiting_approval (a gate) -> pending
 /// pending -> assigned -> in_progress -> completed | failed | pending (retry)
-/// pending | assigned -> cancelled;  in_progress -> cancelled (via the worker)
+/// waiting | awaiting_approval | pending | assigned -> cancelled;
+/// in_progress -> cancelled (via the worker)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
+    /// Dependencies that have not all completed (migrations/V15).
+    Waiting,
+    /// A person's `jrq approve` is needed before it may run (migrations/V15).
+    AwaitingApproval,
     Pending,
     Assigned,
     InProgress,
@@ -50,7 +58,9 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     /// Every status, in the order of a task's life.
-    pub const ALL: [TaskStatus; 6] = [
+    pub const ALL: [TaskStatus; 8] = [
+        TaskStatus::Waiting,
+        TaskStatus::AwaitingApproval,
         TaskStatus::Pending,
         TaskStatus::Assigned,
         TaskStatus::InProgress,
@@ -62,6 +72,8 @@ impl TaskStatus {
     /// The name stored in the database.
     pub fn as_str(self) -> &'static str {
         match self {
+            TaskStatus::Waiting => "waiting",
+            TaskStatus::AwaitingApproval => "awaiting_approval",
             TaskStatus::Pending => "pending",
             TaskStatus::Assigned => "assigned",
             TaskStatus::InProgress => "in_progress",
@@ -193,6 +205,15 @@ pub struct NewTask {
     pub unique_key: Option<String>,
     pub source: String,
     pub created_by: String,
+    /// Tasks (by id) that must complete before this one may run.
+    pub after: Vec<i64>,
+    /// In a batch: earlier lines (by their `key`) that must complete first.
+    pub after_keys: Vec<String>,
+    /// In a batch: the name later lines give in their `after`.
+    pub key: Option<String>,
+    /// The approval gate: `None` none; `Some("")` anyone who may approve; else the
+    /// database role whose members may.
+    pub approve_by: Option<String>,
 }
 
 impl NewTask {
@@ -216,6 +237,10 @@ impl NewTask {
             unique_key: None,
             source: "jrq".into(),
             created_by: default_created_by(),
+            after: vec![],
+            after_keys: vec![],
+            key: None,
+            approve_by: None,
         }
     }
 
@@ -290,12 +315,25 @@ impl NewTask {
                 ));
             }
         }
+        if let Some(id) = self.after.iter().find(|id| **id < 1) {
+            return Err(format!("after: {id} is not a task id"));
+        }
+        if self.after.len() + self.after_keys.len() > MAX_DEPENDENCIES {
+            return Err(format!(
+                "after names {} tasks: at most {MAX_DEPENDENCIES} dependencies per task",
+                self.after.len() + self.after_keys.len()
+            ));
+        }
+        if let Some(r) = self.approve_by.as_deref().filter(|r| !r.is_empty()) {
+            validate::check_role_name(r).map_err(|e| format!("approve_by: {e}"))?;
+        }
         // PostgreSQL stores no NUL character in text or jsonb.
         let texts = [
             ("title", Some(&self.title)),
             ("description", Some(&self.description)),
             ("provider", Some(&self.provider)),
             ("unique_key", self.unique_key.as_ref()),
+            ("key", self.key.as_ref()),
             ("source", Some(&self.source)),
             ("created_by", Some(&self.created_by)),
         ];
@@ -427,6 +465,32 @@ struct TaskSpec {
     source: Option<String>,
     #[serde(default)]
     created_by: Option<String>,
+    /// This line's name for the `after` of later lines.
+    #[serde(default)]
+    key: Option<String>,
+    /// Task ids (numbers) or earlier lines' keys (strings), or one of them alone.
+    #[serde(default)]
+    after: Option<AfterSpec>,
+    #[serde(default)]
+    needs_approval: Option<bool>,
+    #[serde(default)]
+    approve_by: Option<String>,
+}
+
+/// `after`: one reference or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum AfterSpec {
+    One(DepRef),
+    Many(Vec<DepRef>),
+}
+
+/// A dependency in a batch line: a task id, or the key of an earlier line.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DepRef {
+    Id(i64),
+    Key(String),
 }
 
 impl TaskSpec {
@@ -493,6 +557,31 @@ impl TaskSpec {
         if let Some(c) = self.created_by {
             t.created_by = c;
         }
+        if let Some(k) = self.key {
+            if k.is_empty() {
+                return Err("key is empty: leave it out or give a name".into());
+            }
+            t.key = Some(k);
+        }
+        let refs = match self.after {
+            None => vec![],
+            Some(AfterSpec::One(r)) => vec![r],
+            Some(AfterSpec::Many(v)) => v,
+        };
+        for r in refs {
+            match r {
+                DepRef::Id(id) => t.after.push(id),
+                DepRef::Key(k) if k.is_empty() => {
+                    return Err("after: an empty key names no line".into())
+                }
+                DepRef::Key(k) => t.after_keys.push(k),
+            }
+        }
+        match (self.needs_approval, self.approve_by) {
+            (_, Some(r)) => t.approve_by = Some(r),
+            (Some(true), None) => t.approve_by = Some(String::new()),
+            _ => {}
+        }
         t.validate()?;
         Ok(t)
     }
@@ -508,7 +597,10 @@ mod tests {
             assert_eq!(s.as_str().parse::<TaskStatus>().unwrap(), s);
         }
         let err = "done".parse::<TaskStatus>().unwrap_err();
-        assert!(err.contains("pending, assigned, in_progress"), "{err}");
+        assert!(
+            err.contains("waiting, awaiting_approval, pending, assigned"),
+            "{err}"
+        );
         assert!(TaskStatus::Cancelled.is_finished());
         assert!(!TaskStatus::InProgress.is_finished());
     }
@@ -560,6 +652,26 @@ mod tests {
         assert!(e(r#"{"title":"x","payload":{"\u0000":1}}"#).contains("payload contains"));
         let long = format!(r#"{{"title":"x","unique_key":"{}"}}"#, "k".repeat(3000));
         assert!(e(&long).contains("at most 1024"));
+    }
+
+    #[test]
+    fn json_line_dependencies_and_gate() {
+        let t = NewTask::from_json_line(
+            r#"{"title":"x","key":"b","after":[12,"a"],"needs_approval":true}"#,
+        )
+        .unwrap();
+        assert_eq!(t.key.as_deref(), Some("b"));
+        assert_eq!(t.after, vec![12]);
+        assert_eq!(t.after_keys, vec!["a".to_string()]);
+        assert_eq!(t.approve_by.as_deref(), Some(""));
+        let t = NewTask::from_json_line(r#"{"title":"x","after":"a","approve_by":"ops"}"#).unwrap();
+        assert_eq!(t.after_keys, vec!["a".to_string()]);
+        assert_eq!(t.approve_by.as_deref(), Some("ops"));
+        let e = |s: &str| NewTask::from_json_line(s).unwrap_err();
+        assert!(e(r#"{"title":"x","after":[0]}"#).contains("not a task id"));
+        assert!(e(r#"{"title":"x","after":[""]}"#).contains("empty key"));
+        assert!(e(r#"{"title":"x","key":""}"#).contains("key is empty"));
+        assert!(e(r#"{"title":"x","approve_by":"a b"}"#).contains("approve_by"));
     }
 
     #[test]

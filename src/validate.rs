@@ -125,6 +125,45 @@ pub fn parse_max_attempts(s: &str) -> Result<i32, String> {
 
 /// Checks a worker name: letters, digits, `_`, `.`, `-`, 1 to 64 characters. The same rule
 /// is a CHECK constraint on `jr_status.jr_name`.
+/// A PostgreSQL role name as jrq takes one (an approval group): not empty, at most 63
+/// bytes (longer names are cut by the server), no NUL or control character.
+pub fn check_role_name(name: &str) -> Result<(), String> {
+    let shown = crate::text::for_terminal(name, false);
+    if name.is_empty() {
+        return Err("the role name is empty: give a database role".into());
+    }
+    if name.len() > 63 {
+        return Err(format!(
+            "role name '{shown}' is {} bytes long: PostgreSQL's names have at most 63",
+            name.len()
+        ));
+    }
+    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "role name '{shown}' contains a space or a control character: give a database role"
+        ));
+    }
+    Ok(())
+}
+
+/// `--after 12,15`: task ids, comma-separated.
+pub fn parse_task_ids(s: &str) -> Result<Vec<i64>, String> {
+    let mut ids = vec![];
+    for part in s.split(',') {
+        match part.trim().parse::<i64>() {
+            Ok(n) if n > 0 => ids.push(n),
+            _ => {
+                return Err(format!(
+                    "'{}' is not a task id: give positive task ids separated by commas \
+                     (e.g. 12,15)",
+                    crate::text::for_terminal(part.trim(), false)
+                ))
+            }
+        }
+    }
+    Ok(ids)
+}
+
 pub fn check_worker_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("worker name is empty: use letters, digits, '_', '.', '-'".into());

@@ -7,8 +7,9 @@ use tokio_postgres::Client;
 
 use super::render;
 use super::{
-    BulkFilter, CancelArgs, Cli, Command, EnqueueArgs, PruneArgs, RetryArgs, RolesCommand,
-    RunsCommand, ShowArgs, StatusArgs, TasksArgs, WorkersAction, WorkersArgs,
+    ApproveArgs, BulkFilter, CancelArgs, Cli, Command, EnqueueArgs, PruneArgs, RejectArgs,
+    RetryArgs, RolesCommand, RunsCommand, ShowArgs, StatusArgs, TasksArgs, WorkersAction,
+    WorkersArgs,
 };
 use crate::db::{self, events, migrate, roles, runs, tasks, workers};
 use crate::error::{Error, Result};
@@ -84,6 +85,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Show(args) => show(&client, &args).await,
         Command::Retry(args) => retry(&mut client, &args).await,
         Command::Cancel(args) => cancel(&mut client, &args).await,
+        Command::Approve(args) => approve(&mut client, &args).await,
+        Command::Reject(args) => reject(&mut client, &args).await,
         Command::Runs(cmd) => runs_cmd(&mut client, cmd).await,
         Command::Workers(args) => list_workers(&mut client, &args).await,
         Command::Prune(args) => prune(&client, &args).await,
@@ -148,6 +151,14 @@ fn read_enqueue_input(args: &EnqueueArgs) -> Result<EnqueueInput> {
     t.unique_key = args.unique_key.clone();
     t.source = args.source.clone();
     t.created_by = args.created_by.clone().unwrap_or_else(default_created_by);
+    t.after = args.after.iter().flatten().copied().collect();
+    t.after.sort_unstable();
+    t.after.dedup();
+    t.approve_by = match (&args.approve_by, args.needs_approval) {
+        (Some(r), _) => Some(r.clone()),
+        (None, true) => Some(String::new()),
+        (None, false) => None,
+    };
     t.validate().map_err(Error::usage)?;
     t.check_payload_size(max_payload).map_err(Error::usage)?;
     Ok(EnqueueInput {
@@ -270,12 +281,40 @@ async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInpu
         input.tasks = keep_tasks;
         input.lines = keep_lines;
     }
+    // Dependencies: keys name earlier lines; ids must be tasks; gates name roles.
+    let refused = check_dependencies(&txn, &mut input, batch).await?;
+    input.rejected.extend(refused);
     // Duplicates are found by the insert itself; a refused batch rolls back below.
     let outcomes = tasks::tasks_insert(&txn, &input.tasks).await?;
     let mut added = vec![];
-    for (o, line) in outcomes.iter().zip(&input.lines) {
+    // Input index -> the id it got (None: refused as a duplicate, or waits for one).
+    let mut ids: Vec<Option<i64>> = vec![None; input.tasks.len()];
+    let mut key_index: std::collections::HashMap<&str, usize> = Default::default();
+    let mut dropped = vec![];
+    for (i, (o, line)) in outcomes.iter().zip(&input.lines).enumerate() {
+        let t = &input.tasks[i];
+        if let Some(k) = t.key.as_deref() {
+            key_index.insert(k, i);
+        }
+        // A line waiting for a line that was refused is refused too (and its row,
+        // inserted with the others, removed before the commit).
+        let lost = t
+            .after_keys
+            .iter()
+            .find(|k| key_index.get(k.as_str()).is_none_or(|&j| ids[j].is_none()));
+        if let (Some(k), tasks::InsertOutcome::Inserted(id)) = (lost, o) {
+            dropped.push(*id);
+            input.rejected.push((
+                *line,
+                format!("after: the line with key '{k}' was refused, so this one is too"),
+            ));
+            continue;
+        }
         match o {
-            tasks::InsertOutcome::Inserted(id) => added.push(*id),
+            tasks::InsertOutcome::Inserted(id) => {
+                ids[i] = Some(*id);
+                added.push(*id);
+            }
             tasks::InsertOutcome::Duplicate { key, existing } => {
                 let why = match existing {
                     Some(id) => format!(
@@ -293,6 +332,19 @@ async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInpu
             }
         }
     }
+    tasks::tasks_delete_new(&txn, &dropped).await?;
+    let mut pairs = vec![];
+    for (i, t) in input.tasks.iter().enumerate() {
+        let Some(id) = ids[i] else { continue };
+        pairs.extend(t.after.iter().map(|d| (id, *d)));
+        pairs.extend(
+            t.after_keys
+                .iter()
+                .filter_map(|k| key_index.get(k.as_str()).and_then(|&j| ids[j]))
+                .map(|d| (id, d)),
+        );
+    }
+    tasks::tasks_deps_insert(&txn, &pairs).await?;
     if batch && !input.rejected.is_empty() && !args.skip_invalid {
         txn.rollback().await?;
         input.rejected.sort();
@@ -339,6 +391,86 @@ async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInpu
     Ok(())
 }
 
+/// Refuses (in a batch: the lines) what would make a dependency or a gate impossible:
+/// a key given twice, an `after` key no earlier line has, a task id that does not exist,
+/// a gate's role that does not exist. Returns the refused lines; keeps the rest.
+async fn check_dependencies(
+    client: &impl db::Sql,
+    input: &mut EnqueueInput,
+    batch: bool,
+) -> Result<Vec<(usize, String)>> {
+    let mut ids: Vec<i64> = input.tasks.iter().flat_map(|t| t.after.clone()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let known: std::collections::HashSet<i64> = tasks::tasks_existing(client, &ids)
+        .await?
+        .into_iter()
+        .collect();
+    let mut roles: Vec<&str> = input
+        .tasks
+        .iter()
+        .filter_map(|t| t.approve_by.as_deref())
+        .filter(|r| !r.is_empty())
+        .collect();
+    roles.sort_unstable();
+    roles.dedup();
+    let known_roles = roles::roles_existing(client, &roles).await?;
+    let mut refused = vec![];
+    let mut keys: std::collections::HashMap<String, usize> = Default::default();
+    let mut keep_tasks = vec![];
+    let mut keep_lines = vec![];
+    let tasks = std::mem::take(&mut input.tasks);
+    let lines = std::mem::take(&mut input.lines);
+    for (t, line) in tasks.into_iter().zip(lines) {
+        let why = if let Some(id) = t.after.iter().find(|id| !known.contains(id)) {
+            Some(format!(
+                "after: there is no task {id} (check the id with `jrq tasks`)"
+            ))
+        } else if let Some(k) = t.after_keys.iter().find(|k| !keys.contains_key(*k)) {
+            Some(format!(
+                "after: no earlier line has key '{}' (a line may wait only for lines above it)",
+                crate::text::for_terminal(k, false)
+            ))
+        } else if let Some(j) = t.key.as_ref().and_then(|k| keys.get(k)) {
+            Some(format!(
+                "key '{}' is the key of line {j} already: give each line its own",
+                crate::text::for_terminal(t.key.as_deref().unwrap_or_default(), false)
+            ))
+        } else {
+            t.approve_by
+                .as_deref()
+                .filter(|r| !r.is_empty() && !known_roles.contains(*r))
+                .map(|r| {
+                    format!(
+                        "approve_by: there is no database role '{}' (CREATE ROLE it and grant \
+                         it to the approvers, or use --needs-approval)",
+                        crate::text::for_terminal(r, false)
+                    )
+                })
+        };
+        match why {
+            Some(why) if !batch => {
+                return Err(if why.starts_with("after: there is no task") {
+                    Error::NotFound(why)
+                } else {
+                    Error::usage(why)
+                })
+            }
+            Some(why) => refused.push((line, why)),
+            None => {
+                if let Some(k) = &t.key {
+                    keys.insert(k.clone(), line);
+                }
+                keep_tasks.push(t);
+                keep_lines.push(line);
+            }
+        }
+    }
+    input.tasks = keep_tasks;
+    input.lines = keep_lines;
+    Ok(refused)
+}
+
 async fn status(client: &Client, args: &StatusArgs) -> Result<()> {
     let t = tasks::tasks_summary(client, args.window).await?;
     let w = workers::workers_summary(client, args.online_threshold).await?;
@@ -363,7 +495,11 @@ async fn list_tasks(client: &Client, args: &TasksArgs) -> Result<()> {
         provider: args.provider.clone(),
         limit: args.limit,
         before: None,
+        waiting_on: args.waiting_on,
     };
+    if let Some(id) = args.waiting_on {
+        tasks::tasks_get_existing(client, id).await?;
+    }
     let rows = tasks::tasks_list(client, &filter).await?;
     render::tasks(&rows, args.json)
 }
@@ -377,8 +513,11 @@ async fn show(client: &Client, args: &ShowArgs) -> Result<()> {
     let waiting = crate::db::providers::providers_waiting(client, &task).await?;
     let usage = tasks::usage_of_task(client, args.id).await?;
     let output_tail = tasks::output_tail(client, args.id, SHOW_OUTPUT_BYTES).await?;
+    let (deps, dependents) = tasks::tasks_deps_of(client, args.id).await?;
     let extras = render::ShowExtras {
         waiting: waiting.as_deref(),
+        deps: &deps,
+        dependents: &dependents,
         usage: &usage,
         output_tail: &output_tail,
     };
@@ -426,11 +565,28 @@ async fn retry(client: &mut Client, args: &RetryArgs) -> Result<()> {
                 serde_json::json!({ "id": task.id, "status": task.status, "max_attempts": task.max_attempts })
             );
         } else {
-            out!(
-                "task {} is pending again ({} attempts available)",
-                task.id,
-                task.max_attempts
-            );
+            match task.status {
+                TaskStatus::Pending => out!(
+                    "task {} is pending again ({} attempts available)",
+                    task.id,
+                    task.max_attempts
+                ),
+                TaskStatus::Waiting => out!(
+                    "task {} is waiting again for its dependencies ({} attempts available)",
+                    task.id,
+                    task.max_attempts
+                ),
+                TaskStatus::AwaitingApproval => out!(
+                    "task {} awaits approval again (`jrq approve {}`)",
+                    task.id,
+                    task.id
+                ),
+                other => out!(
+                    "task {} is {other} again: {} (retry that one first)",
+                    task.id,
+                    task.error.as_deref().unwrap_or("")
+                ),
+            }
         }
         return Ok(());
     }
@@ -444,6 +600,54 @@ async fn retry(client: &mut Client, args: &RetryArgs) -> Result<()> {
         Bulk::Retry
     };
     bulk(client, &args.ids, &args.filter, filter, action).await
+}
+
+async fn approve(client: &mut Client, args: &ApproveArgs) -> Result<()> {
+    let name = args.actor.clone().unwrap_or_else(default_created_by);
+    let by = tasks::Approver {
+        name: &name,
+        comment: &args.comment,
+    };
+    let txn = client.transaction().await?;
+    let done = tasks::tasks_approve(&txn, args.id, &by).await?;
+    txn.commit().await?;
+    if args.json {
+        out!("{}", serde_json::json!(done));
+    } else if done.status == TaskStatus::Pending {
+        out!("task {} approved: it is pending", done.id);
+    } else {
+        out!(
+            "task {} approved: it is {} (it runs once its dependencies complete)",
+            done.id,
+            done.status
+        );
+    }
+    Ok(())
+}
+
+async fn reject(client: &mut Client, args: &RejectArgs) -> Result<()> {
+    if args.reason.trim().is_empty() {
+        return Err(Error::usage(
+            "--reason is empty: say why the task is rejected (it is kept as its error)",
+        ));
+    }
+    let name = args.actor.clone().unwrap_or_else(default_created_by);
+    let by = tasks::Approver {
+        name: &name,
+        comment: &args.reason,
+    };
+    let txn = client.transaction().await?;
+    tasks::tasks_reject(&txn, args.id, &by).await?;
+    txn.commit().await?;
+    if args.json {
+        out!(
+            "{}",
+            serde_json::json!({ "id": args.id, "status": "cancelled" })
+        );
+    } else {
+        out!("task {} rejected: it is cancelled", args.id);
+    }
+    Ok(())
 }
 
 async fn cancel(client: &mut Client, args: &CancelArgs) -> Result<()> {
@@ -511,6 +715,7 @@ async fn bulk(
         provider: f.provider.clone(),
         limit: 0,
         before: None,
+        waiting_on: None,
     };
     let selected = tasks::tasks_select(&*client, ids, &filter, f.older_than).await?;
     let missing: Vec<i64> = ids
@@ -519,10 +724,7 @@ async fn bulk(
         .filter(|id| !selected.iter().any(|(s, _)| s == id))
         .collect();
     let applies = |s: TaskStatus| match action {
-        Bulk::Cancel => matches!(
-            s,
-            TaskStatus::Pending | TaskStatus::Assigned | TaskStatus::InProgress
-        ),
+        Bulk::Cancel => !s.is_finished(),
         Bulk::Retry | Bulk::RetryFromScratch => {
             matches!(s, TaskStatus::Failed | TaskStatus::Cancelled)
         }

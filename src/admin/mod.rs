@@ -58,6 +58,13 @@ pub enum Command {
     Retry(RetryArgs),
     /// Cancel a task: at once when pending or assigned; a running task is ended by its worker.
     Cancel(CancelArgs),
+    /// Approve a task that awaits approval (`jrq enqueue --needs-approval`): it becomes
+    /// pending — or, while it still waits for dependencies, is pending as soon as they
+    /// complete. Recorded in its timeline with who approved.
+    Approve(ApproveArgs),
+    /// Reject a task that awaits approval: it is cancelled with the reason, and so are
+    /// the tasks waiting for it.
+    Reject(RejectArgs),
     /// Create, list and finish runs (groups of tasks and the workers serving them).
     #[command(subcommand)]
     Runs(RunsCommand),
@@ -189,11 +196,26 @@ pub struct EnqueueArgs {
     /// Recorded as the task's creator. Default: $USER.
     #[arg(long, env = "JRQ_CREATED_BY")]
     pub created_by: Option<String>,
+    /// Wait until these tasks (ids, comma-separated; repeatable) have completed: the task
+    /// is `waiting` until the last of them completes, and is cancelled when one of them
+    /// fails or is cancelled (`jrq retry` of that one revives it). Default: none.
+    #[arg(long, env = "JRQ_AFTER", value_name = "ID[,ID...]", value_parser = validate::parse_task_ids, action = clap::ArgAction::Append)]
+    pub after: Vec<Vec<i64>>,
+    /// The task waits in `awaiting_approval` until `jrq approve ID` (or is cancelled by
+    /// `jrq reject ID`). Default: no approval needed.
+    #[arg(long, env = "JRQ_NEEDS_APPROVAL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub needs_approval: bool,
+    /// Like --needs-approval, and only members of this database role may approve or
+    /// reject it.
+    #[arg(long, env = "JRQ_APPROVE_BY", value_name = "ROLE", value_parser = parse_role)]
+    pub approve_by: Option<String>,
     /// Read tasks as JSON lines from FILE ("-" for stdin), one object per line with fields
     /// named like these options (title, description, payload, priority, urgent, provider,
     /// fallback_ok, target, run, max_attempts, timeout, idle_timeout, max_cost_usd, delay,
-    /// run_at, unique_key, source, created_by).
-    #[arg(long, env = "JRQ_BATCH", value_name = "FILE", conflicts_with_all = ["title", "payload", "payload_file", "unique_key"])]
+    /// run_at, unique_key, source, created_by, after, needs_approval, approve_by) and
+    /// "key": a name later lines give in their "after" (ids and keys of earlier lines),
+    /// so that a whole chain is enqueued at once.
+    #[arg(long, env = "JRQ_BATCH", value_name = "FILE", conflicts_with_all = ["title", "payload", "payload_file", "unique_key", "after", "needs_approval", "approve_by"])]
     pub batch: Option<PathBuf>,
     /// With --batch: insert the valid lines even when some are rejected. Default: a batch
     /// with any bad line inserts nothing.
@@ -225,9 +247,14 @@ pub struct StatusArgs {
 /// Options of `jrq tasks`.
 #[derive(Debug, Args)]
 pub struct TasksArgs {
-    /// Only tasks in this status (pending, assigned, in_progress, completed, failed, cancelled).
+    /// Only tasks in this status (waiting, awaiting_approval, pending, assigned,
+    /// in_progress, completed, failed, cancelled). `--status awaiting_approval` is the
+    /// approvals inbox.
     #[arg(long, env = "JRQ_STATUS", value_parser = parse_task_status)]
     pub status: Option<TaskStatus>,
+    /// Only the tasks that depend on this task (`jrq enqueue --after ID`).
+    #[arg(long, value_name = "ID", value_parser = parse_task_id)]
+    pub waiting_on: Option<i64>,
     /// Only tasks assigned to this worker.
     #[arg(long, env = "JRQ_WORKER")]
     pub worker: Option<String>,
@@ -251,6 +278,40 @@ pub struct ShowArgs {
     /// Task id.
     #[arg(value_parser = parse_task_id)]
     pub id: i64,
+    /// Print JSON instead of text.
+    #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+    pub json: bool,
+}
+
+/// Options of `jrq approve`.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// Task id.
+    #[arg(value_parser = parse_task_id)]
+    pub id: i64,
+    /// Why, or anything the timeline should keep with the approval.
+    #[arg(long, default_value = "")]
+    pub comment: String,
+    /// Recorded as the approver. Default: $USER (and the database user, always).
+    #[arg(long = "as", value_name = "NAME", env = "JRQ_ACTOR")]
+    pub actor: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+    pub json: bool,
+}
+
+/// Options of `jrq reject`.
+#[derive(Debug, Args)]
+pub struct RejectArgs {
+    /// Task id.
+    #[arg(value_parser = parse_task_id)]
+    pub id: i64,
+    /// Why: kept as the task's error and in its timeline.
+    #[arg(long, required = true)]
+    pub reason: String,
+    /// Recorded as the one who rejected. Default: $USER (and the database user, always).
+    #[arg(long = "as", value_name = "NAME", env = "JRQ_ACTOR")]
+    pub actor: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
@@ -649,6 +710,11 @@ fn parse_login(s: &str) -> Result<String, String> {
              and attach that"
         ));
     }
+    Ok(s.to_string())
+}
+
+fn parse_role(s: &str) -> Result<String, String> {
+    validate::check_role_name(s)?;
     Ok(s.to_string())
 }
 

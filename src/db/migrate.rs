@@ -148,7 +148,7 @@ mod released {
     /// `jrq_schema_history`). A released migration never changes — a database migrated
     /// by an older binary would refuse the new one, or miss what was added to it: a
     /// change goes in a new migration. Add a line here when a migration is released.
-    const RELEASED: [(i32, u64); 14] = [
+    const RELEASED: [(i32, u64); 15] = [
         (1, 7283025288544651009),
         (2, 15561595384879818704),
         (3, 1072207000028334306),
@@ -163,6 +163,7 @@ mod released {
         (12, 3511658661528799246),
         (13, 2578011446079530515),
         (14, 7079977778513615041),
+        (15, 298979528385535413),
     ];
 
     #[test]

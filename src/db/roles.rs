@@ -142,6 +142,25 @@ pub async fn roles_list(client: &impl Sql) -> Result<RolesReport> {
     })
 }
 
+/// Which of `names` are roles of this cluster.
+pub async fn roles_existing(
+    client: &impl Sql,
+    names: &[&str],
+) -> Result<std::collections::HashSet<String>> {
+    if names.is_empty() {
+        return Ok(Default::default());
+    }
+    Ok(client
+        .rows(
+            "SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1::text[])",
+            &[&names],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// The groups that do not exist in this cluster.
 pub async fn roles_missing(client: &impl Sql) -> Result<Vec<String>> {
     let names: Vec<&str> = GROUPS.iter().map(|(g, _)| *g).collect();

@@ -107,7 +107,7 @@ pub async fn runs_set_budget(
 const RUNS_SQL: &str = "SELECT r.id, r.name, r.status, r.auto_complete, r.created_at, \
         r.updated_at, r.finished_at, \
         count(t.id), \
-        count(t.id) FILTER (WHERE t.status IN ('pending', 'assigned', 'in_progress')), \
+        count(t.id) FILTER (WHERE t.status NOT IN ('completed', 'failed', 'cancelled')), \
         count(t.id) FILTER (WHERE t.status = 'completed'), \
         count(t.id) FILTER (WHERE t.status = 'failed'), \
         count(t.id) FILTER (WHERE t.status = 'cancelled'), \

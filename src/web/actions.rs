@@ -1,4 +1,4 @@
-//! The dashboard's actions — retry or cancel a task, pause or resume a provider, drain or
+//! The dashboard's actions — retry, cancel, approve or reject a task, pause or resume a provider, drain or
 //! undrain a worker — off unless `--allow-actions` (which needs a password). Each is a POST
 //! of a form that carries the page's CSRF token (a random secret of this process, compared
 //! in constant time; a page of another site cannot read it) from a page of this origin
@@ -163,7 +163,7 @@ pub async fn retry_task(
         async |user| {
             let id = task_id(&id)?;
             let t = write(&app, async |txn| tasks::tasks_retry(txn, id, &user).await).await?;
-            Ok(format!("task {} is pending again", t.id))
+            Ok(format!("task {} is {} again", t.id, t.status))
         },
     )
     .await
@@ -193,6 +193,59 @@ pub async fn cancel_task(
                     format!("task {id}: a cancel was already requested")
                 }
             })
+        },
+    )
+    .await
+}
+
+pub async fn approve_task(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    act(
+        &app,
+        &headers,
+        &form,
+        &format!("/tasks/{id}"),
+        async |user| {
+            let id = task_id(&id)?;
+            let by = tasks::Approver {
+                name: &user,
+                comment: &form.reason,
+            };
+            let a = write(&app, async |txn| tasks::tasks_approve(txn, id, &by).await).await?;
+            Ok(format!("task {id} approved: it is {}", a.status))
+        },
+    )
+    .await
+}
+
+pub async fn reject_task(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    act(
+        &app,
+        &headers,
+        &form,
+        &format!("/tasks/{id}"),
+        async |user| {
+            let id = task_id(&id)?;
+            if form.reason.trim().is_empty() {
+                return Err(Error::Usage(
+                    "a rejection needs a reason: it is kept as the task's error".into(),
+                ));
+            }
+            let by = tasks::Approver {
+                name: &user,
+                comment: &form.reason,
+            };
+            write(&app, async |txn| tasks::tasks_reject(txn, id, &by).await).await?;
+            Ok(format!("task {id} rejected: it is cancelled"))
         },
     )
     .await

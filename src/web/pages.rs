@@ -469,6 +469,19 @@ pub struct TaskExtras {
     pub usage: Vec<UsageTotal>,
     /// The end of its live output.
     pub output: Vec<OutputRow>,
+    /// The tasks it depends on, and those depending on it.
+    pub deps: Vec<crate::db::tasks::DepRow>,
+    pub dependents: Vec<crate::db::tasks::DepRow>,
+}
+
+/// Links to tasks with their states: `812 completed, 813 waiting`.
+fn dep_links(rows: &[crate::db::tasks::DepRow]) -> Markup {
+    html! {
+        @for (i, d) in rows.iter().enumerate() {
+            @if i > 0 { ", " }
+            a href={ "/tasks/" (d.id) } title=(d.title) { (d.id) } " " (status_badge(d.status.as_str()))
+        }
+    }
 }
 
 /// Dollars, with more digits below a cent.
@@ -511,6 +524,11 @@ pub fn task(t: &TaskRow, events: &[EventRow], x: &TaskExtras, ctx: &Ctx) -> Mark
                 @if matches!(t.status, TaskStatus::Failed | TaskStatus::Cancelled) {
                     (action(ctx, &format!("/tasks/{}/retry", t.id), "Retry", false))
                 }
+                @if t.status == TaskStatus::AwaitingApproval
+                    || (t.status == TaskStatus::Waiting && t.approve_by.is_some() && t.approved_at.is_none()) {
+                    (action(ctx, &format!("/tasks/{}/approve", t.id), "Approve", false))
+                    (action(ctx, &format!("/tasks/{}/reject", t.id), "Reject", true))
+                }
                 @if !t.status.is_finished() {
                     (action(ctx, &format!("/tasks/{}/cancel", t.id), "Cancel", false))
                 }
@@ -522,6 +540,15 @@ pub fn task(t: &TaskRow, events: &[EventRow], x: &TaskExtras, ctx: &Ctx) -> Mark
                     @if t.status == TaskStatus::InProgress { " " (progress(t.progress_percent)) }
                     @if t.cancel_requested_at.is_some() && !t.status.is_finished() { " (cancel requested)" } }
                 @if let Some(w) = waiting { dt { "waiting" } dd { (w) } }
+                @if let Some(gate) = &t.approve_by {
+                    dt { "approval" } dd #task-approval {
+                        @if let (Some(by), Some(at)) = (&t.approved_by, t.approved_at) { "approved by " (by) " at " (time(at)) }
+                        @else if gate.is_empty() { "needed (anyone who may approve)" }
+                        @else { "needed (members of role '" (gate) "')" }
+                    }
+                }
+                @if !x.deps.is_empty() { dt { "depends on" } dd #task-deps { (dep_links(&x.deps)) } }
+                @if !x.dependents.is_empty() { dt { "dependents" } dd #task-dependents { (dep_links(&x.dependents)) } }
                 @if !t.description.is_empty() { dt { "description" } dd.text { (t.description) } }
                 dt { "priority" } dd { (t.priority) @if t.sacred_fire_priority { " (urgent)" } }
                 dt { "provider" } dd { @if t.provider.is_empty() { "(any)" } @else { (t.provider) }
@@ -569,7 +596,7 @@ pub fn task(t: &TaskRow, events: &[EventRow], x: &TaskExtras, ctx: &Ctx) -> Mark
             table #timeline {
                 thead { tr { th { "at" } th { "action" } th { "from → to" } th { "worker" } th { "attempt" } th { "by" } th { "details" } } }
                 tbody {
-                    tr.created { td { (time(t.created_at)) } td { "created" } td { "→ pending" } td { "-" } td { "-" } td { (t.created_by) } td { "source " (t.source) } }
+                    tr.created { td { (time(t.created_at)) } td { "created" } td { "→ " (events.iter().find_map(|e| e.from_status.clone()).unwrap_or_else(|| t.status.to_string())) } td { "-" } td { "-" } td { (t.created_by) } td { "source " (t.source) } }
                     @for e in events {
                         tr class=(e.action) {
                             td { (time(e.at)) }

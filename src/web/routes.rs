@@ -127,6 +127,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/tasks/{id}", get(task_page))
         .route("/tasks/{id}/retry", post(super::actions::retry_task))
         .route("/tasks/{id}/cancel", post(super::actions::cancel_task))
+        .route("/tasks/{id}/approve", post(super::actions::approve_task))
+        .route("/tasks/{id}/reject", post(super::actions::reject_task))
         .route(
             "/providers/{name}/pause",
             post(super::actions::pause_provider),
@@ -373,6 +375,7 @@ fn task_filter(q: &TaskQuery, page_size: i64) -> Result<tasks::TaskFilter> {
         provider: q.provider.clone().filter(|p| !p.is_empty()),
         limit,
         before: q.before,
+        waiting_on: None,
     })
 }
 
@@ -392,10 +395,13 @@ async fn task_page(
         let task = tasks::tasks_get_existing(&*c, id).await?;
         let events = events::events_for_task(&*c, id).await?;
         let waiting = providers::providers_waiting(&*c, &task).await?;
+        let (deps, dependents) = tasks::tasks_deps_of(&*c, id).await?;
         let extras = pages::TaskExtras {
             waiting,
             usage: tasks::usage_of_task(&*c, id).await?,
             output: tasks::output_tail(&*c, id, TASK_OUTPUT_BYTES).await?,
+            deps,
+            dependents,
         };
         Ok::<_, Error>((task, events, extras))
     };

@@ -356,17 +356,36 @@ struct ShowJson<'a> {
     usage: &'a [crate::db::tasks::UsageTotal],
     /// The end of its live output (`jrq logs` has all that is kept).
     output_tail: &'a [crate::db::tasks::OutputRow],
+    /// The tasks it depends on, and those depending on it, with their states.
+    depends_on: &'a [crate::db::tasks::DepRow],
+    dependents: &'a [crate::db::tasks::DepRow],
 }
 
 /// What `jrq show` reads besides the task and its events.
 pub struct ShowExtras<'a> {
     pub waiting: Option<&'a str>,
+    /// The tasks it waits for, and the tasks waiting for it.
+    pub deps: &'a [crate::db::tasks::DepRow],
+    pub dependents: &'a [crate::db::tasks::DepRow],
     pub usage: &'a [crate::db::tasks::UsageTotal],
     pub output_tail: &'a [crate::db::tasks::OutputRow],
 }
 
 /// Lines of output `jrq show` prints at most.
 const SHOW_OUTPUT_LINES: usize = 20;
+
+/// `812 completed, 813 waiting` (at most 20, then how many more).
+fn dep_list(rows: &[crate::db::tasks::DepRow]) -> String {
+    let mut parts: Vec<String> = rows
+        .iter()
+        .take(20)
+        .map(|d| format!("{} {}", d.id, d.status))
+        .collect();
+    if rows.len() > 20 {
+        parts.push(format!("and {} more", rows.len() - 20));
+    }
+    parts.join(", ")
+}
 
 pub fn show(task: &TaskRow, events: &[EventRow], x: &ShowExtras<'_>, json: bool) -> Result<()> {
     let waiting = x.waiting;
@@ -377,6 +396,8 @@ pub fn show(task: &TaskRow, events: &[EventRow], x: &ShowExtras<'_>, json: bool)
             waiting,
             usage: x.usage,
             output_tail: x.output_tail,
+            depends_on: x.deps,
+            dependents: x.dependents,
         });
     }
     let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
@@ -391,6 +412,43 @@ pub fn show(task: &TaskRow, events: &[EventRow], x: &ShowExtras<'_>, json: bool)
     );
     if let Some(w) = waiting {
         say!("  {w}");
+    }
+    if let Some(gate) = &task.approve_by {
+        let who = if gate.is_empty() {
+            "anyone who may approve".to_string()
+        } else {
+            format!("members of role '{gate}'")
+        };
+        match (&task.approved_by, task.approved_at) {
+            (Some(by), Some(at)) => say!("  approval:     approved by {by} at {}", ts(Some(at))),
+            _ if task.status == crate::task::TaskStatus::Cancelled => {
+                say!("  approval:     needed ({who})")
+            }
+            _ => say!(
+                "  approval:     awaited from {who}: `jrq approve {}` or `jrq reject {} --reason ...`",
+                task.id,
+                task.id
+            ),
+        }
+    }
+    if !x.deps.is_empty() {
+        let open = x
+            .deps
+            .iter()
+            .filter(|d| d.status != crate::task::TaskStatus::Completed)
+            .count();
+        say!(
+            "  depends on:   {}{}",
+            dep_list(x.deps),
+            if task.status == crate::task::TaskStatus::Waiting {
+                format!(" ({open} not completed)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    if !x.dependents.is_empty() {
+        say!("  dependents:   {}", dep_list(x.dependents));
     }
     say!(
         "  priority:     {}{}",
@@ -509,7 +567,11 @@ pub fn show(task: &TaskRow, events: &[EventRow], x: &ShowExtras<'_>, json: bool)
             local_time(task.created_at, EVENT_TIME),
             task.created_by.clone(),
             "created".into(),
-            "pending".into(),
+            // The state it was created in: what the first transition left (or now).
+            events
+                .iter()
+                .find_map(|e| e.from_status.clone())
+                .unwrap_or_else(|| task.status.to_string()),
             "-".into(),
             format!("via {}", task.source),
         ],

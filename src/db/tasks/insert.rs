@@ -37,7 +37,8 @@ pub async fn tasks_insert(client: &impl Sql, tasks: &[NewTask]) -> Result<Vec<In
     let mut held: HashMap<String, i64> = HashMap::new();
     if !keys.is_empty() {
         let sql = "SELECT unique_key, id FROM jr_work_queue \
-             WHERE unique_key = ANY($1) AND status IN ('pending', 'assigned', 'in_progress')";
+             WHERE unique_key = ANY($1) \
+               AND status IN ('waiting', 'awaiting_approval', 'pending', 'assigned', 'in_progress')";
         for r in client.rows(sql, &[&keys]).await? {
             held.insert(r.get(0), r.get(1));
         }
@@ -116,6 +117,7 @@ async fn insert_chunk(
     let mut unique_key = Vec::with_capacity(n);
     let mut idle_ms: Vec<Option<i64>> = Vec::with_capacity(n);
     let mut max_cost: Vec<Option<f64>> = Vec::with_capacity(n);
+    let mut approve_by: Vec<Option<&str>> = Vec::with_capacity(n);
     for &i in idx {
         let t = &tasks[i];
         ord.push(i as i64);
@@ -149,26 +151,28 @@ async fn insert_chunk(
         unique_key.push(t.unique_key.as_deref());
         idle_ms.push(t.idle_timeout.map(duration_ms));
         max_cost.push(t.max_cost_usd);
+        approve_by.push(t.approve_by.as_deref());
     }
     // `ord` orders the insert so that RETURNING maps rows back to their input lines.
     // The ON CONFLICT predicate is the unique index's (jr_work_queue_unique_key_idx).
     let sql = "INSERT INTO jr_work_queue (title, description, source, created_by, priority, \
              sacred_fire_priority, payload, provider, target_jr, run_id, max_attempts, \
-             timeout, run_after, unique_key, fallback_ok, idle_timeout, max_cost_usd) \
+             timeout, run_after, unique_key, fallback_ok, idle_timeout, max_cost_usd, \
+             approve_by) \
          SELECT title, description, source, created_by, priority, urgent, payload, provider, \
              target, run_id, max_attempts, timeout_ms * interval '1 millisecond', \
              COALESCE(run_at, now() + delay_ms * interval '1 millisecond'), unique_key, \
-             fallback_ok, idle_ms * interval '1 millisecond', max_cost \
+             fallback_ok, idle_ms * interval '1 millisecond', max_cost, approve_by \
          FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
              $7::bool[], $8::jsonb[], $9::text[], $10::text[], $11::uuid[], $12::int4[], \
              $13::int8[], $14::int8[], $15::timestamptz[], $16::text[], $17::bool[], \
-             $18::int8[], $19::float8[]) \
+             $18::int8[], $19::float8[], $20::text[]) \
              AS u(ord, title, description, source, created_by, priority, urgent, payload, \
                   provider, target, run_id, max_attempts, timeout_ms, delay_ms, run_at, \
-                  unique_key, fallback_ok, idle_ms, max_cost) \
+                  unique_key, fallback_ok, idle_ms, max_cost, approve_by) \
          ORDER BY ord \
          ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
-             AND status IN ('pending', 'assigned', 'in_progress') \
+             AND status IN ('waiting', 'awaiting_approval', 'pending', 'assigned', 'in_progress') \
          DO NOTHING \
          RETURNING id, unique_key";
     let rows = client
@@ -194,6 +198,7 @@ async fn insert_chunk(
                 &fallback_ok,
                 &idle_ms,
                 &max_cost,
+                &approve_by,
             ],
         )
         .await

@@ -13,11 +13,13 @@ use crate::db::{events, metrics, worker_channel, CHANNEL_PENDING};
 use crate::error::{sqlstate, Error, Result};
 use crate::task::TaskStatus;
 
+mod deps;
 mod insert;
 mod lease;
 mod output;
 mod rescue;
 mod route;
+pub use deps::*;
 pub use insert::*;
 pub use lease::*;
 pub use output::*;
@@ -108,6 +110,14 @@ pub struct TaskRow {
     /// The last checkpoint an attempt stored, and when.
     pub checkpoint: Option<serde_json::Value>,
     pub checkpoint_at: Option<DateTime<Utc>>,
+    /// While waiting: dependencies not completed yet.
+    pub deps_pending: i32,
+    /// The dependency whose end cancelled this task.
+    pub cancelled_by: Option<i64>,
+    /// The approval gate (None: none; "": anyone; else a database role), and who passed it.
+    pub approve_by: Option<String>,
+    pub approved_at: Option<DateTime<Utc>>,
+    pub approved_by: Option<String>,
 }
 
 impl TaskRow {
@@ -152,6 +162,11 @@ impl TaskRow {
                 .get::<_, Option<JsonText>>("checkpoint")
                 .map(|t| t.parse().unwrap_or(serde_json::Value::String(t.0))),
             checkpoint_at: r.get("checkpoint_at"),
+            deps_pending: r.get("deps_pending"),
+            cancelled_by: r.get("cancelled_by"),
+            approve_by: r.get("approve_by"),
+            approved_at: r.get("approved_at"),
+            approved_by: r.get("approved_by"),
         }
     }
 }
@@ -197,6 +212,8 @@ pub struct TaskFilter {
     pub limit: i64,
     /// Only tasks with a smaller id (the next page of a list, newest first).
     pub before: Option<i64>,
+    /// Only the tasks that depend on this one.
+    pub waiting_on: Option<i64>,
 }
 
 /// Characters of a title a list carries (`jrq show` has all of it); `tasks_list`'s
@@ -235,6 +252,7 @@ pub async fn tasks_list(client: &impl Sql, f: &TaskFilter) -> Result<Vec<TaskLis
            AND ($3::uuid IS NULL OR run_id = $3) \
            AND ($4::text IS NULL OR provider = $4) \
            AND ($6::int8 IS NULL OR id < $6) \
+           AND ($7::int8 IS NULL OR id IN (SELECT task_id FROM jr_task_deps WHERE depends_on = $7)) \
          ORDER BY id DESC LIMIT $5";
     let status = f.status.map(|s| s.as_str());
     let rows = client
@@ -247,6 +265,7 @@ pub async fn tasks_list(client: &impl Sql, f: &TaskFilter) -> Result<Vec<TaskLis
                 &f.provider,
                 &f.limit,
                 &f.before,
+                &f.waiting_on,
             ],
         )
         .await?;
@@ -283,7 +302,8 @@ pub async fn tasks_get(client: &impl Sql, id: i64) -> Result<Option<TaskRow>> {
                  run_after, result, error, unique_key, cancel_requested_at, updated_at, \
                  fallback_ok, routed_provider, \
                  (extract(epoch FROM idle_timeout) * 1000)::int8 AS idle_timeout_ms, \
-                 max_cost_usd, checkpoint, checkpoint_at \
+                 max_cost_usd, checkpoint, checkpoint_at, deps_pending, cancelled_by, \
+                 approve_by, approved_at, approved_by \
              FROM jr_work_queue WHERE id = $1",
             &[&id],
         )
@@ -350,10 +370,15 @@ pub async fn tasks_retry(client: &impl Sql, id: i64, actor: &str) -> Result<Task
                  assigned_jr = NULL, assigned_at = NULL, started_at = NULL, \
                  completed_at = NULL, progress_percent = 0, result = NULL, error = NULL, \
                  cancel_requested_at = NULL, lease_instance = NULL, updated_at = now() \
-             FROM src WHERE q.id = src.id RETURNING q.id, src.status AS from_status) \
+             FROM src WHERE q.id = src.id \
+             RETURNING q.id, src.status AS from_status, q.status, q.error) \
          INSERT INTO jr_task_events (task_id, actor, action, from_status, to_status, details) \
-         SELECT id, $2, 'retried', from_status, 'pending', 'retried by hand' FROM upd \
-         RETURNING task_id"
+         SELECT id, $2, 'retried', from_status, status, \
+             'retried by hand' || CASE status WHEN 'pending' THEN '' \
+                 WHEN 'waiting' THEN ': it waits for its dependencies' \
+                 WHEN 'awaiting_approval' THEN ': it awaits approval' \
+                 ELSE ': ' || coalesce(error, status) END \
+         FROM upd RETURNING task_id"
     );
     let rows = client
         .rows(
@@ -410,7 +435,7 @@ pub async fn tasks_retry_all_failed(client: &impl Sql, actor: &str) -> Result<Re
              WHERE status = 'failed' \
                AND (unique_key IS NULL OR ( \
                     NOT EXISTS (SELECT 1 FROM jr_work_queue o WHERE o.unique_key = q.unique_key \
-                                AND o.status IN ('pending', 'assigned', 'in_progress')) \
+                                AND o.status NOT IN ('completed', 'failed', 'cancelled')) \
                     AND id = (SELECT max(f.id) FROM jr_work_queue f \
                               WHERE f.unique_key = q.unique_key AND f.status = 'failed'))) \
              FOR UPDATE SKIP LOCKED), \
@@ -423,10 +448,11 @@ pub async fn tasks_retry_all_failed(client: &impl Sql, actor: &str) -> Result<Re
                  assigned_jr = NULL, assigned_at = NULL, started_at = NULL, \
                  completed_at = NULL, progress_percent = 0, result = NULL, error = NULL, \
                  cancel_requested_at = NULL, lease_instance = NULL, updated_at = now() \
-             FROM src WHERE q.id = src.id RETURNING q.id, src.status AS from_status), \
+             FROM src WHERE q.id = src.id \
+             RETURNING q.id, src.status AS from_status, q.status), \
          ev AS ( \
              INSERT INTO jr_task_events (task_id, actor, action, from_status, to_status, details) \
-             SELECT id, $1, 'retried', from_status, 'pending', 'retried by hand (all failed)' \
+             SELECT id, $1, 'retried', from_status, status, 'retried by hand (all failed)' \
              FROM upd) \
          SELECT (SELECT count(*) FROM upd), \
                 (SELECT count(*) FROM jr_work_queue WHERE status = 'failed' \
@@ -479,7 +505,7 @@ pub async fn tasks_cancel(client: &impl Sql, id: i64, actor: &str) -> Result<Can
     let worker: Option<String> = row.get(1);
     let already: bool = row.get(2);
     match status.as_str() {
-        "pending" | "assigned" => {
+        "waiting" | "awaiting_approval" | "pending" | "assigned" => {
             client
                 .exec(
                     "UPDATE jr_work_queue SET status = 'cancelled', completed_at = now(), \
