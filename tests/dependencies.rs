@@ -196,3 +196,60 @@ async fn approve_and_reject_with_the_timeline() {
         .unwrap()
         .contains("rejected by bob"));
 }
+
+/// The monitor alerts on a task that has awaited approval past its threshold, and not
+/// before; a decision ends the alert.
+#[tokio::test]
+async fn the_monitor_alerts_on_an_approval_waiting_too_long() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let monitor = || {
+        let mut cmd = common::bin("jr-health-monitor");
+        cmd.env("DATABASE_URL", &db.url).args([
+            "--max-load-per-core",
+            "100000",
+            "--max-memory",
+            "100",
+            "--manager",
+            "none",
+            "--approval-alert-after",
+            "1h",
+            "--json",
+        ]);
+        common::Run::from(cmd.output().unwrap())
+    };
+    let id = id_of(&db.run(&["enqueue", "--title", "deploy", "--needs-approval"]));
+    assert_eq!(status_of(&c, id).await, "awaiting_approval");
+    let out = monitor();
+    assert_eq!(out.code, Some(0), "a fresh approval is no alert: {out:#?}");
+    // Waiting for 59 min: still none; for 2 h: an alert naming the task.
+    exec(
+        &c,
+        &format!(
+            "UPDATE jr_work_queue SET updated_at = now() - interval '59 minutes' WHERE id = {id}"
+        ),
+    )
+    .await;
+    assert_eq!(monitor().code, Some(0));
+    exec(
+        &c,
+        &format!(
+            "UPDATE jr_work_queue SET updated_at = now() - interval '2 hours' WHERE id = {id}"
+        ),
+    )
+    .await;
+    let out = monitor();
+    assert_eq!(out.code, Some(3), "an overdue approval exits 3: {out:#?}");
+    let j: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(j["approvals_overdue"], 1);
+    let alert = j["alerts"][0].as_str().unwrap();
+    assert!(
+        alert.starts_with(&format!(
+            "1 task(s) have awaited approval longer than 1h (the oldest, task {id}, for 2h"
+        )),
+        "{alert}"
+    );
+    db.run(&["reject", &id.to_string(), "--reason", "not today"])
+        .ok();
+    assert_eq!(monitor().code, Some(0), "decided: no alert");
+}

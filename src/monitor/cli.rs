@@ -47,6 +47,10 @@ pub struct MonitorArgs {
     /// Alert when a ready task has waited longer than this. Range: 1s to 30d.
     #[arg(long, env = "JRQ_MONITOR_MAX_PENDING_AGE", default_value = crate::validate::format_duration(super::DEFAULT_MAX_PENDING_AGE), value_parser = validate::duration_in("1s", "30d"))]
     pub max_pending_age: Duration,
+    /// Alert when a task has awaited a person's approval (`jrq enqueue --needs-approval`)
+    /// longer than this. Range: 1m to 30d.
+    #[arg(long, env = "JRQ_MONITOR_APPROVAL_ALERT_AFTER", default_value = crate::validate::format_duration(super::DEFAULT_APPROVAL_ALERT_AFTER), value_parser = validate::duration_in("1m", "30d"))]
+    pub approval_alert_after: Duration,
     /// Alert above this usage of PostgreSQL's notification queue, in percent. Range: 0 to 100.
     #[arg(long, env = "JRQ_MONITOR_MAX_NOTIFY_QUEUE", default_value_t = super::DEFAULT_MAX_NOTIFY_QUEUE * 100.0)]
     pub max_notify_queue: f64,
@@ -121,6 +125,7 @@ impl MonitorArgs {
             failure_window: args.failure_window,
             max_failure_rate: share("--max-failure-rate", args.max_failure_rate)?,
             max_pending_age: args.max_pending_age,
+            approval_alert_after: args.approval_alert_after,
             max_notify_queue: share("--max-notify-queue", args.max_notify_queue)?,
             max_dead_tuples: args.max_dead_tuples,
             max_load_per_core: match args.max_load_per_core {

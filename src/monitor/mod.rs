@@ -37,6 +37,8 @@ pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_FAILURE_RATE: f64 = 0.5;
 /// Alert: a task has waited longer than this.
 pub const DEFAULT_MAX_PENDING_AGE: Duration = Duration::from_secs(900);
+/// Alert: a task has awaited a person's approval longer than this.
+pub const DEFAULT_APPROVAL_ALERT_AFTER: Duration = Duration::from_secs(4 * 3600);
 /// Alert: PostgreSQL's notification queue fuller than this share.
 pub const DEFAULT_MAX_NOTIFY_QUEUE: f64 = 0.5;
 /// Alert: more dead row versions than this in `jr_work_queue`.
@@ -85,6 +87,8 @@ pub struct MonitorConfig {
     pub failure_window: Duration,
     pub max_failure_rate: f64,
     pub max_pending_age: Duration,
+    /// A task awaiting approval longer than this raises an alert.
+    pub approval_alert_after: Duration,
     pub max_notify_queue: f64,
     pub max_dead_tuples: i64,
     pub max_load_per_core: f64,
@@ -113,6 +117,7 @@ impl Default for MonitorConfig {
             failure_window: DEFAULT_FAILURE_WINDOW,
             max_failure_rate: DEFAULT_MAX_FAILURE_RATE,
             max_pending_age: DEFAULT_MAX_PENDING_AGE,
+            approval_alert_after: DEFAULT_APPROVAL_ALERT_AFTER,
             max_notify_queue: DEFAULT_MAX_NOTIFY_QUEUE,
             max_dead_tuples: DEFAULT_MAX_DEAD_TUPLES,
             max_load_per_core: DEFAULT_MAX_LOAD_PER_CORE,
@@ -144,6 +149,10 @@ pub struct Report {
     pub skipped: bool,
     pub tasks: std::collections::BTreeMap<String, i64>,
     pub oldest_pending_s: Option<f64>,
+    /// Tasks awaiting approval longer than the threshold.
+    pub approvals_overdue: i64,
+    /// The longest-waiting of them: (id, seconds awaiting approval).
+    pub oldest_approval: Option<(i64, f64)>,
     pub failure_rate: Option<f64>,
     /// The window of `failure_rate`, in seconds.
     pub failure_window_s: f64,
@@ -362,6 +371,8 @@ impl Monitor {
         let w = workers::workers_summary(client, cfg.dead_after).await?;
         r.tasks = summary.by_status.iter().cloned().collect();
         r.oldest_pending_s = summary.oldest_pending_age_s;
+        (r.approvals_overdue, r.oldest_approval) =
+            tasks::tasks_awaiting_approval(client, cfg.approval_alert_after).await?;
         r.failure_rate = summary.failure_rate;
         r.failure_window_s = cfg.failure_window.as_secs_f64();
         r.failed_in_window = summary.failed_window;
@@ -429,6 +440,16 @@ impl Monitor {
                     format_duration(cfg.max_pending_age)
                 ));
             }
+        }
+        if let Some((id, age)) = r.oldest_approval {
+            r.alerts.push(format!(
+                "{} task(s) have awaited approval longer than {} (the oldest, task {id}, for \
+                 {}): `jrq tasks --status awaiting_approval` lists them, `jrq approve ID` or \
+                 `jrq reject ID --reason ...` decides",
+                r.approvals_overdue,
+                format_duration(cfg.approval_alert_after),
+                format_duration(Duration::from_secs_f64(age))
+            ));
         }
         for d in &r.marked_offline {
             if d.silent_s > cfg.silent_alert.as_secs_f64() {

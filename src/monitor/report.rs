@@ -25,6 +25,14 @@ pub fn render_text(r: &Report) -> String {
             .map(|a| format_duration(Duration::from_secs_f64(a)))
             .unwrap_or_else(|| "none waiting".into())
     );
+    if let Some((id, age)) = r.oldest_approval {
+        let _ = writeln!(
+            s,
+            "approvals:  {} overdue, the oldest task {id} for {}",
+            r.approvals_overdue,
+            format_duration(Duration::from_secs_f64(age))
+        );
+    }
     let _ = writeln!(
         s,
         "failures:   {} failed, {} completed in the window, rate {}",
@@ -115,6 +123,11 @@ pub fn render_prometheus(r: &Report) -> String {
         names::OLDEST_PENDING,
         "How long the oldest ready pending task has waited.",
         &[(String::new(), r.oldest_pending_s.unwrap_or(0.0))],
+    );
+    gauge(
+        "jrq_approvals_overdue",
+        "Tasks awaiting approval longer than the monitor's --approval-alert-after.",
+        &[(String::new(), r.approvals_overdue as f64)],
     );
     let window = format_duration(Duration::from_secs_f64(r.failure_window_s));
     gauge(
