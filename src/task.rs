@@ -354,6 +354,81 @@ impl NewTask {
         Ok(())
     }
 
+    /// The task as a stored template, enqueued later by the database (a run's callback)
+    /// or a daemon (a schedule's tick): the columns of `jr_work_queue` with every default
+    /// resolved, as `jrq_tasks_from_template` (migrations/V16) reads them. `what` names
+    /// the template in the refusals ("--on-complete"). A template has no dependencies,
+    /// no unique key (a callback is enqueued once; a schedule's tasks get one per tick)
+    /// and no fixed start time (a delay instead); its payload is an object, since the
+    /// enqueuer adds a key to it.
+    pub fn to_template(&self, what: &str) -> Result<serde_json::Value, String> {
+        if !self.after.is_empty() || !self.after_keys.is_empty() || self.key.is_some() {
+            return Err(format!(
+                "{what}: a stored task cannot have dependencies (after, key): enqueue \
+                 the chain from the task itself"
+            ));
+        }
+        if self.unique_key.is_some() {
+            return Err(format!(
+                "{what}: a stored task cannot have a unique_key (jrq gives it its own, or \
+                 enqueues it once): leave it out"
+            ));
+        }
+        if !self.payload.is_object() {
+            return Err(format!(
+                "{what}: the payload must be a JSON object (jrq adds a key to it), not {}",
+                self.payload
+            ));
+        }
+        let delay_ms = match self.run_after {
+            RunAfter::Now => 0,
+            RunAfter::Delay(d) => d.as_millis() as i64,
+            RunAfter::At(_) => {
+                return Err(format!(
+                    "{what}: a stored task cannot have a fixed run_at: give a delay instead"
+                ))
+            }
+        };
+        let interval = |d: Duration| format!("{} milliseconds", d.as_millis());
+        Ok(serde_json::json!({
+            "title": self.title,
+            "description": self.description,
+            "source": self.source,
+            "created_by": self.created_by,
+            "priority": self.priority,
+            "sacred_fire_priority": self.urgent,
+            "payload": self.payload,
+            "provider": self.provider,
+            "fallback_ok": self.fallback_ok,
+            "target_jr": self.target,
+            "run_id": self.run_id,
+            "max_attempts": self.max_attempts,
+            "timeout": interval(self.timeout),
+            "idle_timeout": self.idle_timeout.map(interval),
+            "max_cost_usd": self.max_cost_usd,
+            "approve_by": self.approve_by,
+            "delay_ms": delay_ms,
+        }))
+    }
+
+    /// A template from a JSON task line (the `jrq enqueue --batch` format); `source` is
+    /// the task's source unless the line gives one.
+    pub fn template_from_json_line(
+        line: &str,
+        what: &str,
+        source: &str,
+    ) -> Result<(NewTask, serde_json::Value), String> {
+        let mut t = NewTask::from_json_line(line).map_err(|e| format!("{what}: {e}"))?;
+        let gave_source = serde_json::from_str::<serde_json::Value>(line)
+            .map(|v| v.get("source").is_some())
+            .unwrap_or(false);
+        if !gave_source {
+            t.source = source.to_string();
+        }
+        let template = t.to_template(what)?;
+        Ok((t, template))
+    }
+
     /// Checks the payload against a size limit (bytes of its JSON text).
     pub fn check_payload_size(&self, max_bytes: usize) -> Result<(), String> {
         let size = self.payload.to_string().len();

@@ -391,6 +391,45 @@ async fn enqueue(client: &mut Client, args: &EnqueueArgs, mut input: EnqueueInpu
     Ok(())
 }
 
+/// A task template (see [`NewTask::to_template`]) from a JSON task line, checked as an
+/// enqueue would check it: its payload's size, its run and its gate's role exist.
+async fn stored_task(
+    client: &impl db::Sql,
+    line: &str,
+    what: &str,
+    source: &str,
+) -> Result<serde_json::Value> {
+    let (t, template) =
+        NewTask::template_from_json_line(line, what, source).map_err(Error::usage)?;
+    t.check_payload_size(crate::task::DEFAULT_MAX_PAYLOAD_BYTES)
+        .map_err(|e| Error::usage(format!("{what}: {e}")))?;
+    check_stored_task(client, &t, what).await?;
+    Ok(template)
+}
+
+/// What the database would refuse only when the stored task is enqueued: a run or a
+/// gate's role that does not exist.
+async fn check_stored_task(client: &impl db::Sql, t: &NewTask, what: &str) -> Result<()> {
+    if let Some(r) = t.run_id {
+        if runs::runs_existing(client, &[r]).await?.is_empty() {
+            return Err(Error::NotFound(format!(
+                "{what}: there is no run {r}: create it with `jrq runs create` or check the \
+                 id with `jrq runs list`"
+            )));
+        }
+    }
+    if let Some(role) = t.approve_by.as_deref().filter(|r| !r.is_empty()) {
+        if roles::roles_existing(client, &[role]).await?.is_empty() {
+            return Err(Error::NotFound(format!(
+                "{what}: approve_by names role '{}', which does not exist: create it or \
+                 name another",
+                crate::text::for_terminal(role, false)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses (in a batch: the lines) what would make a dependency or a gate impossible:
 /// a key given twice, an `after` key no earlier line has, a task id that does not exist,
 /// a gate's role that does not exist. Returns the refused lines; keeps the rest.
@@ -839,9 +878,31 @@ async fn runs_cmd(client: &mut Client, cmd: RunsCommand) -> Result<()> {
             name,
             auto_complete,
             max_cost_usd,
+            on_complete,
+            on_error,
             json,
         } => {
-            let id = runs::runs_create(client, &name, auto_complete, max_cost_usd).await?;
+            let mut run = runs::NewRun {
+                name: name.clone(),
+                auto_complete,
+                max_cost_usd,
+                ..Default::default()
+            };
+            if let Some(line) = on_complete {
+                run.on_complete =
+                    Some(stored_task(&*client, &line, "--on-complete", "run-callback").await?);
+            }
+            if let Some(line) = on_error {
+                run.on_error =
+                    Some(stored_task(&*client, &line, "--on-error", "run-callback").await?);
+            }
+            if (run.on_complete.is_some() || run.on_error.is_some()) && !auto_complete {
+                eprintln!(
+                    "jrq: warning: the run is not --auto-complete: its callback is enqueued \
+                     only when `jrq runs set` ends it"
+                );
+            }
+            let id = runs::runs_create(client, &run).await?;
             if json {
                 out!(
                     "{}",

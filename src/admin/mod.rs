@@ -429,6 +429,17 @@ pub enum RunsCommand {
         /// budget` raises it or `jrq resume --run` ends the pause. Default: none.
         #[arg(long, env = "JRQ_RUN_MAX_COST_USD", value_name = "USD", value_parser = validate::parse_usd)]
         max_cost_usd: Option<f64>,
+        /// A task enqueued once when the run completes (all its tasks finished, none
+        /// failed; or `jrq runs set ID completed`): a JSON object in the `enqueue --batch`
+        /// line format, e.g. '{"title":"summarise","payload":{"prompt":"..."}}'. Its
+        /// payload gets the run's summary under "run" (counts, failed and cancelled ids,
+        /// usage totals). No dependencies, unique_key or run_at. Default: none.
+        #[arg(long, env = "JRQ_RUN_ON_COMPLETE", value_name = "TASK_JSON")]
+        on_complete: Option<String>,
+        /// A task enqueued once when the run ends in error (a task failed, or `jrq runs
+        /// set ID error`); the same format as --on-complete. Default: none.
+        #[arg(long, env = "JRQ_RUN_ON_ERROR", value_name = "TASK_JSON")]
+        on_error: Option<String>,
         /// Print JSON: {"id": "...", "name": ..., "auto_complete": ..., "max_cost_usd": ...}.
         #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
         json: bool,

@@ -28,6 +28,14 @@ pub struct RunRow {
     pub max_cost_usd: Option<f64>,
     /// What its tasks reported spending (JRQ-USAGE), in US dollars.
     pub cost_usd: f64,
+    /// The title of the task enqueued when the run completes (`--on-complete`).
+    pub on_complete: Option<String>,
+    /// The title of the task enqueued when the run ends in error (`--on-error`).
+    pub on_error: Option<String>,
+    /// The callback enqueued when the run ended.
+    pub callback_task: Option<i64>,
+    /// Why the callback could not be enqueued.
+    pub callback_error: Option<String>,
 }
 
 fn run_from_row(r: &tokio_postgres::Row) -> RunRow {
@@ -46,21 +54,39 @@ fn run_from_row(r: &tokio_postgres::Row) -> RunRow {
         tasks_cancelled: r.get(11),
         max_cost_usd: r.get(12),
         cost_usd: r.get::<_, i64>(13) as f64 / 1e6,
+        on_complete: r.get(14),
+        on_error: r.get(15),
+        callback_task: r.get(16),
+        callback_error: r.get(17),
     }
 }
 
-/// Creates an active run (with a budget in US dollars, if given) and returns its id.
-pub async fn runs_create(
-    client: &impl Sql,
-    name: &str,
-    auto_complete: bool,
-    max_cost_usd: Option<f64>,
-) -> Result<Uuid> {
+/// What `runs_create` makes.
+#[derive(Debug, Clone, Default)]
+pub struct NewRun {
+    pub name: String,
+    pub auto_complete: bool,
+    /// A budget in US dollars.
+    pub max_cost_usd: Option<f64>,
+    /// Task templates ([`crate::task::NewTask::to_template`]) enqueued once when the run
+    /// completes, or ends in error (migrations/V16).
+    pub on_complete: Option<serde_json::Value>,
+    pub on_error: Option<serde_json::Value>,
+}
+
+/// Creates an active run and returns its id.
+pub async fn runs_create(client: &impl Sql, run: &NewRun) -> Result<Uuid> {
     let row = client
         .row(
-            "INSERT INTO jr_runs (name, auto_complete, max_cost_usd) VALUES ($1, $2, $3) \
-             RETURNING id",
-            &[&name, &auto_complete, &max_cost_usd],
+            "INSERT INTO jr_runs (name, auto_complete, max_cost_usd, on_complete, on_error) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            &[
+                &run.name,
+                &run.auto_complete,
+                &run.max_cost_usd,
+                &run.on_complete,
+                &run.on_error,
+            ],
         )
         .await?;
     Ok(row.get(0))
@@ -111,7 +137,8 @@ const RUNS_SQL: &str = "SELECT r.id, r.name, r.status, r.auto_complete, r.create
         count(t.id) FILTER (WHERE t.status = 'completed'), \
         count(t.id) FILTER (WHERE t.status = 'failed'), \
         count(t.id) FILTER (WHERE t.status = 'cancelled'), \
-        r.max_cost_usd, r.cost_microusd \
+        r.max_cost_usd, r.cost_microusd, r.on_complete->>'title', r.on_error->>'title', \
+        r.callback_task, r.callback_error \
     FROM jr_runs r LEFT JOIN jr_work_queue t ON t.run_id = r.id \
     WHERE ($1::uuid IS NULL OR r.id = $1) AND ($2::text IS NULL OR r.status = $2) \
     GROUP BY r.id ORDER BY r.created_at DESC, r.id LIMIT $3";
@@ -191,7 +218,10 @@ pub async fn runs_existing(
 }
 
 /// Marks `auto_complete` runs whose tasks are all finished: completed, or error when any
-/// task failed. Wakes the workers serving them. Returns (run id, new status).
+/// task failed. Wakes the workers serving them. Returns (run id, new status). The run's
+/// callback, if it has one, is enqueued by the status change (migrations/V16); the
+/// UPDATE checks `active` again on the row it locked, so a concurrent round (or
+/// `jrq runs set`) that ended the run first makes this one skip it.
 pub async fn runs_complete_finished(client: &impl Sql) -> Result<Vec<(Uuid, String)>> {
     let rows = client
         .rows(
@@ -205,7 +235,7 @@ pub async fn runs_complete_finished(client: &impl Sql) -> Result<Vec<(Uuid, Stri
                  UPDATE jr_runs r SET \
                      status = CASE WHEN done.any_failed THEN 'error' ELSE 'completed' END, \
                      finished_at = now(), updated_at = now() \
-                 FROM done WHERE r.id = done.id \
+                 FROM done WHERE r.id = done.id AND r.status = 'active' \
                  RETURNING r.id, r.status), \
              n AS (SELECT pg_notify($1, id::text) FROM upd) \
              SELECT id, status, (SELECT count(*) FROM n) FROM upd",
@@ -213,6 +243,26 @@ pub async fn runs_complete_finished(client: &impl Sql) -> Result<Vec<(Uuid, Stri
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Runs that ended within `within` whose callback could not be enqueued: (id, name,
+/// why), the oldest first, at most 10.
+pub async fn runs_callback_errors(
+    client: &impl Sql,
+    within: std::time::Duration,
+) -> Result<Vec<(Uuid, String, String)>> {
+    Ok(client
+        .rows(
+            "SELECT id, name, callback_error FROM jr_runs \
+             WHERE callback_error IS NOT NULL \
+               AND finished_at > now() - $1::int8 * interval '1 millisecond' \
+             ORDER BY finished_at, id LIMIT 10",
+            &[&(within.as_millis() as i64)],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// The run a person names: its id, its name, or a unique prefix of its id (at least 4

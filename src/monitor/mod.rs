@@ -169,6 +169,9 @@ pub struct Report {
     pub unassigned: u64,
     pub restarts: Vec<Restart>,
     pub runs_finished: Vec<(uuid::Uuid, String)>,
+    /// Runs ended within the failure window whose callback could not be enqueued:
+    /// (id, name, why).
+    pub callback_errors: Vec<(uuid::Uuid, String, String)>,
     pub notify_queue_usage: f64,
     pub dead_tuples: i64,
     pub load_per_core: Option<f64>,
@@ -371,6 +374,7 @@ impl Monitor {
         let w = workers::workers_summary(client, cfg.dead_after).await?;
         r.tasks = summary.by_status.iter().cloned().collect();
         r.oldest_pending_s = summary.oldest_pending_age_s;
+        r.callback_errors = runs::runs_callback_errors(client, cfg.failure_window).await?;
         (r.approvals_overdue, r.oldest_approval) =
             tasks::tasks_awaiting_approval(client, cfg.approval_alert_after).await?;
         r.failure_rate = summary.failure_rate;
@@ -449,6 +453,16 @@ impl Monitor {
                 r.approvals_overdue,
                 format_duration(cfg.approval_alert_after),
                 format_duration(Duration::from_secs_f64(age))
+            ));
+        }
+        for (id, name, why) in &r.callback_errors {
+            r.alerts.push(format!(
+                "run {id}{} ended but its callback could not be enqueued: {why}",
+                if name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({name})")
+                }
             ));
         }
         for d in &r.marked_offline {

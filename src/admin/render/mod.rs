@@ -623,9 +623,20 @@ pub fn runs(rows: &[RunRow], json: bool) -> Result<()> {
         return Ok(());
     }
     let mut t = table(&[
-        "id", "name", "status", "tasks", "open", "done", "failed", "cost", "created",
+        "id", "name", "status", "tasks", "open", "done", "failed", "cost", "callback", "created",
     ]);
     for r in rows {
+        // The callback: enqueued (its task), refused (why), or waiting for which end.
+        let callback = match (&r.callback_task, &r.callback_error) {
+            (Some(id), _) => format!("task {id}"),
+            (None, Some(e)) => format!("not enqueued: {}", truncate(e, 40)),
+            (None, None) => match (&r.on_complete, &r.on_error) {
+                (Some(_), Some(_)) => "on complete, on error".into(),
+                (Some(_), None) => "on complete".into(),
+                (None, Some(_)) => "on error".into(),
+                (None, None) => "-".into(),
+            },
+        };
         add_row(
             &mut t,
             vec![
@@ -637,6 +648,7 @@ pub fn runs(rows: &[RunRow], json: bool) -> Result<()> {
                 r.tasks_completed.to_string(),
                 r.tasks_failed.to_string(),
                 providers::spent(r.cost_usd, r.max_cost_usd),
+                callback,
                 age(Some(r.created_at)),
             ],
         );
