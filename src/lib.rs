@@ -28,6 +28,7 @@ pub mod monitor;
 pub mod process;
 pub mod procs;
 mod registry;
+pub mod schedule;
 pub mod systemd;
 pub mod task;
 pub mod telemetry;

@@ -18,7 +18,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::db::{metrics as dbm, tasks, workers};
+use crate::db::{metrics as dbm, schedules, tasks, workers};
 use crate::error::Result;
 
 /// The names both `/metrics` and the monitor's text file use.
@@ -62,6 +62,8 @@ pub struct Snapshot {
     pub workers: workers::WorkerSummary,
     pub fleet: Vec<WorkerGauge>,
     pub totals: Vec<dbm::Total>,
+    /// The schedules (migrations/V17).
+    pub schedules: Vec<schedules::ScheduleRow>,
 }
 
 impl Snapshot {
@@ -96,6 +98,7 @@ impl Snapshot {
             workers: workers::workers_summary(client, online_threshold).await?,
             fleet,
             totals: dbm::metrics_totals(client).await?,
+            schedules: schedules::schedules_list(client).await?,
         })
     }
 
@@ -220,6 +223,68 @@ impl Collector for Snapshot {
             "Assigners heartbeating.",
             MetricType::Gauge,
             &[(vec![], gauge(w.assigners as f64))],
+        )?;
+        let sc = &self.schedules;
+        let count = |f: &dyn Fn(&schedules::ScheduleRow) -> bool| {
+            gauge(sc.iter().filter(|r| f(r)).count() as f64)
+        };
+        family(
+            e,
+            "jrq_schedules",
+            "Schedules by state: active, paused, failing (the last tick could not be \
+             enqueued).",
+            MetricType::Gauge,
+            &[
+                (vec![("state", "active".into())], count(&|r| !r.paused)),
+                (vec![("state", "paused".into())], count(&|r| r.paused)),
+                (
+                    vec![("state", "failing".into())],
+                    count(&|r| r.last_error.is_some()),
+                ),
+            ],
+        )?;
+        let next: Vec<(Labels, _)> = sc
+            .iter()
+            .filter(|r| !r.paused)
+            .map(|r| {
+                (
+                    vec![("schedule", r.name.clone())],
+                    gauge(r.next_tick.timestamp_millis() as f64 / 1000.0),
+                )
+            })
+            .collect();
+        family(
+            e,
+            "jrq_schedule_next_tick_timestamp_seconds",
+            "When an active schedule's next tick is due (Unix time): past by more than a \
+             minute, no assigner is enqueueing it.",
+            MetricType::Gauge,
+            &next,
+        )?;
+        let ticks: Vec<(Labels, _)> = sc
+            .iter()
+            .flat_map(|r| {
+                [
+                    ("enqueued", r.enqueued_total),
+                    ("skipped", r.skipped_total),
+                    ("missed", r.missed_total),
+                ]
+                .map(|(o, n)| {
+                    (
+                        vec![("schedule", r.name.clone()), ("outcome", o.to_string())],
+                        gauge(n as f64),
+                    )
+                })
+            })
+            .collect();
+        family(
+            e,
+            "jrq_schedule_ticks",
+            "A schedule's ticks since it was added: enqueued, skipped (its previous task \
+             unfinished, --unique-while-running) and missed (left out by its catch-up \
+             policy, or not enqueued).",
+            MetricType::Gauge,
+            &ticks,
         )?;
         let per_worker =
             |f: &dyn Fn(&WorkerGauge) -> Option<f64>| -> Vec<(Labels, ConstGauge<f64>)> {

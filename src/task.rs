@@ -364,14 +364,14 @@ impl NewTask {
     pub fn to_template(&self, what: &str) -> Result<serde_json::Value, String> {
         if !self.after.is_empty() || !self.after_keys.is_empty() || self.key.is_some() {
             return Err(format!(
-                "{what}: a stored task cannot have dependencies (after, key): enqueue \
-                 the chain from the task itself"
+                "{what}: a stored task cannot depend on other tasks (after, key, \
+                 --after): enqueue the chain from the task itself"
             ));
         }
         if self.unique_key.is_some() {
             return Err(format!(
-                "{what}: a stored task cannot have a unique_key (jrq gives it its own, or \
-                 enqueues it once): leave it out"
+                "{what}: a stored task cannot have a unique key (unique_key, \
+                 --unique-key): jrq gives each tick its own and enqueues a callback once"
             ));
         }
         if !self.payload.is_object() {
@@ -385,7 +385,8 @@ impl NewTask {
             RunAfter::Delay(d) => d.as_millis() as i64,
             RunAfter::At(_) => {
                 return Err(format!(
-                    "{what}: a stored task cannot have a fixed run_at: give a delay instead"
+                    "{what}: a stored task cannot start at a fixed time (run_at, --run-at): \
+                     give a delay instead"
                 ))
             }
         };

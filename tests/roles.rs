@@ -207,11 +207,52 @@ async fn every_program_works_under_its_own_group_end_to_end() {
     );
 
     // The admin login creates a run and the work.
+    // (Its callback, and the schedule's task below, are delayed: nothing runs them.)
     let run = jrq_as(
         &admin.url,
-        &["runs", "create", "--name", "r", "--auto-complete"],
+        &[
+            "runs",
+            "create",
+            "--name",
+            "r",
+            "--auto-complete",
+            "--on-complete",
+            r#"{"title":"wrap up","delay":"1h"}"#,
+        ],
     );
     let run = run.ok().trim().to_string();
+    // A schedule by the admin login, ticked by the assigner login, read by the reader.
+    jrq_as(
+        &admin.url,
+        &[
+            "schedules",
+            "add",
+            "beat",
+            "--every",
+            "1s",
+            "--title",
+            "beat",
+            "--delay",
+            "1h",
+        ],
+    )
+    .ok();
+    wait_for(T, "the schedule's first task", || async {
+        common::count(
+            &su,
+            "SELECT count(*) FROM jr_work_queue WHERE source = 'schedule'",
+        )
+        .await
+            >= 1
+    })
+    .await;
+    jrq_as(&admin.url, &["schedules", "pause", "beat"]).ok();
+    let listed = jrq_as(&reader.url, &["schedules", "list", "--json"]).json();
+    assert!(
+        listed[0]["enqueued_total"].as_i64().unwrap() >= 1,
+        "{listed}"
+    );
+    assert_eq!(listed[0]["last_error"], serde_json::Value::Null);
     let enqueue = |extra: &[&str]| {
         let mut a = vec!["enqueue"];
         a.extend_from_slice(extra);
@@ -362,6 +403,15 @@ async fn every_program_works_under_its_own_group_end_to_end() {
         out.json()[0]["status"] == "completed"
     })
     .await;
+    // ... whose callback the monitor login's update enqueued (the trigger's rights).
+    assert_eq!(
+        common::count(
+            &su,
+            "SELECT count(*) FROM jr_work_queue WHERE title = 'wrap up' AND source = 'run-callback'",
+        )
+        .await,
+        1
+    );
 
     // w3 is killed and restarted: the new instance (worker login) takes the name over and
     // puts its predecessor's task back; it runs again, and the admin login cancels it.
@@ -462,8 +512,13 @@ async fn every_program_works_under_its_own_group_end_to_end() {
     let out = jrq_as(&admin.url, &["prune", "--older-than", "0s", "--json"]);
     // Four of the flow above and the governor's three (quota, flaky, fallback).
     assert_eq!(out.json()["tasks"], 7, "{out:#?} {finished}");
+    // Left: the schedule's and the callback's tasks (delayed, unfinished).
     let left: i64 = su
-        .query_one("SELECT count(*) FROM jr_work_queue", &[])
+        .query_one(
+            "SELECT count(*) FROM jr_work_queue \
+             WHERE source NOT IN ('schedule', 'run-callback') OR status <> 'pending'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

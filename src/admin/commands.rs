@@ -59,6 +59,12 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Enqueue(args) => Some(read_enqueue_input(args)?),
         _ => None,
     };
+    let new_schedule = match &cli.command {
+        Command::Schedules(super::SchedulesCommand::Add(args)) => {
+            Some(super::schedules::prepare_add(args)?)
+        }
+        _ => None,
+    };
     let mut client = db::connect(&cfg).await?;
     if let Command::Migrate = cli.command {
         let report = migrate::migrate(&mut client).await?;
@@ -88,6 +94,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Approve(args) => approve(&mut client, &args).await,
         Command::Reject(args) => reject(&mut client, &args).await,
         Command::Runs(cmd) => runs_cmd(&mut client, cmd).await,
+        Command::Schedules(cmd) => {
+            super::schedules::schedules_cmd(&mut client, cmd, new_schedule).await
+        }
         Command::Workers(args) => list_workers(&mut client, &args).await,
         Command::Prune(args) => prune(&client, &args).await,
         Command::Roles(cmd) => roles_cmd(&mut client, cmd).await,
@@ -99,15 +108,15 @@ pub async fn run(cli: Cli) -> Result<u8> {
 }
 
 /// The tasks an `enqueue` asks for, or the lines it must refuse.
-struct EnqueueInput {
-    tasks: Vec<NewTask>,
+pub(super) struct EnqueueInput {
+    pub(super) tasks: Vec<NewTask>,
     /// Input line number (1-based) of each task, for batch reports.
     lines: Vec<usize>,
     /// Lines refused before touching the database: (line, reason).
     rejected: Vec<(usize, String)>,
 }
 
-fn read_enqueue_input(args: &EnqueueArgs) -> Result<EnqueueInput> {
+pub(super) fn read_enqueue_input(args: &EnqueueArgs) -> Result<EnqueueInput> {
     let max_payload = match args.max_payload {
         0 => usize::MAX,
         n => usize::try_from(n).unwrap_or(usize::MAX),
@@ -409,7 +418,11 @@ async fn stored_task(
 
 /// What the database would refuse only when the stored task is enqueued: a run or a
 /// gate's role that does not exist.
-async fn check_stored_task(client: &impl db::Sql, t: &NewTask, what: &str) -> Result<()> {
+pub(super) async fn check_stored_task(
+    client: &impl db::Sql,
+    t: &NewTask,
+    what: &str,
+) -> Result<()> {
     if let Some(r) = t.run_id {
         if runs::runs_existing(client, &[r]).await?.is_empty() {
             return Err(Error::NotFound(format!(
@@ -520,7 +533,8 @@ async fn status(client: &Client, args: &StatusArgs) -> Result<()> {
         by_provider,
         by_worker,
     };
-    render::status(&t, &w, &held, &usage, args.json)
+    let schedules = crate::db::schedules::schedules_summary(client).await?;
+    render::status(&t, &w, &held, &usage, &schedules, args.json)
 }
 
 async fn list_tasks(client: &Client, args: &TasksArgs) -> Result<()> {

@@ -7,6 +7,7 @@ mod commands;
 mod governor;
 mod logs;
 mod render;
+mod schedules;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -68,6 +69,11 @@ pub enum Command {
     /// Create, list and finish runs (groups of tasks and the workers serving them).
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Tasks enqueued on a cron expression or an interval, by the assigners (one task per
+    /// tick however many run): add, list (with the next run times), pause, resume,
+    /// remove, run-now.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
     /// The worker registry: who is online, their load and circuit state.
     Workers(WorkersArgs),
     /// Delete finished tasks (completed, failed, cancelled) and their events.
@@ -475,6 +481,117 @@ pub enum RunsCommand {
         #[arg(value_parser = parse_run_status)]
         status: RunStatus,
     },
+}
+
+/// `jrq schedules ...`
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCommand {
+    /// Add a schedule: a cadence (--cron or --every) and the task to enqueue at each tick,
+    /// given with the options of `jrq enqueue` (--title, --payload, --provider, ...). Each
+    /// task's payload gets "schedule": {"name", "tick"}; its unique key is
+    /// schedule:NAME:TICK. The first tick is the cadence's next after now.
+    Add(Box<ScheduleAddArgs>),
+    /// The schedules, with their next two run times, their last task and their counts.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long, env = "JRQ_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+        json: bool,
+    },
+    /// Stop enqueueing a schedule's ticks (its tasks already enqueued are left alone).
+    Pause {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Enqueue a paused schedule's ticks again, from the cadence's next tick after now
+    /// (the ticks of the pause are not caught up).
+    Resume {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Remove a schedule (its tasks stay).
+    Remove {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Enqueue a schedule's task now, outside its cadence (its next tick is unchanged);
+    /// prints the task's id. With --unique-while-running, refused while its previous task
+    /// is unfinished, unless --force.
+    RunNow {
+        /// The schedule's name.
+        name: String,
+        /// Enqueue even while the schedule's previous task is unfinished.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Options of `jrq schedules add`.
+#[derive(Debug, Args)]
+pub struct ScheduleAddArgs {
+    /// The schedule's name: letters, digits, '.', '_' and '-', at most 100 characters.
+    #[arg(value_parser = parse_schedule_name)]
+    pub name: String,
+    /// A cron expression: 5 fields (minute hour day-of-month month day-of-week), 6 with
+    /// seconds first, or an alias (@yearly, @monthly, @weekly, @daily, @hourly); `L`, `#`
+    /// and `W` as croner has them. Read in --timezone.
+    #[arg(
+        long,
+        env = "JRQ_SCHEDULE_CRON",
+        value_name = "EXPR",
+        required_unless_present = "every",
+        conflicts_with = "every"
+    )]
+    pub cron: Option<String>,
+    /// A fixed interval instead of --cron (1s to 366d), aligned to the Unix epoch: 10m
+    /// ticks at :00, :10, ... UTC.
+    #[arg(long, env = "JRQ_SCHEDULE_EVERY", value_name = "DURATION", value_parser = validate::duration_in("1s", "366d"))]
+    pub every: Option<Duration>,
+    /// The time zone of --cron: an IANA name (Europe/Berlin, America/New_York). Daylight
+    /// saving: a fixed time in the hour that does not exist runs just after it; in the
+    /// hour that repeats, once.
+    #[arg(
+        long,
+        env = "JRQ_SCHEDULE_TIMEZONE",
+        value_name = "TZ",
+        default_value = "UTC"
+    )]
+    pub timezone: String,
+    /// Ticks no assigner handled in time (later than their period, at most a minute —
+    /// no assigner ran, say): none skips them, one enqueues the latest, all enqueues each.
+    #[arg(long, env = "JRQ_SCHEDULE_CATCH_UP", value_enum, default_value = "one")]
+    pub catch_up: crate::schedule::CatchUp,
+    /// Skip a tick while the schedule's previous task is unfinished (tasks that can
+    /// outlast their period).
+    #[arg(long, env = "JRQ_SCHEDULE_UNIQUE_WHILE_RUNNING", value_parser = clap::builder::BoolishValueParser::new())]
+    pub unique_while_running: bool,
+    /// Add it paused (`jrq schedules resume` starts it).
+    #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
+    pub paused: bool,
+    /// Redefine the schedule if it exists (its counts are kept; its next tick is the new
+    /// cadence's next after now).
+    #[arg(long)]
+    pub replace: bool,
+    /// The task to enqueue at each tick: the options of `jrq enqueue` (its --source
+    /// defaults to "schedule" here). Not allowed: --batch, --after, --unique-key, --run-at.
+    #[command(flatten)]
+    pub task: EnqueueArgs,
+}
+
+fn parse_schedule_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 100
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{}' is not a schedule name: use letters, digits, '.', '_' and '-' (starting \
+             with a letter or digit), at most 100 characters",
+            crate::text::for_terminal(s, false)
+        ))
+    }
 }
 
 /// A budget, or none.

@@ -12,7 +12,7 @@ use crate::daemon::link::{Conn, Link};
 use crate::daemon::liveness::Liveness;
 use crate::daemon::runner::{Beat, Component, Ctx};
 use crate::daemon::shutdown::Shutdown;
-use crate::db::workers;
+use crate::db::{self, schedules, workers};
 use crate::error::{Error, Result};
 use crate::validate::format_duration;
 
@@ -59,6 +59,12 @@ enum HeartbeatError {
     LostName(String),
 }
 
+/// The longest a scheduling pass waits for the next: the safety net under the
+/// notifications `jrq schedules` sends (an edit by psql sends none).
+const SCHEDULES_MAX_SLEEP: Duration = Duration::from_secs(5);
+/// How soon a failed scheduling pass is tried again.
+const SCHEDULES_RETRY: Duration = Duration::from_secs(1);
+
 /// How soon a round that found a limited provider's row held by another assigner's round
 /// goes again.
 const CONTENDED_RETRY: Duration = Duration::from_millis(20);
@@ -78,6 +84,9 @@ pub(super) struct AssignerDaemon {
     /// back, so that once the online threshold passes the other assigners no longer count
     /// this one and take its share of the workers.
     rounds_failing: bool,
+    /// When the next scheduling pass is due (migrations/V17: the assigners enqueue the
+    /// schedules' ticks).
+    next_schedules: Instant,
 }
 
 impl AssignerDaemon {
@@ -91,6 +100,52 @@ impl AssignerDaemon {
             last: Maintenance::default(),
             last_round: RoundOutcome::default(),
             rounds_failing: false,
+            next_schedules: Instant::now(),
+        }
+    }
+}
+
+impl AssignerDaemon {
+    /// One scheduling pass; the next is due at the soonest tick (or at once when a
+    /// schedule had more due than a pass handles).
+    async fn schedules(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(conn) = ctx.link.conn_mut() else {
+            return;
+        };
+        match schedules::schedules_pass(&mut conn.client).await {
+            Ok(p) => {
+                if p.enqueued > 0 || p.missed > 0 || p.skipped > 0 {
+                    tracing::debug!(
+                        enqueued = p.enqueued,
+                        skipped = p.skipped,
+                        missed = p.missed,
+                        "schedules"
+                    );
+                }
+                if p.missed > 0 {
+                    tracing::info!(
+                        missed = p.missed,
+                        "schedules: ticks no assigner handled in time were left out (their \
+                         catch-up policy)"
+                    );
+                }
+                for (name, why) in &p.failed {
+                    tracing::warn!(schedule = %name, error = %why, "schedule tick not enqueued");
+                }
+                let wait = if p.more {
+                    Duration::ZERO
+                } else {
+                    p.next_in_s
+                        .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)))
+                        .unwrap_or(SCHEDULES_MAX_SLEEP)
+                        .min(SCHEDULES_MAX_SLEEP)
+                };
+                self.next_schedules = Instant::now() + wait;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduling pass failed: trying again in a second");
+                self.next_schedules = Instant::now() + SCHEDULES_RETRY;
+            }
         }
     }
 }
@@ -132,6 +187,9 @@ impl Component for AssignerDaemon {
     }
 
     async fn tick(&mut self, ctx: &mut Ctx<'_>) {
+        if !self.stop && Instant::now() >= self.next_schedules {
+            self.schedules(ctx).await;
+        }
         if self.stop || !(self.wake || Instant::now() >= self.next_round) {
             return;
         }
@@ -172,13 +230,18 @@ impl Component for AssignerDaemon {
         tracing::info!(name = %self.a.cfg.name, "assigner ready");
     }
 
-    fn on_notification(&mut self, _n: &Notification, _ctx: &mut Ctx<'_>) {
-        self.wake = true;
+    fn on_notification(&mut self, n: &Notification, _ctx: &mut Ctx<'_>) {
+        if n.channel() == db::CHANNEL_SCHEDULES {
+            self.next_schedules = Instant::now();
+        } else {
+            self.wake = true;
+        }
     }
 
     fn on_reconnected(&mut self) {
         // Notifications sent meanwhile are gone: look at once.
         self.wake = true;
+        self.next_schedules = Instant::now();
     }
 
     async fn on_shutdown(&mut self, level: Shutdown, _ctx: &mut Ctx<'_>) {
@@ -188,13 +251,13 @@ impl Component for AssignerDaemon {
     }
 
     fn again_now(&self, connected: bool) -> bool {
-        self.wake && connected && !self.stop
+        connected && !self.stop && (self.wake || Instant::now() >= self.next_schedules)
     }
 
     fn wake_at(&self, connected: bool) -> Option<Instant> {
         // Rounds need the connection: without one, the runner's heartbeat and reconnect
         // timers are the only reasons to wake.
-        connected.then_some(self.next_round)
+        connected.then_some(self.next_round.min(self.next_schedules))
     }
 
     fn status_text(&self, db_down_for: Option<Duration>) -> String {

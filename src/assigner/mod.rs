@@ -485,8 +485,14 @@ impl Assigner {
         self.cfg.validate()?;
         self.cfg.heartbeat_interval =
             Liveness::heartbeat_interval(self.cfg.heartbeat_interval, &self.cfg.name);
-        let mut link =
-            Link::open(self.db_cfg.clone(), vec![db::CHANNEL_PENDING.to_string()]).await?;
+        let mut link = Link::open(
+            self.db_cfg.clone(),
+            vec![
+                db::CHANNEL_PENDING.to_string(),
+                db::CHANNEL_SCHEDULES.to_string(),
+            ],
+        )
+        .await?;
         let conn = link.conn_mut().ok_or_else(|| Error::Db {
             message: "the connection closed before registration".into(),
             sqlstate: None,

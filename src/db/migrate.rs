@@ -148,7 +148,7 @@ mod released {
     /// `jrq_schema_history`). A released migration never changes — a database migrated
     /// by an older binary would refuse the new one, or miss what was added to it: a
     /// change goes in a new migration. Add a line here when a migration is released.
-    const RELEASED: [(i32, u64); 16] = [
+    const RELEASED: [(i32, u64); 17] = [
         (1, 7283025288544651009),
         (2, 15561595384879818704),
         (3, 1072207000028334306),
@@ -165,6 +165,7 @@ mod released {
         (14, 7079977778513615041),
         (15, 298979528385535413),
         (16, 5118614341663214837),
+        (17, 14250619819812807710),
     ];
 
     #[test]

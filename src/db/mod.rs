@@ -12,6 +12,7 @@ pub mod migrate;
 pub mod providers;
 pub mod roles;
 pub mod runs;
+pub mod schedules;
 pub mod server;
 pub mod sql;
 pub mod tasks;
@@ -57,6 +58,9 @@ pub fn worker_channel(name: &str) -> String {
     }
     ch
 }
+/// Channel `jrq schedules` notifies when a schedule is added or resumed (the payload is
+/// its name): the assigners look at their schedules at once.
+pub const CHANNEL_SCHEDULES: &str = "jrq_schedules";
 /// Channel `jrq runs set` notifies; the payload is the run id.
 pub const CHANNEL_RUNS: &str = "jrq_runs";
 /// Written output (payload: the task ids written, separated by commas): `jrq logs --follow`.

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::db::events::EventRow;
 use crate::db::migrate::MigrateReport;
 use crate::db::runs::RunRow;
+use crate::db::schedules::{ScheduleRow, ScheduleSummary};
 use crate::db::tasks::{PruneReport, RetryAllReport, TaskListRow, TaskRow, TaskSummary};
 use crate::db::workers::{WorkerRow, WorkerSummary};
 use crate::error::{Error, Result};
@@ -171,6 +172,7 @@ struct StatusJson<'a> {
     /// Usage reported in the window (JRQ-USAGE), by provider and by worker.
     usage_by_provider: &'a [crate::db::tasks::UsageTotal],
     usage_by_worker: &'a [crate::db::tasks::UsageTotal],
+    schedules: &'a ScheduleSummary,
 }
 
 /// Usage reported in `jrq status`'s window.
@@ -196,6 +198,7 @@ pub fn status(
     w: &WorkerSummary,
     held: &[String],
     usage: &StatusUsage,
+    schedules: &ScheduleSummary,
     json: bool,
 ) -> Result<()> {
     let total: i64 = t.by_status.iter().map(|(_, n)| n).sum();
@@ -222,6 +225,7 @@ pub fn status(
             held,
             usage_by_provider: &usage.by_provider,
             usage_by_worker: &usage.by_worker,
+            schedules,
         });
     }
     let pct = |n: i64| {
@@ -275,6 +279,29 @@ pub fn status(
         w.capacity
     );
     say!("assigners:       {} alive", w.assigners);
+    if schedules.active + schedules.paused > 0 {
+        let next = match (&schedules.next_name, schedules.next_tick_in_s) {
+            (Some(n), Some(s)) if s > 0.0 => format!(
+                "; next: {n} in {}",
+                format_duration(Duration::from_secs_f64(s))
+            ),
+            (Some(n), Some(_)) => format!("; next: {n}, due now"),
+            _ => String::new(),
+        };
+        let failing = if schedules.failing > 0 {
+            format!(
+                "; {} failing (`jrq schedules list` says why)",
+                schedules.failing
+            )
+        } else {
+            String::new()
+        };
+        say!(
+            "schedules:       {} active, {} paused{next}{failing}",
+            schedules.active,
+            schedules.paused
+        );
+    }
     if !usage.by_provider.is_empty() {
         let cost: f64 = usage.by_provider.iter().map(|u| u.cost_usd).sum();
         let (i, o): (i64, i64) = usage.by_provider.iter().fold((0, 0), |(i, o), u| {
@@ -654,6 +681,68 @@ pub fn runs(rows: &[RunRow], json: bool) -> Result<()> {
         );
     }
     right(&mut t, &[3, 4, 5, 6, 7]);
+    print_table(&t);
+    Ok(())
+}
+
+pub fn schedules(rows: &[ScheduleRow], json: bool) -> Result<()> {
+    if json {
+        return print_json(rows);
+    }
+    if rows.is_empty() {
+        say!("no schedules (add one with `jrq schedules add NAME --cron EXPR --title ...`)");
+        return Ok(());
+    }
+    let mut t = table(&[
+        "name",
+        "cadence",
+        "task",
+        "next",
+        "then",
+        "last task",
+        "enqueued",
+        "skipped",
+        "missed",
+        "state",
+    ]);
+    for r in rows {
+        let last = match (r.last_task, &r.last_task_status) {
+            (Some(id), Some(s)) => format!("{id} {s}"),
+            (Some(id), None) => format!("{id} (pruned)"),
+            _ => "-".into(),
+        };
+        let state = match (&r.last_error, r.paused) {
+            (_, true) => "paused".to_string(),
+            (Some(e), false) => format!("failing: {}", truncate(e, 50)),
+            (None, false) => {
+                let mut s = format!("catch-up {}", r.catch_up);
+                if r.unique_while_running {
+                    s.push_str(", one at a time");
+                }
+                s
+            }
+        };
+        add_row(
+            &mut t,
+            vec![
+                r.name.clone(),
+                truncate(&r.cadence_text(), 40),
+                truncate(&r.title, 30),
+                if r.paused {
+                    "-".into()
+                } else {
+                    ts(Some(r.next_tick))
+                },
+                if r.paused { "-".into() } else { ts(r.then) },
+                last,
+                r.enqueued_total.to_string(),
+                r.skipped_total.to_string(),
+                r.missed_total.to_string(),
+                state,
+            ],
+        );
+    }
+    right(&mut t, &[6, 7, 8]);
     print_table(&t);
     Ok(())
 }
