@@ -436,8 +436,37 @@ async fn metrics_parse_and_their_counters_never_go_down() {
     wait_status(&c, failed, "failed").await;
     drop(worker);
     drop(assigner);
+    // A paused schedule (no assigner ticks it): its series are there all the same.
+    db.run(&[
+        "schedules",
+        "add",
+        "nightly",
+        "--cron",
+        "0 2 * * *",
+        "--title",
+        "n",
+        "--paused",
+    ])
+    .ok();
+    db.run(&[
+        "schedules",
+        "add",
+        "hourly",
+        "--cron",
+        "@hourly",
+        "--title",
+        "h",
+    ])
+    .ok();
 
     let web = Web::start(&db.url, &[], &[]);
+    let (status, page) = web.get("/schedules");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("cron &#39;@hourly&#39; UTC") || page.contains("cron '@hourly' UTC"),
+        "{page}"
+    );
+    assert!(page.contains("id=\"schedule-nightly\""), "{page}");
     let (status, text) = web.get("/metrics");
     assert_eq!(status, 200);
     promtool_check(&text);
@@ -458,6 +487,17 @@ async fn metrics_parse_and_their_counters_never_go_down() {
     assert_eq!(v(r#"jrq_tasks{status="completed",provider=""}"#), 3.0);
     assert_eq!(v("jrq_database_up"), 1.0);
     assert_eq!(v(r#"jrq_build_info{version="0.1.0"}"#), 1.0);
+    assert_eq!(v(r#"jrq_schedules{state="active"}"#), 1.0);
+    assert_eq!(v(r#"jrq_schedules{state="paused"}"#), 1.0);
+    assert_eq!(
+        v(r#"jrq_schedule_ticks{schedule="hourly",outcome="enqueued"}"#),
+        0.0
+    );
+    let next = v(r#"jrq_schedule_next_tick_timestamp_seconds{schedule="hourly"}"#);
+    assert!(
+        next > chrono::Utc::now().timestamp() as f64 && next % 3600.0 == 0.0,
+        "the next full hour: {next}"
+    );
 
     // A retry takes the failed row back to pending, a prune deletes the completed ones:
     // the counters stay where they were.

@@ -78,6 +78,12 @@ impl ScheduleRow {
     /// "every 10m" or "cron '0 9 * * 1-5' Europe/Berlin".
     pub fn cadence_text(&self) -> String {
         match cadence_of(self.cron.as_deref(), self.every_ms, &self.timezone) {
+            // As the operator wrote it (croner spells aliases out).
+            Ok(_) if self.cron.is_some() => format!(
+                "cron '{}' {}",
+                self.cron.as_deref().unwrap_or_default(),
+                self.timezone
+            ),
             Ok(c) => c.to_string(),
             Err(e) => format!("invalid: {e}"),
         }

@@ -24,6 +24,7 @@ pub enum Nav {
     Overview,
     Workers,
     Tasks,
+    Schedules,
 }
 
 /// What every page knows besides its data.
@@ -81,6 +82,7 @@ pub fn layout(title: &str, nav: Nav, refresh: Option<Duration>, body: Markup) ->
                         a href="/" class=[(nav == Nav::Overview).then_some("on")] { "Overview" }
                         a href="/workers" class=[(nav == Nav::Workers).then_some("on")] { "Workers" }
                         a href="/tasks" class=[(nav == Nav::Tasks).then_some("on")] { "Tasks" }
+                        a href="/schedules" class=[(nav == Nav::Schedules).then_some("on")] { "Schedules" }
                     }
                     span #live class="live" title="refreshes by itself" {
                         @if let Some(r) = refresh { "live · every " (format_duration(r)) }
@@ -308,6 +310,55 @@ pub fn overview(o: &Overview, ctx: &Ctx) -> Markup {
 }
 
 /// The workers page: every registry row, with the task each worker runs.
+/// The schedules (`jrq schedules list`): cadence, task, next two ticks, last task, counts.
+pub fn schedules(rows: &[crate::db::schedules::ScheduleRow], ctx: &Ctx) -> Markup {
+    let body = html! {
+        h1 { "Schedules" }
+        (notice(ctx))
+        @if rows.is_empty() {
+            p { "No schedule yet: add one with " code { "jrq schedules add NAME --cron '0 9 * * 1-5' --title ..." } "; the assigners enqueue its ticks." }
+        } @else {
+            table #schedules {
+                thead { tr {
+                    th { "name" } th { "cadence" } th { "task" } th { "next" } th { "then" }
+                    th { "last task" } th { "enqueued" } th { "skipped" } th { "missed" }
+                    th { "state" }
+                } }
+                tbody {
+                    @for r in rows {
+                        tr id={ "schedule-" (r.name) } class=[r.paused.then_some("gone")] {
+                            td.name { (r.name) }
+                            td { (r.cadence_text()) }
+                            td { (r.title) }
+                            td { @if r.paused { "-" } @else { (time(r.next_tick)) } }
+                            td { @if r.paused { "-" } @else { @if let Some(t) = r.then { (time(t)) } @else { "-" } } }
+                            td {
+                                @match (r.last_task, &r.last_task_status) {
+                                    (Some(id), Some(st)) => { a href={ "/tasks/" (id) } { (id) } " " (status_badge(st)) }
+                                    (Some(id), None) => { (id) " (pruned)" }
+                                    _ => { "-" }
+                                }
+                            }
+                            td.num { (r.enqueued_total) }
+                            td.num { (r.skipped_total) }
+                            td.num { (r.missed_total) }
+                            td {
+                                @if r.paused { "paused" }
+                                @else if let Some(e) = &r.last_error { span.problem { "failing: " (e) } }
+                                @else {
+                                    "catch-up " (r.catch_up)
+                                    @if r.unique_while_running { ", one at a time" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout("Schedules", Nav::Schedules, ctx.refresh, body)
+}
+
 pub fn workers(rows: &[WorkerRow], running: &[TaskListRow], pauses: &Pauses, ctx: &Ctx) -> Markup {
     let body = html! {
         h1 { "Workers" }

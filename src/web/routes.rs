@@ -124,6 +124,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(overview))
         .route("/workers", get(workers_page))
         .route("/tasks", get(tasks_page))
+        .route("/schedules", get(schedules_page))
         .route("/tasks/{id}", get(task_page))
         .route("/tasks/{id}/retry", post(super::actions::retry_task))
         .route("/tasks/{id}/cancel", post(super::actions::cancel_task))
@@ -334,6 +335,19 @@ async fn workers_page(State(app): State<Arc<App>>, Query(n): Query<NoticeQuery>)
             pages::workers(&rows, &running, &pauses, &ctx).into_response()
         }
         Err(e) => failure("Workers", Nav::Workers, &e, refresh),
+    }
+}
+
+async fn schedules_page(State(app): State<Arc<App>>, Query(n): Query<NoticeQuery>) -> Response {
+    let ctx = app.ctx(n.notice);
+    let refresh = ctx.refresh;
+    let data = async {
+        let c = pool::get(&app.pool).await?;
+        crate::db::schedules::schedules_list(&*c).await
+    };
+    match data.await {
+        Ok(rows) => pages::schedules(&rows, &ctx).into_response(),
+        Err(e) => failure("Schedules", Nav::Schedules, &e, refresh),
     }
 }
 
