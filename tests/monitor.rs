@@ -4,8 +4,9 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
-use common::{exec, run_with_stdin, Run, TestDb};
+use common::{exec, run_with_stdin, wait_for, Run, TestDb};
 use tokio_postgres::Client;
 
 /// The host name workers on this machine register with.
@@ -639,4 +640,64 @@ async fn the_alert_hook_fires_on_each_change_and_says_which() {
     );
     round();
     assert_eq!(alert_log().lines().count(), 2);
+}
+
+/// A real idle-in-transaction session holds back the vacuum horizon: the monitor names it
+/// (application, pid, state, age) and alerts past --max-horizon-age; once it ends, the
+/// alert goes. `jrq status` shows it too.
+#[tokio::test]
+async fn an_idle_transaction_holding_back_vacuum_is_reported_and_alerted() {
+    let db = TestDb::new().await;
+    let forgotten = db.client().await;
+    exec(&forgotten, "SET application_name = 'forgotten-psql'").await;
+    let pid: i32 = forgotten
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    exec(&forgotten, "BEGIN").await;
+    exec(&forgotten, "SELECT txid_current()").await;
+    // Idle in transaction from here on. A round with a threshold it has not reached:
+    // reported, no alert.
+    let out = monitor(&db, &["--json", "--max-horizon-age", "1h"]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let j: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(j["horizon"]["pid"], pid, "{j}");
+    assert_eq!(j["horizon"]["application"], "forgotten-psql");
+    assert_eq!(j["horizon"]["state"], "idle in transaction");
+    // Past the threshold: the alert names it and says what to do.
+    let mut alert = String::new();
+    wait_for(Duration::from_secs(30), "the horizon alert", || {
+        let out = monitor(&db, &["--max-horizon-age", "1s"]);
+        if let Some(a) = out
+            .stdout
+            .lines()
+            .find(|l| l.contains("is holding back vacuum"))
+        {
+            alert = a.to_string();
+        }
+        let done = out.code == Some(3) && !alert.is_empty();
+        async move { done }
+    })
+    .await;
+    assert!(alert.contains("a transaction open for "), "{alert}");
+    assert!(alert.contains("forgotten-psql"), "{alert}");
+    assert!(alert.contains("idle in transaction"), "{alert}");
+    assert!(
+        alert.contains(&format!("SELECT pg_terminate_backend({pid})")),
+        "{alert}"
+    );
+    // `jrq status` names a holder of 10 s or more.
+    wait_for(Duration::from_secs(30), "jrq status to name it", || {
+        let status = db.run(&["status"]).ok().to_string();
+        let shown = status.contains("vacuum horizon:  held by a transaction open for ")
+            && status.contains("forgotten-psql");
+        async move { shown }
+    })
+    .await;
+    exec(&forgotten, "ROLLBACK").await;
+    let out = monitor(&db, &["--json", "--max-horizon-age", "1s"]);
+    assert_eq!(out.code, Some(0), "ended: no alert {out:#?}");
+    let j: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(j["horizon"], serde_json::Value::Null, "{j}");
 }

@@ -534,7 +534,20 @@ async fn status(client: &Client, args: &StatusArgs) -> Result<()> {
         by_worker,
     };
     let schedules = crate::db::schedules::schedules_summary(client).await?;
-    render::status(&t, &w, &held, &usage, &schedules, args.json)
+    // A holder of the vacuum horizon worth a line: 10 s or more (or a million
+    // transactions behind when its age is hidden).
+    let horizon = db::server::server_horizon_holder(client, None)
+        .await?
+        .filter(|h| h.age_s.map_or(h.xid_age >= 1_000_000, |a| a >= 10.0));
+    render::status(
+        &t,
+        &w,
+        &held,
+        &usage,
+        &schedules,
+        horizon.as_ref(),
+        args.json,
+    )
 }
 
 async fn list_tasks(client: &Client, args: &TasksArgs) -> Result<()> {

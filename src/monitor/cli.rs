@@ -51,6 +51,16 @@ pub struct MonitorArgs {
     /// longer than this. Range: 1m to 30d.
     #[arg(long, env = "JRQ_MONITOR_APPROVAL_ALERT_AFTER", default_value = crate::validate::format_duration(super::DEFAULT_APPROVAL_ALERT_AFTER), value_parser = validate::duration_in("1m", "30d"))]
     pub approval_alert_after: Duration,
+    /// Alert when a transaction in this database (or a prepared transaction, or a
+    /// replication slot) has held back vacuum longer than this: dead rows pile up and
+    /// dispatch slows while it lasts. The transaction's age needs `pg_read_all_stats` for
+    /// sessions of other users; --max-horizon-xids applies either way. Range: 1s to 30d.
+    #[arg(long, env = "JRQ_MONITOR_MAX_HORIZON_AGE", default_value = crate::validate::format_duration(super::DEFAULT_MAX_HORIZON_AGE), value_parser = validate::duration_in("1s", "30d"))]
+    pub max_horizon_age: Duration,
+    /// Alert when the oldest holder of the vacuum horizon is this many transactions
+    /// behind. Range: 1000 or more.
+    #[arg(long, env = "JRQ_MONITOR_MAX_HORIZON_XIDS", default_value_t = super::DEFAULT_MAX_HORIZON_XIDS, value_parser = validate::count_in::<i64>(1000, i64::MAX as u64))]
+    pub max_horizon_xids: i64,
     /// Alert above this usage of PostgreSQL's notification queue, in percent. Range: 0 to 100.
     #[arg(long, env = "JRQ_MONITOR_MAX_NOTIFY_QUEUE", default_value_t = super::DEFAULT_MAX_NOTIFY_QUEUE * 100.0)]
     pub max_notify_queue: f64,
@@ -126,6 +136,8 @@ impl MonitorArgs {
             max_failure_rate: share("--max-failure-rate", args.max_failure_rate)?,
             max_pending_age: args.max_pending_age,
             approval_alert_after: args.approval_alert_after,
+            max_horizon_age: args.max_horizon_age,
+            max_horizon_xids: args.max_horizon_xids,
             max_notify_queue: share("--max-notify-queue", args.max_notify_queue)?,
             max_dead_tuples: args.max_dead_tuples,
             max_load_per_core: match args.max_load_per_core {

@@ -39,6 +39,12 @@ pub const DEFAULT_MAX_FAILURE_RATE: f64 = 0.5;
 pub const DEFAULT_MAX_PENDING_AGE: Duration = Duration::from_secs(900);
 /// Alert: a task has awaited a person's approval longer than this.
 pub const DEFAULT_APPROVAL_ALERT_AFTER: Duration = Duration::from_secs(4 * 3600);
+/// Alert: a transaction (or prepared transaction, or replication slot) has held back
+/// this database's vacuum horizon longer than this.
+pub const DEFAULT_MAX_HORIZON_AGE: Duration = Duration::from_secs(300);
+/// Alert: the horizon is this many transactions behind (for a holder whose age the
+/// monitor's login may not see: `pg_read_all_stats` shows it).
+pub const DEFAULT_MAX_HORIZON_XIDS: i64 = 1_000_000;
 /// Alert: PostgreSQL's notification queue fuller than this share.
 pub const DEFAULT_MAX_NOTIFY_QUEUE: f64 = 0.5;
 /// Alert: more dead row versions than this in `jr_work_queue`.
@@ -89,6 +95,10 @@ pub struct MonitorConfig {
     pub max_pending_age: Duration,
     /// A task awaiting approval longer than this raises an alert.
     pub approval_alert_after: Duration,
+    /// A holder of the vacuum horizon older than this raises an alert.
+    pub max_horizon_age: Duration,
+    /// ... or this many transactions behind.
+    pub max_horizon_xids: i64,
     pub max_notify_queue: f64,
     pub max_dead_tuples: i64,
     pub max_load_per_core: f64,
@@ -118,6 +128,8 @@ impl Default for MonitorConfig {
             max_failure_rate: DEFAULT_MAX_FAILURE_RATE,
             max_pending_age: DEFAULT_MAX_PENDING_AGE,
             approval_alert_after: DEFAULT_APPROVAL_ALERT_AFTER,
+            max_horizon_age: DEFAULT_MAX_HORIZON_AGE,
+            max_horizon_xids: DEFAULT_MAX_HORIZON_XIDS,
             max_notify_queue: DEFAULT_MAX_NOTIFY_QUEUE,
             max_dead_tuples: DEFAULT_MAX_DEAD_TUPLES,
             max_load_per_core: DEFAULT_MAX_LOAD_PER_CORE,
@@ -174,6 +186,8 @@ pub struct Report {
     pub callback_errors: Vec<(uuid::Uuid, String, String)>,
     pub notify_queue_usage: f64,
     pub dead_tuples: i64,
+    /// What holds back this database's vacuum horizon the longest (issue 19).
+    pub horizon: Option<server::HorizonHolder>,
     pub load_per_core: Option<f64>,
     pub memory_used: Option<f64>,
     /// The median health score of the alive workers with enough recorded attempts.
@@ -389,6 +403,7 @@ impl Monitor {
         let health = server::server_queue_health(client).await?;
         r.notify_queue_usage = health.notify_queue_usage;
         r.dead_tuples = health.dead_tuples;
+        r.horizon = server::server_horizon_holder(client, act.flatten().map(|l| l.pid())).await?;
         r.load_per_core = load_per_core();
         r.memory_used = memory_used();
         let fleet = workers::health::workers_health(client, cfg.dead_after).await?;
@@ -484,6 +499,26 @@ impl Monitor {
                 r.notify_queue_usage * 100.0,
                 cfg.max_notify_queue * 100.0
             ));
+        }
+        if let Some(h) = &r.horizon {
+            let old = h
+                .age_s
+                .is_some_and(|a| a > cfg.max_horizon_age.as_secs_f64());
+            if old || h.xid_age > cfg.max_horizon_xids {
+                r.alerts.push(format!(
+                    "{} is holding back vacuum (thresholds {}, {} transactions): jrq dispatch \
+                     slows while it lasts — end it{}",
+                    h.describe(),
+                    format_duration(cfg.max_horizon_age),
+                    cfg.max_horizon_xids,
+                    match (h.kind.as_str(), h.pid) {
+                        ("session", Some(pid)) => format!(
+                            " (commit or roll it back, or SELECT pg_terminate_backend({pid}))"
+                        ),
+                        _ => String::new(),
+                    }
+                ));
+            }
         }
         if r.dead_tuples > cfg.max_dead_tuples {
             r.alerts.push(format!(

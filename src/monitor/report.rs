@@ -82,6 +82,9 @@ pub fn render_text(r: &Report) -> String {
         r.notify_queue_usage * 100.0,
         r.dead_tuples
     );
+    if let Some(h) = &r.horizon {
+        let _ = writeln!(s, "horizon:    held longest by {}", h.describe());
+    }
     if r.alerts.is_empty() {
         let _ = writeln!(
             s,
@@ -123,6 +126,23 @@ pub fn render_prometheus(r: &Report) -> String {
         names::OLDEST_PENDING,
         "How long the oldest ready pending task has waited.",
         &[(String::new(), r.oldest_pending_s.unwrap_or(0.0))],
+    );
+    gauge(
+        "jrq_vacuum_horizon_age_seconds",
+        "How long the oldest holder of this database's vacuum horizon has held it (0: none, \
+         or its age is not visible to the monitor's login).",
+        &[(
+            String::new(),
+            r.horizon.as_ref().and_then(|h| h.age_s).unwrap_or(0.0),
+        )],
+    );
+    gauge(
+        "jrq_vacuum_horizon_xids",
+        "Transactions the oldest holder of this database's vacuum horizon is behind.",
+        &[(
+            String::new(),
+            r.horizon.as_ref().map(|h| h.xid_age as f64).unwrap_or(0.0),
+        )],
     );
     gauge(
         "jrq_approvals_overdue",

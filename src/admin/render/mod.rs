@@ -173,6 +173,8 @@ struct StatusJson<'a> {
     usage_by_provider: &'a [crate::db::tasks::UsageTotal],
     usage_by_worker: &'a [crate::db::tasks::UsageTotal],
     schedules: &'a ScheduleSummary,
+    /// The oldest holder of the vacuum horizon, when it has held it 10 s or more.
+    vacuum_horizon: Option<&'a crate::db::server::HorizonHolder>,
 }
 
 /// Usage reported in `jrq status`'s window.
@@ -199,6 +201,7 @@ pub fn status(
     held: &[String],
     usage: &StatusUsage,
     schedules: &ScheduleSummary,
+    horizon: Option<&crate::db::server::HorizonHolder>,
     json: bool,
 ) -> Result<()> {
     let total: i64 = t.by_status.iter().map(|(_, n)| n).sum();
@@ -226,6 +229,7 @@ pub fn status(
             usage_by_provider: &usage.by_provider,
             usage_by_worker: &usage.by_worker,
             schedules,
+            vacuum_horizon: horizon,
         });
     }
     let pct = |n: i64| {
@@ -285,6 +289,10 @@ pub fn status(
                 "; next: {n} in {}",
                 format_duration(Duration::from_secs_f64(s))
             ),
+            (Some(n), Some(s)) if s < -60.0 => format!(
+                "; next: {n}, overdue by {}: is an assigner running?",
+                format_duration(Duration::from_secs_f64(-s))
+            ),
             (Some(n), Some(_)) => format!("; next: {n}, due now"),
             _ => String::new(),
         };
@@ -329,6 +337,12 @@ pub fn status(
     }
     for h in held {
         say!("held:            {h}");
+    }
+    if let Some(h) = horizon {
+        say!(
+            "vacuum horizon:  held by {}: dead rows cannot be removed while it lasts",
+            h.describe()
+        );
     }
     Ok(())
 }
