@@ -334,7 +334,7 @@ pub async fn schedules_pass(client: &mut Client) -> Result<PassOutcome> {
     let mut out = PassOutcome::default();
     let mut txn = client.transaction().await?;
     let rows = txn
-        .query(
+        .rows(
             "SELECT s.name, s.cron, (extract(epoch FROM s.every) * 1000)::int8, s.timezone, \
                  s.catch_up, s.unique_while_running, s.next_tick, \
                  coalesce(t.status IN ('waiting', 'awaiting_approval', 'pending', \
@@ -357,7 +357,7 @@ pub async fn schedules_pass(client: &mut Client) -> Result<PassOutcome> {
             Ok(c) => c,
             Err(e) => {
                 // Stored by hand, or by a later version: park it a minute, say why.
-                txn.execute(
+                txn.exec(
                     "UPDATE jr_schedules SET next_tick = now() + interval '1 minute', \
                          last_error = $2, updated_at = now() WHERE name = $1",
                     &[&name, &e],
@@ -389,7 +389,7 @@ pub async fn schedules_pass(client: &mut Client) -> Result<PassOutcome> {
         let mut added = 0u64;
         for &tick in &plan.enqueue {
             match sp
-                .query_one(
+                .row(
                     "SELECT jrq_schedules_enqueue($1, $2, $3)",
                     &[&name, &tick, &schedule::tick_text(tick)],
                 )
@@ -426,7 +426,7 @@ pub async fn schedules_pass(client: &mut Client) -> Result<PassOutcome> {
             } else {
                 0
             };
-        txn.execute(
+        txn.exec(
             "UPDATE jr_schedules SET next_tick = $2, last_tick = $3, \
                  last_task = coalesce($4, last_task), \
                  enqueued_total = enqueued_total + $5, skipped_total = skipped_total + $6, \
@@ -454,7 +454,7 @@ pub async fn schedules_pass(client: &mut Client) -> Result<PassOutcome> {
         }
     }
     let next: Option<f64> = txn
-        .query_one(
+        .row(
             "SELECT extract(epoch FROM min(next_tick) - clock_timestamp())::float8 \
              FROM jr_schedules WHERE NOT paused",
             &[],
