@@ -8,6 +8,7 @@
 mod error;
 mod fleet;
 mod fleet500;
+mod pressure;
 mod report;
 
 use std::process::ExitCode;
@@ -40,7 +41,9 @@ pub struct BenchArgs {
     pub runs: usize,
     /// Scenarios to run: throughput, latency, backlog, fleet, footprint, ceiling, output,
     /// notify, fleet500 (hundreds of real workers, directly and through PgBouncer; one run
-    /// whatever --runs says, several minutes).
+    /// whatever --runs says, several minutes), and pressure (issue 19: a fixed-rate feed
+    /// through clean, stress and recovery phases; not in the default set — about 3
+    /// minutes a cell, one run).
     #[arg(
         long,
         env = "JRQ_BENCH_SCENARIOS",
@@ -48,6 +51,18 @@ pub struct BenchArgs {
         default_value = "throughput,latency,backlog,fleet,footprint,ceiling,output,notify,fleet500"
     )]
     pub scenarios: Vec<String>,
+    /// The stress cells of `pressure`: idle (a session idle in transaction), rr (four
+    /// REPEATABLE READ readers), overload (1.5 × the rate).
+    #[arg(
+        long,
+        env = "JRQ_BENCH_PRESSURE_CELLS",
+        value_delimiter = ',',
+        default_value = "idle,rr,overload"
+    )]
+    pub pressure_cells: Vec<String>,
+    /// How long `pressure`'s stress phase lasts (default 90s, 30s with --quick).
+    #[arg(long, env = "JRQ_BENCH_PRESSURE_HOLD", value_parser = jrq::validate::duration_in("1s", "1d"))]
+    pub pressure_hold: Option<Duration>,
     /// Smaller sizes, for a quick look (the report says so).
     #[arg(long, env = "JRQ_BENCH_QUICK")]
     pub quick: bool,
@@ -207,6 +222,8 @@ pub struct Results {
     pub notify: Vec<NotifyRow>,
     #[serde(default)]
     pub fleet500: Vec<fleet500::Fleet500Row>,
+    #[serde(default)]
+    pub pressure: Vec<pressure::PressureRow>,
     pub seconds: f64,
 }
 
@@ -408,6 +425,17 @@ pub async fn run(args: BenchArgs) -> Result<Results> {
             Ok(rows) => res.fleet500 = rows,
             Err(e) => eprintln!("fleet500    not measured: {e}"),
         }
+    }
+    if want("pressure") {
+        for c in &args.pressure_cells {
+            if !["idle", "rr", "overload"].contains(&c.as_str()) {
+                return Err(Error::Bench(format!(
+                    "'{c}' is not a pressure cell: use idle, rr, overload"
+                )));
+            }
+        }
+        let plan = pressure::Plan::new(args.quick, &args.pressure_cells, args.pressure_hold);
+        res.pressure = pressure::pressure(&mut ctx, &plan).await?;
     }
     res.seconds = started.elapsed().as_secs_f64();
     Ok(res)
