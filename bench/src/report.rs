@@ -468,61 +468,6 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
         }
         let _ = writeln!(s);
     }
-    if !r.pressure.is_empty() {
-        let p = &r.pressure[0];
-        let secs: Vec<String> = p
-            .phases
-            .iter()
-            .map(|x| format!("{:.0} s", x.seconds))
-            .collect();
-        let _ = writeln!(s, "## 10. Under pressure\n");
-        let _ = writeln!(
-            s,
-            "One assigner and two workers × 8 (`sleep:1ms`) fed at {:.0} tasks/s by batched \
-             INSERTs credited on wall-clock time, on the private cluster; phases clean ({}), \
-             stress ({}), recovery ({}). Stress: *idle* — one session `BEGIN; SELECT \
-             txid_current();` left idle in transaction (the vacuum horizon held); *rr* — four \
-             overlapping REPEATABLE READ readers holding a snapshot 2 s each; *overload* — the \
-             feed at 1.5 ×. Completed/s is the median of 5 s samples; insert → start of the \
-             tasks inserted in the phase; per completed task: row updates (HOT share), WAL, \
-             commits. *Kept*: the stress phase's completions against what it offered. One \
-             run.\n",
-            p.rate, secs[0], secs[1], secs[2]
-        );
-        let _ = writeln!(
-            s,
-            "| cell | phase | offered/s | completed/s | insert → start p50 / p99 | pending max \
-             | dead rows max | updates/task (HOT) | WAL/task | commits/task |"
-        );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
-        for row in &r.pressure {
-            for ph in &row.phases {
-                let _ = writeln!(
-                    s,
-                    "| {} | {}{} | {:.0} | {:.0} | {:.1} / {:.1} ms | {} | {} | {:.2} ({:.0} %) | \
-                     {:.0} B | {:.2} |",
-                    row.cell,
-                    ph.name,
-                    if ph.name == "stress" {
-                        format!(" (kept **{:.0} %**)", row.kept * 100.0)
-                    } else {
-                        String::new()
-                    },
-                    ph.offered_per_s,
-                    ph.completed_per_s,
-                    ph.start_p50_ms,
-                    ph.start_p99_ms,
-                    ph.pending_max,
-                    ph.dead_tuples_max,
-                    ph.updates_per_task,
-                    ph.hot_share * 100.0,
-                    ph.wal_bytes_per_task,
-                    ph.commits_per_task
-                );
-            }
-        }
-        let _ = writeln!(s);
-    }
     if !r.fleet500.is_empty() {
         let f = &r.fleet500[0];
         let _ = writeln!(s, "## 9. A fleet of {} workers\n", f.workers);
@@ -625,6 +570,61 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
                     .unwrap_or_else(|| "not within 3 × dead-after".into())
             },
         );
+        let _ = writeln!(s);
+    }
+    if !r.pressure.is_empty() {
+        let p = &r.pressure[0];
+        let secs: Vec<String> = p
+            .phases
+            .iter()
+            .map(|x| format!("{:.0} s", x.seconds))
+            .collect();
+        let _ = writeln!(s, "## 10. Under pressure\n");
+        let _ = writeln!(
+            s,
+            "One assigner and two workers × 8 (`sleep:1ms`) fed at {:.0} tasks/s by batched \
+             INSERTs credited on wall-clock time, on the private cluster; phases clean ({}), \
+             stress ({}), recovery ({}). Stress: *idle* — one session `BEGIN; SELECT \
+             txid_current();` left idle in transaction (the vacuum horizon held); *rr* — four \
+             overlapping REPEATABLE READ readers holding a snapshot 2 s each; *overload* — the \
+             feed at 1.5 ×. Completed/s is the median of 5 s samples; insert → start of the \
+             tasks inserted in the phase; per completed task: row updates (HOT share), WAL, \
+             commits. *Kept*: the stress phase's completions against what it offered. One \
+             run.\n",
+            p.rate, secs[0], secs[1], secs[2]
+        );
+        let _ = writeln!(
+            s,
+            "| cell | phase | offered/s | completed/s | insert → start p50 / p99 | pending max \
+             | dead rows max | updates/task (HOT) | WAL/task | commits/task |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+        for row in &r.pressure {
+            for ph in &row.phases {
+                let _ = writeln!(
+                    s,
+                    "| {} | {}{} | {:.0} | {:.0} | {:.1} / {:.1} ms | {} | {} | {:.2} ({:.0} %) | \
+                     {:.0} B | {:.2} |",
+                    row.cell,
+                    ph.name,
+                    if ph.name == "stress" {
+                        format!(" (kept **{:.0} %**)", row.kept * 100.0)
+                    } else {
+                        String::new()
+                    },
+                    ph.offered_per_s,
+                    ph.completed_per_s,
+                    ph.start_p50_ms,
+                    ph.start_p99_ms,
+                    ph.pending_max,
+                    ph.dead_tuples_max,
+                    ph.updates_per_task,
+                    ph.hot_share * 100.0,
+                    ph.wal_bytes_per_task,
+                    ph.commits_per_task
+                );
+            }
+        }
         let _ = writeln!(s);
     }
     if !notes.trim().is_empty() {
