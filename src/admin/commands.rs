@@ -15,13 +15,6 @@ use crate::db::{self, events, migrate, roles, runs, tasks, workers};
 use crate::error::{Error, Result};
 use crate::task::{default_created_by, NewTask, RunAfter, TaskStatus};
 
-/// Prints a line of a command's result (see [`crate::process::print_out`]).
-macro_rules! out {
-    ($($arg:tt)*) => {
-        crate::process::print_out(&format!("{}\n", format_args!($($arg)*)))
-    };
-}
-
 /// The actor recorded in events written by the CLI.
 const ACTOR: &str = "jrq";
 

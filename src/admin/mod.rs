@@ -3,6 +3,14 @@
 //! Every option can also come from a `JRQ_*` environment variable; the database address
 //! comes from `--database-url` / `DATABASE_URL` or the libpq `PG*` variables.
 
+/// Prints a line of a command's result (see [`crate::process::print_out`]); one
+/// definition for every command module below.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        crate::process::print_out(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod commands;
 mod governor;
 mod logs;

@@ -6,13 +6,6 @@ use super::{render, ScheduleAddArgs, SchedulesCommand};
 use crate::db::schedules::{self as db_schedules, NewSchedule, RunNow};
 use crate::error::{Error, Result};
 
-/// Prints a line of a command's result.
-macro_rules! out {
-    ($($arg:tt)*) => {
-        crate::process::print_out(&format!("{}\n", format_args!($($arg)*)))
-    };
-}
-
 /// The schedule `add` asks for, checked without the database.
 pub(super) fn prepare_add(args: &ScheduleAddArgs) -> Result<(NewSchedule, crate::task::NewTask)> {
     if args.task.batch.is_some() {
