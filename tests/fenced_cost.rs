@@ -222,6 +222,7 @@ impl Variant {
                     self.instance,
                     1,
                     None,
+                    &tasks::LeaseFloor::default(),
                 )
                 .await
                 .unwrap();
@@ -315,8 +316,11 @@ impl Variant {
                 &self.name,
                 self.instance,
                 &done,
-                1,
-                None,
+                tasks::NextClaim {
+                    limit: 1,
+                    run: None,
+                    floor: &tasks::LeaseFloor::default(),
+                },
             )
             .await
             .unwrap();

@@ -14,7 +14,7 @@ async fn migrate_creates_the_schema_and_is_idempotent() {
     let out = db.run(&["migrate"]);
     assert!(
         out.ok().contains(
-            "applied 17 migration(s) (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16, V17)"
+            "applied 18 migration(s) (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16, V17, V18)"
         ),
         "{out:#?}"
     );
@@ -222,13 +222,17 @@ async fn the_hot_queries_use_the_partial_indexes() {
     )
     .await;
     assert!(pending.contains("jr_work_queue_pending_idx"), "{pending}");
+    // The claim's scan (migrations/V18): a worker's held tasks from its floor, the floor
+    // an index condition (not a filter over every entry of the worker).
     let assigned = plan(
         "SELECT id FROM jr_work_queue WHERE status = 'assigned' AND assigned_jr = 'w1' \
+           AND coalesce(lease_seq, 9223372036854775807) > 5 \
          ORDER BY sacred_fire_priority DESC, priority, created_at, id LIMIT 10",
     )
     .await;
+    assert!(assigned.contains("jr_work_queue_held_idx"), "{assigned}");
     assert!(
-        assigned.contains("jr_work_queue_assigned_idx"),
+        assigned.contains("Index Cond: ((assigned_jr = 'w1'::text) AND (COALESCE(lease_seq"),
         "{assigned}"
     );
 }

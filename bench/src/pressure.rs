@@ -39,6 +39,11 @@ pub struct Phase {
     pub start_p99_ms: f64,
     pub pending_max: i64,
     pub dead_tuples_max: i64,
+    /// Dead row versions the phase added (`n_dead_tup`, last sample less the first) per
+    /// completed task: 0 or less where vacuum keeps up, about the updates per task while
+    /// the horizon is held. (Absent from results written before it.)
+    #[serde(default)]
+    pub dead_per_task: f64,
     /// Per completed task.
     pub updates_per_task: f64,
     /// Share of those updates that were HOT (no index entries).
@@ -296,15 +301,16 @@ async fn one_cell(url: &str, client: &Client, cell: &str, plan: &Plan) -> Result
             .map(|r| r.get::<_, f64>(1))
             .collect();
         starts.sort_by(|a, b| a.total_cmp(b));
-        let (completed, upd, hot, wal, commits) = match (first, last) {
+        let (completed, upd, hot, wal, commits, dead) = match (first, last) {
             (Some(a), Some(b)) => (
                 (b.completed - a.completed).max(1) as f64,
                 (b.upd - a.upd) as f64,
                 (b.hot - a.hot) as f64,
                 b.wal - a.wal,
                 (b.commits - a.commits) as f64,
+                (b.dead - a.dead) as f64,
             ),
-            _ => (1.0, 0.0, 0.0, 0.0, 0.0),
+            _ => (1.0, 0.0, 0.0, 0.0, 0.0, 0.0),
         };
         let factor = if overload && i == 1 { 1.5 } else { 1.0 };
         phases.push(Phase {
@@ -320,6 +326,7 @@ async fn one_cell(url: &str, client: &Client, cell: &str, plan: &Plan) -> Result
             start_p99_ms: percentile(&starts, 99.0),
             pending_max: in_phase.iter().map(|s| s.pending).max().unwrap_or(0),
             dead_tuples_max: in_phase.iter().map(|s| s.dead).max().unwrap_or(0),
+            dead_per_task: dead / completed,
             updates_per_task: upd / completed,
             hot_share: if upd > 0.0 { hot / upd } else { 0.0 },
             wal_bytes_per_task: wal / completed,

@@ -588,23 +588,23 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
              txid_current();` left idle in transaction (the vacuum horizon held); *rr* — four \
              overlapping REPEATABLE READ readers holding a snapshot 2 s each; *overload* — the \
              feed at 1.5 ×. Completed/s is the median of 5 s samples; insert → start of the \
-             tasks inserted in the phase; per completed task: row updates (HOT share), WAL, \
-             commits. *Kept*: the stress phase's completions against what it offered. One \
+             tasks inserted in the phase; per completed task: dead row versions added, row \
+             updates (HOT share), WAL, commits. *Kept*: the stress phase's completions against what it offered. One \
              run.\n",
             p.rate, secs[0], secs[1], secs[2]
         );
         let _ = writeln!(
             s,
             "| cell | phase | offered/s | completed/s | insert → start p50 / p99 | pending max \
-             | dead rows max | updates/task (HOT) | WAL/task | commits/task |"
+             | dead rows max (added/task) | updates/task (HOT) | WAL/task | commits/task |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
         for row in &r.pressure {
             for ph in &row.phases {
                 let _ = writeln!(
                     s,
-                    "| {} | {}{} | {:.0} | {:.0} | {:.1} / {:.1} ms | {} | {} | {:.2} ({:.0} %) | \
-                     {:.0} B | {:.2} |",
+                    "| {} | {}{} | {:.0} | {:.0} | {:.1} / {:.1} ms | {} | {} ({:+.2}) | \
+                     {:.2} ({:.0} %) | {:.0} B | {:.2} |",
                     row.cell,
                     ph.name,
                     if ph.name == "stress" {
@@ -618,6 +618,7 @@ fn markdown(r: &Results, plots: &[&str], notes: &str) -> String {
                     ph.start_p99_ms,
                     ph.pending_max,
                     ph.dead_tuples_max,
+                    ph.dead_per_task,
                     ph.updates_per_task,
                     ph.hot_share * 100.0,
                     ph.wal_bytes_per_task,

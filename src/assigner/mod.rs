@@ -184,6 +184,8 @@ pub struct Assigner {
     host: String,
     boot_id: String,
     rr: usize,
+    /// Where its load counts start (migrations/V18).
+    floors: workers::LoadFloors,
 }
 
 impl Assigner {
@@ -195,6 +197,7 @@ impl Assigner {
             host: crate::host::hostname(),
             boot_id: crate::host::boot_id(),
             rr: 0,
+            floors: workers::LoadFloors::default(),
         }
     }
 
@@ -228,7 +231,7 @@ impl Assigner {
         )
         .await?;
         let names: Vec<String> = cands.iter().map(|c| c.name.clone()).collect();
-        let loads = workers::workers_loads(&txn, stmts, &names).await?;
+        let loads = workers::workers_loads(&txn, stmts, &names, &mut self.floors).await?;
         let mut slots: Vec<plan::Slot> = cands
             .into_iter()
             .map(|c| plan::Slot {

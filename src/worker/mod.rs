@@ -34,7 +34,7 @@ use crate::daemon::link::Link;
 use crate::daemon::liveness::Liveness;
 use crate::daemon::runner;
 use crate::daemon::shutdown::ShutdownSignal;
-use crate::db::{self, runs, workers};
+use crate::db::{self, runs, tasks, workers};
 use crate::error::{Error, Result};
 use crate::registry;
 use crate::validate::format_duration;
@@ -197,6 +197,8 @@ pub struct Worker {
     instance: Uuid,
     host: String,
     boot_id: String,
+    /// Where this instance's claims start (migrations/V18).
+    floor: tasks::LeaseFloor,
 }
 
 impl Worker {
@@ -209,6 +211,7 @@ impl Worker {
             instance: Uuid::new_v4(),
             host: crate::host::hostname(),
             boot_id: crate::host::boot_id(),
+            floor: tasks::LeaseFloor::default(),
         }
     }
 

@@ -50,6 +50,7 @@ impl Worker {
             self.instance,
             i64::from(cfg.capacity),
             cfg.run_id,
+            &self.floor,
         )
         .await?;
         let mut round = Round {

@@ -24,6 +24,8 @@ pub(super) struct Fence<'a> {
     pub name: &'a str,
     pub instance: Uuid,
     pub run: Option<Uuid>,
+    /// Where its claims start.
+    pub floor: &'a tasks::LeaseFloor,
 }
 
 /// Outcomes not yet written.
@@ -136,8 +138,11 @@ impl Outcomes {
                     fence.name,
                     fence.instance,
                     &self.unwritten,
-                    limit,
-                    fence.run,
+                    tasks::NextClaim {
+                        limit,
+                        run: fence.run,
+                        floor: fence.floor,
+                    },
                 )
                 .await
             }

@@ -41,9 +41,49 @@ pub struct ClaimedTask {
     pub cost_microusd: i64,
 }
 
+/// Where a worker's claims start (migrations/V18): a lease number below every task the
+/// worker holds, so that the claim's scan of its tasks skips the entries its finished
+/// tasks left in the index — which nothing can remove while the vacuum horizon is held.
+/// Each claim returns the next floor; every [`LeaseFloor::FULL_WALK_EVERY`] a claim
+/// starts from the beginning instead (and finds a task an older assigner gave no number).
+#[derive(Debug)]
+pub struct LeaseFloor {
+    state: std::sync::Mutex<(Option<i64>, std::time::Instant)>,
+}
+
+impl Default for LeaseFloor {
+    fn default() -> Self {
+        LeaseFloor {
+            state: std::sync::Mutex::new((None, std::time::Instant::now())),
+        }
+    }
+}
+
+impl LeaseFloor {
+    /// How often a claim walks from the start.
+    pub const FULL_WALK_EVERY: Duration = Duration::from_secs(5);
+
+    /// The floor the next claim starts from; `None` (the start) when a full walk is due.
+    pub fn next(&self) -> Option<i64> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.1.elapsed() >= Self::FULL_WALK_EVERY {
+            s.1 = std::time::Instant::now();
+            return None;
+        }
+        s.0
+    }
+
+    /// What a claim returned: the floor for the next one (`None`: keep the one there is).
+    pub fn set(&self, next: Option<i64>) {
+        if let Some(f) = next {
+            self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(f);
+        }
+    }
+}
+
 /// Claims up to `limit` tasks assigned to `worker`, in the order of service, and starts
 /// them: one statement, `FOR UPDATE SKIP LOCKED`, one `started` event per task. With
-/// `run`, only that run's tasks are claimed.
+/// `run`, only that run's tasks are claimed. The scan starts at `floor`, which it raises.
 pub async fn tasks_claim(
     client: &impl Sql,
     stmts: &Statements,
@@ -51,13 +91,20 @@ pub async fn tasks_claim(
     instance: Uuid,
     limit: i64,
     run: Option<Uuid>,
+    floor: &LeaseFloor,
 ) -> Result<Vec<ClaimedTask>> {
     if limit <= 0 {
         return Ok(vec![]);
     }
+    let from = floor.next();
     let rows = stmts
-        .rows(client, CLAIM_SQL, &[&worker, &limit, &instance, &run])
+        .rows(
+            client,
+            CLAIM_SQL,
+            &[&worker, &limit, &instance, &run, &from],
+        )
         .await?;
+    floor.set(rows.first().and_then(|r| r.get(12)));
     Ok(rows.iter().map(|r| claimed_from_row(r, 0)).collect())
 }
 
@@ -83,11 +130,13 @@ fn claimed_from_row(r: &tokio_postgres::Row, at: usize) -> ClaimedTask {
     }
 }
 
-/// The claim, fenced in `jrq_tasks_claim` (migrations/V6): only the process that holds the
-/// name may claim, and the worker's role has no rights on the tables themselves.
+/// The claim, fenced in `jrq_tasks_claim` (migrations/V6, from a floor since V18): only the
+/// process that holds the name may claim, and the worker's role has no rights on the
+/// tables themselves.
 const CLAIM_SQL: &str = "SELECT id, title, payload, attempts, max_attempts, run_id, provider, \
-                 timeout_ms, idle_timeout_ms, checkpoint, max_cost_microusd, cost_microusd \
-                 FROM jrq_tasks_claim($1, $2, $3, $4)";
+                 timeout_ms, idle_timeout_ms, checkpoint, max_cost_microusd, cost_microusd, \
+                 lease_floor \
+                 FROM jrq_tasks_claim($1, $2, $3, $4, $5)";
 
 /// How a running attempt ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,6 +340,15 @@ impl<'a> FinishParams<'a> {
     }
 }
 
+/// The claim that rides along with an outcome write: up to `limit` tasks (of `run` only,
+/// when set), from the worker's `floor`.
+#[derive(Debug, Clone, Copy)]
+pub struct NextClaim<'a> {
+    pub limit: i64,
+    pub run: Option<Uuid>,
+    pub floor: &'a LeaseFloor,
+}
+
 /// Writes an outcome batch and claims the next tasks in one statement
 /// (`jrq_tasks_finish_and_claim`): one round trip and one commit, where a claim and a
 /// finish apart take two of each. Returns the ids whose outcome write matched (the others
@@ -301,15 +359,28 @@ pub async fn tasks_finish_and_claim(
     worker: &str,
     instance: Uuid,
     done: &[FinishedAttempt],
-    limit: i64,
-    run: Option<Uuid>,
+    next: NextClaim<'_>,
 ) -> Result<(Vec<i64>, Vec<ClaimedTask>)> {
     let p = FinishParams::new(done);
     let f = p.params(&worker, &instance);
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
-        f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], &limit, &run,
+    let from = next.floor.next();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
+        f[0],
+        f[1],
+        f[2],
+        f[3],
+        f[4],
+        f[5],
+        f[6],
+        f[7],
+        f[8],
+        f[9],
+        &next.limit,
+        &next.run,
+        &from,
     ];
     let rows = stmts.rows(client, FINISH_AND_CLAIM_SQL, &params).await?;
+    next.floor.set(rows.first().and_then(|r| r.get(13)));
     let finished: Vec<i64> = rows.first().map(|r| r.get(0)).unwrap_or_default();
     let claimed = rows
         .iter()
@@ -319,11 +390,11 @@ pub async fn tasks_finish_and_claim(
     Ok((finished, claimed))
 }
 
-/// The worker's hot cycle in one call (migrations/V6, its result in V12).
+/// The worker's hot cycle in one call (migrations/V6, its result in V12, its floor V18).
 const FINISH_AND_CLAIM_SQL: &str = "SELECT finished, id, title, payload, attempts, \
     max_attempts, run_id, provider, timeout_ms, idle_timeout_ms, checkpoint, \
-    max_cost_microusd, cost_microusd \
-    FROM jrq_tasks_finish_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+    max_cost_microusd, cost_microusd, lease_floor \
+    FROM jrq_tasks_finish_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 /// The outcome batch, fenced row by row in `jrq_tasks_finish` (migrations/V6), which also
 /// updates the worker's counters and notifies [`CHANNEL_PENDING`](crate::db::CHANNEL_PENDING).

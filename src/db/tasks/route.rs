@@ -196,7 +196,8 @@ const ASSIGN_SQL: &str = "WITH a AS ( \
                      $5::text[]) AS a(id, worker, reason, routed, channel)), \
              upd AS ( \
                  UPDATE jr_work_queue q SET status = 'assigned', assigned_jr = a.worker, \
-                     assigned_at = now(), routed_provider = a.routed, updated_at = now() \
+                     assigned_at = now(), routed_provider = a.routed, updated_at = now(), \
+                     lease_seq = nextval('jr_lease_seq') \
                  FROM a WHERE q.id = a.id AND q.status = 'pending' \
                  RETURNING q.id, a.worker, a.reason, q.attempts, a.channel), \
              ev AS ( \

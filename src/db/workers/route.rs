@@ -121,23 +121,66 @@ pub async fn workers_lock_candidates(
         .collect())
 }
 
+/// Where one assigner's load counts start, per worker (migrations/V18): a lease number
+/// below every task the worker holds, as [`LeaseFloor`](crate::db::tasks::LeaseFloor) is
+/// for its claims, and for the same reason — the count then skips the index entries of
+/// the worker's finished tasks, which a held vacuum horizon keeps. Every
+/// [`LeaseFloor::FULL_WALK_EVERY`](crate::db::tasks::LeaseFloor::FULL_WALK_EVERY) a count
+/// starts from the beginning.
+#[derive(Debug, Default)]
+pub struct LoadFloors {
+    floors: std::collections::HashMap<String, i64>,
+    full_walk_at: Option<std::time::Instant>,
+}
+
 /// Tasks assigned to or running on each named worker. Run it after locking the workers:
-/// its snapshot then sees every assignment committed by whoever held the locks before.
+/// its snapshot then sees every assignment committed by whoever held the locks before
+/// (and each later assignment to them draws a larger lease number, which is what makes
+/// the floors it raises safe).
 pub async fn workers_loads(
     client: &impl Sql,
     stmts: &Statements,
     names: &[String],
+    floors: &mut LoadFloors,
 ) -> Result<std::collections::HashMap<String, i32>> {
-    let rows = stmts.rows(client, LOADS_SQL, &[&names]).await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    let full = floors
+        .full_walk_at
+        .is_none_or(|t| t.elapsed() >= crate::db::tasks::LeaseFloor::FULL_WALK_EVERY);
+    if full {
+        floors.full_walk_at = Some(std::time::Instant::now());
+    }
+    let from: Vec<i64> = names
+        .iter()
+        .map(|n| match full {
+            true => -1,
+            false => floors.floors.get(n).copied().unwrap_or(-1),
+        })
+        .collect();
+    let rows = stmts.rows(client, LOADS_SQL, &[&names, &from]).await?;
+    let mut next = std::collections::HashMap::with_capacity(names.len());
+    let mut loads = std::collections::HashMap::with_capacity(names.len());
+    for r in &rows {
+        let name: String = r.get(0);
+        // One below the lowest number it holds; holding none, the last number drawn: this
+        // round holds the worker's routing lock, so nobody is assigning to it meanwhile.
+        let lowest: Option<i64> = r.get(2);
+        let drawn: i64 = r.get(3);
+        next.insert(name.clone(), lowest.map_or(drawn, |m| m - 1));
+        loads.insert(name, r.get(1));
+    }
+    floors.floors = next;
+    Ok(loads)
 }
 
-const LOADS_SQL: &str = "SELECT n, \
-                 (SELECT count(*) FROM jr_work_queue WHERE status = 'assigned' \
-                    AND assigned_jr = n)::int4 + \
-                 (SELECT count(*) FROM jr_work_queue WHERE status = 'in_progress' \
-                    AND assigned_jr = n)::int4 \
-             FROM unnest($1::text[]) AS n";
+const LOADS_SQL: &str = "SELECT x.n, l.c, l.m, \
+                 (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END \
+                  FROM jr_lease_seq) \
+             FROM unnest($1::text[], $2::int8[]) WITH ORDINALITY AS x(n, f, o), \
+             LATERAL (SELECT count(*)::int4 AS c, min(q.lease_seq) AS m \
+                 FROM jr_work_queue q \
+                 WHERE q.status IN ('assigned', 'in_progress') AND q.assigned_jr = x.n \
+                   AND coalesce(q.lease_seq, 9223372036854775807) > x.f) l \
+             ORDER BY x.o";
 
 /// Records the circuit breaker's state for people (`jrq workers`): opens the circuit of
 /// workers with K or more consecutive failures (until when, and why) and clears it for

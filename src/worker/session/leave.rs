@@ -59,6 +59,7 @@ impl Session {
                 name: &self.w.cfg.name,
                 instance: self.w.instance,
                 run: self.w.cfg.run_id,
+                floor: &self.w.floor,
             };
             let _ = self.outcomes.write(link, live, &fence, None).await;
             if self.outcomes.is_empty() || Instant::now() >= deadline {

@@ -115,6 +115,7 @@ impl Session {
             name: &self.w.cfg.name,
             instance: self.w.instance,
             run: self.w.cfg.run_id,
+            floor: &self.w.floor,
         };
         let claimed = self.outcomes.write(ctx.link, ctx.live, &fence, claim).await;
         if let Some(claimed) = claimed {
@@ -267,6 +268,7 @@ impl Session {
             self.w.instance,
             free as i64,
             cfg.run_id,
+            &self.w.floor,
         )
         .await
         {

@@ -1,0 +1,192 @@
+//! Issue 19: the scans of a worker's held tasks while something holds back the vacuum
+//! horizon. A real session idle in a transaction keeps every dead index entry; the claim
+//! and the assigner's load count, started from their floors (migrations/V18), read only
+//! the entries past them. What a scan read is the index's `tuples_returned` counter of the
+//! scanning transaction.
+
+mod common;
+
+use common::{exec, TestDb};
+use jrq::db::tasks::LeaseFloor;
+use jrq::db::workers::{workers_loads, LoadFloors};
+use jrq::db::Statements;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+/// Finished tasks in the worker's history, their index entries dead and kept.
+const HISTORY: i64 = 2_000;
+
+/// Entries of `jr_work_queue_held_idx` read by this backend and not yet sent to the
+/// statistics (a count that no flush changes inside one transaction: take differences).
+async fn held_idx_reads(c: &impl tokio_postgres::GenericClient) -> i64 {
+    c.query_one(
+        "SELECT pg_stat_get_xact_tuples_returned('jr_work_queue_held_idx'::regclass)",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// A registered worker `v` with `HISTORY` finished tasks whose entries in the held-tasks
+/// index a session idle in transaction (returned: keep it) keeps from being removed.
+async fn worker_with_a_kept_history(db: &TestDb, client: &Client, instance: Uuid) -> Client {
+    client
+        .execute(
+            "INSERT INTO jr_status (jr_name, instance_id, is_online, status, last_seen, \
+                 capacity) VALUES ('v', $1, true, 'idle', now(), 8)",
+            &[&instance],
+        )
+        .await
+        .unwrap();
+    let holder = db.client().await;
+    exec(&holder, "BEGIN; SELECT txid_current();").await;
+    client
+        .execute(
+            "INSERT INTO jr_work_queue (title, status, assigned_jr, assigned_at, lease_seq) \
+             SELECT 'old', 'assigned', 'v', now(), nextval('jr_lease_seq') \
+             FROM generate_series(1, $1::int8)",
+            &[&HISTORY],
+        )
+        .await
+        .unwrap();
+    exec(
+        client,
+        "UPDATE jr_work_queue SET status = 'completed', completed_at = now() \
+         WHERE title = 'old'",
+    )
+    .await;
+    holder
+}
+
+async fn new_assignment(client: &Client) -> i64 {
+    client
+        .query_one(
+            "INSERT INTO jr_work_queue (title, status, assigned_jr, assigned_at, lease_seq) \
+             VALUES ('new', 'assigned', 'v', now(), nextval('jr_lease_seq')) RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_claim_from_its_floor_skips_the_entries_a_held_horizon_keeps() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let instance = Uuid::new_v4();
+    let _holder = worker_with_a_kept_history(&db, &client, instance).await;
+    let claim = "SELECT id, lease_floor FROM jrq_tasks_claim('v', 8, $1, NULL, $2)";
+
+    // From the start (no floor yet): every kept entry is read, and the floor comes back.
+    let first = new_assignment(&client).await;
+    exec(&client, "BEGIN").await;
+    let before = held_idx_reads(&client).await;
+    let rows = client
+        .query(claim, &[&instance, &None::<i64>])
+        .await
+        .unwrap();
+    let full = held_idx_reads(&client).await - before;
+    exec(&client, "COMMIT").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i64>(0), first);
+    let floor: i64 = rows[0].get(1);
+    assert_eq!(floor, HISTORY, "one below the task it holds");
+    assert!(full >= HISTORY, "a walk from the start read {full} entries");
+
+    // From the floor: the running task and the new one, not the history.
+    let second = new_assignment(&client).await;
+    exec(&client, "BEGIN").await;
+    let before = held_idx_reads(&client).await;
+    let rows = client.query(claim, &[&instance, &floor]).await.unwrap();
+    let bounded = held_idx_reads(&client).await - before;
+    exec(&client, "COMMIT").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i64>(0), second);
+    assert_eq!(
+        rows[0].get::<_, i64>(1),
+        HISTORY,
+        "the first task still runs"
+    );
+    assert!(
+        bounded < 20,
+        "a claim from its floor read {bounded} entries of the held-tasks index"
+    );
+
+    // A task assigned without a number (with psql, or by an older assigner) sorts past
+    // every floor: claimed at once, and it moves no floor.
+    let unnumbered: i64 = client
+        .query_one(
+            "INSERT INTO jr_work_queue (title, status, assigned_jr, assigned_at) \
+             VALUES ('psql', 'assigned', 'v', now()) RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let rows = client.query(claim, &[&instance, &floor]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i64>(0), unnumbered);
+    assert_eq!(rows[0].get::<_, i64>(1), HISTORY);
+
+    // The worker's own bookkeeping: the floor a claim returned is where the next starts.
+    let f = LeaseFloor::default();
+    f.set(Some(floor));
+    assert_eq!(f.next(), Some(floor));
+    f.set(None);
+    assert_eq!(
+        f.next(),
+        Some(floor),
+        "a claim that returned nothing keeps it"
+    );
+}
+
+#[tokio::test]
+async fn the_assigners_load_count_starts_from_its_floor() {
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    let instance = Uuid::new_v4();
+    let _holder = worker_with_a_kept_history(&db, &client, instance).await;
+    new_assignment(&client).await;
+    new_assignment(&client).await;
+    let stmts = Statements::default();
+    let mut floors = LoadFloors::default();
+    let names = vec!["v".to_string()];
+
+    // The first count walks from the start; the second from the floor it found.
+    let mut reads = vec![];
+    for _ in 0..2 {
+        let txn = client.transaction().await.unwrap();
+        let before = held_idx_reads(&txn).await;
+        let loads = workers_loads(&txn, &stmts, &names, &mut floors)
+            .await
+            .unwrap();
+        assert_eq!(loads.get("v"), Some(&2));
+        reads.push(held_idx_reads(&txn).await - before);
+        txn.commit().await.unwrap();
+    }
+    assert!(reads[0] >= HISTORY, "from the start: {} entries", reads[0]);
+    assert!(reads[1] < 20, "from the floor: {} entries", reads[1]);
+
+    // Holding nothing, the floor moves to the last number drawn; a task assigned after
+    // it is counted.
+    exec(
+        &client,
+        "UPDATE jr_work_queue SET status = 'completed' WHERE title = 'new'",
+    )
+    .await;
+    let txn = client.transaction().await.unwrap();
+    let loads = workers_loads(&txn, &stmts, &names, &mut floors)
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(loads.get("v"), Some(&0));
+    new_assignment(&client).await;
+    let txn = client.transaction().await.unwrap();
+    let loads = workers_loads(&txn, &stmts, &names, &mut floors)
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(loads.get("v"), Some(&1));
+}
