@@ -805,6 +805,17 @@ async fn a_failing_worker_loses_health_and_the_monitor_reports_it() {
             == 24
     })
     .await;
+    // The workers count their outcomes in their rows up to a second later (V19).
+    wait_for(WAIT, "every outcome counted", || async {
+        count(
+            &client,
+            "SELECT count(*) FROM jr_status WHERE kind = 'worker' \
+               AND length(recent_outcomes) = 6",
+        )
+        .await
+            == 4
+    })
+    .await;
     let fleet = db.run(&["workers", "--json"]).json();
     let health = |name: &str| {
         fleet

@@ -190,3 +190,77 @@ async fn the_assigners_load_count_starts_from_its_floor() {
     txn.commit().await.unwrap();
     assert_eq!(loads.get("v"), Some(&1));
 }
+
+#[tokio::test]
+async fn a_busy_worker_counts_its_outcomes_in_its_row_about_once_a_second() {
+    const TASKS: i64 = 400;
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    // Every version of the registry row, as a trigger sees them.
+    exec(
+        &client,
+        "CREATE TABLE row_versions (at timestamptz DEFAULT clock_timestamp()); \
+         CREATE FUNCTION row_version() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN INSERT INTO public.row_versions DEFAULT VALUES; RETURN NULL; END $$; \
+         CREATE TRIGGER row_version AFTER UPDATE ON jr_status \
+             FOR EACH ROW EXECUTE FUNCTION row_version()",
+    )
+    .await;
+    client
+        .execute(
+            "INSERT INTO jr_work_queue (title, status, assigned_jr) \
+             SELECT 't' || g, 'assigned', 'jr_c' FROM generate_series(1, $1::int8) g",
+            &[&TASKS],
+        )
+        .await
+        .unwrap();
+    let mut w = common::WorkerProc::start(
+        &db.url,
+        "jr_c",
+        &["--exec", "noop", "--capacity", "4", "--prefetch", "0"],
+        &[],
+    );
+    common::wait_for(
+        std::time::Duration::from_secs(60),
+        "every task completed",
+        || async {
+            common::count(
+                &client,
+                "SELECT count(*) FROM jr_work_queue WHERE status = 'completed'",
+            )
+            .await
+                == TASKS
+        },
+    )
+    .await;
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        w.wait_exit(std::time::Duration::from_secs(30)).await,
+        Some(0)
+    );
+    // Nothing lost: every completion counted, before the worker left.
+    let completed = common::count(
+        &client,
+        "SELECT tasks_completed FROM jr_status WHERE jr_name = 'jr_c'",
+    )
+    .await;
+    assert_eq!(completed, TASKS);
+    // At most 4 outcomes a write: 100 writes or more, each of which used to update the
+    // row; now the counts go about once a second, with the heartbeats.
+    let writes = common::count(
+        &client,
+        "SELECT count(DISTINCT at) FROM jr_task_events WHERE action = 'completed'",
+    )
+    .await;
+    let versions = common::count(&client, "SELECT count(*) FROM row_versions").await;
+    let seconds = common::count(
+        &client,
+        "SELECT ceil(extract(epoch FROM max(at) - min(at)))::int8 FROM row_versions",
+    )
+    .await;
+    assert!(writes >= 100, "{writes} outcome writes");
+    assert!(
+        versions <= 3 * seconds + 10,
+        "{versions} versions of the registry row in {seconds} s for {writes} outcome writes"
+    );
+}

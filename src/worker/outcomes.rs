@@ -28,6 +28,10 @@ pub(super) struct Fence<'a> {
     pub floor: &'a tasks::LeaseFloor,
 }
 
+/// How long written outcomes may wait to be counted in the worker's registry row when
+/// nothing makes it urgent.
+const COUNT_EVERY: Duration = Duration::from_secs(1);
+
 /// Outcomes not yet written.
 pub(super) struct Outcomes {
     unwritten: Vec<FinishedAttempt>,
@@ -35,6 +39,47 @@ pub(super) struct Outcomes {
     next_write: Instant,
     /// Since when writes have been failing (`None`: they succeed).
     failing_since: Option<Instant>,
+    tally: Tally,
+}
+
+/// Outcomes written by the hot cycle, which leaves the registry row's counters to the
+/// worker (migrations/V19): one version of that row a second instead of one per write,
+/// which matters while the vacuum horizon is held and every version stays.
+#[derive(Default)]
+struct Tally {
+    /// '+' a completion, '-' a failed attempt, oldest first.
+    outcomes: String,
+    /// When the oldest of them was written.
+    since: Option<Instant>,
+    /// The row's last counted outcome was a failure: its consecutive failures (the
+    /// circuit breaker's input) are not 0, so a completion is counted at once.
+    streak: bool,
+}
+
+impl Tally {
+    /// Whether counting cannot wait: a failure (the circuit breaker reads it every
+    /// round), a completion that ends a streak of them.
+    fn urgent(&self) -> bool {
+        self.outcomes.contains('-') || (self.streak && self.outcomes.contains('+'))
+    }
+
+    /// When the outcomes should be counted (`None`: nothing to count).
+    fn due_at(&self) -> Option<Instant> {
+        let since = self.since?;
+        Some(if self.urgent() {
+            since
+        } else {
+            since + COUNT_EVERY
+        })
+    }
+
+    /// What counting `outcomes` leaves in the row's streak.
+    fn after(streak: bool, outcomes: &str) -> bool {
+        match outcomes.rfind(['+', '-']) {
+            Some(_) => outcomes.ends_with('-'),
+            None => streak,
+        }
+    }
 }
 
 impl Outcomes {
@@ -43,6 +88,66 @@ impl Outcomes {
             unwritten: vec![],
             next_write: Instant::now(),
             failing_since: None,
+            tally: Tally::default(),
+        }
+    }
+
+    /// When the outcomes written are to be counted (see [`Outcomes::count`]).
+    pub fn next_count(&self) -> Option<Instant> {
+        self.tally.due_at()
+    }
+
+    /// Counts the outcomes written in the worker's registry row
+    /// (`jrq_workers_count_outcomes`), when that is due — or at once with `now` (the
+    /// heartbeat, the way out). Kept for the next try when the write fails.
+    pub async fn count(&mut self, link: &mut Link, fence: &Fence<'_>, now: bool) {
+        let Some(due) = self.tally.due_at() else {
+            return;
+        };
+        if !now && Instant::now() < due {
+            return;
+        }
+        let Some(conn) = link.conn() else { return };
+        let outcomes = std::mem::take(&mut self.tally.outcomes);
+        match crate::db::workers::workers_count_outcomes(
+            &conn.client,
+            fence.name,
+            fence.instance,
+            &outcomes,
+        )
+        .await
+        {
+            Ok(_) => {
+                self.tally.streak = Tally::after(self.tally.streak, &outcomes);
+                self.tally.since = None;
+            }
+            Err(e) => {
+                self.tally.outcomes = outcomes + &self.tally.outcomes;
+                link.failed("counting outcomes", &e);
+            }
+        }
+    }
+
+    /// Adds what a write applied to the tally (`counted`: the write counted them itself).
+    fn tally(&mut self, done: &[FinishedAttempt], applied: &[i64], counted: bool) {
+        let applied: HashSet<i64> = applied.iter().copied().collect();
+        let marks: String = done
+            .iter()
+            .filter(|f| applied.contains(&f.task_id))
+            .filter_map(|f| match &f.finish {
+                tasks::Finish::Completed { .. } => Some('+'),
+                x if x.is_failure() => Some('-'),
+                _ => None,
+            })
+            .collect();
+        if marks.is_empty() {
+            return;
+        }
+        if counted {
+            self.tally.streak = Tally::after(self.tally.streak, &marks);
+        } else {
+            self.tally.outcomes.push_str(&marks);
+            self.tally.since.get_or_insert_with(Instant::now);
         }
     }
 
@@ -159,8 +264,10 @@ impl Outcomes {
         match result {
             Ok((applied, claimed)) => {
                 let done = std::mem::take(&mut self.unwritten);
+                self.tally(&done, &applied, claim.is_none());
                 self.written(done, &applied, fence.name);
                 live.db_ok();
+                self.count(link, fence, false).await;
                 claim.map(|_| claimed)
             }
             // One outcome the database refuses (a value it cannot store, a constraint)
@@ -200,6 +307,7 @@ impl Outcomes {
                         .await;
                 match written {
                     Ok(applied) => {
+                        self.tally(std::slice::from_ref(&f), &applied, true);
                         self.written(vec![f], &applied, fence.name);
                         live.db_ok();
                         break;

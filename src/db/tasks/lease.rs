@@ -390,11 +390,13 @@ pub async fn tasks_finish_and_claim(
     Ok((finished, claimed))
 }
 
-/// The worker's hot cycle in one call (migrations/V6, its result in V12, its floor V18).
+/// The worker's hot cycle in one call (migrations/V6, its result in V12, its floor V18);
+/// it leaves the worker's counters to [`workers_count_outcomes`](crate::db::workers::workers_count_outcomes) (V19).
 const FINISH_AND_CLAIM_SQL: &str = "SELECT finished, id, title, payload, attempts, \
     max_attempts, run_id, provider, timeout_ms, idle_timeout_ms, checkpoint, \
     max_cost_microusd, cost_microusd, lease_floor \
-    FROM jrq_tasks_finish_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+    FROM jrq_tasks_finish_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+        false)";
 
 /// The outcome batch, fenced row by row in `jrq_tasks_finish` (migrations/V6), which also
 /// updates the worker's counters and notifies [`CHANNEL_PENDING`](crate::db::CHANNEL_PENDING).

@@ -449,6 +449,24 @@ pub async fn workers_set_prefetch(
     Ok(row.get(0))
 }
 
+/// Counts outcomes this instance has written (fenced) in its registry row, in
+/// `jrq_workers_count_outcomes` (migrations/V19): `outcomes` is their sequence, '+' a
+/// completion, '-' a failed attempt. False when the instance no longer holds the name.
+pub async fn workers_count_outcomes(
+    client: &impl Sql,
+    name: &str,
+    instance: Uuid,
+    outcomes: &str,
+) -> Result<bool> {
+    let row = client
+        .row(
+            "SELECT jrq_workers_count_outcomes($1, $2, $3)",
+            &[&name, &instance, &outcomes],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) > 0)
+}
+
 /// Marks this instance's registry row offline (a clean exit), in
 /// `jrq_workers_set_offline` (migrations/V6).
 pub async fn workers_set_offline(

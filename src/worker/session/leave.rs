@@ -79,6 +79,13 @@ impl Session {
             (None, _) => Ok(Exit::Drained),
         };
         if self.lost_name.is_none() {
+            let fence = Fence {
+                name: &self.w.cfg.name,
+                instance: self.w.instance,
+                run: self.w.cfg.run_id,
+                floor: &self.w.floor,
+            };
+            self.outcomes.count(link, &fence, true).await;
             self.unassign(link).await;
             if let Some(conn) = link.conn() {
                 let why = match &exit {

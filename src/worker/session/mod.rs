@@ -107,6 +107,17 @@ impl Session {
         // Capacity freed: the outcome write claims more in the same statement.
     }
 
+    /// Counts the outcomes written in the registry row, when due (or `now`).
+    async fn count_outcomes(&mut self, ctx: &mut Ctx<'_>, now: bool) {
+        let fence = Fence {
+            name: &self.w.cfg.name,
+            instance: self.w.instance,
+            run: self.w.cfg.run_id,
+            floor: &self.w.floor,
+        };
+        self.outcomes.count(ctx.link, &fence, now).await;
+    }
+
     /// Writes what ended; with room, the next claim rides along.
     async fn write_outcomes(&mut self, ctx: &mut Ctx<'_>) {
         let free = self.free();
@@ -402,6 +413,8 @@ impl Component for Session {
     /// Refreshes `last_seen` and reads back the run's status, the leases held and the
     /// cancel requests.
     async fn heartbeat(&mut self, ctx: &mut Ctx<'_>) -> Beat {
+        // The counters go with the heartbeat at the latest.
+        self.count_outcomes(ctx, true).await;
         let text = self.status_text(None);
         let Some(conn) = ctx.link.conn() else {
             return Beat::Failed;
@@ -460,6 +473,7 @@ impl Component for Session {
         if flushed {
             self.write_outcomes(ctx).await;
         }
+        self.count_outcomes(ctx, false).await;
         if self.wake || Instant::now() >= self.next_poll {
             self.claim(ctx).await;
         }
@@ -562,6 +576,9 @@ impl Component for Session {
             }
             if let Some(w) = self.outcomes.next_write() {
                 at(w);
+            }
+            if let Some(c) = self.outcomes.next_count() {
+                at(c);
             }
             // A prefetch change held back by its once-a-second limit.
             if let Some(p) = self.prefetch.as_ref() {
