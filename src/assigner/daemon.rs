@@ -241,6 +241,7 @@ impl Component for AssignerDaemon {
     fn on_reconnected(&mut self) {
         // Notifications sent meanwhile are gone: look at once.
         self.wake = true;
+        self.a.forget_floors();
         self.next_schedules = Instant::now();
     }
 

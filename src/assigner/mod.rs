@@ -201,6 +201,12 @@ impl Assigner {
         }
     }
 
+    /// Forgets the load counts' floors (a new connection: the server may be another one,
+    /// whose sequence is behind — a failover to an asynchronous standby).
+    pub(crate) fn forget_floors(&mut self) {
+        self.floors = workers::LoadFloors::default();
+    }
+
     fn actor(&self) -> &str {
         &self.cfg.name
     }
@@ -213,7 +219,14 @@ impl Assigner {
         stmts: &db::Statements,
     ) -> Result<RoundOutcome> {
         let cfg = &self.cfg;
-        let txn = client.transaction().await?;
+        // READ COMMITTED whatever the server's default: the load count must see every
+        // assignment committed before the workers' locks were taken (a snapshot from the
+        // round's first statement would not), which is also what makes its floors safe.
+        let txn = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
+            .await?;
         let pauses = providers::pauses_active(&txn, stmts).await?;
         if let Some(p) = &pauses.all {
             txn.commit().await?;

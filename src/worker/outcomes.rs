@@ -208,6 +208,11 @@ impl Outcomes {
         if !self.due() {
             return None;
         }
+        // A write that counts its own outcomes goes after those still waiting to be
+        // counted: the counters' order (consecutive failures, recent outcomes) is kept.
+        if claim.is_none() {
+            self.count(link, fence, true).await;
+        }
         let conn = link.conn()?;
         // A refusing provider is paused before its task goes back to pending, so that no
         // other worker burns an attempt on it meanwhile.
@@ -292,6 +297,7 @@ impl Outcomes {
     /// replaced by a failure that states the cause, so the task ends and says why; any
     /// other error keeps the rest for the next try.
     async fn write_alone(&mut self, link: &mut Link, live: &mut Liveness, fence: &Fence<'_>) {
+        self.count(link, fence, true).await;
         let mut pending = std::mem::take(&mut self.unwritten).into_iter();
         let mut failure = None;
         for mut f in pending.by_ref() {

@@ -73,6 +73,12 @@ impl LeaseFloor {
         s.0
     }
 
+    /// Forgets the floor: the next claim walks from the start (a new connection — the
+    /// server may be another one, whose sequence is behind).
+    pub fn forget(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = None;
+    }
+
     /// What a claim returned: the floor for the next one (`None`: keep the one there is).
     pub fn set(&self, next: Option<i64>) {
         if let Some(f) = next {

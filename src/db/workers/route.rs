@@ -165,6 +165,10 @@ pub async fn workers_loads(
         // round holds the worker's routing lock, so nobody is assigning to it meanwhile.
         let lowest: Option<i64> = r.get(2);
         let drawn: i64 = r.get(3);
+        if floors.floors.get(&name).is_some_and(|f| *f > drawn) {
+            // The sequence went back (a restore, a failover): no floor is safe.
+            floors.full_walk_at = None;
+        }
         next.insert(name.clone(), lowest.map_or(drawn, |m| m - 1));
         loads.insert(name, r.get(1));
     }

@@ -519,6 +519,7 @@ impl Component for Session {
     fn on_reconnected(&mut self) {
         // Notifications sent while we were away are gone: look at once.
         self.wake = true;
+        self.w.floor.forget();
         // The database may have lost the last prefetch sent (a failover): send it again.
         if let Some(p) = self.prefetch.as_mut() {
             p.forget();
