@@ -220,6 +220,16 @@ impl Worker {
         self.instance
     }
 
+    /// Who writes: the fence of this instance's outcomes and claims.
+    fn fence(&self) -> outcomes::Fence<'_> {
+        outcomes::Fence {
+            name: &self.cfg.name,
+            instance: self.instance,
+            run: self.cfg.run_id,
+            floor: &self.floor,
+        }
+    }
+
     /// Runs until shutdown, the end of its run, or `max_loops`. Errors are startup
     /// failures (bad configuration, database unreachable at start, name held by a live
     /// process) or the loss of the name to another instance.

@@ -12,7 +12,6 @@ use crate::daemon::liveness::Liveness;
 use crate::db::tasks::{self, Finish, FinishedAttempt};
 use crate::db::workers;
 use crate::error::{Error, Result};
-use crate::worker::outcomes::Fence;
 use crate::worker::Exit;
 
 /// How long the final writes may take when the database is unreachable at exit.
@@ -55,12 +54,7 @@ impl Session {
                 tokio::time::sleep_until((Instant::now() + link.retry_delay()).min(deadline)).await;
                 continue;
             }
-            let fence = Fence {
-                name: &self.w.cfg.name,
-                instance: self.w.instance,
-                run: self.w.cfg.run_id,
-                floor: &self.w.floor,
-            };
+            let fence = self.w.fence();
             let _ = self.outcomes.write(link, live, &fence, None).await;
             if self.outcomes.is_empty() || Instant::now() >= deadline {
                 break;
@@ -79,12 +73,7 @@ impl Session {
             (None, _) => Ok(Exit::Drained),
         };
         if self.lost_name.is_none() {
-            let fence = Fence {
-                name: &self.w.cfg.name,
-                instance: self.w.instance,
-                run: self.w.cfg.run_id,
-                floor: &self.w.floor,
-            };
+            let fence = self.w.fence();
             self.outcomes.count(link, &fence, true).await;
             self.unassign(link).await;
             if let Some(conn) = link.conn() {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::executor::StopReason;
 use super::guard;
-use super::outcomes::{Fence, Outcomes};
+use super::outcomes::Outcomes;
 use super::prefetch::{AutoPrefetch, Prefetch};
 use super::slots::{Event, Slots};
 use super::supervise::Done;
@@ -109,12 +109,7 @@ impl Session {
 
     /// Counts the outcomes written in the registry row, when due (or `now`).
     async fn count_outcomes(&mut self, ctx: &mut Ctx<'_>, now: bool) {
-        let fence = Fence {
-            name: &self.w.cfg.name,
-            instance: self.w.instance,
-            run: self.w.cfg.run_id,
-            floor: &self.w.floor,
-        };
+        let fence = self.w.fence();
         self.outcomes.count(ctx.link, &fence, now).await;
     }
 
@@ -122,12 +117,7 @@ impl Session {
     async fn write_outcomes(&mut self, ctx: &mut Ctx<'_>) {
         let free = self.free();
         let claim = (self.mode == Mode::Serving && free > 0).then_some(free as i64);
-        let fence = Fence {
-            name: &self.w.cfg.name,
-            instance: self.w.instance,
-            run: self.w.cfg.run_id,
-            floor: &self.w.floor,
-        };
+        let fence = self.w.fence();
         let claimed = self.outcomes.write(ctx.link, ctx.live, &fence, claim).await;
         if let Some(claimed) = claimed {
             self.loops += 1;
