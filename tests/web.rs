@@ -120,6 +120,35 @@ impl Browser {
         }
     }
 
+    /// The inner HTML of the element `css` names, found again when the page's refresh
+    /// replaced it between the find and the read (a stale element).
+    async fn html(&self, css: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.find(css).await.html(false).await {
+                Ok(t) => return t,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{css}: cannot read its HTML: {e}"),
+            }
+        }
+    }
+
+    /// Attribute `name` of the element `css` names, found again when it went stale.
+    async fn attr(&self, css: &str, name: &str) -> Option<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.find(css).await.attr(name).await {
+                Ok(t) => return t,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{css}: cannot read its {name}: {e}"),
+            }
+        }
+    }
+
     /// Clicks `button` and waits for the page it leads to: one whose #notice says `says`
     /// (the old page's elements go stale meanwhile).
     async fn submit(&self, button: &str, says: &str) {
@@ -265,8 +294,7 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(b.text("#count-in_progress .n").await, "1");
     assert_eq!(b.text("#count-assigned .n").await, "1");
     assert_eq!(b.text("#count-cancelled .n").await, "1");
-    let chart = b.find("#throughput").await;
-    let svg = chart.html(false).await.unwrap();
+    let svg = b.html("#throughput").await;
     assert!(svg.contains("2 completed, 1 failed"), "{svg}");
     assert!(b.text("#failure-1h").await.contains("33.3 %"));
     b.screenshot("overview").await;
@@ -275,10 +303,16 @@ async fn the_dashboard_in_a_real_browser() {
     b.open(&format!("{}/workers", web.base), "#worker-w-alpha")
         .await;
     b.find("#worker-a1").await;
-    let stale = b.find("#worker-w-stale").await;
-    assert_eq!(stale.attr("class").await.unwrap().as_deref(), Some("stale"));
-    let bar = b.find("#worker-w-alpha .current progress").await;
-    assert_eq!(bar.attr("value").await.unwrap().as_deref(), Some("40"));
+    assert_eq!(
+        b.attr("#worker-w-stale", "class").await.as_deref(),
+        Some("stale")
+    );
+    assert_eq!(
+        b.attr("#worker-w-alpha .current progress", "value")
+            .await
+            .as_deref(),
+        Some("40")
+    );
     b.screenshot("workers").await;
 
     // Live: the progress moves without a reload.
