@@ -6,8 +6,14 @@
 
 mod common;
 
-use common::{exec, TestDb};
-use jrq::db::tasks::LeaseFloor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{exec, status_of, TestDb};
+use jrq::assigner::{Assigner, AssignerConfig};
+use jrq::db::tasks::{
+    tasks_pending_floor, tasks_pending_for_routing, Floor, LeaseFloor, OrderKey, PendingFloor,
+};
 use jrq::db::workers::{workers_loads, LoadFloors};
 use jrq::db::Statements;
 use tokio_postgres::Client;
@@ -26,6 +32,62 @@ async fn held_idx_reads(c: &impl tokio_postgres::GenericClient) -> i64 {
     .await
     .unwrap()
     .get(0)
+}
+
+/// Entries of `jr_work_queue_pending_key_idx` read by this backend (as [`held_idx_reads`]).
+async fn pending_idx_reads(c: &impl tokio_postgres::GenericClient) -> i64 {
+    c.query_one(
+        "SELECT pg_stat_get_xact_tuples_returned('jr_work_queue_pending_key_idx'::regclass)",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// `HISTORY` tasks that were pending and are assigned now, their entries in the pending
+/// index dead and kept by a session idle in transaction (returned: keep it).
+async fn a_kept_pending_history(db: &TestDb, client: &Client) -> Client {
+    let holder = db.client().await;
+    exec(&holder, "BEGIN; SELECT txid_current();").await;
+    client
+        .execute(
+            "INSERT INTO jr_work_queue (title) SELECT 'old' FROM generate_series(1, $1::int8)",
+            &[&HISTORY],
+        )
+        .await
+        .unwrap();
+    exec(
+        client,
+        "UPDATE jr_work_queue SET status = 'assigned', assigned_jr = 'gone', \
+             assigned_at = now() WHERE title = 'old'",
+    )
+    .await;
+    holder
+}
+
+/// The next notification on `jrq_pending`, within a deadline.
+async fn next_payload(
+    notes: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(30), notes.recv())
+        .await
+        .expect("a notification on jrq_pending within 30 s")
+        .expect("the listening connection is open")
+        .payload()
+        .to_string()
+}
+
+async fn key_of(c: &impl tokio_postgres::GenericClient, id: i64) -> OrderKey {
+    let r = c
+        .query_one(
+            "SELECT NOT sacred_fire_priority, priority, created_at, id FROM jr_work_queue \
+             WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
 }
 
 /// A registered worker `v` with `HISTORY` finished tasks whose entries in the held-tasks
@@ -263,4 +325,203 @@ async fn a_busy_worker_counts_its_outcomes_in_its_row_about_once_a_second() {
         versions <= 3 * seconds + 10,
         "{versions} versions of the registry row in {seconds} s for {writes} outcome writes"
     );
+}
+
+#[tokio::test]
+async fn the_pending_scan_from_its_floor_skips_the_entries_a_held_horizon_keeps() {
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    let _holder = a_kept_pending_history(&db, &client).await;
+    let new: i64 = client
+        .query_one(
+            "INSERT INTO jr_work_queue (title) VALUES ('new') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let stmts = Statements::default();
+    let workers = vec!["v".to_string()];
+    let txn = client.transaction().await.unwrap();
+    let scan = |from: Floor| {
+        let (txn, stmts, workers) = (&txn, &stmts, &workers);
+        async move {
+            let before = pending_idx_reads(txn).await;
+            let tasks = tasks_pending_for_routing(txn, stmts, &[], true, workers, &[], 10, from)
+                .await
+                .unwrap();
+            let ids: Vec<i64> = tasks.iter().map(|t| t.id).collect();
+            (ids, pending_idx_reads(txn).await - before)
+        }
+    };
+
+    // From the start every kept entry is read; the first pending task is the floor.
+    let (ids, full) = scan(Floor::Start).await;
+    assert_eq!(ids, vec![new]);
+    assert!(full >= HISTORY, "a scan from the start read {full} entries");
+    let floor = tasks_pending_floor(&txn, &stmts, Floor::Start)
+        .await
+        .unwrap();
+    assert_eq!(floor, Some(key_of(&txn, new).await));
+    let floor = floor.unwrap();
+
+    // From the floor: the task, not the history.
+    let before = pending_idx_reads(&txn).await;
+    assert_eq!(
+        tasks_pending_floor(&txn, &stmts, Floor::At(floor))
+            .await
+            .unwrap(),
+        Some(floor)
+    );
+    let probe = pending_idx_reads(&txn).await - before;
+    let (ids, bounded) = scan(Floor::At(floor)).await;
+    assert_eq!(ids, vec![new]);
+    assert!(
+        bounded < 20 && probe < 20,
+        "from the floor the scan read {bounded} entries and the probe {probe}"
+    );
+    txn.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_task_that_becomes_pending_below_the_floor_announces_its_place() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let (_listener, mut notes) = jrq::db::listen::listen(&db.config(), &["jrq_pending"])
+        .await
+        .unwrap();
+    let insert = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let mut f = PendingFloor::default();
+
+    // An insert statement sends its first pending row: a lower priority number first.
+    let first = insert(
+        "WITH i AS (INSERT INTO jr_work_queue (title, priority) \
+             VALUES ('a', 7), ('b', 3), ('c', 9) RETURNING id, priority) \
+         SELECT id FROM i WHERE priority = 3",
+    )
+    .await;
+    let payload = next_payload(&mut notes).await;
+    assert!(payload.starts_with("insert "), "{payload}");
+    f.set(None);
+    f.heard(&payload);
+    assert_eq!(
+        f.floor(),
+        Floor::At(key_of(&client, first).await),
+        "{payload}"
+    );
+
+    // An urgent one goes below every other.
+    let urgent = insert(
+        "INSERT INTO jr_work_queue (title, sacred_fire_priority) VALUES ('u', true) \
+         RETURNING id",
+    )
+    .await;
+    f.heard(&next_payload(&mut notes).await);
+    assert_eq!(f.floor(), Floor::At(key_of(&client, urgent).await));
+
+    // A task given back to pending (a retry, a rescue, an operator's UPDATE) sends its own.
+    exec(
+        &client,
+        "UPDATE jr_work_queue SET status = 'assigned', assigned_jr = 'w' WHERE title = 'u'",
+    )
+    .await;
+    f.set(Some(key_of(&client, first).await));
+    exec(
+        &client,
+        "UPDATE jr_work_queue SET status = 'pending', assigned_jr = NULL WHERE title = 'u'",
+    )
+    .await;
+    let payload = next_payload(&mut notes).await;
+    assert!(payload.starts_with("pending "), "{payload}");
+    f.heard(&payload);
+    assert_eq!(f.floor(), Floor::At(key_of(&client, urgent).await));
+
+    // So does a pending task moved up the order.
+    f.set(Some(key_of(&client, first).await));
+    exec(
+        &client,
+        "UPDATE jr_work_queue SET priority = 0 WHERE title = 'c'",
+    )
+    .await;
+    let moved: i64 = insert("SELECT id FROM jr_work_queue WHERE title = 'c'").await;
+    f.heard(&next_payload(&mut notes).await);
+    assert_eq!(f.floor(), Floor::At(key_of(&client, moved).await));
+
+    // Writes that make no task pending, or leave one where it is, send nothing: the next
+    // notification is the marker's.
+    exec(
+        &client,
+        "UPDATE jr_work_queue SET title = 'c2' WHERE title = 'c'",
+    )
+    .await;
+    exec(
+        &client,
+        "UPDATE jr_work_queue SET status = 'assigned', assigned_jr = 'w' WHERE title = 'a'",
+    )
+    .await;
+    exec(&client, "NOTIFY jrq_pending, 'marker'").await;
+    assert_eq!(next_payload(&mut notes).await, "marker");
+
+    // An insert without a pending row sends the word alone, which moves no floor.
+    exec(
+        &client,
+        "INSERT INTO jr_work_queue (title, status, assigned_jr) VALUES ('x', 'assigned', 'w')",
+    )
+    .await;
+    let payload = next_payload(&mut notes).await;
+    assert_eq!(payload, "insert");
+    let before = f.floor();
+    f.heard(&payload);
+    assert_eq!(f.floor(), before);
+}
+
+#[tokio::test]
+async fn an_assigner_round_routes_a_task_announced_below_its_floor() {
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    let _holder = a_kept_pending_history(&db, &client).await;
+    let (_listener, mut notes) = jrq::db::listen::listen(&db.config(), &["jrq_pending"])
+        .await
+        .unwrap();
+    let mut cfg = jrq::worker::WorkerConfig::new("v");
+    cfg.capacity = 8;
+    let w = jrq::worker::Worker::new(cfg, db.config(), Arc::new(jrq::worker::executor::Noop));
+    w.register_on(&mut db.client().await).await.unwrap();
+    let stmts = Statements::default();
+    let mut assigner = Assigner::new(
+        AssignerConfig {
+            name: "assigner.test".into(),
+            ..AssignerConfig::default()
+        },
+        db.config(),
+    );
+    // A task of a provider nobody serves holds the floor at its place.
+    exec(
+        &client,
+        "INSERT INTO jr_work_queue (title, provider, priority) VALUES ('held', 'nobody', 6)",
+    )
+    .await;
+    let r = assigner.run_once(&mut client, &stmts).await.unwrap();
+    assert_eq!(r.assigned, 0, "{r:?}");
+    while !notes.is_empty() {
+        notes.recv().await;
+    }
+
+    // More urgent than the held one: below the floor. What the assigner hears moves the
+    // floor, and its next round takes the task.
+    let urgent: i64 = client
+        .query_one(
+            "INSERT INTO jr_work_queue (title, priority) VALUES ('urgent', 1) RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assigner.heard(&next_payload(&mut notes).await);
+    let r = assigner.run_once(&mut client, &stmts).await.unwrap();
+    assert_eq!(r.assigned, 1, "{r:?}");
+    assert_eq!(status_of(&client, urgent).await, "assigned");
 }

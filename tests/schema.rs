@@ -14,7 +14,7 @@ async fn migrate_creates_the_schema_and_is_idempotent() {
     let out = db.run(&["migrate"]);
     assert!(
         out.ok().contains(
-            "applied 19 migration(s) (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16, V17, V18, V19)"
+            "applied 20 migration(s) (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16, V17, V18, V19, V20)"
         ),
         "{out:#?}"
     );
@@ -215,13 +215,25 @@ async fn the_hot_queries_use_the_partial_indexes() {
                 .join("\n")
         }
     };
+    // The routing scan (migrations/V20): from the assigner's floor, the floor an index
+    // condition.
     let pending = plan(
         "SELECT id FROM jr_work_queue WHERE status = 'pending' AND run_after <= now() \
-         ORDER BY sacred_fire_priority DESC, priority, created_at, id LIMIT 10 \
+           AND ((NOT sacred_fire_priority), priority, created_at, id) \
+               >= (true, 5, '2026-01-01', 7) \
+         ORDER BY (NOT sacred_fire_priority), priority, created_at, id LIMIT 10 \
          FOR UPDATE SKIP LOCKED",
     )
     .await;
-    assert!(pending.contains("jr_work_queue_pending_idx"), "{pending}");
+    assert!(
+        pending.contains("jr_work_queue_pending_key_idx"),
+        "{pending}"
+    );
+    assert!(
+        pending
+            .contains("Index Cond: (ROW((NOT sacred_fire_priority), priority, created_at, id) >="),
+        "{pending}"
+    );
     // The claim's scan (migrations/V18): a worker's held tasks from its floor, the floor
     // an index condition (not a filter over every entry of the worker).
     let assigned = plan(
@@ -253,7 +265,7 @@ async fn daemon_sessions_read_the_queue_index_in_order_even_without_statistics()
         .query(
             "EXPLAIN SELECT id FROM jr_work_queue WHERE status = 'pending' AND run_after <= now() \
              AND (provider = '' OR provider = ANY('{}')) AND (target_jr IS NULL OR target_jr = ANY('{w}')) \
-             ORDER BY sacred_fire_priority DESC, priority, created_at, id LIMIT 10 FOR UPDATE SKIP LOCKED",
+             ORDER BY (NOT sacred_fire_priority), priority, created_at, id LIMIT 10 FOR UPDATE SKIP LOCKED",
             &[],
         )
         .await
@@ -263,7 +275,7 @@ async fn daemon_sessions_read_the_queue_index_in_order_even_without_statistics()
         .collect();
     let plan = plan.join("\n");
     assert!(
-        plan.contains("Index Scan using jr_work_queue_pending_idx"),
+        plan.contains("Index Scan using jr_work_queue_pending_key_idx"),
         "{plan}"
     );
     assert!(

@@ -234,6 +234,9 @@ impl Component for AssignerDaemon {
         if n.channel() == db::CHANNEL_SCHEDULES {
             self.next_schedules = Instant::now();
         } else {
+            if n.channel() == db::CHANNEL_PENDING {
+                self.a.heard(n.payload());
+            }
             self.wake = true;
         }
     }

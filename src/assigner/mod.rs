@@ -186,6 +186,8 @@ pub struct Assigner {
     rr: usize,
     /// Where its load counts start (migrations/V18).
     floors: workers::LoadFloors,
+    /// Where its pending scans start (migrations/V20).
+    pending_floor: tasks::PendingFloor,
 }
 
 impl Assigner {
@@ -198,13 +200,21 @@ impl Assigner {
             boot_id: crate::host::boot_id(),
             rr: 0,
             floors: workers::LoadFloors::default(),
+            pending_floor: tasks::PendingFloor::default(),
         }
     }
 
     /// Forgets the load counts' floors (a new connection: the server may be another one,
-    /// whose sequence is behind — a failover to an asynchronous standby).
+    /// whose sequence is behind — a failover to an asynchronous standby) and the pending
+    /// scan's (what was announced meanwhile is lost).
     pub(crate) fn forget_floors(&mut self) {
         self.floors = workers::LoadFloors::default();
+        self.pending_floor.forget();
+    }
+
+    /// A notification on `jrq_pending` (a task that became pending may lower the floor).
+    pub fn heard(&mut self, payload: &str) {
+        self.pending_floor.heard(payload);
     }
 
     fn actor(&self) -> &str {
@@ -313,6 +323,7 @@ impl Assigner {
         out.held.sort();
         let free_names: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
         let batch = free.min(cfg.batch_size);
+        let from = self.pending_floor.take();
         let mut pending = tasks::tasks_pending_for_routing(
             &txn,
             stmts,
@@ -321,6 +332,7 @@ impl Assigner {
             &free_names,
             &paused_runs,
             batch,
+            from,
         )
         .await?;
         // A limited provider with little room must not fill the batch either: when its
@@ -349,6 +361,7 @@ impl Assigner {
                 &free_names,
                 &paused_runs,
                 batch,
+                from,
             )
             .await?;
             let have: HashSet<i64> = pending.iter().map(|t| t.id).collect();
@@ -416,7 +429,11 @@ impl Assigner {
             })
             .collect();
         out.assigned = tasks::tasks_assign(&txn, stmts, &self.cfg.name, &plan, &spent).await?;
+        // The next floor, after the assignments (no longer pending to this transaction);
+        // a task that becomes pending below it from now on announces itself.
+        let first = tasks::tasks_pending_floor(&txn, stmts, from).await?;
         txn.commit().await?;
+        self.pending_floor.set(first);
         out.unplaced = (pending.len() - plan.len()) as u64;
         out.free_left = (free as u64).saturating_sub(out.assigned);
         Ok(out)

@@ -140,6 +140,20 @@ impl Link {
         }
     }
 
+    /// A notification already received, without waiting (`None`: none, or no connection;
+    /// a closed connection is marked lost).
+    pub fn try_note(&mut self) -> Option<Notification> {
+        let c = self.conn.as_mut()?;
+        match c.notes.try_recv() {
+            Ok(n) => Some(n),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                self.lost("the listening connection closed");
+                None
+            }
+        }
+    }
+
     /// The next notification. Pending while the connection is down; when it closes, it is
     /// marked lost and `None` comes back.
     pub async fn next_note(&mut self) -> Option<Notification> {

@@ -172,6 +172,11 @@ pub async fn run<C: Component>(
             c.on_reconnected();
             heartbeat_at = Instant::now();
         }
+        // What arrived while the last turn ran, also when the loop did not wait (a busy
+        // assigner's pending floor must hear the tasks announced meanwhile).
+        while let Some(n) = link.try_note() {
+            c.on_notification(&n, &mut ctx!());
+        }
         c.tick(&mut ctx!()).await;
         if Instant::now() >= heartbeat_at && beat(&mut c, &mut ctx!()).await {
             break;

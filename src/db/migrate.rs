@@ -148,7 +148,7 @@ mod released {
     /// `jrq_schema_history`). A released migration never changes — a database migrated
     /// by an older binary would refuse the new one, or miss what was added to it: a
     /// change goes in a new migration. Add a line here when a migration is released.
-    const RELEASED: [(i32, u64); 19] = [
+    const RELEASED: [(i32, u64); 20] = [
         (1, 7283025288544651009),
         (2, 15561595384879818704),
         (3, 1072207000028334306),
@@ -168,6 +168,7 @@ mod released {
         (17, 14250619819812807710),
         (18, 15299016028813897275),
         (19, 14080851415259410230),
+        (20, 16756571022506170574),
     ];
 
     #[test]

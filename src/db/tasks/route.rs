@@ -35,9 +35,122 @@ pub struct Fallback {
     pub why: String,
 }
 
-/// The routing query, with an extra condition (a literal).
+/// A pending task's place in the order of service: (not urgent, priority, created,
+/// id), ascending — the columns of `jr_work_queue_pending_key_idx` (migrations/V20).
+pub type OrderKey = (bool, i32, chrono::DateTime<chrono::Utc>, i64);
+
+/// Where the assigner's pending scan starts (migrations/V20): at or below the first
+/// pending task, so that the scan does not walk the index entries of the tasks already
+/// assigned — entries that stay, and grow with every task, while something holds back
+/// the vacuum horizon.
+///
+/// A round's scan starts at the floor and, before it commits, [`tasks_pending_floor`]
+/// reads the first task still pending from there: the next floor. A task that becomes
+/// pending below it announces its place on `jrq_pending` ([`PendingFloor::heard`] lowers
+/// the floor to it); every [`PendingFloor::FULL_WALK_EVERY`], and after a reconnect, a
+/// round starts from the beginning instead. A task that waits at the head (delayed, of a
+/// provider nobody serves, of a paused run) holds the floor where it is.
+#[derive(Debug)]
+pub struct PendingFloor {
+    at: Floor,
+    walked_at: std::time::Instant,
+}
+
+/// Where a scan starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Floor {
+    /// The beginning of the index.
+    Start,
+    /// At this key (included).
+    At(OrderKey),
+    /// Nothing is pending: no scan until a task announces itself.
+    Top,
+}
+
+impl Default for PendingFloor {
+    fn default() -> Self {
+        PendingFloor {
+            at: Floor::Start,
+            walked_at: std::time::Instant::now(),
+        }
+    }
+}
+
+impl PendingFloor {
+    /// How often a round scans from the beginning.
+    pub const FULL_WALK_EVERY: Duration = Duration::from_secs(5);
+
+    /// Where this round's scan starts ([`Floor::Start`] when a full walk is due).
+    pub fn take(&mut self) -> Floor {
+        if self.walked_at.elapsed() >= Self::FULL_WALK_EVERY {
+            self.walked_at = std::time::Instant::now();
+            self.at = Floor::Start;
+        }
+        self.at
+    }
+
+    /// Where the next scan starts, unless a full walk is due.
+    pub fn floor(&self) -> Floor {
+        self.at
+    }
+
+    /// Forgets the floor: the next scan starts from the beginning.
+    pub fn forget(&mut self) {
+        self.at = Floor::Start;
+    }
+
+    /// What the round's [`tasks_pending_floor`] read: the first pending task from where
+    /// the round's scan started (`None`: none).
+    pub fn set(&mut self, first: Option<OrderKey>) {
+        self.at = match first {
+            Some(k) => Floor::At(k),
+            None => Floor::Top,
+        };
+    }
+
+    /// A notification on `jrq_pending`: an insert or an update that made tasks pending
+    /// ("insert …" or "pending …", migrations/V20) lowers the floor to the first of them;
+    /// a place that cannot be read sends the next scan to the beginning. Other payloads
+    /// ("capacity", …, and "insert" alone: no pending row) leave it.
+    pub fn heard(&mut self, payload: &str) {
+        let mut words = payload.split(' ').peekable();
+        if !matches!(words.next(), Some("insert" | "pending")) || words.peek().is_none() {
+            return;
+        }
+        match parse_key(words) {
+            Some(k) => self.lower(k),
+            None => self.at = Floor::Start,
+        }
+    }
+
+    fn lower(&mut self, k: OrderKey) {
+        self.at = match self.at {
+            Floor::Start => Floor::Start,
+            Floor::At(f) => Floor::At(f.min(k)),
+            Floor::Top => Floor::At(k),
+        };
+    }
+}
+
+/// "<not urgent 0/1> <priority> <created µs since 1970> <id>", nothing after.
+fn parse_key<'a>(mut w: impl Iterator<Item = &'a str>) -> Option<OrderKey> {
+    let not_urgent = match w.next()? {
+        "0" => false,
+        "1" => true,
+        _ => return None,
+    };
+    let priority = w.next()?.parse().ok()?;
+    let created = chrono::DateTime::from_timestamp_micros(w.next()?.parse().ok()?)?;
+    let id = w.next()?.parse().ok()?;
+    w.next()
+        .is_none()
+        .then_some((not_urgent, priority, created, id))
+}
+
+/// The routing query, with an extra condition and the floor's (literals; the floor's
+/// parameters are $6..$9).
 macro_rules! pending_sql {
-    ($extra:literal) => {
+    ($extra:literal, $floor:literal) => {
         concat!(
             "SELECT id, provider, target_jr, run_id, \
                  CASE WHEN attempts > 0 THEN ARRAY( \
@@ -49,10 +162,11 @@ macro_rules! pending_sql {
              FROM jr_work_queue \
              WHERE status = 'pending' AND run_after <= now() ",
             $extra,
+            $floor,
             " AND (($5 AND provider = '') OR provider = ANY($1)) \
                AND (target_jr IS NULL OR target_jr = ANY($2)) \
                AND (run_id IS NULL OR NOT run_id = ANY($4)) \
-             ORDER BY sacred_fire_priority DESC, priority, created_at, id \
+             ORDER BY (NOT sacred_fire_priority), priority, created_at, id \
              LIMIT $3 FOR UPDATE SKIP LOCKED"
         )
     };
@@ -61,7 +175,9 @@ macro_rules! pending_sql {
 /// Takes up to `limit` ready pending tasks in the order of service of the `providers`
 /// (and, `with_unprovided`, those without a provider) that some worker with free capacity
 /// could serve (its target, if any, has room), not of a paused run, locking them `FOR
-/// UPDATE SKIP LOCKED` for the rest of the transaction.
+/// UPDATE SKIP LOCKED` for the rest of the transaction. The scan starts at `from` (a
+/// [`PendingFloor`]'s).
+#[allow(clippy::too_many_arguments)]
 pub async fn tasks_pending_for_routing(
     client: &impl Sql,
     stmts: &Statements,
@@ -70,14 +186,21 @@ pub async fn tasks_pending_for_routing(
     workers: &[String],
     paused_runs: &[Uuid],
     limit: i64,
+    from: Floor,
 ) -> Result<Vec<PendingTask>> {
-    pending(
-        client,
-        stmts,
-        pending_sql!(""),
-        (providers, with_unprovided, workers, paused_runs, limit),
-    )
-    .await
+    let args = (providers, with_unprovided, workers, paused_runs, limit);
+    match from {
+        Floor::Top => Ok(vec![]),
+        Floor::Start => pending(client, stmts, pending_sql!("", ""), args, None).await,
+        Floor::At(k) => {
+            const SQL: &str = pending_sql!(
+                "",
+                "AND ((NOT sacred_fire_priority), priority, created_at, id) \
+                 >= ($6, $7, $8, $9)"
+            );
+            pending(client, stmts, SQL, args, Some(k)).await
+        }
+    }
 }
 
 /// As [`tasks_pending_for_routing`], the tasks of the (paused) `providers` that allow
@@ -93,10 +216,45 @@ pub async fn tasks_pending_fallback(
     pending(
         client,
         stmts,
-        pending_sql!("AND fallback_ok"),
+        pending_sql!("AND fallback_ok", ""),
         (providers, false, workers, paused_runs, limit),
+        None,
     )
     .await
+}
+
+/// The first task pending at or after `from` in the order of service, whatever it waits
+/// for: the next [`PendingFloor`]. Read in the round's transaction after its assignments
+/// (which are not pending any more); `None` when there is none.
+pub async fn tasks_pending_floor(
+    client: &impl Sql,
+    stmts: &Statements,
+    from: Floor,
+) -> Result<Option<OrderKey>> {
+    macro_rules! probe {
+        ($floor:literal) => {
+            concat!(
+                "SELECT NOT sacred_fire_priority, priority, created_at, id \
+                 FROM jr_work_queue WHERE status = 'pending' ",
+                $floor,
+                " ORDER BY (NOT sacred_fire_priority), priority, created_at, id LIMIT 1"
+            )
+        };
+    }
+    let rows = match from {
+        Floor::Top => return Ok(None),
+        Floor::Start => stmts.rows(client, probe!(""), &[]).await?,
+        Floor::At((u, p, c, id)) => {
+            const SQL: &str = probe!(
+                "AND ((NOT sacred_fire_priority), priority, created_at, id) \
+                 >= ($1, $2, $3, $4)"
+            );
+            stmts.rows(client, SQL, &[&u, &p, &c, &id]).await?
+        }
+    };
+    Ok(rows
+        .first()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
 }
 
 async fn pending(
@@ -110,14 +268,38 @@ async fn pending(
         &[Uuid],
         i64,
     ),
+    from: Option<OrderKey>,
 ) -> Result<Vec<PendingTask>> {
-    let rows = stmts
-        .rows(
-            client,
-            sql,
-            &[&providers, &workers, &limit, &paused_runs, &with_unprovided],
-        )
-        .await?;
+    let rows = match &from {
+        None => {
+            stmts
+                .rows(
+                    client,
+                    sql,
+                    &[&providers, &workers, &limit, &paused_runs, &with_unprovided],
+                )
+                .await?
+        }
+        Some((u, p, c, id)) => {
+            stmts
+                .rows(
+                    client,
+                    sql,
+                    &[
+                        &providers,
+                        &workers,
+                        &limit,
+                        &paused_runs,
+                        &with_unprovided,
+                        u,
+                        p,
+                        c,
+                        id,
+                    ],
+                )
+                .await?
+        }
+    };
     Ok(rows
         .iter()
         .map(|r| PendingTask {
@@ -310,4 +492,64 @@ pub async fn tasks_pending_depth(client: &impl Sql) -> Result<(i64, Option<f64>)
         )
         .await?;
     Ok((row.get(0), row.get(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(not_urgent: bool, priority: i32, micros: i64, id: i64) -> OrderKey {
+        let t = chrono::DateTime::from_timestamp_micros(micros).unwrap();
+        (not_urgent, priority, t, id)
+    }
+
+    #[test]
+    fn a_task_announced_below_the_floor_lowers_it_and_one_above_does_not() {
+        let mut f = PendingFloor::default();
+        assert_eq!(f.floor(), Floor::Start);
+        f.heard("insert 1 5 1000 7");
+        assert_eq!(f.floor(), Floor::Start, "the start is below everything");
+        f.set(Some(key(true, 5, 2000, 9)));
+        f.heard("insert 1 5 3000 12");
+        assert_eq!(f.floor(), Floor::At(key(true, 5, 2000, 9)));
+        f.heard("pending 1 5 1000 3");
+        assert_eq!(f.floor(), Floor::At(key(true, 5, 1000, 3)));
+        f.heard("insert 0 9 9000 40");
+        assert_eq!(
+            f.floor(),
+            Floor::At(key(false, 9, 9000, 40)),
+            "urgent first"
+        );
+        for other in ["capacity", "rescue", "insert", "pending"] {
+            f.heard(other);
+        }
+        assert_eq!(f.floor(), Floor::At(key(false, 9, 9000, 40)));
+    }
+
+    #[test]
+    fn nothing_pending_waits_for_an_announcement() {
+        let mut f = PendingFloor::default();
+        f.set(None);
+        assert_eq!(f.floor(), Floor::Top);
+        f.heard("capacity");
+        assert_eq!(f.floor(), Floor::Top);
+        f.heard("insert 1 5 3000 12");
+        assert_eq!(f.floor(), Floor::At(key(true, 5, 3000, 12)));
+    }
+
+    #[test]
+    fn a_place_that_cannot_be_read_sends_the_scan_to_the_start() {
+        for payload in [
+            "insert 2 5 1 1",
+            "insert 1 x 1 1",
+            "insert 1 5 1",
+            "insert 1 5 1 1 1",
+            "pending 1 5 99999999999999999999 1",
+        ] {
+            let mut f = PendingFloor::default();
+            f.set(Some(key(true, 5, 2000, 9)));
+            f.heard(payload);
+            assert_eq!(f.floor(), Floor::Start, "{payload}");
+        }
+    }
 }
