@@ -385,6 +385,7 @@ impl Variant {
                     status: "busy",
                     status_text: "running 1/1",
                     run_id: None,
+                    floor: None,
                 },
             )
             .await

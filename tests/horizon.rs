@@ -45,6 +45,20 @@ async fn pending_idx_reads(c: &impl tokio_postgres::GenericClient) -> i64 {
     .get(0)
 }
 
+/// Entries read in both indexes of a worker's tasks (held, and V1's in progress), as
+/// [`held_idx_reads`].
+async fn worker_idx_reads(c: &Client) -> i64 {
+    let in_progress: i64 = c
+        .query_one(
+            "SELECT pg_stat_get_xact_tuples_returned('jr_work_queue_in_progress_idx'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    held_idx_reads(c).await + in_progress
+}
+
 /// `HISTORY` tasks that were pending and are assigned now, their entries in the pending
 /// index dead and kept by a session idle in transaction (returned: keep it).
 async fn a_kept_pending_history(db: &TestDb, client: &Client) -> Client {
@@ -524,4 +538,119 @@ async fn an_assigner_round_routes_a_task_announced_below_its_floor() {
     let r = assigner.run_once(&mut client, &stmts).await.unwrap();
     assert_eq!(r.assigned, 1, "{r:?}");
     assert_eq!(status_of(&client, urgent).await, "assigned");
+}
+
+#[tokio::test]
+async fn a_task_set_held_by_hand_keeps_no_old_number_below_the_floors() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let lease = |title: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT lease_seq FROM jr_work_queue WHERE title = $1",
+                    &[&title],
+                )
+                .await
+                .unwrap()
+                .get::<_, Option<i64>>(0)
+        }
+    };
+    // Assigned with a number, then given back: it keeps the number while pending.
+    exec(
+        &client,
+        "INSERT INTO jr_work_queue (title, status, assigned_jr, lease_seq) \
+         VALUES ('t', 'assigned', 'v', nextval('jr_lease_seq'))",
+    )
+    .await;
+    let first = lease("t").await;
+    assert!(first.is_some());
+    exec(
+        &client,
+        "UPDATE jr_work_queue SET status = 'pending', assigned_jr = NULL WHERE title = 't'",
+    )
+    .await;
+    assert_eq!(lease("t").await, first);
+    // Set assigned by hand (no new number): it has none, which sorts past every floor.
+    exec(
+        &client,
+        "UPDATE jr_work_queue SET status = 'assigned', assigned_jr = 'v' WHERE title = 't'",
+    )
+    .await;
+    assert_eq!(lease("t").await, None);
+    // An assignment that draws a number keeps it, and so does the claim that starts it.
+    exec(
+        &client,
+        "UPDATE jr_work_queue SET status = 'pending', assigned_jr = NULL WHERE title = 't'; \
+         UPDATE jr_work_queue SET status = 'assigned', assigned_jr = 'v', \
+             lease_seq = nextval('jr_lease_seq') WHERE title = 't'",
+    )
+    .await;
+    let drawn = lease("t").await;
+    assert!(drawn.is_some() && drawn > first, "{drawn:?}");
+    exec(
+        &client,
+        "UPDATE jr_work_queue SET status = 'in_progress' WHERE title = 't'",
+    )
+    .await;
+    assert_eq!(lease("t").await, drawn);
+}
+
+#[tokio::test]
+async fn the_heartbeat_reads_the_tasks_it_holds_from_the_floor() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let instance = Uuid::new_v4();
+    let _holder = worker_with_a_kept_history(&db, &client, instance).await;
+    // The history also went through in progress: the index the heartbeat read before V21
+    // holds it too.
+    client
+        .execute(
+            "INSERT INTO jr_work_queue (title, status, assigned_jr, assigned_at, started_at, \
+                 lease_seq) \
+             SELECT 'old2', 'in_progress', 'v', now(), now(), nextval('jr_lease_seq') \
+             FROM generate_series(1, $1::int8)",
+            &[&HISTORY],
+        )
+        .await
+        .unwrap();
+    exec(
+        &client,
+        "UPDATE jr_work_queue SET status = 'completed', completed_at = now() \
+         WHERE title = 'old2'",
+    )
+    .await;
+    let running: i64 = client
+        .query_one(
+            "INSERT INTO jr_work_queue (title, status, assigned_jr, assigned_at, started_at, \
+                 lease_seq, lease_instance) \
+             VALUES ('run', 'in_progress', 'v', now(), now(), nextval('jr_lease_seq'), $1) \
+             RETURNING id",
+            &[&instance],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let floor = 2 * HISTORY;
+    let heartbeat = "SELECT matched, held, lease_drawn, \
+                         (SELECT last_value FROM jr_lease_seq) \
+                     FROM jrq_workers_heartbeat('v', $1, 1, 'busy', '', NULL, $2)";
+    let mut reads = vec![];
+    for floor in [None, Some(floor)] {
+        exec(&client, "BEGIN").await;
+        let before = worker_idx_reads(&client).await;
+        let row = client
+            .query_one(heartbeat, &[&instance, &floor])
+            .await
+            .unwrap();
+        reads.push(worker_idx_reads(&client).await - before);
+        exec(&client, "COMMIT").await;
+        assert_eq!(row.get::<_, i64>(0), 1);
+        assert_eq!(row.get::<_, Vec<i64>>(1), vec![running], "from {floor:?}");
+        // The last number drawn, for the worker to see a sequence that went back.
+        assert_eq!(row.get::<_, i64>(2), row.get::<_, i64>(3));
+    }
+    assert!(reads[0] >= HISTORY, "from the start: {} entries", reads[0]);
+    assert!(reads[1] < 20, "from the floor: {} entries", reads[1]);
 }

@@ -14,7 +14,7 @@ async fn migrate_creates_the_schema_and_is_idempotent() {
     let out = db.run(&["migrate"]);
     assert!(
         out.ok().contains(
-            "applied 20 migration(s) (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16, V17, V18, V19, V20)"
+            "applied 21 migration(s) (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16, V17, V18, V19, V20, V21)"
         ),
         "{out:#?}"
     );

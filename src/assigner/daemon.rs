@@ -24,7 +24,7 @@ impl Assigner {
         round: &RoundOutcome,
     ) -> Result<Maintenance, HeartbeatError> {
         let m = self
-            .maintain(&conn.client)
+            .maintain(&conn.client, &conn.stmts)
             .await
             .map_err(HeartbeatError::Db)?;
         if m.pending > 0 && round.free_left == 0 && prev.pending > 0 {
@@ -42,6 +42,7 @@ impl Assigner {
             status: "idle",
             status_text: &text,
             run_id: None,
+            floor: None,
         };
         match workers::workers_heartbeat(&conn.client, &conn.stmts, &hb).await {
             Ok(Some(_)) => Ok(m),

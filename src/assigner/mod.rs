@@ -35,6 +35,9 @@ use crate::registry;
 
 /// Default most tasks routed per round.
 pub const DEFAULT_BATCH_SIZE: i64 = 500;
+/// How often maintenance looks for tasks assigned to names never registered (a walk of
+/// every assigned task; registered workers that vanished are looked at every heartbeat).
+pub const UNREGISTERED_EVERY: Duration = Duration::from_secs(60);
 /// Default time between rounds when no notification arrives.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// Default time between heartbeats and maintenance (and watchdog pings).
@@ -188,10 +191,18 @@ pub struct Assigner {
     floors: workers::LoadFloors,
     /// Where its pending scans start (migrations/V20).
     pending_floor: tasks::PendingFloor,
+    /// When maintenance last looked for tasks assigned to names never registered.
+    unregistered_at: Option<std::time::Instant>,
 }
 
 impl Assigner {
     pub fn new(cfg: AssignerConfig, db_cfg: db::DbConfig) -> Self {
+        // Through a transaction pooler nothing listens: no task could announce itself.
+        let pending_floor = if db_cfg.pool_mode == db::PoolMode::Transaction {
+            tasks::PendingFloor::off()
+        } else {
+            tasks::PendingFloor::default()
+        };
         Assigner {
             cfg,
             db_cfg,
@@ -200,7 +211,8 @@ impl Assigner {
             boot_id: crate::host::boot_id(),
             rr: 0,
             floors: workers::LoadFloors::default(),
-            pending_floor: tasks::PendingFloor::default(),
+            pending_floor,
+            unregistered_at: None,
         }
     }
 
@@ -441,10 +453,27 @@ impl Assigner {
 
     /// Maintenance: give back tasks of vanished workers, fail pinned tasks whose target
     /// stayed offline past the grace, record circuit states, measure the queue.
-    pub async fn maintain(&mut self, client: &Client) -> Result<Maintenance> {
+    pub async fn maintain(
+        &mut self,
+        client: &Client,
+        stmts: &db::Statements,
+    ) -> Result<Maintenance> {
+        // Names never registered: a walk of every assigned task, once a minute (at most a
+        // minute past the online threshold, for a hand-made assignment to a wrong name).
+        let unregistered = self
+            .unregistered_at
+            .is_none_or(|t| t.elapsed() >= UNREGISTERED_EVERY);
+        if unregistered {
+            self.unregistered_at = Some(std::time::Instant::now());
+        }
         let cfg = &self.cfg;
-        let unassigned =
-            tasks::tasks_unassign_vanished(client, self.actor(), cfg.online_threshold).await?;
+        let unassigned = tasks::tasks_unassign_vanished(
+            client,
+            self.actor(),
+            cfg.online_threshold,
+            unregistered,
+        )
+        .await?;
         let pins_failed = tasks::tasks_fail_unreachable_pins(
             client,
             self.actor(),
@@ -453,7 +482,8 @@ impl Assigner {
         )
         .await?;
         let (opened, closed) = workers::workers_update_circuits(client, &cfg.circuit).await?;
-        let (pending, oldest) = tasks::tasks_pending_depth(client).await?;
+        let (pending, oldest) =
+            tasks::tasks_pending_depth(client, stmts, self.pending_floor.floor()).await?;
         if unassigned > 0 {
             tracing::info!(
                 tasks = unassigned,

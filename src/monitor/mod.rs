@@ -293,7 +293,7 @@ impl Monitor {
             marked_offline,
             rescued: tasks::tasks_rescue_stuck(client, actor, cfg.stuck_after).await?,
             overdue_failed: tasks::tasks_fail_overdue(client, actor, cfg.timeout_grace).await?,
-            unassigned: tasks::tasks_unassign_vanished(client, actor, cfg.dead_after).await?,
+            unassigned: tasks::tasks_unassign_vanished(client, actor, cfg.dead_after, true).await?,
             ..Default::default()
         };
         for d in &r.marked_offline {

@@ -44,45 +44,32 @@ pub struct ClaimedTask {
 /// Where a worker's claims start (migrations/V18): a lease number below every task the
 /// worker holds, so that the claim's scan of its tasks skips the entries its finished
 /// tasks left in the index — which nothing can remove while the vacuum horizon is held.
-/// Each claim returns the next floor; every [`LeaseFloor::FULL_WALK_EVERY`] a claim
-/// starts from the beginning instead (and finds a task an older assigner gave no number).
-#[derive(Debug)]
+/// Each claim returns the next floor. A claim walks from the beginning only with a new
+/// connection (no floor yet): since V21 the schema keeps every held task past every
+/// floor (a task set assigned without a new number gets none, which sorts last), so the
+/// walks V18 did every 5 s — a read of the worker's whole history under a held horizon —
+/// are gone.
+#[derive(Debug, Default)]
 pub struct LeaseFloor {
-    state: std::sync::Mutex<(Option<i64>, std::time::Instant)>,
-}
-
-impl Default for LeaseFloor {
-    fn default() -> Self {
-        LeaseFloor {
-            state: std::sync::Mutex::new((None, std::time::Instant::now())),
-        }
-    }
+    state: std::sync::Mutex<Option<i64>>,
 }
 
 impl LeaseFloor {
-    /// How often a claim walks from the start.
-    pub const FULL_WALK_EVERY: Duration = Duration::from_secs(5);
-
-    /// The floor the next claim starts from; `None` (the start) when a full walk is due.
+    /// The floor the next claim (or heartbeat) starts from; `None`: the start.
     pub fn next(&self) -> Option<i64> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.1.elapsed() >= Self::FULL_WALK_EVERY {
-            s.1 = std::time::Instant::now();
-            return None;
-        }
-        s.0
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Forgets the floor: the next claim walks from the start (a new connection — the
     /// server may be another one, whose sequence is behind).
     pub fn forget(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = None;
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// What a claim returned: the floor for the next one (`None`: keep the one there is).
     pub fn set(&self, next: Option<i64>) {
         if let Some(f) = next {
-            self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(f);
+            *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
         }
     }
 }

@@ -47,13 +47,17 @@ pub type OrderKey = (bool, i32, chrono::DateTime<chrono::Utc>, i64);
 /// A round's scan starts at the floor and, before it commits, [`tasks_pending_floor`]
 /// reads the first task still pending from there: the next floor. A task that becomes
 /// pending below it announces its place on `jrq_pending` ([`PendingFloor::heard`] lowers
-/// the floor to it); every [`PendingFloor::FULL_WALK_EVERY`], and after a reconnect, a
-/// round starts from the beginning instead. A task that waits at the head (delayed, of a
+/// the floor to it); every [`PendingFloor::FULL_WALK_EVERY`] (for a write no trigger
+/// saw: triggers disabled, `session_replication_role = replica`), and after a reconnect,
+/// a round starts from the beginning instead. A task that waits at the head (delayed, of a
 /// provider nobody serves, of a paused run) holds the floor where it is.
 #[derive(Debug)]
 pub struct PendingFloor {
     at: Floor,
     walked_at: std::time::Instant,
+    /// Off: every scan from the start (nothing listens — through a transaction pooler —
+    /// so no task could announce itself).
+    off: bool,
 }
 
 /// Where a scan starts.
@@ -72,13 +76,22 @@ impl Default for PendingFloor {
         PendingFloor {
             at: Floor::Start,
             walked_at: std::time::Instant::now(),
+            off: false,
         }
     }
 }
 
 impl PendingFloor {
     /// How often a round scans from the beginning.
-    pub const FULL_WALK_EVERY: Duration = Duration::from_secs(5);
+    pub const FULL_WALK_EVERY: Duration = Duration::from_secs(60);
+
+    /// A floor that stays at the start: for a process that hears no notification.
+    pub fn off() -> Self {
+        PendingFloor {
+            off: true,
+            ..PendingFloor::default()
+        }
+    }
 
     /// Where this round's scan starts ([`Floor::Start`] when a full walk is due).
     pub fn take(&mut self) -> Floor {
@@ -102,6 +115,9 @@ impl PendingFloor {
     /// What the round's [`tasks_pending_floor`] read: the first pending task from where
     /// the round's scan started (`None`: none).
     pub fn set(&mut self, first: Option<OrderKey>) {
+        if self.off {
+            return;
+        }
         self.at = match first {
             Some(k) => Floor::At(k),
             None => Floor::Top,
@@ -398,45 +414,67 @@ const ASSIGN_SQL: &str = "WITH a AS ( \
                  set_config('synchronous_commit', 'off', true)";
 
 /// Gives back to pending the tasks assigned (not started) to workers that are not alive:
-/// registered workers that are offline or silent longer than `online_threshold`, and
-/// names never registered once the assignment is older than the threshold. One event
-/// each, saying why. Returns how many.
+/// registered workers that are offline or silent longer than `online_threshold`, and —
+/// with `unregistered` — names never registered once the assignment is older than the
+/// threshold. One event each, saying why. Returns how many.
+///
+/// The registered workers' tasks are read per worker from `held_idx`; the unregistered
+/// names need a walk of every assigned task, which a held vacuum horizon makes long (every
+/// task assigned since leaves an entry): the assigner does that part less often.
 pub async fn tasks_unassign_vanished(
     client: &impl Sql,
     actor: &str,
     online_threshold: Duration,
+    unregistered: bool,
 ) -> Result<u64> {
+    macro_rules! unassign {
+        ($gone:literal) => {
+            concat!(
+                "WITH gone AS ( \
+                     SELECT q.id, q.assigned_jr, \
+                         CASE WHEN w.jr_name IS NULL THEN 'is not registered' \
+                              WHEN NOT w.is_online THEN 'went offline' \
+                              ELSE 'has been silent for ' || \
+                                   round(extract(epoch FROM now() - w.last_seen))::int8 \
+                                   || 's' \
+                         END AS why ",
+                $gone,
+                " FOR UPDATE OF q SKIP LOCKED), \
+                 upd AS ( \
+                     UPDATE jr_work_queue q SET status = 'pending', assigned_jr = NULL, \
+                         assigned_at = NULL, updated_at = now() \
+                     FROM gone WHERE q.id = gone.id \
+                     RETURNING q.id, q.attempts, gone.assigned_jr, gone.why), \
+                 ev AS ( \
+                     INSERT INTO jr_task_events \
+                         (task_id, actor, action, from_status, to_status, worker, attempt, \
+                          details) \
+                     SELECT id, $1, 'unassigned', 'assigned', 'pending', assigned_jr, \
+                         attempts, \
+                         'worker ''' || assigned_jr || ''' ' || why || ' before starting it' \
+                     FROM upd) \
+                 SELECT count(*) FROM upd"
+            )
+        };
+    }
+    const REGISTERED: &str = unassign!(
+        "FROM jr_status w JOIN jr_work_queue q ON q.assigned_jr = w.jr_name \
+         WHERE q.status = 'assigned' AND NOT (w.is_online \
+             AND w.last_seen BETWEEN now() - $2::int8 * interval '1 millisecond' \
+                 AND now() + interval '1 minute')"
+    );
+    const ALL: &str = unassign!(
+        "FROM jr_work_queue q LEFT JOIN jr_status w ON w.jr_name = q.assigned_jr \
+         WHERE q.status = 'assigned' AND ( \
+             (w.jr_name IS NOT NULL AND NOT (w.is_online \
+                 AND w.last_seen BETWEEN now() - $2::int8 * interval '1 millisecond' \
+                     AND now() + interval '1 minute')) \
+             OR (w.jr_name IS NULL \
+                 AND q.assigned_at < now() - $2::int8 * interval '1 millisecond'))"
+    );
+    let sql = if unregistered { ALL } else { REGISTERED };
     let row = client
-        .row(
-            "WITH gone AS ( \
-                 SELECT q.id, q.assigned_jr, \
-                     CASE WHEN w.jr_name IS NULL THEN 'is not registered' \
-                          WHEN NOT w.is_online THEN 'went offline' \
-                          ELSE 'has been silent for ' || \
-                               round(extract(epoch FROM now() - w.last_seen))::int8 || 's' \
-                     END AS why \
-                 FROM jr_work_queue q LEFT JOIN jr_status w ON w.jr_name = q.assigned_jr \
-                 WHERE q.status = 'assigned' AND ( \
-                     (w.jr_name IS NOT NULL AND NOT (w.is_online \
-                         AND w.last_seen BETWEEN now() - $2::int8 * interval '1 millisecond' \
-                             AND now() + interval '1 minute')) \
-                     OR (w.jr_name IS NULL \
-                         AND q.assigned_at < now() - $2::int8 * interval '1 millisecond')) \
-                 FOR UPDATE OF q SKIP LOCKED), \
-             upd AS ( \
-                 UPDATE jr_work_queue q SET status = 'pending', assigned_jr = NULL, \
-                     assigned_at = NULL, updated_at = now() \
-                 FROM gone WHERE q.id = gone.id \
-                 RETURNING q.id, q.attempts, gone.assigned_jr, gone.why), \
-             ev AS ( \
-                 INSERT INTO jr_task_events \
-                     (task_id, actor, action, from_status, to_status, worker, attempt, details) \
-                 SELECT id, $1, 'unassigned', 'assigned', 'pending', assigned_jr, attempts, \
-                     'worker ''' || assigned_jr || ''' ' || why || ' before starting it' \
-                 FROM upd) \
-             SELECT count(*) FROM upd",
-            &[&actor, &duration_ms(online_threshold)],
-        )
+        .row(sql, &[&actor, &duration_ms(online_threshold)])
         .await?;
     Ok(row.get::<_, i64>(0) as u64)
 }
@@ -481,16 +519,34 @@ pub async fn tasks_fail_unreachable_pins(
     Ok(row.get::<_, i64>(0) as u64)
 }
 
-/// Ready pending tasks and the age of the oldest, for the assigner's status line.
-pub async fn tasks_pending_depth(client: &impl Sql) -> Result<(i64, Option<f64>)> {
-    let row = client
-        .row(
-            "SELECT count(*), \
-                 extract(epoch FROM now() - min(greatest(created_at, run_after)))::float8 \
-             FROM jr_work_queue WHERE status = 'pending' AND run_after <= now()",
-            &[],
-        )
-        .await?;
+/// Ready pending tasks and the age of the oldest, for the assigner's status line, counted
+/// from a [`PendingFloor`]'s floor (none is pending below it).
+pub async fn tasks_pending_depth(
+    client: &impl Sql,
+    stmts: &Statements,
+    from: Floor,
+) -> Result<(i64, Option<f64>)> {
+    macro_rules! depth {
+        ($floor:literal) => {
+            concat!(
+                "SELECT count(*), \
+                     extract(epoch FROM now() - min(greatest(created_at, run_after)))::float8 \
+                 FROM jr_work_queue WHERE status = 'pending' AND run_after <= now() ",
+                $floor
+            )
+        };
+    }
+    let row = match from {
+        Floor::Top => return Ok((0, None)),
+        Floor::Start => stmts.row(client, depth!(""), &[]).await?,
+        Floor::At((u, p, c, id)) => {
+            const SQL: &str = depth!(
+                "AND ((NOT sacred_fire_priority), priority, created_at, id) \
+                 >= ($1, $2, $3, $4)"
+            );
+            stmts.row(client, SQL, &[&u, &p, &c, &id]).await?
+        }
+    };
     Ok((row.get(0), row.get(1)))
 }
 

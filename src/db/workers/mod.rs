@@ -383,6 +383,9 @@ pub struct Heartbeat<'a> {
     pub status: &'a str,
     pub status_text: &'a str,
     pub run_id: Option<Uuid>,
+    /// The worker's lease floor: the held tasks are read from it (migrations/V21; `None`:
+    /// from the start).
+    pub floor: Option<i64>,
 }
 
 /// What the database says back to a heartbeat.
@@ -394,6 +397,8 @@ pub struct HeartbeatReply {
     pub held: Vec<i64>,
     /// Held tasks with a cancel request.
     pub cancel_requested: Vec<i64>,
+    /// The last lease number drawn (migrations/V21): a floor past it is not safe.
+    pub lease_drawn: i64,
 }
 
 /// Refreshes `last_seen` and the load, and reads back the run's status and the leases
@@ -414,6 +419,7 @@ pub async fn workers_heartbeat(
                 &hb.status,
                 &hb.status_text,
                 &hb.run_id,
+                &hb.floor,
             ],
         )
         .await?;
@@ -424,12 +430,14 @@ pub async fn workers_heartbeat(
         run_status: row.get(1),
         held: row.get(2),
         cancel_requested: row.get(3),
+        lease_drawn: row.get(4),
     }))
 }
 
-/// The heartbeat, fenced by the instance in `jrq_workers_heartbeat` (migrations/V6).
-const HEARTBEAT_SQL: &str = "SELECT matched, run_status, held, cancel_requested \
-                 FROM jrq_workers_heartbeat($1, $2, $3, $4, $5, $6)";
+/// The heartbeat, fenced by the instance in `jrq_workers_heartbeat` (migrations/V6; from
+/// the lease floor since V21).
+const HEARTBEAT_SQL: &str = "SELECT matched, run_status, held, cancel_requested, lease_drawn \
+                 FROM jrq_workers_heartbeat($1, $2, $3, $4, $5, $6, $7)";
 
 /// Sets this instance's prefetch (`--prefetch auto`), in `jrq_workers_prefetch`
 /// (migrations/V14), which wakes the assigners when it grew. False when the instance no

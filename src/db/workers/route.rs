@@ -124,13 +124,13 @@ pub async fn workers_lock_candidates(
 /// Where one assigner's load counts start, per worker (migrations/V18): a lease number
 /// below every task the worker holds, as [`LeaseFloor`](crate::db::tasks::LeaseFloor) is
 /// for its claims, and for the same reason — the count then skips the index entries of
-/// the worker's finished tasks, which a held vacuum horizon keeps. Every
-/// [`LeaseFloor::FULL_WALK_EVERY`](crate::db::tasks::LeaseFloor::FULL_WALK_EVERY) a count
-/// starts from the beginning.
+/// the worker's finished tasks, which a held vacuum horizon keeps. A count starts from
+/// the beginning for a worker it has no floor for yet (and for all of them when the
+/// sequence went back).
 #[derive(Debug, Default)]
 pub struct LoadFloors {
     floors: std::collections::HashMap<String, i64>,
-    full_walk_at: Option<std::time::Instant>,
+    full: bool,
 }
 
 /// Tasks assigned to or running on each named worker. Run it after locking the workers:
@@ -143,12 +143,7 @@ pub async fn workers_loads(
     names: &[String],
     floors: &mut LoadFloors,
 ) -> Result<std::collections::HashMap<String, i32>> {
-    let full = floors
-        .full_walk_at
-        .is_none_or(|t| t.elapsed() >= crate::db::tasks::LeaseFloor::FULL_WALK_EVERY);
-    if full {
-        floors.full_walk_at = Some(std::time::Instant::now());
-    }
+    let full = std::mem::take(&mut floors.full);
     let from: Vec<i64> = names
         .iter()
         .map(|n| match full {
@@ -167,7 +162,7 @@ pub async fn workers_loads(
         let drawn: i64 = r.get(3);
         if floors.floors.get(&name).is_some_and(|f| *f > drawn) {
             // The sequence went back (a restore, a failover): no floor is safe.
-            floors.full_walk_at = None;
+            floors.full = true;
         }
         next.insert(name.clone(), lowest.map_or(drawn, |m| m - 1));
         loads.insert(name, r.get(1));

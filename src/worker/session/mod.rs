@@ -416,6 +416,7 @@ impl Component for Session {
             status: self.heartbeat_status(),
             status_text: &text,
             run_id: self.w.cfg.run_id,
+            floor: self.w.floor.next(),
         };
         match workers::workers_heartbeat(&conn.client, &conn.stmts, &hb).await {
             Ok(Some(reply)) => {
@@ -424,6 +425,15 @@ impl Component for Session {
                         tasks = self.outcomes.len(),
                         "task outcomes could not be written for longer than the database grace: not pinging the watchdog"
                     );
+                }
+                if self.w.floor.next().is_some_and(|f| f > reply.lease_drawn) {
+                    // The sequence went back (a restore; a failover behind a pooler, on
+                    // what looked like the same connection): no floor is safe.
+                    tracing::warn!(
+                        drawn = reply.lease_drawn,
+                        "the lease sequence is behind this worker's floor: claiming from the start"
+                    );
+                    self.w.floor.forget();
                 }
                 let unrun = self.unrun(&reply.held);
                 self.on_heartbeat_reply(reply);
