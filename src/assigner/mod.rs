@@ -440,10 +440,17 @@ impl Assigner {
                 Some((b.name.clone(), b.tokens - n as f64))
             })
             .collect();
-        out.assigned = tasks::tasks_assign(&txn, stmts, &self.cfg.name, &plan, &spent).await?;
-        // The next floor, after the assignments (no longer pending to this transaction);
-        // a task that becomes pending below it from now on announces itself.
-        let first = tasks::tasks_pending_floor(&txn, stmts, from).await?;
+        // The next floor, read in the same round trip as the assignments (pipelined on
+        // the connection): whether the server runs it before them or after, it is at or
+        // below the first task pending once this round commits (before: the first of the
+        // batch assigned, whose entries the next round then walks). A task that becomes
+        // pending below it from now on announces itself.
+        let (assigned, first) = futures_util::future::try_join(
+            tasks::tasks_assign(&txn, stmts, &self.cfg.name, &plan, &spent),
+            tasks::tasks_pending_floor(&txn, stmts, from),
+        )
+        .await?;
+        out.assigned = assigned;
         txn.commit().await?;
         self.pending_floor.set(first);
         out.unplaced = (pending.len() - plan.len()) as u64;

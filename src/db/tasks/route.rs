@@ -44,8 +44,8 @@ pub type OrderKey = (bool, i32, chrono::DateTime<chrono::Utc>, i64);
 /// assigned — entries that stay, and grow with every task, while something holds back
 /// the vacuum horizon.
 ///
-/// A round's scan starts at the floor and, before it commits, [`tasks_pending_floor`]
-/// reads the first task still pending from there: the next floor. A task that becomes
+/// A round's scan starts at the floor and, with its assignments, [`tasks_pending_floor`]
+/// reads the first task pending from there: the next floor. A task that becomes
 /// pending below it announces its place on `jrq_pending` ([`PendingFloor::heard`] lowers
 /// the floor to it); every [`PendingFloor::FULL_WALK_EVERY`] (for a write no trigger
 /// saw: triggers disabled, `session_replication_role = replica`), and after a reconnect,
@@ -240,8 +240,9 @@ pub async fn tasks_pending_fallback(
 }
 
 /// The first task pending at or after `from` in the order of service, whatever it waits
-/// for: the next [`PendingFloor`]. Read in the round's transaction after its assignments
-/// (which are not pending any more); `None` when there is none.
+/// for: the next [`PendingFloor`]. Read in the round's transaction, with its assignments
+/// (before or after them: either is at or below the first task left pending); `None` when
+/// there is none.
 pub async fn tasks_pending_floor(
     client: &impl Sql,
     stmts: &Statements,
