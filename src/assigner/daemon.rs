@@ -242,6 +242,10 @@ impl Component for AssignerDaemon {
         }
     }
 
+    fn notes_every_turn(&self) -> bool {
+        true
+    }
+
     fn on_reconnected(&mut self) {
         // Notifications sent meanwhile are gone: look at once.
         self.wake = true;

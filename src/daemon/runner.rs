@@ -81,6 +81,13 @@ pub trait Component {
     /// A notification on one of the channels the link listens on.
     fn on_notification(&mut self, _n: &Notification, _ctx: &mut Ctx<'_>) {}
 
+    /// Whether notifications are handed over at every turn, also when the loop goes on
+    /// at once (busy) — else only when it waits. The assigner's pending floor needs them
+    /// at once; a busy worker would only wake claims its outcome writes already make.
+    fn notes_every_turn(&self) -> bool {
+        false
+    }
+
     /// The connection is back: notifications sent meanwhile are lost.
     fn on_reconnected(&mut self) {}
 
@@ -172,9 +179,11 @@ pub async fn run<C: Component>(
             c.on_reconnected();
             heartbeat_at = Instant::now();
         }
-        // What arrived while the last turn ran, also when the loop did not wait (a busy
-        // assigner's pending floor must hear the tasks announced meanwhile).
-        while let Some(n) = link.try_note() {
+        // What arrived while the last turn ran, also when the loop did not wait, for a
+        // component that asks (a busy assigner's pending floor must hear the tasks
+        // announced meanwhile).
+        while c.notes_every_turn() {
+            let Some(n) = link.try_note() else { break };
             c.on_notification(&n, &mut ctx!());
         }
         c.tick(&mut ctx!()).await;
