@@ -163,10 +163,22 @@ fn parse_key<'a>(mut w: impl Iterator<Item = &'a str>) -> Option<OrderKey> {
         .then_some((not_urgent, priority, created, id))
 }
 
+/// The floor as an index condition on `jr_work_queue_pending_key_idx`, its key in the
+/// parameters named (a literal).
+macro_rules! key_from {
+    ($params:literal) => {
+        concat!(
+            "AND ((NOT sacred_fire_priority), priority, created_at, id) >= (",
+            $params,
+            ")"
+        )
+    };
+}
+
 /// The routing query, with an extra condition and the floor's (literals; the floor's
 /// parameters are $6..$9).
 macro_rules! pending_sql {
-    ($extra:literal, $floor:literal) => {
+    ($extra:literal, $floor:expr) => {
         concat!(
             "SELECT id, provider, target_jr, run_id, \
                  CASE WHEN attempts > 0 THEN ARRAY( \
@@ -209,11 +221,7 @@ pub async fn tasks_pending_for_routing(
         Floor::Top => Ok(vec![]),
         Floor::Start => pending(client, stmts, pending_sql!("", ""), args, None).await,
         Floor::At(k) => {
-            const SQL: &str = pending_sql!(
-                "",
-                "AND ((NOT sacred_fire_priority), priority, created_at, id) \
-                 >= ($6, $7, $8, $9)"
-            );
+            const SQL: &str = pending_sql!("", key_from!("$6, $7, $8, $9"));
             pending(client, stmts, SQL, args, Some(k)).await
         }
     }
@@ -249,7 +257,7 @@ pub async fn tasks_pending_floor(
     from: Floor,
 ) -> Result<Option<OrderKey>> {
     macro_rules! probe {
-        ($floor:literal) => {
+        ($floor:expr) => {
             concat!(
                 "SELECT NOT sacred_fire_priority, priority, created_at, id \
                  FROM jr_work_queue WHERE status = 'pending' ",
@@ -262,10 +270,7 @@ pub async fn tasks_pending_floor(
         Floor::Top => return Ok(None),
         Floor::Start => stmts.rows(client, probe!(""), &[]).await?,
         Floor::At((u, p, c, id)) => {
-            const SQL: &str = probe!(
-                "AND ((NOT sacred_fire_priority), priority, created_at, id) \
-                 >= ($1, $2, $3, $4)"
-            );
+            const SQL: &str = probe!(key_from!("$1, $2, $3, $4"));
             stmts.rows(client, SQL, &[&u, &p, &c, &id]).await?
         }
     };
@@ -287,36 +292,12 @@ async fn pending(
     ),
     from: Option<OrderKey>,
 ) -> Result<Vec<PendingTask>> {
-    let rows = match &from {
-        None => {
-            stmts
-                .rows(
-                    client,
-                    sql,
-                    &[&providers, &workers, &limit, &paused_runs, &with_unprovided],
-                )
-                .await?
-        }
-        Some((u, p, c, id)) => {
-            stmts
-                .rows(
-                    client,
-                    sql,
-                    &[
-                        &providers,
-                        &workers,
-                        &limit,
-                        &paused_runs,
-                        &with_unprovided,
-                        u,
-                        p,
-                        c,
-                        id,
-                    ],
-                )
-                .await?
-        }
-    };
+    type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+    let mut params: Vec<Param> = vec![&providers, &workers, &limit, &paused_runs, &with_unprovided];
+    if let Some((u, p, c, id)) = &from {
+        params.extend::<[Param; 4]>([u, p, c, id]);
+    }
+    let rows = stmts.rows(client, sql, &params).await?;
     Ok(rows
         .iter()
         .map(|r| PendingTask {
@@ -528,7 +509,7 @@ pub async fn tasks_pending_depth(
     from: Floor,
 ) -> Result<(i64, Option<f64>)> {
     macro_rules! depth {
-        ($floor:literal) => {
+        ($floor:expr) => {
             concat!(
                 "SELECT count(*), \
                      extract(epoch FROM now() - min(greatest(created_at, run_after)))::float8 \
@@ -541,10 +522,7 @@ pub async fn tasks_pending_depth(
         Floor::Top => return Ok((0, None)),
         Floor::Start => stmts.row(client, depth!(""), &[]).await?,
         Floor::At((u, p, c, id)) => {
-            const SQL: &str = depth!(
-                "AND ((NOT sacred_fire_priority), priority, created_at, id) \
-                 >= ($1, $2, $3, $4)"
-            );
+            const SQL: &str = depth!(key_from!("$1, $2, $3, $4"));
             stmts.row(client, SQL, &[&u, &p, &c, &id]).await?
         }
     };
